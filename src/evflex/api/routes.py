@@ -1,0 +1,433 @@
+"""REST API ``/api/v1``: the fleet, id tokens, transactions, meter values, commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import ValidationError
+from sqlalchemy import select, tuple_
+
+from evflex.api import schemas as sc
+from evflex.csms import commands
+from evflex.csms.connection import CallErrorReceived
+from evflex.csms.server import StationNotConnected
+from evflex.security import hash_password
+from evflex.store import repo
+from evflex.store.tables import Connector, EventLog, IdToken, MeterValue, Station, Transaction
+
+if TYPE_CHECKING:
+    from evflex.app import Runtime
+
+router = APIRouter(prefix="/api/v1")
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+Rt = Annotated["Runtime", Depends(runtime)]
+
+
+# ------------------------------------------------------------------ stations
+
+
+def _station_out(rt: Runtime, st: Station, connectors: list[Connector]) -> sc.StationOut:
+    now = rt.clock.now()
+    return sc.StationOut(
+        id=st.id,
+        connected=rt.ocpp.is_connected(st.id),
+        ocpp_version=st.ocpp_version,
+        vendor=st.vendor,
+        model=st.model,
+        serial_number=st.serial_number,
+        firmware_version=st.firmware_version,
+        iccid=st.iccid,
+        site_id=st.site_id,
+        has_password=bool(st.password_hash),
+        registration_status=st.registration_status,
+        last_boot_at=st.last_boot_at,
+        last_heartbeat_at=st.last_heartbeat_at,
+        heartbeat_age_s=(now - st.last_heartbeat_at).total_seconds()
+        if st.last_heartbeat_at
+        else None,
+        last_connected_at=st.last_connected_at,
+        last_disconnected_at=st.last_disconnected_at,
+        connectors=[
+            sc.ConnectorOut(
+                evse_id=c.evse_id,
+                connector_id=c.connector_id,
+                status=c.status,
+                error_code=c.error_code,
+                info=c.info,
+                vendor_error_code=c.vendor_error_code,
+                status_at=c.status_at,
+            )
+            for c in sorted(connectors, key=lambda c: (c.evse_id, c.connector_id))
+        ],
+    )
+
+
+@router.get("/stations", response_model=list[sc.StationOut], tags=["stations"])
+async def list_stations(
+    rt: Rt,
+    connected: bool | None = None,
+    site_id: str | None = None,
+    limit: int = Query(1000, ge=1, le=50_000),
+    offset: int = Query(0, ge=0),
+):
+    async with rt.sessionmaker() as s:
+        q = select(Station).order_by(Station.id)
+        if site_id is not None:
+            q = q.where(Station.site_id == site_id)
+        stations = list((await s.execute(q)).scalars())
+        if connected is not None:
+            stations = [st for st in stations if rt.ocpp.is_connected(st.id) == connected]
+        stations = stations[offset : offset + limit]
+        ids = [st.id for st in stations]
+        conns: dict[str, list[Connector]] = {i: [] for i in ids}
+        if ids:
+            for c in (
+                await s.execute(select(Connector).where(Connector.station_id.in_(ids)))
+            ).scalars():
+                conns[c.station_id].append(c)
+    return [_station_out(rt, st, conns[st.id]) for st in stations]
+
+
+async def _load_station(rt: Runtime, station_id: str) -> sc.StationOut:
+    async with rt.sessionmaker() as s:
+        st = await repo.get_station(s, station_id)
+        if st is None:
+            raise HTTPException(404, f"station '{station_id}' is not registered")
+        conns = list(
+            (await s.execute(select(Connector).where(Connector.station_id == station_id))).scalars()
+        )
+    return _station_out(rt, st, conns)
+
+
+@router.get("/stations/{station_id}", response_model=sc.StationOut, tags=["stations"])
+async def get_station(station_id: str, rt: Rt):
+    return await _load_station(rt, station_id)
+
+
+@router.post("/stations", response_model=sc.StationOut, status_code=201, tags=["stations"])
+async def create_station(body: sc.StationCreate, rt: Rt):
+    pw_hash = hash_password(body.password) if body.password else None
+    now = rt.clock.now()
+
+    async def job(s):
+        if await repo.get_station(s, body.id) is not None:
+            return False
+        await repo.create_station(s, body.id, now, pw_hash, body.site_id)
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(409, f"station '{body.id}' already exists")
+    return await _load_station(rt, body.id)
+
+
+@router.patch("/stations/{station_id}", response_model=sc.StationOut, tags=["stations"])
+async def patch_station(station_id: str, body: sc.StationPatch, rt: Rt):
+    pw_hash = hash_password(body.password) if body.password else None
+    fields = body.model_fields_set
+
+    async def job(s):
+        st = await repo.get_station(s, station_id)
+        if st is None:
+            return False
+        if pw_hash:
+            st.password_hash = pw_hash
+        elif body.clear_password:
+            st.password_hash = None
+        if "site_id" in fields:
+            st.site_id = body.site_id
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(404, f"station '{station_id}' is not registered")
+    rt.ocpp.forget_credentials(station_id)
+    return await _load_station(rt, station_id)
+
+
+@router.delete("/stations/{station_id}", status_code=204, tags=["stations"])
+async def delete_station(station_id: str, rt: Rt):
+    async def job(s):
+        st = await repo.get_station(s, station_id)
+        if st is None:
+            return False
+        await s.delete(st)
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(404, f"station '{station_id}' is not registered")
+    rt.ocpp.forget_credentials(station_id)
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------ id tokens
+
+
+def _token_out(t: IdToken) -> sc.IdTokenOut:
+    return sc.IdTokenOut(
+        id_token=t.id_token,
+        status=t.status,
+        type=t.type,
+        expiry=t.expiry,
+        parent_id_token=t.parent_id_token,
+        created_at=t.created_at,
+    )
+
+
+async def _upsert_token(rt: Runtime, body: sc.IdTokenIn, create_only: bool) -> bool:
+    now = rt.clock.now()
+
+    async def job(s):
+        row = await repo.get_id_token(s, body.id_token)
+        if row is not None and create_only:
+            return False
+        if row is None:
+            row = IdToken(id_token=body.id_token, created_at=now)
+            s.add(row)
+        row.status = body.status
+        row.type = body.type
+        row.expiry = body.expiry
+        row.parent_id_token = body.parent_id_token
+        return True
+
+    return await rt.writer.submit(job)
+
+
+@router.post("/id-tokens", response_model=sc.IdTokenOut, status_code=201, tags=["id tokens"])
+async def create_id_token(body: sc.IdTokenIn, rt: Rt):
+    if not await _upsert_token(rt, body, create_only=True):
+        raise HTTPException(409, f"id token '{body.id_token}' exists; PUT to replace it")
+    return await get_id_token(body.id_token, rt)
+
+
+@router.put("/id-tokens/{id_token}", response_model=sc.IdTokenOut, tags=["id tokens"])
+async def put_id_token(id_token: str, body: sc.IdTokenIn, rt: Rt):
+    if body.id_token != id_token:
+        raise HTTPException(400, "id_token in the body differs from the one in the path")
+    await _upsert_token(rt, body, create_only=False)
+    return await get_id_token(id_token, rt)
+
+
+@router.get("/id-tokens", response_model=list[sc.IdTokenOut], tags=["id tokens"])
+async def list_id_tokens(rt: Rt):
+    async with rt.sessionmaker() as s:
+        return [_token_out(t) for t in await repo.list_id_tokens(s)]
+
+
+@router.get("/id-tokens/{id_token}", response_model=sc.IdTokenOut, tags=["id tokens"])
+async def get_id_token(id_token: str, rt: Rt):
+    async with rt.sessionmaker() as s:
+        t = await repo.get_id_token(s, id_token)
+    if t is None:
+        raise HTTPException(404, f"id token '{id_token}' not found")
+    return _token_out(t)
+
+
+@router.delete("/id-tokens/{id_token}", status_code=204, tags=["id tokens"])
+async def delete_id_token(id_token: str, rt: Rt):
+    async def job(s):
+        t = await repo.get_id_token(s, id_token)
+        if t is None:
+            return False
+        await s.delete(t)
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(404, f"id token '{id_token}' not found")
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------ transactions
+
+
+def _mv_out(m: MeterValue) -> sc.MeterValueOut:
+    return sc.MeterValueOut(
+        timestamp=m.timestamp,
+        evse_id=m.evse_id,
+        measurand=m.measurand,
+        value=m.value,
+        unit=m.unit,
+        phase=m.phase or None,
+        location=m.location or None,
+        context=m.context or None,
+        transaction_pk=m.transaction_pk,
+        signed=m.signed,
+    )
+
+
+async def _tx_out(s, txs: list[Transaction]) -> list[sc.TransactionOut]:
+    keys = [(t.id, t.last_meter_at) for t in txs if t.last_meter_at is not None]
+    latest: dict[int, list[MeterValue]] = {}
+    if keys:
+        rows = await s.execute(
+            select(MeterValue)
+            .where(tuple_(MeterValue.transaction_pk, MeterValue.timestamp).in_(keys))
+            .order_by(MeterValue.id)
+        )
+        for m in rows.scalars():
+            latest.setdefault(m.transaction_pk, []).append(m)
+    return [
+        sc.TransactionOut(
+            id=t.id,
+            station_id=t.station_id,
+            transaction_id=t.transaction_id,
+            evse_id=t.evse_id,
+            connector_id=t.connector_id,
+            id_token=t.id_token,
+            state=t.state,
+            active=t.state == "active",
+            charging_state=t.charging_state,
+            started_at=t.started_at,
+            stopped_at=t.stopped_at,
+            stop_reason=t.stop_reason,
+            meter_start_wh=t.meter_start_wh,
+            meter_stop_wh=t.meter_stop_wh,
+            energy_imported_wh=t.energy_imported_wh or 0.0,
+            energy_exported_wh=t.energy_exported_wh or 0.0,
+            power_w=t.power_w,
+            soc_percent=t.soc_percent,
+            last_meter_at=t.last_meter_at,
+            last_meter_values=[_mv_out(m) for m in latest.get(t.id, [])],
+            offline_messages=t.offline_messages or 0,
+        )
+        for t in txs
+    ]
+
+
+@router.get("/transactions", response_model=list[sc.TransactionOut], tags=["transactions"])
+async def list_transactions(
+    rt: Rt,
+    active: bool | None = None,
+    station_id: str | None = None,
+    limit: int = Query(100, ge=1, le=10_000),
+    offset: int = Query(0, ge=0),
+):
+    q = select(Transaction).order_by(Transaction.id.desc()).limit(limit).offset(offset)
+    if active is not None:
+        q = q.where(Transaction.state == ("active" if active else "ended"))
+    if station_id is not None:
+        q = q.where(Transaction.station_id == station_id)
+    async with rt.sessionmaker() as s:
+        txs = list((await s.execute(q)).scalars())
+        return await _tx_out(s, txs)
+
+
+@router.get("/transactions/{tx_pk}", response_model=sc.TransactionOut, tags=["transactions"])
+async def get_transaction(tx_pk: int, rt: Rt):
+    async with rt.sessionmaker() as s:
+        tx = await s.get(Transaction, tx_pk)
+        if tx is None:
+            raise HTTPException(404, f"transaction {tx_pk} not found")
+        return (await _tx_out(s, [tx]))[0]
+
+
+# ------------------------------------------------------------------ meter values & events
+
+
+@router.get(
+    "/stations/{station_id}/meter-values",
+    response_model=list[sc.MeterValueOut],
+    tags=["meter values"],
+)
+async def meter_values(
+    station_id: str,
+    rt: Rt,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+    evse: int | None = None,
+    measurand: str | None = None,
+    limit: int = Query(10_000, ge=1, le=100_000),
+):
+    if from_ and to and to <= from_:
+        raise HTTPException(400, "'to' must be after 'from'")
+    async with rt.sessionmaker() as s:
+        if await repo.get_station(s, station_id) is None:
+            raise HTTPException(404, f"station '{station_id}' is not registered")
+        rows = await repo.meter_values_between(s, station_id, from_, to, evse, measurand, limit)
+    return [_mv_out(m) for m in rows]
+
+
+@router.get("/events", response_model=list[sc.EventOut], tags=["events"])
+async def events(
+    rt: Rt,
+    station_id: str | None = None,
+    kind: str | None = None,
+    limit: int = Query(200, ge=1, le=10_000),
+):
+    q = select(EventLog).order_by(EventLog.id.desc()).limit(limit)
+    if station_id:
+        q = q.where(EventLog.station_id == station_id)
+    if kind:
+        q = q.where(EventLog.kind == kind)
+    async with rt.sessionmaker() as s:
+        rows = list((await s.execute(q)).scalars())
+    return [
+        sc.EventOut(
+            id=e.id,
+            station_id=e.station_id,
+            timestamp=e.timestamp,
+            kind=e.kind,
+            type=e.type,
+            detail=e.detail,
+        )
+        for e in rows
+    ]
+
+
+# ------------------------------------------------------------------ commands
+
+
+@router.post(
+    "/stations/{station_id}/commands/{command}",
+    response_model=sc.CommandResult,
+    tags=["commands"],
+    description="Commands: " + ", ".join(commands.COMMAND_BODIES),
+)
+async def run_command(station_id: str, command: str, request: Request, rt: Rt):
+    model = commands.COMMAND_BODIES.get(command)
+    if model is None:
+        raise HTTPException(
+            404, f"unknown command '{command}'; known: " + ", ".join(commands.COMMAND_BODIES)
+        )
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+        body = model.model_validate(data)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"body is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise HTTPException(422, json.loads(exc.json(include_url=False))) from None
+    conn = rt.ocpp.connections.get(station_id)
+    if conn is None:
+        async with rt.sessionmaker() as s:
+            known = await repo.get_station(s, station_id) is not None
+        if not known:
+            raise HTTPException(404, f"station '{station_id}' is not registered")
+        raise HTTPException(409, f"station '{station_id}' is not connected")
+    try:
+        response = await rt.ocpp.send_command(station_id, command, body)
+    except commands.CommandNotAvailable as exc:
+        raise HTTPException(400, str(exc)) from None
+    except StationNotConnected:
+        raise HTTPException(409, f"station '{station_id}' is not connected") from None
+    except TimeoutError:
+        raise HTTPException(
+            504, f"station '{station_id}' did not answer within {conn.response_timeout:g} s"
+        ) from None
+    except ConnectionError:
+        raise HTTPException(502, f"station '{station_id}' disconnected before answering") from None
+    except CallErrorReceived as exc:
+        raise HTTPException(
+            502, f"station answered CALLERROR {exc.code}: {exc.description}"
+        ) from None
+    except ValueError as exc:
+        raise HTTPException(400, f"cannot build a valid OCPP message: {exc}") from None
+    return sc.CommandResult(
+        station_id=station_id, command=command, ocpp_version=conn.version, response=response
+    )

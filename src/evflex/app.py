@@ -1,0 +1,127 @@
+"""Wiring: one process runs the OCPP endpoint, the HTTP API and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from evflex import __version__
+from evflex.api.routes import router
+from evflex.clock import Clock, SystemClock
+from evflex.config import Settings
+from evflex.csms.server import OcppServer
+from evflex.csms.service import CsmsService
+from evflex.events import EventBus
+from evflex.store.db import make_engine, make_sessionmaker, migrate
+from evflex.store.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything a running evflex node holds."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.engine = make_engine(settings.database_url)
+        self.sessionmaker = make_sessionmaker(self.engine)
+        self.writer = GroupCommitWriter(self.sessionmaker)
+        self.bus = EventBus()
+        self.service = CsmsService(
+            self.sessionmaker, self.writer, self.clock, self.bus, settings.heartbeat_interval
+        )
+        self.ocpp = OcppServer(
+            self.service,
+            allow_unknown_stations=settings.allow_unknown_stations,
+            response_timeout=settings.response_timeout,
+            max_frame_bytes=settings.max_frame_bytes,
+            ping_interval=settings.ws_ping_interval,
+            validate_responses=settings.validate_responses,
+        )
+        self.api = create_api(self)
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Migrate the schema, then open the OCPP and HTTP ports."""
+        await migrate(self.engine)
+        self.writer.start()
+        await self.ocpp.start(self.settings.host, self.settings.ocpp_port)
+        config = uvicorn.Config(
+            self.api,
+            host=self.settings.host,
+            port=self.settings.http_port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+        self._http = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(self._http.serve(), name="evflex-http")
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task  # raises the bind error
+                raise RuntimeError("HTTP server stopped during start")
+            await asyncio.sleep(0.02)
+
+    @property
+    def ocpp_port(self) -> int:
+        return self.ocpp.port
+
+    @property
+    def http_port(self) -> int:
+        assert self._http is not None
+        return self._http.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await self.ocpp.stop()
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with suppress(asyncio.CancelledError):
+                await self._http_task
+        await self.writer.stop()
+        await self.engine.dispose()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+
+def create_api(rt: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="evflex",
+        version=__version__,
+        description="Smart and bidirectional EV charging: OCPP CSMS REST API",
+    )
+    app.state.runtime = rt
+    app.include_router(router)
+
+    @app.get("/api/v1/health", tags=["system"])
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "stations_connected": len(rt.ocpp.connections),
+            "writer_batches": rt.writer.batches,
+            "writer_jobs": rt.writer.jobs,
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return (
+            "<!doctype html><title>evflex</title><h1>evflex</h1>"
+            f"<p>{len(rt.ocpp.connections)} stations connected.</p>"
+            '<p><a href="/docs">API documentation</a> · '
+            '<a href="/api/v1/stations">stations</a> · '
+            '<a href="/api/v1/transactions?active=true">active transactions</a></p>'
+        )
+
+    return app

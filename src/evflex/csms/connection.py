@@ -1,0 +1,177 @@
+"""One station's OCPP-J connection: receive, validate, dispatch, answer; send calls.
+
+A connection never dies of bad input: every frame that cannot be handled is
+answered with a CALLERROR (where the spec asks for one) and logged; the loop
+goes on with the next frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from evflex.csms import rpc
+from evflex.csms.rpc import CALL, CALLERROR, CALLRESULT, RpcError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict], Awaitable[dict]]
+
+
+class CallErrorReceived(Exception):
+    """The station answered our CALL with a CALLERROR."""
+
+    def __init__(self, code: str, description: str, details: Any = None):
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+        self.details = details
+
+
+class StationConnection:
+    def __init__(
+        self,
+        station_id: str,
+        version: str,
+        websocket: Any,
+        handlers: dict[str, Handler],
+        response_timeout: float = 30.0,
+        validate_responses: bool = True,
+    ) -> None:
+        self.station_id = station_id
+        self.version = version
+        self.websocket = websocket
+        self.handlers = handlers
+        self.response_timeout = response_timeout
+        self.validate_responses = validate_responses
+        self._pending: dict[str, tuple[str, asyncio.Future]] = {}
+        self._call_lock = asyncio.Lock()
+        self._known = rpc.known_actions(version)
+        self.received = 0
+        self.errors = 0
+
+    # ------------------------------------------------------------------ inbound
+
+    async def serve(self) -> None:
+        """Read frames until the socket closes."""
+        try:
+            async for raw in self.websocket:
+                await self.handle_frame(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            for _, fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("station disconnected"))
+            self._pending.clear()
+
+    async def handle_frame(self, raw: str | bytes) -> None:
+        self.received += 1
+        try:
+            frame = rpc.parse_frame(raw)
+        except RpcError as err:
+            self.errors += 1
+            log.warning("%s: bad frame: %s", self.station_id, err)
+            mid = err.details.pop("message_id", rpc.UNKNOWN_MESSAGE_ID)
+            await self._send_error(mid, err)
+            return
+        if frame.type_id == CALL:
+            await self._handle_call(frame.message_id, frame.action or "", frame.payload)
+        elif frame.type_id in (CALLRESULT, CALLERROR):
+            self._resolve(frame)
+
+    async def _handle_call(self, message_id: str, action: str, payload: dict) -> None:
+        try:
+            if action not in self._known:
+                raise RpcError("NotImplemented", f"{action} is not an OCPP {self.version} action")
+            handler = self.handlers.get(action)
+            if handler is None:
+                raise RpcError("NotSupported", f"{action} is not supported by this CSMS")
+            rpc.validate(CALL, action, payload, self.version)
+            response = await handler(payload)
+            if self.validate_responses:
+                try:
+                    rpc.validate(CALLRESULT, action, response, self.version)
+                except RpcError as err:  # our own bug: never send an invalid answer
+                    log.error(
+                        "%s: invalid %s response %s: %s", self.station_id, action, response, err
+                    )
+                    raise RpcError("InternalError", "the CSMS built an invalid response") from err
+        except RpcError as err:
+            self.errors += 1
+            log.warning("%s: %s rejected: %s", self.station_id, action, err)
+            await self._send_error(message_id, err)
+            return
+        except Exception as exc:
+            self.errors += 1
+            log.exception("%s: %s failed", self.station_id, action)
+            await self._send_error(
+                message_id, RpcError("InternalError", f"{type(exc).__name__} while handling")
+            )
+            return
+        await self._send(rpc.encode_result(message_id, response))
+
+    def _resolve(self, frame: rpc.Frame) -> None:
+        entry = self._pending.pop(frame.message_id, None)
+        if entry is None:
+            log.warning(
+                "%s: answer to unknown message %s ignored", self.station_id, frame.message_id
+            )
+            return
+        _, fut = entry
+        if not fut.done():
+            fut.set_result(frame)
+
+    async def _send_error(self, message_id: str, err: RpcError) -> None:
+        code = rpc.error_code_for(err.code, self.version)
+        await self._send(rpc.encode_error(message_id, code, err.description, err.details))
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self.websocket.send(text)
+        except ConnectionClosed:
+            log.info("%s: connection closed before answer was sent", self.station_id)
+
+    # ------------------------------------------------------------------ outbound
+
+    async def call(self, action: str, payload: dict, timeout: float | None = None) -> dict:
+        """Send a CALL and return the station's CALLRESULT payload.
+
+        Raises :class:`ValueError` if our payload breaks the schema,
+        :class:`CallErrorReceived` on a CALLERROR, :class:`TimeoutError`.
+        One CALL at a time is outstanding per connection, as OCPP-J requires.
+        """
+        try:
+            rpc.validate(CALL, action, payload, self.version)
+        except RpcError as err:
+            raise ValueError(f"{action}: {err.description}") from err
+        timeout = self.response_timeout if timeout is None else timeout
+        async with self._call_lock:
+            message_id = str(uuid.uuid4())
+            fut: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._pending[message_id] = (action, fut)
+            try:
+                await self.websocket.send(rpc.encode_call(message_id, action, payload))
+                frame: rpc.Frame = await asyncio.wait_for(fut, timeout)
+            except ConnectionClosed as exc:
+                raise ConnectionError("station disconnected") from exc
+            finally:
+                self._pending.pop(message_id, None)
+        if frame.type_id == CALLERROR:
+            raise CallErrorReceived(
+                frame.error_code or "", frame.error_description or "", frame.error_details
+            )
+        result = frame.payload if isinstance(frame.payload, dict) else {}
+        try:
+            rpc.validate(CALLRESULT, action, result, self.version)
+        except RpcError as err:
+            log.warning("%s: %s answer breaks the schema: %s", self.station_id, action, err)
+        return result
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.websocket.close(code, reason)

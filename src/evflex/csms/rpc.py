@@ -1,0 +1,205 @@
+"""OCPP-J RPC framing: parse frames, validate payloads, name errors per version.
+
+Message classes and JSON schemas come from the ``ocpp`` library; this module
+adds what its 2.1.0 release gets wrong or leaves out for a server: a CALLERROR
+for every malformed frame, the spec's error code for each kind of schema
+violation, the 1.6 spellings of those codes, and NotImplemented (action not
+known) versus NotSupported (known, not handled) the right way round.
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema.exceptions import ValidationError as SchemaValidationError
+from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.messages import get_validator
+from ocpp.v16.enums import Action as Action16
+from ocpp.v201.enums import Action as Action201
+
+CALL, CALLRESULT, CALLERROR = 2, 3, 4
+UNKNOWN_MESSAGE_ID = "-1"
+
+
+class RpcError(Exception):
+    """An error to be answered with a CALLERROR. ``code`` is the 2.x name."""
+
+    def __init__(self, code: str, description: str, details: dict | None = None):
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+        self.details = details or {}
+
+
+# 2.x names -> 1.6 names (the 1.6 spec spells two of them differently and has no RPC error).
+_V16_CODES = {
+    "FormatViolation": "FormationViolation",
+    "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
+    "RpcFrameworkError": "FormationViolation",
+    "MessageTypeNotSupported": "ProtocolError",
+}
+
+
+def error_code_for(code: str, version: str) -> str:
+    if version == "1.6":
+        return _V16_CODES.get(code, code)
+    return code
+
+
+def known_actions(version: str) -> frozenset[str]:
+    if version == "1.6":
+        return _ACTIONS_16
+    return _ACTIONS_201
+
+
+_ACTIONS_16 = frozenset(a.value for a in Action16)
+_ACTIONS_201 = frozenset(a.value for a in Action201)
+
+
+@dataclass(slots=True)
+class Frame:
+    type_id: int
+    message_id: str
+    action: str | None = None
+    payload: Any = None
+    error_code: str | None = None
+    error_description: str | None = None
+    error_details: Any = None
+
+
+def parse_frame(raw: str | bytes) -> Frame:
+    """Parse one WebSocket text frame into a :class:`Frame` or raise :class:`RpcError`.
+
+    The error carries the message id in ``details['message_id']`` when it
+    could be read, else ``"-1"``.
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RpcError("RpcFrameworkError", "frame is not UTF-8 text") from exc
+    try:
+        msg = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise RpcError("RpcFrameworkError", f"message is not valid JSON: {exc}") from exc
+    if not isinstance(msg, list) or len(msg) < 3:
+        raise RpcError("RpcFrameworkError", "message is not an OCPP-J array [type, id, ...]")
+    type_id, message_id = msg[0], msg[1]
+    if not isinstance(message_id, str) or not message_id or len(message_id) > 36:
+        raise RpcError("RpcFrameworkError", "messageId is not a string of 1..36 characters")
+    mid = {"message_id": message_id}
+    if not isinstance(type_id, int) or isinstance(type_id, bool):
+        raise RpcError("RpcFrameworkError", "messageTypeId is not an integer", mid)
+    if type_id == CALL:
+        if len(msg) != 4 or not isinstance(msg[2], str):
+            raise RpcError("RpcFrameworkError", "CALL must be [2, id, action, payload]", mid)
+        if not isinstance(msg[3], dict):
+            raise RpcError("FormatViolation", "CALL payload must be a JSON object", mid)
+        return Frame(CALL, message_id, action=msg[2], payload=msg[3])
+    if type_id == CALLRESULT:
+        if len(msg) != 3:
+            raise RpcError("RpcFrameworkError", "CALLRESULT must be [3, id, payload]", mid)
+        return Frame(CALLRESULT, message_id, payload=msg[2])
+    if type_id == CALLERROR:
+        if len(msg) not in (4, 5):
+            raise RpcError("RpcFrameworkError", "CALLERROR must have 5 elements", mid)
+        return Frame(
+            CALLERROR,
+            message_id,
+            error_code=str(msg[2]),
+            error_description=str(msg[3]),
+            error_details=msg[4] if len(msg) == 5 else None,
+        )
+    raise RpcError("MessageTypeNotSupported", f"messageTypeId {type_id} is not supported", mid)
+
+
+# --------------------------------------------------------------------------- validation
+
+# Fields whose 1.6 schema says "multipleOf: 0.1": validate them as decimals.
+_DECIMAL_16 = {
+    (CALL, "SetChargingProfile"),
+    (CALL, "RemoteStartTransaction"),
+    (CALLRESULT, "GetCompositeSchedule"),
+}
+
+_PROPERTY = {
+    "enum",
+    "maxLength",
+    "minLength",
+    "minimum",
+    "maximum",
+    "pattern",
+    "format",
+    "multipleOf",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+}
+
+
+def validate(type_id: int, action: str, payload: dict, version: str) -> None:
+    """Validate against the ``ocpp`` package's JSON schema; raise :class:`RpcError`.
+
+    An action without a schema for this version raises NotImplemented.
+    """
+    decimal_mode = version == "1.6" and (type_id, action) in _DECIMAL_16
+    try:
+        validator = get_validator(
+            type_id, action, version, parse_float=decimal.Decimal if decimal_mode else float
+        )
+    except (OSError, ValueError) as exc:
+        raise RpcError("NotImplemented", f"{action} is not an OCPP {version} action") from exc
+    if decimal_mode:
+        payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
+    error = next(iter(validator.iter_errors(payload)), None)
+    if error is None:
+        return
+    raise schema_error(error)
+
+
+def schema_error(e: SchemaValidationError) -> RpcError:
+    where = "/".join(str(p) for p in e.absolute_path) or "payload"
+    details = {"path": where, "rule": e.validator}
+    if e.validator == "required":
+        return RpcError("OccurrenceConstraintViolation", f"{where}: {e.message}", details)
+    if e.validator == "type":
+        return RpcError("TypeConstraintViolation", f"{where}: {e.message}", details)
+    if e.validator in _PROPERTY:
+        return RpcError("PropertyConstraintViolation", f"{where}: {e.message}", details)
+    return RpcError("FormatViolation", f"{where}: {e.message}", details)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class _Encoder(json.JSONEncoder):
+    def default(self, o: Any) -> Any:
+        if isinstance(o, decimal.Decimal):
+            return float(o)
+        return super().default(o)
+
+
+def encode_call(message_id: str, action: str, payload: dict) -> str:
+    return json.dumps([CALL, message_id, action, payload], separators=(",", ":"), cls=_Encoder)
+
+
+def encode_result(message_id: str, payload: dict) -> str:
+    return json.dumps([CALLRESULT, message_id, payload], separators=(",", ":"), cls=_Encoder)
+
+
+def encode_error(message_id: str, code: str, description: str, details: dict | None) -> str:
+    return json.dumps(
+        [CALLERROR, message_id, code, description[:255], details or {}],
+        separators=(",", ":"),
+        cls=_Encoder,
+    )
+
+
+def to_payload(message: Any) -> tuple[str, dict]:
+    """An ``ocpp`` library call dataclass -> (action, camelCase payload without nulls)."""
+    return type(message).__name__, snake_to_camel_case(remove_nones(serialize_as_dict(message)))

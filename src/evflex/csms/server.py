@@ -1,0 +1,232 @@
+"""The OCPP WebSocket endpoint: accept, authenticate, negotiate, route.
+
+``ws://HOST:PORT/ocpp/{station_id}``. Subprotocols ``ocpp2.0.1`` and
+``ocpp1.6`` are negotiated from the client's list (the newest both speak
+wins); a client that offers none of ours is refused with HTTP 400. Security
+profile 1: a station registered with a password must send HTTP Basic
+``id:password`` (401 otherwise); an unknown id gets 404 unless unknown
+stations are allowed, in which case it is registered on first connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+from pydantic import BaseModel
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from evflex.csms import commands, v16, v201
+from evflex.csms.connection import StationConnection
+from evflex.csms.service import CsmsService
+from evflex.security import parse_basic_auth, verify_password
+from evflex.store import repo
+
+log = logging.getLogger(__name__)
+
+# Newest first: the server picks the first of these that the client offers.
+SUPPORTED_SUBPROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
+RESERVED_SUBPROTOCOLS = ("ocpp2.1",)  # next: OCPP 2.1 / V2X
+
+_ADAPTERS: dict[str, tuple[Any, dict]] = {
+    "1.6": (v16.V16Handlers, v16.COMMANDS),
+    "2.0.1": (v201.V201Handlers, v201.COMMANDS),
+}
+
+
+class StationNotConnected(Exception):
+    pass
+
+
+class OcppServer:
+    def __init__(
+        self,
+        service: CsmsService,
+        allow_unknown_stations: bool = False,
+        response_timeout: float = 30.0,
+        max_frame_bytes: int = 1_048_576,
+        ping_interval: float | None = 120.0,
+        validate_responses: bool = True,
+    ) -> None:
+        self.service = service
+        self.allow_unknown_stations = allow_unknown_stations
+        self.response_timeout = response_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.ping_interval = ping_interval
+        self.validate_responses = validate_responses
+        self.connections: dict[str, StationConnection] = {}
+        self._verified: dict[str, bytes] = {}  # station id -> sha256(password) seen valid
+        self._server: Server | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str, port: int) -> Server:
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            subprotocols=list(SUPPORTED_SUBPROTOCOLS),
+            max_size=self.max_frame_bytes,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_interval,
+            compression=None,
+            server_header="evflex",
+        )
+        return self._server
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    # ------------------------------------------------------------------ handshake
+
+    @staticmethod
+    def station_id_from_path(path: str) -> str | None:
+        path = path.split("?", 1)[0].rstrip("/")
+        prefix = "/ocpp/"
+        if not path.startswith(prefix):
+            return None
+        station_id = unquote(path[len(prefix) :])
+        if not station_id or "/" in station_id or len(station_id) > 48:
+            return None
+        return station_id
+
+    def _select_subprotocol(self, connection: ServerConnection, offered) -> str | None:
+        for proto in SUPPORTED_SUBPROTOCOLS:
+            if proto in offered:
+                return proto
+        return None
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        station_id = self.station_id_from_path(request.path)
+        if station_id is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "expected /ocpp/{station_id}\n")
+        offered = [
+            p.strip()
+            for h in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in h.split(",")
+        ]
+        if not any(p in SUPPORTED_SUBPROTOCOLS for p in offered):
+            return connection.respond(
+                HTTPStatus.BAD_REQUEST,
+                f"no supported OCPP subprotocol offered (we speak "
+                f"{', '.join(SUPPORTED_SUBPROTOCOLS)})\n",
+            )
+        async with self.service.sessionmaker() as s:
+            station = await repo.get_station(s, station_id)
+        if station is None:
+            if not self.allow_unknown_stations:
+                log.info("refused unknown station %s", station_id)
+                return connection.respond(HTTPStatus.NOT_FOUND, "unknown station\n")
+            await self._register_unknown(station_id)
+            return None
+        if station.password_hash:
+            creds = parse_basic_auth(request.headers.get("Authorization"))
+            if (
+                creds is None
+                or creds[0] != station_id
+                or not await self._check_password(station_id, creds[1], station.password_hash)
+            ):
+                log.warning("station %s: authentication failed", station_id)
+                response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
+                response.headers["WWW-Authenticate"] = 'Basic realm="evflex OCPP"'
+                return response
+        return None
+
+    async def _register_unknown(self, station_id: str) -> None:
+        now = self.service.clock.now()
+
+        async def job(s):
+            if await repo.get_station(s, station_id) is None:
+                await repo.create_station(s, station_id, now)
+
+        await self.service.writer.submit(job)
+
+    async def _check_password(self, station_id: str, password: str, stored: str) -> bool:
+        fingerprint = hashlib.sha256(f"{stored}\0{password}".encode()).digest()
+        if self._verified.get(station_id) == fingerprint:
+            return True  # reconnect with credentials already checked against this hash
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, password, stored
+        )
+        if ok:
+            self._verified[station_id] = fingerprint
+        return ok
+
+    def forget_credentials(self, station_id: str) -> None:
+        self._verified.pop(station_id, None)
+
+    # ------------------------------------------------------------------ connection
+
+    async def _handle(self, websocket: ServerConnection) -> None:
+        station_id = self.station_id_from_path(websocket.request.path)
+        version = (websocket.subprotocol or "").removeprefix("ocpp")
+        if station_id is None or version not in _ADAPTERS:  # guarded by the handshake
+            await websocket.close(1002, "no OCPP subprotocol")
+            return
+        handlers_cls, _ = _ADAPTERS[version]
+        conn = StationConnection(
+            station_id,
+            version,
+            websocket,
+            handlers_cls(self.service, station_id).routes(),
+            response_timeout=self.response_timeout,
+            validate_responses=self.validate_responses,
+        )
+        previous = self.connections.get(station_id)
+        self.connections[station_id] = conn
+        if previous is not None:
+            log.info("station %s: new connection replaces the previous one", station_id)
+            asyncio.ensure_future(previous.close(1000, "replaced by a new connection"))
+        await self.service.connected(station_id, version)
+        try:
+            await conn.serve()
+        finally:
+            if self.connections.get(station_id) is conn:
+                del self.connections[station_id]
+                await self.service.disconnected(station_id)
+
+    # ------------------------------------------------------------------ commands
+
+    def is_connected(self, station_id: str) -> bool:
+        return station_id in self.connections
+
+    async def send_command(self, station_id: str, name: str, body: BaseModel) -> dict:
+        """Run a version-agnostic command; returns the station's answer payload."""
+        conn = self.connections.get(station_id)
+        if conn is None:
+            raise StationNotConnected(station_id)
+        _, builders = _ADAPTERS[conn.version]
+        builder = builders.get(name)
+        if builder is None:
+            raise commands.CommandNotAvailable(f"'{name}' does not exist in OCPP {conn.version}")
+        action, payload = await builder(body, self.service)
+        result = await conn.call(action, payload)
+        await self._after_command(station_id, conn.version, name, body, payload, result)
+        return result
+
+    async def _after_command(self, station_id, version, name, body, payload, result) -> None:
+        if name == "reserve-now":
+            rid = payload.get("reservationId", payload.get("id"))
+            evse = payload.get("connectorId", payload.get("evseId"))
+            await self.service.record_reservation(
+                rid, station_id, evse, body.id_token, body.expiry, result.get("status", "?")
+            )
+        elif name == "cancel-reservation" and result.get("status") == "Accepted":
+            await self.service.set_reservation_status(body.reservation_id, "Cancelled")

@@ -1,0 +1,261 @@
+"""Version-neutral CSMS behaviour: what happens when a station says something.
+
+Protocol adapters (``v16``, ``v201``) translate wire messages into calls on
+:class:`CsmsService` with domain objects; the service persists through the
+group-commit writer and publishes domain events.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from evflex.clock import Clock
+from evflex.csms.commands import LocalListEntry
+from evflex.domain.model import (
+    AuthorizationStatus,
+    MeterSample,
+    StationEvent,
+    StationInfo,
+    StatusReport,
+    TransactionUpdate,
+)
+from evflex.events import EventBus
+from evflex.store import repo
+from evflex.store.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+
+class AuthResult:
+    __slots__ = ("status", "expiry", "parent_id_token")
+
+    def __init__(self, status: AuthorizationStatus, expiry=None, parent_id_token=None):
+        self.status = status
+        self.expiry = expiry
+        self.parent_id_token = parent_id_token
+
+
+class CsmsService:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        writer: GroupCommitWriter,
+        clock: Clock,
+        bus: EventBus,
+        heartbeat_interval: int = 300,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.writer = writer
+        self.clock = clock
+        self.bus = bus
+        self.heartbeat_interval = heartbeat_interval
+
+    # ------------------------------------------------------------ connection
+
+    async def connected(self, station_id: str, version: str) -> None:
+        now = self.clock.now()
+
+        async def job(s: AsyncSession) -> None:
+            await repo.set_connected(s, station_id, True, version, now)
+            await repo.log_event(
+                s, StationEvent(station_id, "connection", now, "Connected", {"ocpp": version})
+            )
+
+        await self.writer.submit(job)
+        self.bus.publish("station.connected", station_id, ocpp_version=version)
+
+    async def disconnected(self, station_id: str) -> None:
+        now = self.clock.now()
+
+        async def job(s: AsyncSession) -> None:
+            await repo.set_connected(s, station_id, False, None, now)
+            await repo.log_event(s, StationEvent(station_id, "connection", now, "Disconnected"))
+
+        await self.writer.submit(job)
+        self.bus.publish("station.disconnected", station_id)
+
+    # ------------------------------------------------------------ core messages
+
+    async def boot(self, station_id: str, version: str, info: StationInfo) -> datetime:
+        now = self.clock.now()
+
+        async def job(s: AsyncSession) -> None:
+            await repo.record_boot(s, station_id, info, version, now)
+            await repo.log_event(
+                s,
+                StationEvent(
+                    station_id,
+                    "boot",
+                    now,
+                    info.boot_reason,
+                    {"vendor": info.vendor, "model": info.model, "firmware": info.firmware_version},
+                ),
+            )
+
+        await self.writer.submit(job)
+        self.bus.publish("station.booted", station_id, vendor=info.vendor, model=info.model)
+        return now
+
+    async def heartbeat(self, station_id: str) -> datetime:
+        now = self.clock.now()
+
+        async def job(s: AsyncSession) -> None:
+            await repo.touch_heartbeat(s, station_id, now)
+
+        await self.writer.submit(job)
+        return now
+
+    async def status(self, station_id: str, report: StatusReport) -> None:
+        now = self.clock.now()
+
+        async def job(s: AsyncSession) -> None:
+            await repo.record_status(s, station_id, report, now)
+            if report.error_code and report.error_code != "NoError":
+                await repo.log_event(
+                    s,
+                    StationEvent(
+                        station_id,
+                        "error",
+                        report.timestamp,
+                        report.error_code,
+                        {
+                            "evse": report.evse_id,
+                            "connector": report.connector_id,
+                            "info": report.info,
+                            "vendor_error_code": report.vendor_error_code,
+                        },
+                    ),
+                )
+
+        await self.writer.submit(job)
+        self.bus.publish(
+            "connector.status",
+            station_id,
+            evse_id=report.evse_id,
+            connector_id=report.connector_id,
+            status=report.status.value,
+            error_code=report.error_code,
+        )
+
+    async def authorize(self, station_id: str, id_token: str) -> AuthResult:
+        async with self.sessionmaker() as s:
+            row = await repo.get_id_token(s, id_token)
+        if row is None:
+            return AuthResult(AuthorizationStatus.UNKNOWN)
+        status = AuthorizationStatus(row.status)
+        if status is AuthorizationStatus.ACCEPTED and row.expiry and row.expiry <= self.clock.now():
+            status = AuthorizationStatus.EXPIRED
+        return AuthResult(status, row.expiry, row.parent_id_token)
+
+    # ------------------------------------------------------------ transactions
+
+    async def start_transaction_assigning_id(self, upd: TransactionUpdate) -> int:
+        """1.6 StartTransaction; returns the transactionId we assign (idempotent)."""
+        now = self.clock.now()
+
+        async def job(s: AsyncSession) -> int:
+            tx = await repo.start_transaction_assigning_id(s, upd, now)
+            return tx.id
+
+        tx_id = await self.writer.submit(job)
+        self.bus.publish(
+            "transaction.started",
+            upd.station_id,
+            transaction_id=str(tx_id),
+            evse_id=upd.evse_id,
+            id_token=upd.id_token,
+        )
+        return tx_id
+
+    async def transaction_update(self, upd: TransactionUpdate, create: bool = True) -> bool:
+        """Apply a transaction account; False if it names an unknown transaction."""
+        now = self.clock.now()
+
+        async def job(s: AsyncSession):
+            tx = await repo.apply_transaction_update(s, upd, now, create=create)
+            if tx is None:
+                return None
+            return (
+                tx.state,
+                tx.power_w,
+                tx.energy_imported_wh,
+                tx.energy_exported_wh,
+                tx.soc_percent,
+                tx.evse_id,
+            )
+
+        result = await self.writer.submit(job)
+        if result is None:
+            return False
+        state, power, e_in, e_out, soc, evse_id = result
+        self.bus.publish(
+            f"transaction.{upd.event}",
+            upd.station_id,
+            transaction_id=upd.transaction_id,
+            evse_id=evse_id,
+            state=state,
+            power_w=power,
+            energy_imported_wh=e_in,
+            energy_exported_wh=e_out,
+            soc_percent=soc,
+        )
+        return True
+
+    async def meter_values(self, station_id: str, evse_id: int, samples: list[MeterSample]):
+        """Samples outside a transaction (station meter, connector 0, idle EVSE)."""
+
+        async def job(s: AsyncSession) -> None:
+            await repo.insert_samples(s, station_id, evse_id, None, samples)
+
+        await self.writer.submit(job)
+        self.bus.publish("meter.values", station_id, evse_id=evse_id, count=len(samples))
+
+    async def transaction_id_for_evse(self, station_id: str, evse_id: int) -> str | None:
+        async with self.sessionmaker() as s:
+            tx = await repo.active_transaction_for_evse(s, station_id, evse_id)
+        return tx.transaction_id if tx else None
+
+    # ------------------------------------------------------------ other
+
+    async def record_event(self, event: StationEvent, text: str | None = None) -> None:
+        async def job(s: AsyncSession) -> None:
+            await repo.log_event(s, event, text)
+
+        await self.writer.submit(job)
+        self.bus.publish(f"station.{event.kind}", event.station_id, type=event.type)
+
+    async def record_reservation(
+        self,
+        reservation_id: int,
+        station_id: str,
+        evse_id: int | None,
+        id_token: str,
+        expiry: datetime,
+        status: str,
+    ) -> None:
+        now = self.clock.now()
+
+        async def job(s: AsyncSession) -> None:
+            await repo.upsert_reservation(
+                s, reservation_id, station_id, evse_id, id_token, expiry, status, now
+            )
+
+        await self.writer.submit(job)
+
+    async def set_reservation_status(self, reservation_id: int, status: str) -> None:
+        async def job(s: AsyncSession) -> None:
+            await repo.set_reservation_status(s, reservation_id, status)
+
+        await self.writer.submit(job)
+
+    async def id_token_table(self) -> list[LocalListEntry]:
+        async with self.sessionmaker() as s:
+            rows = await repo.list_id_tokens(s)
+        return [LocalListEntry(id_token=r.id_token, status=r.status, type=r.type) for r in rows]
+
+    async def next_reservation_id(self) -> int:
+        async with self.sessionmaker() as s:
+            return await repo.next_reservation_id(s)

@@ -1,0 +1,390 @@
+"""OCPP 2.0.1 adapter: wire messages <-> domain."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ocpp.v201 import call, enums
+from ocpp.v201 import datatypes as dt
+
+from evflex.clock import isoformat, parse_datetime
+from evflex.csms import commands as c
+from evflex.csms.rpc import to_payload
+from evflex.csms.service import CsmsService
+from evflex.domain.model import (
+    ConnectorStatus,
+    MeterSample,
+    StationEvent,
+    StationInfo,
+    StatusReport,
+    TransactionUpdate,
+    normalise,
+)
+
+log = logging.getLogger(__name__)
+
+_EVENT = {"Started": "started", "Updated": "updated", "Ended": "ended"}
+
+
+def parse_meter_values(meter_value: list[dict]) -> list[MeterSample]:
+    samples: list[MeterSample] = []
+    for mv in meter_value:
+        ts = parse_datetime(mv["timestamp"])
+        for sv in mv["sampledValue"]:
+            measurand = sv.get("measurand", "Energy.Active.Import.Register")
+            uom = sv.get("unitOfMeasure") or {}
+            raw = float(sv["value"]) * (10 ** uom.get("multiplier", 0))
+            value, unit = normalise(raw, uom.get("unit"), measurand)
+            samples.append(
+                MeterSample(
+                    ts,
+                    measurand,
+                    value,
+                    unit,
+                    sv.get("phase"),
+                    sv.get("location"),
+                    sv.get("context"),
+                    "signedMeterValue" in sv,
+                )
+            )
+    return samples
+
+
+class V201Handlers:
+    """Answers the calls a 2.0.1 charging station makes."""
+
+    version = "2.0.1"
+
+    def __init__(self, service: CsmsService, station_id: str) -> None:
+        self.service = service
+        self.station_id = station_id
+
+    def routes(self) -> dict[str, Callable[[dict], Awaitable[dict]]]:
+        return {
+            "BootNotification": self.boot_notification,
+            "Heartbeat": self.heartbeat,
+            "StatusNotification": self.status_notification,
+            "Authorize": self.authorize,
+            "TransactionEvent": self.transaction_event,
+            "MeterValues": self.meter_values,
+            "FirmwareStatusNotification": self.firmware_status,
+            "LogStatusNotification": self.log_status,
+            "SecurityEventNotification": self.security_event,
+            "NotifyReport": self.notify_report,
+            "NotifyEvent": self.notify_event,
+            "ReservationStatusUpdate": self.reservation_status_update,
+            "DataTransfer": self.data_transfer,
+        }
+
+    async def boot_notification(self, p: dict) -> dict:
+        cs = p["chargingStation"]
+        modem = cs.get("modem") or {}
+        info = StationInfo(
+            vendor=cs["vendorName"],
+            model=cs["model"],
+            serial_number=cs.get("serialNumber"),
+            firmware_version=cs.get("firmwareVersion"),
+            iccid=modem.get("iccid"),
+            imsi=modem.get("imsi"),
+            boot_reason=p["reason"],
+        )
+        now = await self.service.boot(self.station_id, self.version, info)
+        return {
+            "currentTime": isoformat(now),
+            "interval": self.service.heartbeat_interval,
+            "status": "Accepted",
+        }
+
+    async def heartbeat(self, p: dict) -> dict:
+        now = await self.service.heartbeat(self.station_id)
+        return {"currentTime": isoformat(now)}
+
+    async def status_notification(self, p: dict) -> dict:
+        await self.service.status(
+            self.station_id,
+            StatusReport(
+                evse_id=p["evseId"],
+                connector_id=p["connectorId"],
+                status=ConnectorStatus(p["connectorStatus"]),
+                timestamp=parse_datetime(p["timestamp"]),
+            ),
+        )
+        return {}
+
+    async def _id_token_info(self, token: dict) -> dict:
+        if token.get("type") == "NoAuthorization":
+            return {"status": "Accepted"}
+        auth = await self.service.authorize(self.station_id, token["idToken"])
+        info: dict[str, Any] = {"status": auth.status.value}
+        if auth.expiry:
+            info["cacheExpiryDateTime"] = isoformat(auth.expiry)
+        if auth.parent_id_token:
+            info["groupIdToken"] = {"idToken": auth.parent_id_token, "type": "Central"}
+        return info
+
+    async def authorize(self, p: dict) -> dict:
+        return {"idTokenInfo": await self._id_token_info(p["idToken"])}
+
+    async def transaction_event(self, p: dict) -> dict:
+        info = p["transactionInfo"]
+        evse = p.get("evse") or {}
+        token = p.get("idToken")
+        upd = TransactionUpdate(
+            station_id=self.station_id,
+            transaction_id=info["transactionId"],
+            event=_EVENT[p["eventType"]],
+            timestamp=parse_datetime(p["timestamp"]),
+            evse_id=evse.get("id"),
+            connector_id=evse.get("connectorId"),
+            id_token=token["idToken"] if token else None,
+            samples=parse_meter_values(p.get("meterValue", [])),
+            charging_state=info.get("chargingState"),
+            stop_reason=info.get("stoppedReason", "Local") if p["eventType"] == "Ended" else None,
+            trigger_reason=p["triggerReason"],
+            seq_no=p["seqNo"],
+            offline=p.get("offline", False),
+            remote_start_id=info.get("remoteStartId"),
+            reservation_id=p.get("reservationId"),
+        )
+        await self.service.transaction_update(upd)
+        if token:
+            return {"idTokenInfo": await self._id_token_info(token)}
+        return {}
+
+    async def meter_values(self, p: dict) -> dict:
+        samples = parse_meter_values(p["meterValue"])
+        evse_id = p["evseId"]
+        tx_id = (
+            await self.service.transaction_id_for_evse(self.station_id, evse_id)
+            if evse_id
+            else None
+        )
+        if tx_id is not None and samples:
+            await self.service.transaction_update(
+                TransactionUpdate(
+                    station_id=self.station_id,
+                    transaction_id=tx_id,
+                    event="updated",
+                    timestamp=max(s.timestamp for s in samples),
+                    evse_id=evse_id,
+                    samples=samples,
+                ),
+                create=False,
+            )
+        else:
+            await self.service.meter_values(self.station_id, evse_id, samples)
+        return {}
+
+    async def _event(
+        self, kind: str, type_: str | None, detail: dict | None = None, ts: str | None = None
+    ) -> dict:
+        when = parse_datetime(ts) if ts else self.service.clock.now()
+        await self.service.record_event(StationEvent(self.station_id, kind, when, type_, detail))
+        return {}
+
+    async def firmware_status(self, p: dict) -> dict:
+        return await self._event("firmware", p["status"], {"requestId": p.get("requestId")})
+
+    async def log_status(self, p: dict) -> dict:
+        return await self._event("log", p["status"], {"requestId": p.get("requestId")})
+
+    async def security_event(self, p: dict) -> dict:
+        return await self._event(
+            "security", p["type"], {"techInfo": p.get("techInfo")}, p["timestamp"]
+        )
+
+    async def notify_report(self, p: dict) -> dict:
+        return await self._event(
+            "report",
+            "NotifyReport",
+            {
+                "requestId": p["requestId"],
+                "seqNo": p["seqNo"],
+                "tbc": p.get("tbc", False),
+                "reportData": p.get("reportData", []),
+            },
+            p["generatedAt"],
+        )
+
+    async def notify_event(self, p: dict) -> dict:
+        return await self._event(
+            "notify_event",
+            "NotifyEvent",
+            {"seqNo": p["seqNo"], "eventData": p["eventData"]},
+            p["generatedAt"],
+        )
+
+    async def reservation_status_update(self, p: dict) -> dict:
+        await self.service.set_reservation_status(p["reservationId"], p["reservationUpdateStatus"])
+        return {}
+
+    async def data_transfer(self, p: dict) -> dict:
+        await self._event(
+            "data_transfer", p["vendorId"], {"messageId": p.get("messageId"), "data": p.get("data")}
+        )
+        return {"status": "UnknownVendorId"}
+
+
+# ----------------------------------------------------------------------- commands
+
+Builder = Callable[[Any, CsmsService], Awaitable[tuple[str, dict]]]
+
+
+async def _reset(b: c.ResetBody, _s):
+    return to_payload(
+        call.Reset(
+            type=enums.ResetEnumType.immediate if b.type == "hard" else enums.ResetEnumType.on_idle
+        )
+    )
+
+
+async def _change_availability(b: c.ChangeAvailabilityBody, _s):
+    evse = dt.EVSEType(id=b.evse, connector_id=b.connector) if b.evse else None
+    return to_payload(
+        call.ChangeAvailability(
+            operational_status=enums.OperationalStatusEnumType.operative
+            if b.operative
+            else enums.OperationalStatusEnumType.inoperative,
+            evse=evse,
+        )
+    )
+
+
+async def _remote_start(b: c.RemoteStartBody, _s):
+    return to_payload(
+        call.RequestStartTransaction(
+            id_token=dt.IdTokenType(id_token=b.id_token, type=b.id_token_type),
+            remote_start_id=random.randint(1, 2**31 - 1),
+            evse_id=b.evse,
+        )
+    )
+
+
+async def _remote_stop(b: c.RemoteStopBody, _s):
+    return to_payload(call.RequestStopTransaction(transaction_id=b.transaction_id))
+
+
+async def _trigger(b: c.TriggerMessageBody, _s):
+    try:
+        msg = enums.MessageTriggerEnumType(b.message)
+    except ValueError:
+        raise c.CommandNotAvailable(f"2.0.1 TriggerMessage cannot request {b.message}") from None
+    evse = dt.EVSEType(id=b.evse, connector_id=b.connector) if b.evse else None
+    return to_payload(call.TriggerMessage(requested_message=msg, evse=evse))
+
+
+async def _unlock(b: c.UnlockConnectorBody, _s):
+    return to_payload(call.UnlockConnector(evse_id=b.evse, connector_id=b.connector))
+
+
+async def _reserve(b: c.ReserveNowBody, s: CsmsService):
+    rid = b.reservation_id if b.reservation_id is not None else await s.next_reservation_id()
+    return to_payload(
+        call.ReserveNow(
+            id=rid,
+            expiry_date_time=isoformat(b.expiry),
+            id_token=dt.IdTokenType(id_token=b.id_token, type=b.id_token_type),
+            evse_id=b.evse or None,
+        )
+    )
+
+
+async def _cancel_reservation(b: c.CancelReservationBody, _s):
+    return to_payload(call.CancelReservation(reservation_id=b.reservation_id))
+
+
+async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
+    entries = b.entries if b.entries is not None else await s.id_token_table()
+    auth_list = [
+        dt.AuthorizationData(
+            id_token=dt.IdTokenType(id_token=e.id_token, type=e.type),
+            id_token_info=dt.IdTokenInfoType(status=e.status) if e.status else None,
+        )
+        for e in entries
+    ]
+    return to_payload(
+        call.SendLocalList(
+            version_number=b.version,
+            update_type=enums.UpdateEnumType(b.update),
+            local_authorization_list=auth_list or None,
+        )
+    )
+
+
+async def _get_local_list_version(_b, _s):
+    return to_payload(call.GetLocalListVersion())
+
+
+async def _clear_cache(_b, _s):
+    return to_payload(call.ClearCache())
+
+
+async def _data_transfer(b: c.DataTransferBody, _s):
+    return to_payload(
+        call.DataTransfer(vendor_id=b.vendor_id, message_id=b.message_id, data=b.data)
+    )
+
+
+def _component(v: c.VariableRef) -> dt.ComponentType:
+    evse = dt.EVSEType(id=v.evse, connector_id=v.connector) if v.evse is not None else None
+    return dt.ComponentType(name=v.component, instance=v.component_instance, evse=evse)
+
+
+async def _get_variables(b: c.GetVariablesBody, _s):
+    return to_payload(
+        call.GetVariables(
+            get_variable_data=[
+                dt.GetVariableDataType(
+                    component=_component(v),
+                    variable=dt.VariableType(name=v.variable, instance=v.variable_instance),
+                    attribute_type=v.attribute,
+                )
+                for v in b.variables
+            ]
+        )
+    )
+
+
+async def _set_variables(b: c.SetVariablesBody, _s):
+    return to_payload(
+        call.SetVariables(
+            set_variable_data=[
+                dt.SetVariableDataType(
+                    attribute_value=v.value,
+                    component=_component(v),
+                    variable=dt.VariableType(name=v.variable, instance=v.variable_instance),
+                    attribute_type=v.attribute,
+                )
+                for v in b.variables
+            ]
+        )
+    )
+
+
+async def _get_base_report(b: c.GetBaseReportBody, _s):
+    rid = b.request_id if b.request_id is not None else random.randint(1, 2**31 - 1)
+    return to_payload(
+        call.GetBaseReport(request_id=rid, report_base=enums.ReportBaseEnumType(b.report))
+    )
+
+
+COMMANDS: dict[str, Builder] = {
+    "reset": _reset,
+    "change-availability": _change_availability,
+    "remote-start": _remote_start,
+    "remote-stop": _remote_stop,
+    "trigger-message": _trigger,
+    "unlock-connector": _unlock,
+    "reserve-now": _reserve,
+    "cancel-reservation": _cancel_reservation,
+    "send-local-list": _send_local_list,
+    "get-local-list-version": _get_local_list_version,
+    "clear-cache": _clear_cache,
+    "data-transfer": _data_transfer,
+    "get-variables": _get_variables,
+    "set-variables": _set_variables,
+    "get-base-report": _get_base_report,
+}

@@ -1,0 +1,27 @@
+"""Domain objects shared by every adapter, planner and store."""
+
+from evflex.domain.model import (
+    AuthorizationStatus,
+    ChargingState,
+    ConnectorStatus,
+    MeterSample,
+    OcppVersion,
+    StationEvent,
+    StationInfo,
+    StatusReport,
+    TransactionState,
+    TransactionUpdate,
+)
+
+__all__ = [
+    "AuthorizationStatus",
+    "ChargingState",
+    "ConnectorStatus",
+    "MeterSample",
+    "OcppVersion",
+    "StationEvent",
+    "StationInfo",
+    "StatusReport",
+    "TransactionState",
+    "TransactionUpdate",
+]

@@ -1,0 +1,87 @@
+"""Engine creation and schema migrations.
+
+The database is any SQLAlchemy async URL: ``sqlite+aiosqlite:///evflex.db``
+(the default) or ``postgresql+asyncpg://user@host/db``. Plain ``sqlite:///`` and
+``postgresql://`` URLs are given their async driver automatically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from evflex.store.tables import Base, SchemaVersion
+
+log = logging.getLogger(__name__)
+
+
+def async_url(url: str) -> str:
+    """Give a plain SQLAlchemy URL its asyncio driver."""
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url.removeprefix("sqlite://")
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url.removeprefix("postgresql://")
+    if url.startswith("postgres://"):
+        return "postgresql+asyncpg://" + url.removeprefix("postgres://")
+    return url
+
+
+def make_engine(url: str) -> AsyncEngine:
+    url = async_url(url)
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - driver hook
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# Each migration moves the schema from version i to i+1. Version 1 is the
+# initial schema created from the table metadata; later versions append here.
+Migration = Callable[[AsyncConnection], Awaitable[None]]
+
+
+async def _v1_initial(conn: AsyncConnection) -> None:
+    await conn.run_sync(Base.metadata.create_all)
+
+
+MIGRATIONS: list[Migration] = [_v1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def migrate(engine: AsyncEngine) -> int:
+    """Create or upgrade the schema; returns the schema version now in place."""
+    async with engine.begin() as conn:
+        await conn.run_sync(SchemaVersion.__table__.create, checkfirst=True)
+        current = (await conn.execute(select(SchemaVersion.version))).scalar()
+        version = current or 0
+        for i in range(version, SCHEMA_VERSION):
+            log.info("migrating database schema to version %d", i + 1)
+            await MIGRATIONS[i](conn)
+        if current is None:
+            await conn.execute(
+                SchemaVersion.__table__.insert().values(id=1, version=SCHEMA_VERSION)
+            )
+        elif current != SCHEMA_VERSION:
+            await conn.execute(SchemaVersion.__table__.update().values(version=SCHEMA_VERSION))
+    return SCHEMA_VERSION

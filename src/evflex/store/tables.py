@@ -1,0 +1,216 @@
+"""SQLAlchemy 2 tables. Portable between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for series.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "evflex_schema"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class Station(Base):
+    __tablename__ = "stations"
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    site_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    ocpp_version: Mapped[str | None] = mapped_column(String(8))
+    vendor: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(64))
+    serial_number: Mapped[str | None] = mapped_column(String(64))
+    firmware_version: Mapped[str | None] = mapped_column(String(64))
+    iccid: Mapped[str | None] = mapped_column(String(32))
+    imsi: Mapped[str | None] = mapped_column(String(32))
+    meter_type: Mapped[str | None] = mapped_column(String(64))
+    meter_serial_number: Mapped[str | None] = mapped_column(String(64))
+    registration_status: Mapped[str | None] = mapped_column(String(16))
+    connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_boot_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    boot_reason: Mapped[str | None] = mapped_column(String(32))
+    local_list_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Connector(Base):
+    """Latest status per EVSE/connector (EVSE 0 = the station itself)."""
+
+    __tablename__ = "connectors"
+
+    station_id: Mapped[str] = mapped_column(
+        ForeignKey("stations.id", ondelete="CASCADE"), primary_key=True
+    )
+    evse_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    connector_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    info: Mapped[str | None] = mapped_column(String(512))
+    vendor_error_code: Mapped[str | None] = mapped_column(String(255))
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class IdToken(Base):
+    __tablename__ = "id_tokens"
+
+    id_token: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(20), default="ISO14443")
+    status: Mapped[str] = mapped_column(String(20), default="Accepted")
+    expiry: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    parent_id_token: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Transaction(Base):
+    __tablename__ = "transactions"
+    __table_args__ = (
+        UniqueConstraint("station_id", "transaction_id", name="uq_tx_station_txid"),
+        Index("ix_tx_active", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    station_id: Mapped[str] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
+    # The id the station uses: 1.6 = the integer we assigned, 2.x = the station's string.
+    transaction_id: Mapped[str] = mapped_column(String(64))
+    evse_id: Mapped[int | None] = mapped_column(Integer)
+    connector_id: Mapped[int | None] = mapped_column(Integer)
+    id_token: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(8))
+    charging_state: Mapped[str | None] = mapped_column(String(16))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    meter_start_wh: Mapped[float | None] = mapped_column(Float)
+    meter_stop_wh: Mapped[float | None] = mapped_column(Float)
+    import_register_first_wh: Mapped[float | None] = mapped_column(Float)
+    import_register_last_wh: Mapped[float | None] = mapped_column(Float)
+    export_register_first_wh: Mapped[float | None] = mapped_column(Float)
+    export_register_last_wh: Mapped[float | None] = mapped_column(Float)
+    energy_imported_wh: Mapped[float] = mapped_column(Float, default=0.0)
+    energy_exported_wh: Mapped[float] = mapped_column(Float, default=0.0)
+    power_w: Mapped[float | None] = mapped_column(Float)
+    soc_percent: Mapped[float | None] = mapped_column(Float)
+    last_meter_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_seq_no: Mapped[int | None] = mapped_column(Integer)
+    remote_start_id: Mapped[int | None] = mapped_column(Integer)
+    reservation_id: Mapped[int | None] = mapped_column(Integer)
+    offline_messages: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MeterValue(Base):
+    """The meter time series: one row per sampled value.
+
+    The unique key makes a repeated message (a station resending its offline
+    queue) insert nothing new.
+    """
+
+    __tablename__ = "meter_values"
+    __table_args__ = (
+        UniqueConstraint(
+            "station_id",
+            "evse_id",
+            "timestamp",
+            "measurand",
+            "phase",
+            "location",
+            "context",
+            name="uq_meter_sample",
+        ),
+        Index("ix_meter_station_time", "station_id", "timestamp"),
+        Index("ix_meter_tx", "transaction_pk"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    station_id: Mapped[str] = mapped_column(String(48))
+    evse_id: Mapped[int] = mapped_column(Integer)
+    transaction_pk: Mapped[int | None] = mapped_column(BigInteger)
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    measurand: Mapped[str] = mapped_column(String(48))
+    # Empty string instead of NULL so the unique key works on every backend.
+    phase: Mapped[str] = mapped_column(String(8), default="")
+    location: Mapped[str] = mapped_column(String(8), default="")
+    context: Mapped[str] = mapped_column(String(24), default="")
+    unit: Mapped[str] = mapped_column(String(12))
+    value: Mapped[float] = mapped_column(Float)
+    signed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Reservation(Base):
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    station_id: Mapped[str] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
+    evse_id: Mapped[int | None] = mapped_column(Integer)
+    id_token: Mapped[str] = mapped_column(String(255))
+    expiry: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EventLog(Base):
+    """Security events, firmware status, data transfers, connects, boots, errors."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_station_time", "station_id", "timestamp"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    station_id: Mapped[str | None] = mapped_column(String(48))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    text: Mapped[str | None] = mapped_column(Text)

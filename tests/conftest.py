@@ -1,0 +1,166 @@
+"""Shared fixtures: a real evflex node on free ports, on SQLite and on PostgreSQL.
+
+The PostgreSQL variant uses ``EVFLEX_TEST_POSTGRES_URL`` (default: the local
+server, database ``test``); each test gets a fresh database of its own. The
+variant is skipped only when no PostgreSQL server is reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from evflex.app import Runtime
+from evflex.config import Settings
+
+PG_URL = os.environ.get(
+    "EVFLEX_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+_pg_available: bool | None = None
+
+
+async def _pg_reachable() -> bool:
+    global _pg_available
+    if _pg_available is None:
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(_plain(PG_URL), timeout=3)
+            await conn.close()
+            _pg_available = True
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            _pg_available = False
+    return _pg_available
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _create_pg_database() -> tuple[str, str]:
+    import asyncpg
+
+    name = "evflex_t_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(_plain(PG_URL))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = PG_URL.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+async def _drop_pg_database(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_plain(PG_URL))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request, tmp_path) -> AsyncIterator[str]:
+    """A fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'evflex.db'}"
+        return
+    if not await _pg_reachable():
+        pytest.skip("no PostgreSQL server reachable at " + PG_URL)
+    name, url = await _create_pg_database()
+    try:
+        yield url
+    finally:
+        await _drop_pg_database(name)
+
+
+def make_settings(database_url: str, **kw) -> Settings:
+    base = dict(
+        host="127.0.0.1", ocpp_port=0, http_port=0, database_url=database_url,
+        heartbeat_interval=60, response_timeout=5.0,
+    )
+    base.update(kw)
+    return Settings(**base)
+
+
+class Node:
+    """A running evflex node plus an HTTP client for its API."""
+
+    def __init__(self, rt: Runtime, http: httpx.AsyncClient):
+        self.rt = rt
+        self.http = http
+
+    @property
+    def ocpp_url(self) -> str:
+        return f"ws://127.0.0.1:{self.rt.ocpp_port}/ocpp"
+
+    def url(self, station_id: str) -> str:
+        return f"{self.ocpp_url}/{station_id}"
+
+    async def wait_for(self, predicate, timeout: float = 5.0, interval: float = 0.02):
+        """Poll an async or sync predicate until it returns something truthy."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return value
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("condition not met in time")
+            await asyncio.sleep(interval)
+
+    async def get(self, path: str, **kw):
+        r = await self.http.get(path, **kw)
+        return r
+
+    async def station(self, station_id: str) -> dict:
+        r = await self.http.get(f"/api/v1/stations/{station_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def transactions(self, **params) -> list[dict]:
+        r = await self.http.get("/api/v1/transactions", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def command(self, station_id: str, name: str, body: dict | None = None):
+        return await self.http.post(
+            f"/api/v1/stations/{station_id}/commands/{name}", json=body or {}
+        )
+
+
+async def start_node(database_url: str, **kw) -> tuple[Runtime, httpx.AsyncClient]:
+    rt = Runtime(make_settings(database_url, **kw))
+    await rt.start()
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}", timeout=10)
+    return rt, http
+
+
+@pytest.fixture
+async def node(database_url) -> AsyncIterator[Node]:
+    """An evflex node that registers unknown stations on first connect."""
+    rt, http = await start_node(database_url, allow_unknown_stations=True)
+    try:
+        yield Node(rt, http)
+    finally:
+        await http.aclose()
+        await rt.stop()
+
+
+@pytest.fixture
+async def strict_node(database_url) -> AsyncIterator[Node]:
+    """An evflex node that refuses unknown stations (the production default)."""
+    rt, http = await start_node(database_url, allow_unknown_stations=False)
+    try:
+        yield Node(rt, http)
+    finally:
+        await http.aclose()
+        await rt.stop()

@@ -1,0 +1,199 @@
+"""Independent OCPP clients for the tests: the ``ocpp`` library's own ChargePoint.
+
+These are deliberately *not* our simulator: they show that a third-party
+implementation of the protocol interoperates with the CSMS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+
+import websockets
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as CP16
+from ocpp.v16 import call_result as r16
+from ocpp.v201 import ChargePoint as CP201
+from ocpp.v201 import call_result as r201
+
+
+class Lib16(CP16):
+    """A 1.6 charge point answering the CSMS's commands like a compliant station."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.received: list[tuple[str, dict]] = []
+        self.config = {"HeartbeatInterval": "300", "MeterValueSampleInterval": "60",
+                       "NumberOfConnectors": "2"}
+
+    @on("Reset")
+    def on_reset(self, **kw):
+        self.received.append(("Reset", kw))
+        return r16.Reset(status="Accepted")
+
+    @on("ChangeAvailability")
+    def on_change_availability(self, **kw):
+        self.received.append(("ChangeAvailability", kw))
+        return r16.ChangeAvailability(status="Accepted")
+
+    @on("GetConfiguration")
+    def on_get_configuration(self, key=None, **kw):
+        self.received.append(("GetConfiguration", {"key": key}))
+        keys = key or list(self.config)
+        known = [{"key": k, "readonly": k == "NumberOfConnectors", "value": self.config[k]}
+                 for k in keys if k in self.config]
+        unknown = [k for k in keys if k not in self.config]
+        return r16.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
+
+    @on("ChangeConfiguration")
+    def on_change_configuration(self, key, value, **kw):
+        self.received.append(("ChangeConfiguration", {"key": key, "value": value}))
+        if key not in self.config:
+            return r16.ChangeConfiguration(status="NotSupported")
+        if key == "NumberOfConnectors":
+            return r16.ChangeConfiguration(status="Rejected")
+        self.config[key] = value
+        return r16.ChangeConfiguration(status="Accepted")
+
+    @on("RemoteStartTransaction")
+    def on_remote_start(self, **kw):
+        self.received.append(("RemoteStartTransaction", kw))
+        return r16.RemoteStartTransaction(status="Accepted")
+
+    @on("RemoteStopTransaction")
+    def on_remote_stop(self, **kw):
+        self.received.append(("RemoteStopTransaction", kw))
+        return r16.RemoteStopTransaction(status="Accepted")
+
+    @on("TriggerMessage")
+    def on_trigger(self, **kw):
+        self.received.append(("TriggerMessage", kw))
+        return r16.TriggerMessage(status="Accepted")
+
+    @on("UnlockConnector")
+    def on_unlock(self, **kw):
+        self.received.append(("UnlockConnector", kw))
+        return r16.UnlockConnector(status="Unlocked")
+
+    @on("ReserveNow")
+    def on_reserve(self, **kw):
+        self.received.append(("ReserveNow", kw))
+        return r16.ReserveNow(status="Accepted")
+
+    @on("CancelReservation")
+    def on_cancel(self, **kw):
+        self.received.append(("CancelReservation", kw))
+        return r16.CancelReservation(status="Accepted")
+
+    @on("SendLocalList")
+    def on_send_local_list(self, **kw):
+        self.received.append(("SendLocalList", kw))
+        return r16.SendLocalList(status="Accepted")
+
+
+class Lib201(CP201):
+    """A 2.0.1 charging station answering the CSMS's commands."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.received: list[tuple[str, dict]] = []
+        self.variables = {("OCPPCommCtrlr", "HeartbeatInterval"): "300"}
+
+    @on("Reset")
+    def on_reset(self, **kw):
+        self.received.append(("Reset", kw))
+        return r201.Reset(status="Accepted")
+
+    @on("ChangeAvailability")
+    def on_change_availability(self, **kw):
+        self.received.append(("ChangeAvailability", kw))
+        return r201.ChangeAvailability(status="Accepted")
+
+    @on("GetVariables")
+    def on_get_variables(self, get_variable_data, **kw):
+        self.received.append(("GetVariables", {"get_variable_data": get_variable_data}))
+        out = []
+        for item in get_variable_data:
+            key = (item["component"]["name"], item["variable"]["name"])
+            if key in self.variables:
+                out.append({"attribute_status": "Accepted", "attribute_value": self.variables[key],
+                            "component": item["component"], "variable": item["variable"]})
+            else:
+                out.append({"attribute_status": "UnknownVariable",
+                            "component": item["component"], "variable": item["variable"]})
+        return r201.GetVariables(get_variable_result=out)
+
+    @on("SetVariables")
+    def on_set_variables(self, set_variable_data, **kw):
+        self.received.append(("SetVariables", {"set_variable_data": set_variable_data}))
+        out = []
+        for item in set_variable_data:
+            key = (item["component"]["name"], item["variable"]["name"])
+            status = "Accepted" if key in self.variables else "UnknownVariable"
+            if status == "Accepted":
+                self.variables[key] = item["attribute_value"]
+            out.append({"attribute_status": status, "component": item["component"],
+                        "variable": item["variable"]})
+        return r201.SetVariables(set_variable_result=out)
+
+    @on("GetBaseReport")
+    def on_get_base_report(self, **kw):
+        self.received.append(("GetBaseReport", kw))
+        return r201.GetBaseReport(status="Accepted")
+
+    @on("RequestStartTransaction")
+    def on_request_start(self, **kw):
+        self.received.append(("RequestStartTransaction", kw))
+        return r201.RequestStartTransaction(status="Accepted", transaction_id="tx-remote-1")
+
+    @on("RequestStopTransaction")
+    def on_request_stop(self, **kw):
+        self.received.append(("RequestStopTransaction", kw))
+        return r201.RequestStopTransaction(status="Accepted")
+
+    @on("TriggerMessage")
+    def on_trigger(self, **kw):
+        self.received.append(("TriggerMessage", kw))
+        return r201.TriggerMessage(status="Accepted")
+
+    @on("UnlockConnector")
+    def on_unlock(self, **kw):
+        self.received.append(("UnlockConnector", kw))
+        return r201.UnlockConnector(status="Unlocked")
+
+    @on("ReserveNow")
+    def on_reserve(self, **kw):
+        self.received.append(("ReserveNow", kw))
+        return r201.ReserveNow(status="Accepted")
+
+    @on("CancelReservation")
+    def on_cancel(self, **kw):
+        self.received.append(("CancelReservation", kw))
+        return r201.CancelReservation(status="Accepted")
+
+    @on("SendLocalList")
+    def on_send_local_list(self, **kw):
+        self.received.append(("SendLocalList", kw))
+        return r201.SendLocalList(status="Accepted")
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@contextlib.asynccontextmanager
+async def connected(cls, url: str, station_id: str, subprotocol: str, headers=None):
+    """Connect a library ChargePoint and run its receive loop for the block."""
+    async with websockets.connect(
+        f"{url}/{station_id}", subprotocols=[subprotocol], additional_headers=headers
+    ) as ws:
+        cp = cls(station_id, ws, response_timeout=5)
+        task = asyncio.create_task(cp.start())
+        try:
+            yield cp
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
