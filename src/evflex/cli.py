@@ -203,3 +203,88 @@ def id_token_add(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+@app.command()
+def demo(
+    stations: Annotated[int, typer.Option(help="Simulated stations (half 1.6, half 2.0.1)")] = 10,
+    hours: Annotated[float, typer.Option(help="Simulated hours")] = 24.0,
+    speed: Annotated[
+        float | None, typer.Option(help="Clock speed (default: the day in ~40 s)")
+    ] = None,
+    db: Annotated[Path, typer.Option(help="SQLite file, recreated")] = Path("evflex-demo.db"),
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    ocpp_port: Annotated[int, typer.Option()] = 9000,
+    http_port: Annotated[int, typer.Option()] = 8000,
+    keep_running: Annotated[bool, typer.Option(help="Keep the CSMS up afterwards")] = False,
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """Start a CSMS on a fresh SQLite file, simulate a site for a day, print a summary."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from evflex.app import Runtime
+    from evflex.demo import demo_settings, run_demo
+
+    logging.basicConfig(level="ERROR")
+
+    async def main() -> int:
+        rt = Runtime(demo_settings(db, host, ocpp_port, http_port))
+        await rt.start()
+        try:
+            console.print(
+                f"[bold green]evflex[/] CSMS up: API http://{host}:{rt.http_port}/docs"
+                f" · OCPP ws://{host}:{rt.ocpp_port}/ocpp/{{id}} · store {db}"
+            )
+            with Progress(
+                TextColumn("simulating {task.fields[hours]:g} h"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task("sim", total=1.0, hours=hours)
+                res = await run_demo(
+                    rt,
+                    stations=stations,
+                    hours=hours,
+                    speed=speed,
+                    seed=seed,
+                    progress=lambda f: bar.update(task, completed=f),
+                )
+            table = Table(
+                title=f"evflex demo: {res.sim_hours:g} simulated hours in {res.real_seconds:.0f} s"
+            )
+            table.add_column("what")
+            table.add_column("simulator", justify="right")
+            table.add_column("CSMS store", justify="right")
+            table.add_row(
+                "stations booted", f"{res.stations_booted}/{res.stations}", str(res.csms_stations)
+            )
+            table.add_row("sessions started", str(res.sessions_started), str(res.csms_transactions))
+            table.add_row("sessions completed", str(res.sessions_completed), "")
+            table.add_row("sessions refused (unknown card)", str(res.sessions_rejected), "")
+            table.add_row(
+                "energy charged (kWh)", f"{res.sim_energy_kwh:.1f}", f"{res.csms_energy_kwh:.1f}"
+            )
+            table.add_row("meter samples stored", "", str(res.csms_meter_samples))
+            table.add_row("errors", str(res.errors), "")
+            console.print(table)
+            for e in res.error_samples:
+                console.print(f"  [yellow]error:[/] {e}")
+            console.print(
+                f"Dashboard/API: {res.api_url}/  ·  docs {res.api_url}/docs  ·  "
+                f"stations {res.api_url}/api/v1/stations"
+            )
+            if keep_running:
+                console.print("CSMS keeps running (Ctrl-C to stop).")
+                await asyncio.Event().wait()
+            return 0 if res.errors == 0 and res.stations_booted == res.stations else 1
+        finally:
+            await rt.stop()
+
+    try:
+        code = asyncio.run(main())
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
