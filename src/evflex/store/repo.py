@@ -146,6 +146,23 @@ async def find_transaction(
     return res.scalar_one_or_none()
 
 
+async def _new_transaction(
+    session: AsyncSession, station_id: str, transaction_id: str, now: datetime
+) -> Transaction:
+    tx = Transaction(
+        station_id=station_id,
+        transaction_id=transaction_id,
+        state=TransactionState.ACTIVE.value,
+        updated_at=now,
+        energy_imported_wh=0.0,
+        energy_exported_wh=0.0,
+        offline_messages=0,
+    )
+    session.add(tx)
+    await session.flush()
+    return tx
+
+
 async def start_transaction_assigning_id(
     session: AsyncSession, upd: TransactionUpdate, now: datetime
 ) -> Transaction:
@@ -166,17 +183,7 @@ async def start_transaction_assigning_id(
     existing = res.scalars().first()
     if existing is not None:
         return existing
-    tx = Transaction(
-        station_id=upd.station_id,
-        transaction_id="pending-" + uuid.uuid4().hex,
-        state=TransactionState.ACTIVE.value,
-        updated_at=now,
-        energy_imported_wh=0.0,
-        energy_exported_wh=0.0,
-        offline_messages=0,
-    )
-    session.add(tx)
-    await session.flush()
+    tx = await _new_transaction(session, upd.station_id, "pending-" + uuid.uuid4().hex, now)
     tx.transaction_id = str(tx.id)
     await _apply(session, tx, upd, now)
     return tx
@@ -195,17 +202,7 @@ async def apply_transaction_update(
     if tx is None:
         if not create:
             return None
-        tx = Transaction(
-            station_id=upd.station_id,
-            transaction_id=upd.transaction_id,
-            state=TransactionState.ACTIVE.value,
-            updated_at=now,
-            energy_imported_wh=0.0,
-            energy_exported_wh=0.0,
-            offline_messages=0,
-        )
-        session.add(tx)
-        await session.flush()
+        tx = await _new_transaction(session, upd.station_id, upd.transaction_id, now)
     await _apply(session, tx, upd, now)
     return tx
 
