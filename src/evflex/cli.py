@@ -261,7 +261,7 @@ def demo(
             table.add_row(
                 "stations booted", f"{res.stations_booted}/{res.stations}", str(res.csms_stations)
             )
-            table.add_row("sessions started", str(res.sessions_started), str(res.csms_transactions))
+            table.add_row("sessions started / transactions stored", str(res.sessions_started), str(res.csms_transactions))
             table.add_row("sessions completed", str(res.sessions_completed), "")
             table.add_row("sessions refused (unknown card)", str(res.sessions_rejected), "")
             table.add_row(
@@ -288,3 +288,16 @@ def demo(
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+def _register_plugins() -> None:
+    from evflex.bench.ocpp import bench_ocpp_command
+    from evflex.sim.cli import sim_command
+
+    app.command("sim", help="Run simulated stations and EVs against a CSMS.")(sim_command)
+    bench_app.command("ocpp", help="OCPP load benchmark: K stations, message mix, latency.")(
+        bench_ocpp_command
+    )
+
+
+_register_plugins()

@@ -1,0 +1,763 @@
+"""``evflex bench ocpp``: how many stations can one CSMS process serve, and how fast?
+
+The benchmark starts ``evflex serve`` as a child process (or targets a server
+that is already running), opens K simulated stations from one or more
+generator processes at a fixed connection rate, lets them boot and charge,
+and then measures a fixed window: responses per second, request->response
+latency, errors, and the server's CPU time and peak RSS. It prints a table
+and writes everything it measured, failures included, to a JSON file.
+
+The simulated stations (see :mod:`evflex.bench.loadgen`) behave like real
+ones: BootNotification, a StatusNotification per connector, Heartbeats, and
+on EVSE 1 back-to-back charging sessions with periodic meter values. The
+window stands for ``window_minutes`` of station life (an hour by default); a
+session lasts 5 to 20 of those minutes, with up to one minute between the
+EV leaving and the next one plugging in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import wait as wait_connections
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import httpx
+import psutil
+import typer
+
+from evflex import __version__
+from evflex.bench.frames import ID_TOKEN_COUNT, id_token
+from evflex.bench.loadgen import LoadSettings, split_stations, worker_main
+from evflex.bench.server import ServerProcess, raise_nofile_limit
+
+REQUIRED_KEYS = (
+    "stations",
+    "connected",
+    "msgs_per_s",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "server_peak_rss_mb",
+    "connect_time_s",
+    "server_cpu_percent",
+    "errors",
+    "duration_s",
+    "v201_share",
+    "database",
+    "clients",
+    "messages",
+    "timestamp",
+    "python",
+    "cpu_count",
+)
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass
+class OcppBenchConfig:
+    stations: int = 1000
+    duration: float = 60.0
+    v201_share: float = 0.5
+    meter_interval: float = 10.0
+    heartbeat_interval: float = 60.0
+    connect_rate: float = 500.0
+    database_url: str | None = None
+    out: Path | None = None
+    server_url: str | None = None
+    api_url: str | None = None
+    clients: int = 1
+    window_minutes: float = 60.0
+    call_timeout: float = 30.0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.stations < 1:
+            raise ValueError("stations must be at least 1")
+        if not self.duration > 0:
+            raise ValueError("duration must be positive")
+        if not 0.0 <= self.v201_share <= 1.0:
+            raise ValueError("v201-share must be between 0 and 1")
+        if not (self.meter_interval > 0 and self.heartbeat_interval > 0):
+            raise ValueError("meter and heartbeat intervals must be positive")
+        if not self.connect_rate > 0:
+            raise ValueError("connect-rate must be positive")
+        if not 1 <= self.clients <= self.stations:
+            raise ValueError("clients must be between 1 and the number of stations")
+        if not (self.window_minutes > 0 and self.call_timeout > 0):
+            raise ValueError("window-minutes and call-timeout must be positive")
+        for url in (self.server_url, self.api_url):
+            if url is not None and urlsplit(url).hostname not in _LOOPBACK:
+                raise ValueError(f"{url}: the benchmark only targets loopback (127.0.0.1)")
+
+
+def default_out(stations: int, when: datetime) -> Path:
+    return Path("bench-results") / f"ocpp-{stations}-{when.strftime('%Y%m%dT%H%M%SZ')}.json"
+
+
+def ocpp_base_url(url: str) -> str:
+    """``ws://host:port[/ocpp]`` -> the prefix station ids are appended to."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"{url}: expected a ws:// URL")
+    path = parts.path.rstrip("/") or "/ocpp"
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def database_kind(url: str | None) -> str:
+    if not url:
+        return "unknown"
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    return {"postgres": "postgresql"}.get(scheme, scheme)
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# ---------------------------------------------------------------- generator processes
+
+
+class _Generators:
+    """The load-generator processes and the pipes to them."""
+
+    def __init__(self, groups, settings: LoadSettings) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.procs: list[Any] = []
+        self.conns: list[Any] = []
+        self.inbox: list[dict[str, Any]] = [{} for _ in groups]
+        # Children start with SIGINT ignored (inherited across exec): a Ctrl-C in the
+        # terminal goes to the whole process group, but only we decide when they stop.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for i, specs in enumerate(groups):
+                parent, child = ctx.Pipe()
+                p = ctx.Process(
+                    target=worker_main,
+                    args=(specs, settings, child, i),
+                    name=f"evflex-bench-gen-{i}",
+                    daemon=True,
+                )
+                p.start()
+                child.close()
+                self.procs.append(p)
+                self.conns.append(parent)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+
+    def send(self, command: str) -> None:
+        for conn in self.conns:
+            conn.send(command)
+
+    def _pump(self, timeout: float) -> None:
+        """Receive whatever arrives within ``timeout``; raise if a process failed."""
+        open_conns = [c for c in self.conns if not c.closed]
+        if not open_conns:
+            time.sleep(timeout)
+            return
+        for conn in wait_connections(open_conns, timeout):
+            i = self.conns.index(conn)
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                conn.close()
+                if "result" in self.inbox[i]:
+                    continue
+                self.procs[i].join(1)
+                raise RuntimeError(
+                    f"load generator {i} died (exit code {self.procs[i].exitcode})"
+                ) from None
+            if kind == "error":
+                raise RuntimeError(f"load generator {i} failed:\n{payload}")
+            self.inbox[i][kind] = payload
+
+    def wait_all(self, kind: str, timeout: float) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while not all(kind in box for box in self.inbox):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = [i for i, box in enumerate(self.inbox) if kind not in box]
+                raise TimeoutError(f"load generators {missing} sent no '{kind}' in {timeout:.0f} s")
+            self._pump(min(remaining, 1.0))
+        return [box[kind] for box in self.inbox]
+
+    def watch(self, seconds: float) -> None:
+        """Sleep ``seconds``, but fail early if a generator dies."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._pump(min(remaining, 0.5))
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            with contextlib.suppress(psutil.Error, ValueError, TypeError):
+                t = psutil.Process(p.pid).cpu_times()
+                total += t.user + t.system
+        return total
+
+    def stop(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(Exception):
+                conn.send("stop")
+        deadline = time.monotonic() + 20
+        for p in self.procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(3)
+            if p.is_alive():
+                p.kill()
+                p.join(3)
+        for conn in self.conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _health(client: httpx.Client | None, api_url: str | None) -> dict | None:
+    if client is None or api_url is None:
+        return None
+    try:
+        r = client.get(f"{api_url}/health")
+        return r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _register_tokens(client: httpx.Client, api_url: str) -> int:
+    """Make the benchmark's RFID cards known (Accepted); returns how many worked."""
+    ok = 0
+    for n in range(ID_TOKEN_COUNT):
+        token = id_token(n)
+        with contextlib.suppress(httpx.HTTPError):
+            r = client.put(
+                f"{api_url}/id-tokens/{token}", json={"id_token": token, "status": "Accepted"}
+            )
+            ok += r.status_code in (200, 201)
+    return ok
+
+
+_LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) (.*)$")
+
+
+def _log_summary(text: str) -> dict[str, Any]:
+    levels: Counter[str] = Counter()
+    samples: list[str] = []
+    seen: set[str] = set()
+    tracebacks = 0
+    for line in text.splitlines():
+        if line.startswith("Traceback"):
+            tracebacks += 1
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        levels[m.group(1)] += 1
+        # Group repeats: station ids and numbers vary, the message does not.
+        key = re.sub(r"bench-\w+-\d+|\d+", "#", m.group(2))[:120]
+        if key not in seen and len(samples) < 8:
+            seen.add(key)
+            samples.append(f"{m.group(1)} {m.group(2)}"[:300])
+    return {
+        "warnings": levels["WARNING"],
+        "errors": levels["ERROR"] + levels["CRITICAL"],
+        "tracebacks": tracebacks,
+        "samples": samples,
+    }
+
+
+def _sqlite_size_mb(url: str | None) -> float | None:
+    if not url or not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[-1]
+    if not path or path == ":memory:":
+        return None
+    size = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            size += os.path.getsize(path + suffix)
+    return round(size / 1e6, 2)
+
+
+def _merge(results: list[dict]) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        "latency_ms": {},
+        "connect_ms": [],
+        "connect_failure_ms": [],
+        "error_samples": [],
+    }
+    counters = ("callerrors", "timeouts", "connect_failures", "server_calls", "auth_status")
+    for key in counters:
+        merged[key] = Counter()
+    for res in results:
+        for action, samples in res["latency_ms"].items():
+            merged["latency_ms"].setdefault(action, []).extend(samples)
+        for key, value in res.items():
+            if key in counters:
+                merged[key].update(value)
+            elif key in ("error_samples", "connect_ms", "connect_failure_ms"):
+                merged[key].extend(value)
+            elif isinstance(value, int | float):
+                merged[key] = merged.get(key, 0) + value
+    return merged
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def run_ocpp_bench(
+    config: OcppBenchConfig, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run the benchmark, write the JSON file and return the result dict."""
+    say = progress or (lambda _msg: None)
+    config.validate()
+    raise_nofile_limit()
+    started = datetime.now(UTC)
+    out = Path(config.out) if config.out is not None else default_out(config.stations, started)
+    seed = config.seed if config.seed is not None else secrets.randbits(31)
+    run_tag = secrets.token_hex(3)
+    minute = config.duration / config.window_minutes
+    groups = split_stations(run_tag, config.stations, config.v201_share, config.clients)
+
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():
+
+        def _on_term(signum, frame):
+            raise KeyboardInterrupt
+
+        previous_term = signal.signal(signal.SIGTERM, _on_term)
+
+    result: dict[str, Any] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evflex-bench-")))
+            client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
+            server: ServerProcess | None = None
+            db_url = config.database_url
+            if config.server_url is None:
+                if db_url is None:
+                    db_url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+                server = ServerProcess(
+                    db_url,
+                    tmp / "server.log",
+                    heartbeat_interval=max(1, round(config.heartbeat_interval)),
+                )
+                stack.callback(server.stop)
+                say(f"starting evflex serve ({database_kind(db_url)})")
+                server.start()
+                ocpp_url, api_url = server.ocpp_url, server.api_url
+            else:
+                ocpp_url, api_url = ocpp_base_url(config.server_url), config.api_url
+            tokens = _register_tokens(client, api_url) if api_url else 0
+
+            settings = LoadSettings(
+                server_url=ocpp_url,
+                duration=config.duration,
+                meter_interval=config.meter_interval,
+                heartbeat_interval=config.heartbeat_interval,
+                connect_rate=config.connect_rate / config.clients,
+                session_min_s=5 * minute,
+                session_max_s=20 * minute,
+                gap_max_s=1 * minute,
+                call_timeout=config.call_timeout,
+                open_timeout=config.call_timeout,
+                seed=seed,
+            )
+            say(f"starting {config.clients} load generator process(es)")
+            gens = _Generators(groups, settings)
+            stack.callback(gens.stop)
+            gens.wait_all("loaded", 120)
+
+            say(f"connecting {config.stations} stations at {config.connect_rate:g}/s")
+            per_process = max(len(g) for g in groups)
+            connect_bound = per_process / settings.connect_rate + 5 * config.call_timeout + 30
+            t0 = time.monotonic()
+            gens.send("connect")
+            ready = gens.wait_all("ready", connect_bound)
+            connect_time = time.monotonic() - t0
+            connected = sum(r["connected"] for r in ready)
+
+            say(f"{connected}/{config.stations} connected; measuring {config.duration:g} s")
+            health_start = _health(client, api_url)
+            cpu0 = server.cpu_seconds() if server else None
+            gen_cpu0 = gens.cpu_seconds()
+            w0 = time.monotonic()
+            gens.send("start")
+            gens.watch(config.duration)
+            window = time.monotonic() - w0
+            cpu1 = server.cpu_seconds() if server else None
+            gen_cpu1 = gens.cpu_seconds()
+            health_end = _health(client, api_url)
+            rss_end = server.last_rss if server else None
+
+            say("window over; collecting results")
+            results = gens.wait_all("result", config.call_timeout + 60)
+            gens.stop()
+            server_alive = server.alive() if server else None
+            exit_code = server.stop() if server else None
+            log = _log_summary(server.log_path.read_text(errors="replace")) if server else None
+            db_size = _sqlite_size_mb(db_url)
+
+            result = _build_result(
+                config=config,
+                started=started,
+                seed=seed,
+                run_tag=run_tag,
+                settings=settings,
+                ready=ready,
+                connect_time=connect_time,
+                connected=connected,
+                merged=_merge(results),
+                window=window,
+                cpu=(cpu0, cpu1),
+                gen_cpu=gen_cpu1 - gen_cpu0,
+                server=server,
+                rss_end=rss_end,
+                health=(health_start, health_end),
+                db_url=db_url,
+                db_size=db_size,
+                tokens=tokens,
+                server_alive=server_alive,
+                exit_code=exit_code,
+                log=log,
+            )
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    result["out"] = str(out)
+    return result
+
+
+def _build_result(
+    *,
+    config: OcppBenchConfig,
+    started: datetime,
+    seed: int,
+    run_tag: str,
+    settings: LoadSettings,
+    ready: list[dict],
+    connect_time: float,
+    connected: int,
+    merged: dict[str, Any],
+    window: float,
+    cpu: tuple[float | None, float | None],
+    gen_cpu: float,
+    server: ServerProcess | None,
+    rss_end: int | None,
+    health: tuple[dict | None, dict | None],
+    db_url: str | None,
+    db_size: float | None,
+    tokens: int,
+    server_alive: bool | None,
+    exit_code: int | None,
+    log: dict | None,
+) -> dict[str, Any]:
+    lat_by_action: dict[str, list[float]] = merged["latency_ms"]
+    all_lat = sorted(v for samples in lat_by_action.values() for v in samples)
+    connect_ms = sorted(merged["connect_ms"])
+    failed_ms = sorted(merged["connect_failure_ms"])
+    callerrors = sum(merged["callerrors"].values())
+    timeouts = sum(merged["timeouts"].values())
+    connect_failures = sum(merged["connect_failures"].values())
+    disconnects = merged.get("disconnects", 0)
+    bad_frames = merged.get("bad_frames", 0)
+    errors = callerrors + timeouts + connect_failures + disconnects + bad_frames
+    errors_in_window = (
+        merged.get("callerrors_in_window", 0)
+        + merged.get("timeouts_in_window", 0)
+        + merged.get("disconnects_in_window", 0)
+    )
+    messages = merged.get("answered_in_window", 0)
+    cpu_s = None if None in cpu else cpu[1] - cpu[0]
+    h0, h1 = health
+    writer: dict[str, Any] | None = None
+    if h0 and h1 and "writer_jobs" in h0 and "writer_jobs" in h1:
+        jobs = h1["writer_jobs"] - h0["writer_jobs"]
+        batches = h1["writer_batches"] - h0["writer_batches"]
+        writer = {
+            "jobs": jobs,
+            "batches": batches,
+            "jobs_per_s": _r(jobs / window),
+            "commits_per_s": _r(batches / window),
+            "mean_batch": _r(jobs / batches) if batches else None,
+        }
+    cpus = os.cpu_count() or 1
+    per_action = {}
+    for action in sorted(lat_by_action):
+        samples = sorted(lat_by_action[action])
+        per_action[action] = {
+            "count": len(samples),
+            "p50_ms": _r(percentile(samples, 50)),
+            "p99_ms": _r(percentile(samples, 99)),
+            "max_ms": _r(samples[-1] if samples else None),
+        }
+    db_label = database_kind(db_url) if db_url else "unknown (external server)"
+    shown_url = db_url if (config.database_url or config.server_url) else None
+    return {
+        "benchmark": "ocpp",
+        "timestamp": started.isoformat(timespec="seconds"),
+        "ok": connected == config.stations and errors == 0,
+        "stations": config.stations,
+        "connected": connected,
+        "connected_at_end": (h1 or {}).get("stations_connected"),
+        "connect_time_s": _r(connect_time, 3),
+        "connect_p50_ms": _r(percentile(connect_ms, 50)),
+        "connect_p99_ms": _r(percentile(connect_ms, 99)),
+        "connect_max_ms": _r(connect_ms[-1] if connect_ms else None),
+        "duration_s": config.duration,
+        "window_measured_s": _r(window, 3),
+        "messages": messages,
+        "msgs_per_s": _r(messages / config.duration),
+        "sent_in_window": merged.get("sent_in_window", 0),
+        "latency_p50_ms": _r(percentile(all_lat, 50)),
+        "latency_p99_ms": _r(percentile(all_lat, 99)),
+        "latency_max_ms": _r(all_lat[-1] if all_lat else None),
+        "latency_mean_ms": _r(sum(all_lat) / len(all_lat) if all_lat else None),
+        "latency_samples": len(all_lat),
+        "per_action": per_action,
+        "errors": errors,
+        "errors_in_window": errors_in_window,
+        "error_detail": {
+            "callerrors": dict(merged["callerrors"]),
+            "timeouts": dict(merged["timeouts"]),
+            "disconnects": disconnects,
+            "connect_failures": dict(merged["connect_failures"]),
+            "handshake_failure_p50_ms": _r(percentile(failed_ms, 50)),
+            "handshake_failure_max_ms": _r(failed_ms[-1] if failed_ms else None),
+            "bad_frames": bad_frames,
+            "late_answers": merged.get("late_answers", 0),
+            "samples": merged.get("error_samples", [])[:20],
+        },
+        "server_cpu_s": _r(cpu_s, 3),
+        "server_cpu_percent": _r(100.0 * cpu_s / window, 1) if cpu_s is not None else None,
+        "server_peak_rss_mb": _r(server.peak_rss / 1e6, 1) if server else None,
+        "server_rss_end_mb": _r(rss_end / 1e6, 1) if rss_end else None,
+        "server_alive_after_window": server_alive,
+        "server_exit_code": exit_code,
+        "server_log": log,
+        "server_writer": writer,
+        "loadgen_cpu_percent": _r(100.0 * gen_cpu / window, 1),
+        "sessions_started": merged.get("sessions_started", 0),
+        "sessions_ended": merged.get("sessions_ended", 0),
+        "auth_status": dict(merged["auth_status"]),
+        "server_calls": dict(merged["server_calls"]),
+        "id_tokens_registered": tokens,
+        "v201_share": config.v201_share,
+        "v201_stations": sum(_v201_flags(config)),
+        "database": db_label,
+        "database_url": shown_url,
+        "database_size_mb": db_size,
+        "clients": config.clients,
+        "settings": {
+            "meter_interval_s": config.meter_interval,
+            "heartbeat_interval_s": config.heartbeat_interval,
+            "connect_rate_per_s": config.connect_rate,
+            "window_minutes": config.window_minutes,
+            "session_s": [_r(settings.session_min_s), _r(settings.session_max_s)],
+            "call_timeout_s": config.call_timeout,
+            "seed": seed,
+            "run_tag": run_tag,
+            "server": "spawned" if server else config.server_url,
+        },
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu_count": cpus,
+        "evflex": __version__,
+        "note": (
+            f"load generator ({config.clients} process(es)) and server share the same "
+            f"{cpus} CPU core(s) over loopback"
+            if server
+            else "server runs outside the benchmark: no CPU/RSS figures"
+        ),
+    }
+
+
+def _v201_flags(config: OcppBenchConfig) -> list[bool]:
+    share = config.v201_share
+    return [math.floor((i + 1) * share) > math.floor(i * share) for i in range(config.stations)]
+
+
+# ---------------------------------------------------------------- output
+
+
+def render_table(result: dict[str, Any]):
+    from rich.table import Table
+
+    def num(value, fmt="{:,.1f}", unit=""):
+        return "n/a" if value is None else fmt.format(value) + unit
+
+    ok = result["ok"]
+    table = Table(
+        title=f"evflex bench ocpp: {result['stations']} stations "
+        f"({'ok' if ok else '[red]with failures[/]'})",
+        show_header=False,
+    )
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    conn = f"{result['connected']:,} / {result['stations']:,}"
+    if result["connected"] < result["stations"]:
+        conn = f"[red]{conn}[/]"
+    mix = f"{result['v201_stations']:,} × 2.0.1, {result['stations'] - result['v201_stations']:,} × 1.6"
+    rows = [
+        ("stations connected", conn),
+        ("protocol mix", mix),
+        ("database", result["database"]),
+        ("generator processes", str(result["clients"])),
+        ("connect time (all)", num(result["connect_time_s"], "{:,.2f}", " s")),
+        (
+            "connect+boot p50 / p99",
+            f"{num(result['connect_p50_ms'])} / {num(result['connect_p99_ms'])} ms",
+        ),
+        ("window", num(result["duration_s"], "{:,.0f}", " s")),
+        ("responses in window", f"{result['messages']:,}"),
+        ("messages/s", num(result["msgs_per_s"])),
+        (
+            "latency p50 / p99 / max",
+            f"{num(result['latency_p50_ms'])} / {num(result['latency_p99_ms'])} / "
+            f"{num(result['latency_max_ms'])} ms",
+        ),
+        ("errors (run / window)", f"{result['errors']:,} / {result['errors_in_window']:,}"),
+        ("server CPU", num(result["server_cpu_percent"], "{:,.0f}", " % of one core")),
+        ("server peak RSS", num(result["server_peak_rss_mb"], "{:,.0f}", " MB")),
+        ("load generator CPU", num(result["loadgen_cpu_percent"], "{:,.0f}", " % of one core")),
+    ]
+    writer = result.get("server_writer")
+    if writer:
+        rows.append(
+            (
+                "store commits/s (jobs per commit)",
+                f"{num(writer['commits_per_s'])} ({num(writer['mean_batch'])})",
+            )
+        )
+    for name, value in rows:
+        style = "red" if name.startswith("errors") and result["errors"] else None
+        table.add_row(name, value, style=style)
+    return table
+
+
+def render_actions(result: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table("action (in window)", "count", "p50 ms", "p99 ms", "max ms")
+    for action, row in result["per_action"].items():
+        table.add_row(
+            action,
+            f"{row['count']:,}",
+            *(
+                f"{row[k]:,.1f}" if row[k] is not None else "n/a"
+                for k in ("p50_ms", "p99_ms", "max_ms")
+            ),
+        )
+    return table
+
+
+def bench_ocpp_command(
+    stations: Annotated[int, typer.Option("--stations", help="Simulated stations (K)")] = 1000,
+    duration: Annotated[
+        float, typer.Option(help="Measurement window (s) after all stations connected")
+    ] = 60.0,
+    v201_share: Annotated[float, typer.Option(help="Share of stations speaking OCPP 2.0.1")] = 0.5,
+    meter_interval: Annotated[float, typer.Option(help="Meter value interval (s)")] = 10.0,
+    heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat interval (s)")] = 60.0,
+    connect_rate: Annotated[float, typer.Option(help="New connections per second")] = 500.0,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Store of the spawned server (default: a fresh SQLite file)"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="JSON result file (default bench-results/ocpp-<K>-<time>.json)"),
+    ] = None,
+    server_url: Annotated[
+        str | None,
+        typer.Option(help="Benchmark a running server, ws://127.0.0.1:PORT/ocpp (no CPU/RSS)"),
+    ] = None,
+    api_url: Annotated[
+        str | None,
+        typer.Option(help="REST API of that running server, http://127.0.0.1:PORT/api/v1"),
+    ] = None,
+    clients: Annotated[int, typer.Option(help="Load-generator processes")] = 1,
+    window_minutes: Annotated[
+        float, typer.Option(help="Minutes of station life the window stands for")
+    ] = 60.0,
+    call_timeout: Annotated[float, typer.Option(help="Wait for an answer (s)")] = 30.0,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: random)")] = None,
+) -> None:
+    """OCPP load: K simulated 1.6/2.0.1 stations against one CSMS process."""
+    from rich.console import Console
+
+    console = Console()
+    config = OcppBenchConfig(
+        stations=stations,
+        duration=duration,
+        v201_share=v201_share,
+        meter_interval=meter_interval,
+        heartbeat_interval=heartbeat_interval,
+        connect_rate=connect_rate,
+        database_url=database_url,
+        out=out,
+        server_url=server_url,
+        api_url=api_url,
+        clients=clients,
+        window_minutes=window_minutes,
+        call_timeout=call_timeout,
+        seed=seed,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    try:
+        result = run_ocpp_bench(config, progress=lambda msg: console.print(f"[dim]… {msg}[/]"))
+    except KeyboardInterrupt:
+        console.print("[red]interrupted; server and generators stopped[/]")
+        raise typer.Exit(130) from None
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]benchmark failed: {exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(render_table(result))
+    if result["per_action"]:
+        console.print(render_actions(result))
+    if not result["ok"]:
+        detail = {k: v for k, v in result["error_detail"].items() if v and k != "samples"}
+        console.print(f"[red]errors: {json.dumps(detail)}[/]", soft_wrap=True)
+        for line in result["error_detail"]["samples"][:3]:
+            console.print(f"[red]  e.g. {line}[/]", soft_wrap=True, markup=False)
+    console.print(f"results: {result['out']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    typer.run(bench_ocpp_command)

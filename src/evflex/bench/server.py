@@ -1,0 +1,216 @@
+"""A CSMS under test: ``evflex serve`` in a child process, watched with psutil.
+
+The child is started through a tiny ``python -c`` wrapper that first raises
+its open-file limit (one socket per station), then runs the normal CLI. Its
+output goes to a log file, never to a pipe nobody reads. RSS is sampled every
+half second from start to stop; CPU time is read on demand, so the caller can
+take the user+system delta over exactly its measurement window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+# Runs in the server process. Self-contained on purpose: importing the
+# benchmark's modules there would add their memory to the measured RSS.
+_WRAPPER = """\
+import resource, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores it
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = hard if hard != resource.RLIM_INFINITY else 1048576
+if soft != resource.RLIM_INFINITY and soft < want:
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        pass
+from evflex.cli import app
+sys.argv[0] = "evflex"
+app()
+"""
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    targets = (hard,) if hard != resource.RLIM_INFINITY else (1_048_576, 65_536)
+    for target in targets:
+        if soft >= target:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``evflex serve`` on loopback with free ports; use as a context manager."""
+
+    def __init__(
+        self,
+        database_url: str,
+        log_path: Path,
+        heartbeat_interval: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.database_url = database_url
+        self.log_path = log_path
+        self.heartbeat_interval = heartbeat_interval
+        self.host = host
+        self.ocpp_port = free_port(host)
+        self.http_port = free_port(host)
+        self.proc: subprocess.Popen | None = None
+        self.ps: psutil.Process | None = None
+        self.peak_rss = 0
+        self.last_rss = 0
+        self._stop_sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self._log = None
+
+    @property
+    def ocpp_url(self) -> str:
+        return f"ws://{self.host}:{self.ocpp_port}/ocpp"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}/api/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-c",
+            _WRAPPER,
+            "serve",
+            "--host",
+            self.host,
+            "--ocpp-port",
+            str(self.ocpp_port),
+            "--http-port",
+            str(self.http_port),
+            "--database-url",
+            self.database_url,
+            "--allow-unknown-stations",
+            "--log-level",
+            "warning",
+        ]
+        if self.heartbeat_interval is not None:
+            cmd += ["--heartbeat-interval", str(self.heartbeat_interval)]
+        return cmd
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        """Spawn the server and wait until its health endpoint answers."""
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Its own process group: a Ctrl-C in the terminal reaches only us, and we
+            # stop the server once, after the stations are gone.
+            start_new_session=True,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._sampler.start()
+        deadline = time.monotonic() + ready_timeout
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"evflex serve exited with code {self.proc.returncode}:\n{self.log_tail()}"
+                    )
+                try:
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"evflex serve not healthy after {ready_timeout:.0f} s:\n{self.log_tail()}"
+                    )
+                time.sleep(0.1)
+
+    def _sample(self) -> None:
+        while not self._stop_sampling.is_set():
+            try:
+                rss = self.ps.memory_info().rss if self.ps is not None else 0
+            except psutil.Error:
+                return
+            self.last_rss = rss
+            self.peak_rss = max(self.peak_rss, rss)
+            self._stop_sampling.wait(0.5)
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server has used so far (all its threads)."""
+        try:
+            t = self.ps.cpu_times() if self.ps is not None else None
+        except psutil.Error:
+            return None
+        return None if t is None else t.user + t.system
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGINT (a clean shutdown), then SIGTERM, then SIGKILL; returns the exit code."""
+        self._stop_sampling.set()
+        proc = self.proc
+        code = None
+        if proc is not None:
+            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (None, 5.0)):
+                if proc.poll() is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    if sig is None:
+                        proc.kill()
+                    else:
+                        proc.send_signal(sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(wait)
+            code = proc.poll()
+        if self._sampler is not None:
+            self._sampler.join(2)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

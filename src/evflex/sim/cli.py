@@ -1,0 +1,126 @@
+"""``evflex sim``: run a fleet of simulated charging stations against a CSMS."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from evflex.sim.runner import SimConfig, SimSummary, Simulation
+
+DEFAULT_TOKENS = ",".join(f"TOKEN{i}" for i in range(1, 11))
+
+
+def sim_command(
+    url: Annotated[
+        str,
+        typer.Option("--url", help="CSMS websocket base URL; the station id is appended."),
+    ] = "ws://127.0.0.1:9000/ocpp",
+    stations: Annotated[int, typer.Option("--stations", min=1, help="Number of stations.")] = 10,
+    v201_share: Annotated[
+        float,
+        typer.Option("--v201-share", min=0.0, max=1.0, help="Share of OCPP 2.0.1 stations."),
+    ] = 0.5,
+    evses: Annotated[int, typer.Option("--evses", min=1, help="EVSEs per station.")] = 2,
+    speed: Annotated[
+        float, typer.Option("--speed", min=0.001, help="Simulated seconds per real second.")
+    ] = 60.0,
+    hours: Annotated[
+        float, typer.Option("--hours", min=0.0, help="Simulated hours to run.")
+    ] = 24.0,
+    meter_interval: Annotated[
+        float, typer.Option("--meter-interval", min=0.0, help="Meter value interval in seconds.")
+    ] = 60.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same run).")] = 1,
+    password: Annotated[
+        str | None, typer.Option("--password", help="HTTP Basic password of every station.")
+    ] = None,
+    disconnects_per_hour: Annotated[
+        float,
+        typer.Option(
+            "--disconnects-per-hour",
+            min=0.0,
+            help="Probability per simulated hour that a station loses its connection.",
+        ),
+    ] = 0.0,
+    offline_minutes: Annotated[
+        float, typer.Option("--offline-minutes", min=0.0, help="Simulated minutes offline.")
+    ] = 10.0,
+    sessions_per_day: Annotated[
+        float, typer.Option("--sessions-per-day", min=0.0, help="Arrivals per EVSE and day.")
+    ] = 3.0,
+    tokens: Annotated[
+        str, typer.Option("--tokens", help="Comma-separated id tokens the drivers present.")
+    ] = DEFAULT_TOKENS,
+    unknown_token_share: Annotated[
+        float,
+        typer.Option("--unknown-token-share", min=0.0, max=1.0, help="Share of unknown tokens."),
+    ] = 0.0,
+    prefix: Annotated[str, typer.Option("--prefix", help="Station id prefix.")] = "SIM",
+) -> None:
+    """Simulate charging stations and EV sessions against a CSMS (OCPP 1.6-J and 2.0.1)."""
+    config = SimConfig(
+        url=url,
+        stations=stations,
+        v201_share=v201_share,
+        evses_per_station=evses,
+        speed=speed,
+        duration_s=hours * 3600.0,
+        meter_interval_s=meter_interval,
+        sessions_per_evse_per_day=sessions_per_day,
+        id_tokens=[t.strip() for t in tokens.split(",") if t.strip()],
+        unknown_token_share=unknown_token_share,
+        password=password,
+        seed=seed,
+        disconnect_per_hour=disconnects_per_hour,
+        offline_duration_s=offline_minutes * 60.0,
+        station_prefix=prefix,
+    )
+    console = Console()
+    summary = asyncio.run(_run(config, console))
+    console.print(summary_table(summary, config))
+    if summary.stations_booted == 0 and summary.stations > 0:
+        raise typer.Exit(code=1)
+
+
+async def _run(config: SimConfig, console: Console) -> SimSummary:
+    simulation = Simulation(config)
+    columns = (
+        TextColumn("[bold]simulating[/bold] {task.fields[hours]:.1f} h"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("sim", total=1.0, hours=config.duration_s / 3600.0)
+        return await simulation.run(progress=lambda done: progress.update(task, completed=done))
+
+
+def summary_table(summary: SimSummary, config: SimConfig | None = None) -> Table:
+    table = Table(title="Simulation summary", show_header=False)
+    table.add_column("item", style="bold")
+    table.add_column("value", justify="right")
+    v201 = ""
+    if config is not None:
+        v201 = f" ({config.v201_share:.0%} OCPP 2.0.1)"
+    rows = [
+        ("stations", f"{summary.stations}{v201}"),
+        ("stations booted", str(summary.stations_booted)),
+        ("sessions started", str(summary.sessions_started)),
+        ("sessions completed", str(summary.sessions_completed)),
+        ("sessions rejected", str(summary.sessions_rejected)),
+        ("energy", f"{summary.energy_wh / 1000.0:,.1f} kWh"),
+        ("messages sent", f"{summary.messages_sent:,}"),
+        ("simulated time", f"{summary.sim_seconds / 3600.0:,.2f} h"),
+        ("real time", f"{summary.real_seconds:,.1f} s"),
+        ("errors", str(summary.errors)),
+    ]
+    for item, value in rows:
+        table.add_row(item, value)
+    for sample in summary.error_samples[:5]:
+        table.add_row("[red]error[/red]", sample)
+    return table

@@ -1,0 +1,689 @@
+"""Station settings: the OCPP 1.6 configuration keys and the OCPP 2.0.1 device model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from evflex.sim.model import SUPPORTED_MEASURANDS
+
+# ---------------------------------------------------------------------------
+# OCPP 1.6 configuration keys
+# ---------------------------------------------------------------------------
+
+INT = "int"
+BOOL = "bool"
+TEXT = "str"
+CSL = "csl"
+MEASURANDS = "measurands"
+
+
+@dataclass
+class ConfigKey:
+    """One OCPP 1.6 configuration key."""
+
+    key: str
+    value: str
+    readonly: bool = False
+    kind: str = TEXT
+    max_items: int | None = None
+
+
+class ConfigTable:
+    """The configuration keys of an OCPP 1.6 charge point (names are case-insensitive)."""
+
+    def __init__(
+        self,
+        keys: Iterable[ConfigKey],
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self._keys: dict[str, ConfigKey] = {k.key.lower(): k for k in keys}
+        self.on_change = on_change
+
+    def __contains__(self, key: str) -> bool:
+        return key.lower() in self._keys
+
+    def keys(self) -> list[str]:
+        return [k.key for k in self._keys.values()]
+
+    def entry(self, key: str) -> ConfigKey:
+        return self._keys[key.lower()]
+
+    def text(self, key: str) -> str:
+        return self.entry(key).value
+
+    def int(self, key: str) -> int:
+        try:
+            return int(self.entry(key).value)
+        except ValueError:
+            return 0
+
+    def bool(self, key: str) -> bool:
+        return self.entry(key).value.strip().lower() == "true"
+
+    def list(self, key: str) -> list[str]:
+        return [item.strip() for item in self.entry(key).value.split(",") if item.strip()]
+
+    def put(self, key: str, value: str) -> None:
+        """Set a value from inside the station (also read-only keys)."""
+        self.entry(key).value = value
+
+    def get(self, requested: list[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+        """``GetConfiguration``: the known entries and the unknown requested keys."""
+        if not requested:
+            entries = list(self._keys.values())
+            unknown: list[str] = []
+        else:
+            entries = []
+            unknown = []
+            for key in requested:
+                found = self._keys.get(key.lower())
+                if found is None:
+                    unknown.append(key)
+                elif found not in entries:
+                    entries.append(found)
+        result = [{"key": e.key, "readonly": e.readonly, "value": e.value} for e in entries]
+        return result, unknown
+
+    def change(self, key: str, value: str) -> str:
+        """``ChangeConfiguration``: Accepted, Rejected or NotSupported."""
+        entry = self._keys.get(key.lower())
+        if entry is None:
+            return "NotSupported"
+        if entry.readonly:
+            return "Rejected"
+        normalised = self._normalise(entry, value)
+        if normalised is None:
+            return "Rejected"
+        entry.value = normalised
+        if self.on_change is not None:
+            self.on_change(entry.key)
+        return "Accepted"
+
+    @staticmethod
+    def _normalise(entry: ConfigKey, value: str) -> str | None:
+        text = value.strip()
+        if entry.kind == INT:
+            try:
+                number = int(text)
+            except ValueError:
+                return None
+            return str(number) if number >= 0 else None
+        if entry.kind == BOOL:
+            lowered = text.lower()
+            return lowered if lowered in ("true", "false") else None
+        if entry.kind in (CSL, MEASURANDS):
+            items = [item.strip() for item in text.split(",") if item.strip()]
+            if entry.max_items is not None and len(items) > entry.max_items:
+                return None
+            if entry.kind == MEASURANDS and any(i not in SUPPORTED_MEASURANDS for i in items):
+                return None
+            return ",".join(items)
+        return text
+
+
+def default_config_16(
+    *,
+    connectors: int,
+    heartbeat_interval: int,
+    meter_interval: int,
+    sampled_data: str,
+) -> list[ConfigKey]:
+    """A realistic set of OCPP 1.6 configuration keys for the simulated charge point."""
+    energy = "Energy.Active.Import.Register"
+    return [
+        ConfigKey("AllowOfflineTxForUnknownId", "false", kind=BOOL),
+        ConfigKey("AuthorizationCacheEnabled", "true", kind=BOOL),
+        ConfigKey("AuthorizeRemoteTxRequests", "false", kind=BOOL),
+        ConfigKey("ClockAlignedDataInterval", "0", kind=INT),
+        ConfigKey("ConnectionTimeOut", "60", kind=INT),
+        ConfigKey("ConnectorPhaseRotation", ",".join(f"{i}.RST" for i in range(connectors + 1))),
+        ConfigKey("GetConfigurationMaxKeys", "50", readonly=True, kind=INT),
+        ConfigKey("HeartbeatInterval", str(heartbeat_interval), kind=INT),
+        ConfigKey("LocalAuthorizeOffline", "true", kind=BOOL),
+        ConfigKey("LocalPreAuthorize", "false", kind=BOOL),
+        ConfigKey("MeterValuesAlignedData", energy, kind=MEASURANDS, max_items=8),
+        ConfigKey("MeterValuesAlignedDataMaxLength", "8", readonly=True, kind=INT),
+        ConfigKey("MeterValuesSampledData", sampled_data, kind=MEASURANDS, max_items=8),
+        ConfigKey("MeterValuesSampledDataMaxLength", "8", readonly=True, kind=INT),
+        ConfigKey("MeterValueSampleInterval", str(meter_interval), kind=INT),
+        ConfigKey("MinimumStatusDuration", "0", kind=INT),
+        ConfigKey("NumberOfConnectors", str(connectors), readonly=True, kind=INT),
+        ConfigKey("ResetRetries", "3", kind=INT),
+        ConfigKey("StopTransactionOnEVSideDisconnect", "true", kind=BOOL),
+        ConfigKey("StopTransactionOnInvalidId", "true", kind=BOOL),
+        ConfigKey("StopTxnAlignedData", energy, kind=MEASURANDS, max_items=8),
+        ConfigKey("StopTxnAlignedDataMaxLength", "8", readonly=True, kind=INT),
+        ConfigKey("StopTxnSampledData", energy, kind=MEASURANDS, max_items=8),
+        ConfigKey("StopTxnSampledDataMaxLength", "8", readonly=True, kind=INT),
+        ConfigKey(
+            "SupportedFeatureProfiles",
+            "Core,LocalAuthListManagement,Reservation,RemoteTrigger",
+            readonly=True,
+            kind=CSL,
+        ),
+        ConfigKey("TransactionMessageAttempts", "3", kind=INT),
+        ConfigKey("TransactionMessageRetryInterval", "60", kind=INT),
+        ConfigKey("UnlockConnectorOnEVSideDisconnect", "true", kind=BOOL),
+        ConfigKey("WebSocketPingInterval", "20", kind=INT),
+        ConfigKey("LocalAuthListEnabled", "true", kind=BOOL),
+        ConfigKey("LocalAuthListMaxLength", "1000", readonly=True, kind=INT),
+        ConfigKey("SendLocalListMaxLength", "100", readonly=True, kind=INT),
+        ConfigKey("ReserveConnectorZeroSupported", "false", readonly=True, kind=BOOL),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# OCPP 2.0.1 device model
+# ---------------------------------------------------------------------------
+
+READ_ONLY = "ReadOnly"
+READ_WRITE = "ReadWrite"
+WRITE_ONLY = "WriteOnly"
+
+
+@dataclass
+class Variable:
+    """One variable (with its Actual attribute) of a device model component."""
+
+    component: str
+    name: str
+    value: str = ""
+    data_type: str = "string"
+    mutability: str = READ_WRITE
+    variable_instance: str | None = None
+    component_instance: str | None = None
+    evse_id: int | None = None
+    connector_id: int | None = None
+    unit: str | None = None
+    values_list: str | None = None
+    min_limit: float | None = None
+    max_limit: float | None = None
+    persistent: bool = True
+    constant: bool = False
+    getter: Callable[[], str] | None = None
+
+    @property
+    def component_key(self) -> tuple[str, str | None, int | None, int | None]:
+        instance = self.component_instance.lower() if self.component_instance else None
+        return (self.component.lower(), instance, self.evse_id, self.connector_id)
+
+    @property
+    def key(self) -> tuple[str, str | None, int | None, int | None, str, str | None]:
+        instance = self.variable_instance.lower() if self.variable_instance else None
+        return (*self.component_key, self.name.lower(), instance)
+
+    def current(self) -> str:
+        return self.getter() if self.getter is not None else self.value
+
+    def component_dict(self) -> dict[str, Any]:
+        comp: dict[str, Any] = {"name": self.component}
+        if self.component_instance:
+            comp["instance"] = self.component_instance
+        if self.evse_id is not None:
+            evse: dict[str, Any] = {"id": self.evse_id}
+            if self.connector_id is not None:
+                evse["connector_id"] = self.connector_id
+            comp["evse"] = evse
+        return comp
+
+    def variable_dict(self) -> dict[str, Any]:
+        var: dict[str, Any] = {"name": self.name}
+        if self.variable_instance:
+            var["instance"] = self.variable_instance
+        return var
+
+    def report_data(self) -> dict[str, Any]:
+        attribute: dict[str, Any] = {
+            "type": "Actual",
+            "mutability": self.mutability,
+            "persistent": self.persistent,
+            "constant": self.constant,
+        }
+        if self.mutability != WRITE_ONLY:
+            attribute["value"] = self.current()
+        characteristics: dict[str, Any] = {
+            "data_type": self.data_type,
+            "supports_monitoring": False,
+            "unit": self.unit,
+            "values_list": self.values_list,
+            "min_limit": self.min_limit,
+            "max_limit": self.max_limit,
+        }
+        return {
+            "component": self.component_dict(),
+            "variable": self.variable_dict(),
+            "variable_attribute": [attribute],
+            "variable_characteristics": {k: v for k, v in characteristics.items() if v is not None},
+        }
+
+
+def _component_key(component: dict[str, Any]) -> tuple[str, str | None, int | None, int | None]:
+    evse = component.get("evse") or {}
+    instance = component.get("instance")
+    return (
+        str(component.get("name", "")).lower(),
+        instance.lower() if instance else None,
+        evse.get("id"),
+        evse.get("connector_id"),
+    )
+
+
+def _variable_key(variable: dict[str, Any]) -> tuple[str, str | None]:
+    instance = variable.get("instance")
+    return (str(variable.get("name", "")).lower(), instance.lower() if instance else None)
+
+
+class DeviceModel:
+    """A small OCPP 2.0.1 device model: components, variables, Actual attributes."""
+
+    def __init__(self, on_change: Callable[[Variable], None] | None = None) -> None:
+        self._vars: dict[tuple[Any, ...], Variable] = {}
+        self._components: set[tuple[str, str | None, int | None, int | None]] = set()
+        self.on_change = on_change
+
+    def add(self, variable: Variable) -> Variable:
+        self._vars[variable.key] = variable
+        self._components.add(variable.component_key)
+        return variable
+
+    def variables(self) -> list[Variable]:
+        return list(self._vars.values())
+
+    def find(self, component: str, name: str, instance: str | None = None) -> Variable:
+        key = (
+            component.lower(),
+            None,
+            None,
+            None,
+            name.lower(),
+            instance.lower() if instance else None,
+        )
+        return self._vars[key]
+
+    def text(self, component: str, name: str, instance: str | None = None) -> str:
+        return self.find(component, name, instance).current()
+
+    def int(self, component: str, name: str, instance: str | None = None) -> int:
+        try:
+            return int(self.text(component, name, instance))
+        except ValueError:
+            return 0
+
+    def bool(self, component: str, name: str, instance: str | None = None) -> bool:
+        return self.text(component, name, instance).strip().lower() == "true"
+
+    def list(self, component: str, name: str, instance: str | None = None) -> list[str]:
+        value = self.text(component, name, instance)
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    def put(self, component: str, name: str, value: str, instance: str | None = None) -> None:
+        """Set a value from inside the station (also read-only variables)."""
+        self.find(component, name, instance).value = value
+
+    def _lookup(
+        self, component: dict[str, Any], variable: dict[str, Any]
+    ) -> tuple[str, Variable | None]:
+        comp_key = _component_key(component)
+        if comp_key not in self._components:
+            return "UnknownComponent", None
+        found = self._vars.get((*comp_key, *_variable_key(variable)))
+        if found is None:
+            return "UnknownVariable", None
+        return "Accepted", found
+
+    def get_variables(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Results for ``GetVariablesRequest.getVariableData``."""
+        results = []
+        for req in requests:
+            component = req["component"]
+            variable = req["variable"]
+            attribute = req.get("attribute_type") or "Actual"
+            status, var = self._lookup(component, variable)
+            result: dict[str, Any] = {
+                "attribute_status": status,
+                "component": component,
+                "variable": variable,
+                "attribute_type": req.get("attribute_type"),
+            }
+            if var is not None:
+                if attribute != "Actual":
+                    result["attribute_status"] = "NotSupportedAttributeType"
+                elif var.mutability == WRITE_ONLY:
+                    result["attribute_status"] = "Rejected"
+                    result["attribute_status_info"] = {"reason_code": "WriteOnly"}
+                else:
+                    result["attribute_value"] = var.current()
+            results.append(result)
+        return results
+
+    def set_variables(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Results for ``SetVariablesRequest.setVariableData`` (applies accepted values)."""
+        results = []
+        changed: list[Variable] = []
+        for req in requests:
+            component = req["component"]
+            variable = req["variable"]
+            attribute = req.get("attribute_type") or "Actual"
+            status, var = self._lookup(component, variable)
+            result: dict[str, Any] = {
+                "attribute_status": status,
+                "component": component,
+                "variable": variable,
+                "attribute_type": req.get("attribute_type"),
+            }
+            if var is not None:
+                if attribute != "Actual":
+                    result["attribute_status"] = "NotSupportedAttributeType"
+                elif var.mutability == READ_ONLY:
+                    result["attribute_status"] = "Rejected"
+                    result["attribute_status_info"] = {"reason_code": "ReadOnly"}
+                else:
+                    value = self._normalise(var, str(req["attribute_value"]))
+                    if value is None:
+                        result["attribute_status"] = "Rejected"
+                        result["attribute_status_info"] = {"reason_code": "InvalidValue"}
+                    else:
+                        var.value = value
+                        changed.append(var)
+            results.append(result)
+        if self.on_change is not None:
+            for var in changed:
+                self.on_change(var)
+        return results
+
+    @staticmethod
+    def _normalise(var: Variable, value: str) -> str | None:
+        text = value.strip()
+        kind = var.data_type
+        if kind == "integer":
+            try:
+                number = int(text)
+            except ValueError:
+                return None
+            if var.min_limit is not None and number < var.min_limit:
+                return None
+            if var.max_limit is not None and number > var.max_limit:
+                return None
+            return str(number)
+        if kind == "decimal":
+            try:
+                decimal = float(text)
+            except ValueError:
+                return None
+            if var.min_limit is not None and decimal < var.min_limit:
+                return None
+            if var.max_limit is not None and decimal > var.max_limit:
+                return None
+            return text
+        if kind == "boolean":
+            lowered = text.lower()
+            return lowered if lowered in ("true", "false") else None
+        allowed = [v.strip() for v in (var.values_list or "").split(",") if v.strip()]
+        if kind == "OptionList":
+            return text if text in allowed else None
+        if kind in ("MemberList", "SequenceList"):
+            items = [item.strip() for item in text.split(",") if item.strip()]
+            if allowed and any(item not in allowed for item in items):
+                return None
+            return ",".join(items)
+        return value if len(value) <= 2500 else None
+
+    def report(self, report_base: str) -> list[dict[str, Any]]:
+        """Report data for ``GetBaseReport``."""
+        if report_base == "FullInventory":
+            chosen = self.variables()
+        elif report_base == "ConfigurationInventory":
+            chosen = [v for v in self.variables() if v.mutability != READ_ONLY]
+        elif report_base == "SummaryInventory":
+            chosen = [v for v in self.variables() if v.name == "AvailabilityState"]
+        else:
+            chosen = []
+        return [v.report_data() for v in chosen]
+
+
+MEASURAND_LIST = ",".join(SUPPORTED_MEASURANDS)
+AVAILABILITY_STATES = "Available,Occupied,Reserved,Unavailable,Faulted"
+
+
+def build_device_model(
+    *,
+    station_id: str,
+    vendor: str,
+    model: str,
+    evses: int,
+    phases: int,
+    evse_limit_w: float,
+    heartbeat_interval: int,
+    meter_interval: int,
+    sampled_data: str,
+    security_profile: int,
+    availability: Callable[[int | None], str],
+    local_list_entries: Callable[[], int],
+    now_text: Callable[[], str],
+) -> DeviceModel:
+    """The device model of the simulated OCPP 2.0.1 charging station.
+
+    ``availability(evse_id)`` returns the AvailabilityState of the station
+    (``None``) or of one EVSE and its connector.
+    """
+    dm = DeviceModel()
+    energy = "Energy.Active.Import.Register"
+
+    def add(component: str, name: str, value: str = "", **kw: Any) -> None:
+        dm.add(Variable(component, name, value, **kw))
+
+    # Charging station, EVSEs and connectors
+    add(
+        "ChargingStation",
+        "AvailabilityState",
+        data_type="OptionList",
+        mutability=READ_ONLY,
+        values_list=AVAILABILITY_STATES,
+        persistent=False,
+        getter=lambda: availability(None),
+    )
+    add("ChargingStation", "Available", "true", data_type="boolean", mutability=READ_ONLY)
+    add("ChargingStation", "Model", model, mutability=READ_ONLY, constant=True)
+    add("ChargingStation", "VendorName", vendor, mutability=READ_ONLY, constant=True)
+    add("ChargingStation", "SupplyPhases", str(phases), data_type="integer", mutability=READ_ONLY)
+    for evse_id in range(1, evses + 1):
+
+        def state(evse_id: int = evse_id) -> str:
+            return availability(evse_id)
+
+        for connector in (None, 1):
+            component = "EVSE" if connector is None else "Connector"
+            common = {"evse_id": evse_id, "connector_id": connector, "mutability": READ_ONLY}
+            add(
+                component,
+                "AvailabilityState",
+                data_type="OptionList",
+                values_list=AVAILABILITY_STATES,
+                persistent=False,
+                getter=state,
+                **common,
+            )
+            add(component, "Available", "true", data_type="boolean", **common)
+            add(component, "SupplyPhases", str(phases), data_type="integer", **common)
+        add(
+            "EVSE",
+            "Power",
+            f"{evse_limit_w:.0f}",
+            data_type="decimal",
+            unit="W",
+            max_limit=evse_limit_w,
+            evse_id=evse_id,
+            mutability=READ_ONLY,
+        )
+        add(
+            "Connector",
+            "ConnectorType",
+            "cType2",
+            evse_id=evse_id,
+            connector_id=1,
+            mutability=READ_ONLY,
+            constant=True,
+        )
+
+    # Controllers
+    ocpp = "OCPPCommCtrlr"
+    add(
+        ocpp,
+        "HeartbeatInterval",
+        str(heartbeat_interval),
+        data_type="integer",
+        unit="s",
+        min_limit=0,
+    )
+    add(
+        ocpp,
+        "MessageTimeout",
+        "30",
+        data_type="integer",
+        unit="s",
+        variable_instance="Default",
+        mutability=READ_ONLY,
+    )
+    add(
+        ocpp,
+        "MessageAttempts",
+        "3",
+        data_type="integer",
+        variable_instance="TransactionEvent",
+        min_limit=1,
+    )
+    add(
+        ocpp,
+        "MessageAttemptInterval",
+        "60",
+        data_type="integer",
+        unit="s",
+        variable_instance="TransactionEvent",
+        min_limit=0,
+    )
+    add(ocpp, "OfflineThreshold", "60", data_type="integer", unit="s", min_limit=0)
+    add(ocpp, "ResetRetries", "2", data_type="integer", min_limit=0)
+    add(ocpp, "WebSocketPingInterval", "20", data_type="integer", unit="s", min_limit=0)
+
+    sampled = "SampledDataCtrlr"
+    add(sampled, "Enabled", "true", data_type="boolean")
+    add(
+        sampled,
+        "TxUpdatedInterval",
+        str(meter_interval),
+        data_type="integer",
+        unit="s",
+        min_limit=0,
+    )
+    add(
+        sampled,
+        "TxUpdatedMeasurands",
+        sampled_data,
+        data_type="MemberList",
+        values_list=MEASURAND_LIST,
+    )
+    add(sampled, "TxStartedMeasurands", energy, data_type="MemberList", values_list=MEASURAND_LIST)
+    add(sampled, "TxEndedMeasurands", energy, data_type="MemberList", values_list=MEASURAND_LIST)
+    add(sampled, "TxEndedInterval", "0", data_type="integer", unit="s", min_limit=0)
+
+    aligned = "AlignedDataCtrlr"
+    add(aligned, "Enabled", "true", data_type="boolean")
+    add(aligned, "Interval", "0", data_type="integer", unit="s", min_limit=0)
+    add(aligned, "Measurands", energy, data_type="MemberList", values_list=MEASURAND_LIST)
+    add(aligned, "TxEndedInterval", "0", data_type="integer", unit="s", min_limit=0)
+    add(aligned, "TxEndedMeasurands", energy, data_type="MemberList", values_list=MEASURAND_LIST)
+
+    auth = "AuthCtrlr"
+    add(auth, "Enabled", "true", data_type="boolean")
+    add(auth, "AuthorizeRemoteStart", "false", data_type="boolean")
+    add(auth, "LocalAuthorizeOffline", "true", data_type="boolean")
+    add(auth, "LocalPreAuthorize", "false", data_type="boolean")
+    add(auth, "OfflineTxForUnknownIdEnabled", "false", data_type="boolean")
+    add("AuthCacheCtrlr", "Enabled", "true", data_type="boolean")
+
+    local = "LocalAuthListCtrlr"
+    add(local, "Enabled", "true", data_type="boolean")
+    add(
+        local,
+        "Entries",
+        data_type="integer",
+        mutability=READ_ONLY,
+        persistent=False,
+        getter=lambda: str(local_list_entries()),
+    )
+    add(local, "ItemsPerMessage", "100", data_type="integer", mutability=READ_ONLY)
+    add(local, "BytesPerMessage", "65536", data_type="integer", mutability=READ_ONLY)
+
+    tx = "TxCtrlr"
+    add(tx, "EVConnectionTimeOut", "60", data_type="integer", unit="s", min_limit=0)
+    add(tx, "StopTxOnEVSideDisconnect", "true", data_type="boolean", mutability=READ_ONLY)
+    add(tx, "StopTxOnInvalidId", "true", data_type="boolean")
+    add(
+        tx,
+        "TxStartPoint",
+        "EVConnected,Authorized",
+        data_type="MemberList",
+        mutability=READ_ONLY,
+        values_list="ParkingBayOccupancy,EVConnected,Authorized,DataSigned,PowerPathClosed,EnergyTransfer",
+    )
+    add(
+        tx,
+        "TxStopPoint",
+        "EVConnected,Authorized",
+        data_type="MemberList",
+        mutability=READ_ONLY,
+        values_list="ParkingBayOccupancy,EVConnected,Authorized,DataSigned,PowerPathClosed,EnergyTransfer",
+    )
+
+    security = "SecurityCtrlr"
+    add(
+        security,
+        "SecurityProfile",
+        str(security_profile),
+        data_type="integer",
+        mutability=READ_ONLY,
+    )
+    add(security, "Identity", station_id, mutability=READ_ONLY)
+    add(security, "BasicAuthPassword", "", mutability=WRITE_ONLY)
+    add(security, "OrganizationName", vendor)
+
+    device = "DeviceDataCtrlr"
+    for instance, items in (("GetReport", "20"), ("GetVariables", "50"), ("SetVariables", "50")):
+        add(
+            device,
+            "ItemsPerMessage",
+            items,
+            data_type="integer",
+            variable_instance=instance,
+            mutability=READ_ONLY,
+        )
+        add(
+            device,
+            "BytesPerMessage",
+            "65536",
+            data_type="integer",
+            variable_instance=instance,
+            mutability=READ_ONLY,
+        )
+
+    add("ReservationCtrlr", "Enabled", "true", data_type="boolean", mutability=READ_ONLY)
+    add("ReservationCtrlr", "NonEvseSpecific", "true", data_type="boolean", mutability=READ_ONLY)
+    add(
+        "ClockCtrlr",
+        "DateTime",
+        data_type="dateTime",
+        mutability=READ_ONLY,
+        persistent=False,
+        getter=now_text,
+    )
+    add(
+        "ClockCtrlr",
+        "TimeSource",
+        "Heartbeat",
+        data_type="SequenceList",
+        mutability=READ_ONLY,
+        values_list="Heartbeat,NTP,GPS,RealTimeClock,MobileNetwork,RadioTimeTransmitter",
+    )
+    return dm

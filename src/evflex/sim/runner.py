@@ -1,0 +1,287 @@
+"""A fleet of simulated stations with random drivers, run on an accelerated clock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from evflex.clock import AcceleratedClock, Clock
+from evflex.sim.ev import DEFAULT_FLEET, EvModel, EvSpec, random_ev
+from evflex.sim.model import StationSpec
+from evflex.sim.station import EvseBusy, SimStation
+
+
+def _default_tokens() -> list[str]:
+    return [f"TOKEN{i}" for i in range(1, 11)]
+
+
+@dataclass
+class SimConfig:
+    """Parameters of a simulation run (times in clock-seconds unless noted)."""
+
+    url: str = "ws://127.0.0.1:9000/ocpp"
+    stations: int = 10
+    v201_share: float = 0.5
+    evses_per_station: int = 2
+    speed: float = 60.0
+    duration_s: float = 86_400.0
+    meter_interval_s: float = 60.0
+    sessions_per_evse_per_day: float = 3.0
+    id_tokens: list[str] = field(default_factory=_default_tokens)
+    unknown_token_share: float = 0.0
+    password: str | None = None
+    seed: int = 1
+    #: Probability that a station loses its connection within one clock-hour.
+    disconnect_per_hour: float = 0.0
+    offline_duration_s: float = 600.0
+    station_prefix: str = "SIM"
+    dwell_min_s: float = 3_600.0
+    dwell_max_s: float = 36_000.0
+    max_current_a: float = 32.0
+    phases: int = 3
+    voltage: float = 230.0
+    fleet: Sequence[EvModel] = DEFAULT_FLEET
+    #: Concurrent websocket handshakes while the fleet connects.
+    connect_concurrency: int = 50
+    #: Real seconds to wait for an answer to a message.
+    response_timeout_s: float = 30.0
+    validate_messages: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stations < 0:
+            raise ValueError("stations must not be negative")
+        if not 0.0 <= self.v201_share <= 1.0:
+            raise ValueError("v201_share must be within 0..1")
+        if not 0.0 <= self.unknown_token_share <= 1.0:
+            raise ValueError("unknown_token_share must be within 0..1")
+        if self.dwell_max_s < self.dwell_min_s:
+            raise ValueError("dwell_max_s must not be below dwell_min_s")
+        if not self.id_tokens and self.unknown_token_share < 1.0:
+            raise ValueError("id_tokens must not be empty")
+
+
+@dataclass
+class SimSummary:
+    stations: int
+    stations_booted: int
+    sessions_started: int
+    sessions_completed: int
+    sessions_rejected: int
+    energy_wh: float
+    messages_sent: int
+    errors: int
+    error_samples: list[str]
+    sim_seconds: float = 0.0
+    real_seconds: float = 0.0
+
+
+@dataclass
+class Arrival:
+    """One planned visit of a driver at an EVSE."""
+
+    gap_s: float
+    ev: EvSpec
+    id_token: str
+    dwell_s: float
+
+
+class SessionPlanner:
+    """Random but reproducible visits for one EVSE (one generator per EVSE)."""
+
+    def __init__(self, config: SimConfig, rng: random.Random) -> None:
+        self.config = config
+        self.rng = rng
+
+    def next(self) -> Arrival:
+        cfg = self.config
+        rng = self.rng
+        rate = cfg.sessions_per_evse_per_day / 86_400.0
+        gap = rng.expovariate(rate) if rate > 0 else math.inf
+        ev = random_ev(rng, cfg.fleet)
+        if rng.random() < cfg.unknown_token_share or not cfg.id_tokens:
+            token = f"UNKNOWN{rng.randrange(1_000_000):06d}"
+        else:
+            token = rng.choice(cfg.id_tokens)
+        dwell = rng.uniform(cfg.dwell_min_s, cfg.dwell_max_s)
+        return Arrival(gap, ev, token, dwell)
+
+
+def station_ids(prefix: str, count: int) -> list[str]:
+    width = max(4, len(str(count)))
+    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
+
+
+def is_v201(index: int, share: float) -> bool:
+    """Spread the 2.0.1 stations evenly: station ``index`` is 2.0.1 or not."""
+    return math.floor((index + 1) * share + 1e-9) > math.floor(index * share + 1e-9)
+
+
+class Simulation:
+    """Run ``config.stations`` stations with random sessions for ``config.duration_s``."""
+
+    def __init__(self, config: SimConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock if clock is not None else AcceleratedClock(config.speed)
+        self.stations: list[SimStation] = []
+        self._stop = asyncio.Event()
+        for index, station_id in enumerate(station_ids(config.station_prefix, config.stations)):
+            rng = random.Random(f"{config.seed}:{station_id}:spec")
+            spec = StationSpec(
+                id=station_id,
+                ocpp_version="2.0.1" if is_v201(index, config.v201_share) else "1.6",
+                evses=config.evses_per_station,
+                max_current_a=config.max_current_a,
+                phases=config.phases,
+                voltage=config.voltage,
+                password=config.password,
+                iccid=f"8949{rng.randrange(10**15):015d}",
+                meter_start_wh=float(rng.randrange(100_000, 5_000_000)),
+            )
+            remote_rng = random.Random(f"{config.seed}:{station_id}:remote")
+            self.stations.append(
+                SimStation(
+                    spec,
+                    config.url,
+                    self.clock,
+                    meter_interval_s=config.meter_interval_s,
+                    seed=config.seed,
+                    ev_factory=lambda r=remote_rng: random_ev(r, config.fleet),
+                    remote_dwell_s=lambda r=remote_rng: r.uniform(
+                        config.dwell_min_s, config.dwell_max_s
+                    ),
+                    response_timeout_s=config.response_timeout_s,
+                    validate_messages=config.validate_messages,
+                )
+            )
+
+    async def run(self, progress: Callable[[float], None] | None = None) -> SimSummary:
+        """Run until ``duration_s`` clock-seconds have passed, then stop every station."""
+        cfg = self.config
+        self._stop.clear()
+        limiter = asyncio.Semaphore(max(1, cfg.connect_concurrency))
+        real_start = time.monotonic()
+        start = self.clock.now()
+        drivers: list[asyncio.Task[None]] = []
+        for station in self.stations:
+            station.connect_limiter = limiter
+            station.launch()
+            for evse_id in station.evses:
+                rng = random.Random(f"{cfg.seed}:{station.id}:{evse_id}")
+                drivers.append(asyncio.create_task(self._drive(station, evse_id, rng)))
+            if cfg.disconnect_per_hour > 0:
+                rng = random.Random(f"{cfg.seed}:{station.id}:network")
+                drivers.append(asyncio.create_task(self._network(station, rng)))
+        try:
+            while True:
+                elapsed = (self.clock.now() - start).total_seconds()
+                if progress is not None:
+                    progress(min(1.0, elapsed / cfg.duration_s) if cfg.duration_s > 0 else 1.0)
+                if elapsed >= cfg.duration_s:
+                    break
+                remaining_real = (cfg.duration_s - elapsed) / self.clock.speed
+                await asyncio.sleep(min(0.2, max(0.001, remaining_real)))
+        finally:
+            self._stop.set()
+            if drivers:
+                _, pending = await asyncio.wait(drivers, timeout=5.0)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending, timeout=1.0)
+            await asyncio.gather(*(s.stop() for s in self.stations), return_exceptions=True)
+        sim_seconds = (self.clock.now() - start).total_seconds()
+        if progress is not None:
+            progress(1.0)
+        return self.summary(sim_seconds=sim_seconds, real_seconds=time.monotonic() - real_start)
+
+    def summary(self, *, sim_seconds: float = 0.0, real_seconds: float = 0.0) -> SimSummary:
+        samples: list[str] = []
+        for station in self.stations:
+            for text in station.stats.error_samples:
+                if len(samples) < 20:
+                    samples.append(text)
+        return SimSummary(
+            stations=len(self.stations),
+            stations_booted=sum(1 for s in self.stations if s.boot_count > 0),
+            sessions_started=sum(s.stats.sessions_started for s in self.stations),
+            sessions_completed=sum(s.stats.sessions_completed for s in self.stations),
+            sessions_rejected=sum(s.stats.sessions_rejected for s in self.stations),
+            energy_wh=sum(s.stats.energy_wh for s in self.stations),
+            messages_sent=sum(s.stats.messages_sent for s in self.stations),
+            errors=sum(s.stats.errors for s in self.stations),
+            error_samples=samples,
+            sim_seconds=sim_seconds,
+            real_seconds=real_seconds,
+        )
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` clock-seconds; False if the simulation stops meanwhile."""
+        if self._stop.is_set():
+            return False
+        if math.isinf(seconds):
+            await self._stop.wait()
+            return False
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+        return not self._stop.is_set()
+
+    async def _until_booted(self, station: SimStation) -> bool:
+        """Wait for the first boot of ``station``; False if the simulation stops first."""
+        booted = asyncio.ensure_future(station.wait_booted())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({booted, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            booted.cancel()
+            stopper.cancel()
+        return not self._stop.is_set()
+
+    async def _drive(self, station: SimStation, evse_id: int, rng: random.Random) -> None:
+        planner = SessionPlanner(self.config, rng)
+        # Drivers start arriving once the station has been commissioned (first boot).
+        if not await self._until_booted(station):
+            return
+        while True:
+            arrival = planner.next()
+            if not await self._wait(arrival.gap_s):
+                return
+            if not station.can_plug_in(evse_id):
+                continue  # the driver finds the EVSE busy and goes elsewhere
+            try:
+                started = await station.plug_in(evse_id, arrival.ev, arrival.id_token)
+            except EvseBusy:
+                continue
+            if not started:
+                continue
+            battery = station.evse(evse_id).ev
+            if not await self._wait(arrival.dwell_s):
+                return
+            if battery is not None and station.evse(evse_id).ev is battery:
+                await station.plug_out(evse_id)
+
+    async def _network(self, station: SimStation, rng: random.Random) -> None:
+        if not await self._until_booted(station):
+            return
+        p = min(self.config.disconnect_per_hour, 0.999_999)
+        rate = (
+            -math.log(1.0 - p) / 3600.0
+            if self.config.disconnect_per_hour < 1
+            else (self.config.disconnect_per_hour / 3600.0)
+        )
+        while True:
+            if not await self._wait(rng.expovariate(rate)):
+                return
+            await station.go_offline()
+            if not await self._wait(self.config.offline_duration_s):
+                await station.go_online(wait=False)
+                return
+            await station.go_online(wait=False)

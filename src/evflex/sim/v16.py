@@ -1,0 +1,592 @@
+"""OCPP 1.6-J behaviour of the simulated charge point."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from datetime import datetime
+from typing import Any
+
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as OcppChargePoint
+from ocpp.v16 import call, call_result
+from ocpp.v16.enums import Action
+
+from evflex.clock import isoformat, parse_datetime
+from evflex.sim.devicemodel import ConfigTable, default_config_16
+from evflex.sim.ev import EvBattery, EvSpec
+from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
+from evflex.sim.station import EvseBusy, LinkMixin, SimStation
+
+
+def _text(value: float) -> str:
+    """Sampled value text: plain decimal notation without trailing zeros."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+class Link16(LinkMixin, OcppChargePoint):
+    """Handlers for the requests of an OCPP 1.6 central system."""
+
+    station: Station16
+
+    @on(Action.reset)
+    def on_reset(self, type: str, **_: Any) -> call_result.Reset:
+        self.station.reset_kind = type
+        self.later(self.station.reset_all)
+        return call_result.Reset(status="Accepted")
+
+    @on(Action.change_availability)
+    def on_change_availability(self, connector_id: int, type: str, **_: Any) -> Any:
+        st = self.station
+        operative = type == "Operative"
+        if connector_id == 0:
+            targets = list(st.evses.values())
+            st.station_operative = operative
+        else:
+            evse = st.evses.get(connector_id)
+            if evse is None:
+                return call_result.ChangeAvailability(status="Rejected")
+            targets = [evse]
+            evse.operative = operative
+        busy = any(e.tx is not None for e in targets)
+        self.later(st.refresh_all)
+        status = "Scheduled" if (not operative and busy) else "Accepted"
+        return call_result.ChangeAvailability(status=status)
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None, **_: Any) -> Any:
+        entries, unknown = self.station.config.get(key)
+        return call_result.GetConfiguration(configuration_key=entries, unknown_key=unknown or None)
+
+    @on(Action.change_configuration)
+    def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
+        return call_result.ChangeConfiguration(status=self.station.config.change(key, value))
+
+    @on(Action.remote_start_transaction)
+    def on_remote_start_transaction(
+        self, id_tag: str, connector_id: int | None = None, **_: Any
+    ) -> Any:
+        st = self.station
+        evse = st.pick_evse(connector_id, id_tag)
+        if evse is None:
+            return call_result.RemoteStartTransaction(status="Rejected")
+        ev = EvBattery(st.ev_factory())
+        evse.ev = ev
+        evse.finishing = False
+        evse.last_update = st.now()
+        self.later(lambda: st.remote_start(evse, ev, id_tag))
+        return call_result.RemoteStartTransaction(status="Accepted")
+
+    @on(Action.remote_stop_transaction)
+    def on_remote_stop_transaction(self, transaction_id: int, **_: Any) -> Any:
+        st = self.station
+        evse = st.find_tx(transaction_id)
+        if evse is None or evse.tx is None:
+            return call_result.RemoteStopTransaction(status="Rejected")
+        tx = evse.tx
+        self.later(lambda: st.remote_stop(evse, tx))
+        return call_result.RemoteStopTransaction(status="Accepted")
+
+    @on(Action.trigger_message)
+    def on_trigger_message(
+        self, requested_message: str, connector_id: int | None = None, **_: Any
+    ) -> Any:
+        st = self.station
+        if connector_id not in (None, 0) and connector_id not in st.evses:
+            return call_result.TriggerMessage(status="Rejected")
+        if requested_message == "BootNotification":
+            self.later(st.send_boot_notification)
+        elif requested_message == "Heartbeat":
+            self.later(st.send_heartbeat)
+        elif requested_message == "StatusNotification":
+            self.later(lambda: st.trigger_status(connector_id))
+        elif requested_message == "MeterValues":
+            self.later(lambda: st.trigger_meter_values(connector_id))
+        elif requested_message == "FirmwareStatusNotification":
+            self.later(lambda: st.send(call.FirmwareStatusNotification(status="Idle")))
+        elif requested_message == "DiagnosticsStatusNotification":
+            self.later(lambda: st.send(call.DiagnosticsStatusNotification(status="Idle")))
+        else:
+            return call_result.TriggerMessage(status="NotImplemented")
+        return call_result.TriggerMessage(status="Accepted")
+
+    @on(Action.unlock_connector)
+    def on_unlock_connector(self, connector_id: int, **_: Any) -> Any:
+        st = self.station
+        evse = st.evses.get(connector_id)
+        if evse is None:
+            return call_result.UnlockConnector(status="NotSupported")
+        if evse.tx is not None or evse.ev is not None:
+            self.later(lambda: st.unlock(evse))
+        return call_result.UnlockConnector(status="Unlocked")
+
+    @on(Action.reserve_now)
+    def on_reserve_now(
+        self,
+        connector_id: int,
+        expiry_date: str,
+        id_tag: str,
+        reservation_id: int,
+        parent_id_tag: str | None = None,
+        **_: Any,
+    ) -> Any:
+        st = self.station
+        if connector_id == 0 and not st.config.bool("ReserveConnectorZeroSupported"):
+            return call_result.ReserveNow(status="Rejected")
+        evse = st.evses.get(connector_id)
+        if evse is None:
+            return call_result.ReserveNow(status="Rejected")
+        if not (evse.operative and st.station_operative):
+            return call_result.ReserveNow(status="Unavailable")
+        other = evse.reservation is not None and evse.reservation.id != reservation_id
+        if evse.tx is not None or evse.ev is not None or other:
+            return call_result.ReserveNow(status="Occupied")
+        previous = st.find_reservation(reservation_id)
+        if previous is not None and previous is not evse:
+            st.clear_reservation(previous)
+            self.later(lambda: st.refresh_status(previous))
+        reservation = Reservation(
+            reservation_id, id_tag, parse_datetime(expiry_date), parent_id_tag
+        )
+        st.reserve(evse, reservation)
+        self.later(lambda: st.refresh_status(evse))
+        return call_result.ReserveNow(status="Accepted")
+
+    @on(Action.cancel_reservation)
+    def on_cancel_reservation(self, reservation_id: int, **_: Any) -> Any:
+        st = self.station
+        evse = st.find_reservation(reservation_id)
+        if evse is None:
+            return call_result.CancelReservation(status="Rejected")
+        st.clear_reservation(evse)
+        self.later(lambda: st.refresh_status(evse))
+        return call_result.CancelReservation(status="Accepted")
+
+    @on(Action.send_local_list)
+    def on_send_local_list(
+        self,
+        list_version: int,
+        update_type: str,
+        local_authorization_list: list[dict[str, Any]] | None = None,
+        **_: Any,
+    ) -> Any:
+        st = self.station
+        if not st.config.bool("LocalAuthListEnabled"):
+            return call_result.SendLocalList(status="NotSupported")
+        entries = local_authorization_list or []
+        if len(entries) > st.config.int("SendLocalListMaxLength"):
+            return call_result.SendLocalList(status="Failed")
+        if update_type == "Differential" and list_version <= st.local_list_version:
+            return call_result.SendLocalList(status="VersionMismatch")
+        updated = {} if update_type == "Full" else dict(st.local_list)
+        for entry in entries:
+            info = entry.get("id_tag_info")
+            if info is None:
+                updated.pop(entry["id_tag"], None)
+            else:
+                updated[entry["id_tag"]] = info["status"]
+        if len(updated) > st.config.int("LocalAuthListMaxLength"):
+            return call_result.SendLocalList(status="Failed")
+        st.local_list = updated
+        st.local_list_version = list_version
+        return call_result.SendLocalList(status="Accepted")
+
+    @on(Action.get_local_list_version)
+    def on_get_local_list_version(self, **_: Any) -> Any:
+        st = self.station
+        if not st.config.bool("LocalAuthListEnabled"):
+            return call_result.GetLocalListVersion(list_version=-1)
+        version = st.local_list_version if st.local_list else 0
+        return call_result.GetLocalListVersion(list_version=version)
+
+    @on(Action.clear_cache)
+    def on_clear_cache(self, **_: Any) -> Any:
+        self.station.auth_cache.clear()
+        return call_result.ClearCache(status="Accepted")
+
+    @on(Action.data_transfer)
+    def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
+        return call_result.DataTransfer(status="UnknownVendorId")
+
+
+class Station16(SimStation):
+    """A simulated OCPP 1.6-J charge point (one connector per EVSE, connector id = EVSE id)."""
+
+    version = "1.6"
+    subprotocol = "ocpp1.6"
+    link_class = Link16
+
+    def _init_protocol(self, *, meter_interval_s: float, heartbeat_interval_s: int) -> None:
+        self.config = ConfigTable(
+            default_config_16(
+                connectors=self.spec.evses,
+                heartbeat_interval=heartbeat_interval_s,
+                meter_interval=int(round(meter_interval_s)),
+                sampled_data=DEFAULT_SAMPLED,
+            ),
+            on_change=self._config_changed,
+        )
+        self.reset_kind = "Soft"
+        self._placeholders = itertools.count(-1, -1)
+        #: Local placeholder → transaction id assigned by the central system.
+        self.transaction_ids: dict[int, int] = {}
+
+    def _config_changed(self, key: str) -> None:
+        if key == "HeartbeatInterval":
+            self._restart_heartbeat()
+        elif key == "MeterValueSampleInterval":
+            self.restart_meter_loops()
+        elif key == "ClockAlignedDataInterval":
+            self._restart_aligned_loop()
+
+    # ------------------------------------------------------------------ protocol hooks
+
+    def _derive_status(self, evse: EvseState) -> str:
+        if evse.tx is not None:
+            if evse.ev is not None and evse.ev.full:
+                return "SuspendedEV"
+            if self.offered_w(evse) <= 0:
+                return "SuspendedEVSE"
+            return "Charging"
+        if evse.ev is not None:
+            return "Finishing" if evse.finishing else "Preparing"
+        if not (evse.operative and self.station_operative):
+            return "Unavailable"
+        if evse.reservation is not None:
+            return "Reserved"
+        return "Available"
+
+    def _station_status(self) -> str | None:
+        return "Available" if self.station_operative else "Unavailable"
+
+    @property
+    def connector0_status(self) -> str:
+        return "Available" if self.station_operative else "Unavailable"
+
+    def _status_payload(self, evse: EvseState | None, status: str) -> Any:
+        return call.StatusNotification(
+            connector_id=evse.id if evse is not None else 0,
+            error_code="NoError",
+            status=status,
+            timestamp=self.now_text(),
+        )
+
+    def _boot_payload(self) -> Any:
+        spec = self.spec
+        return call.BootNotification(
+            charge_point_model=spec.model[:20],
+            charge_point_vendor=spec.vendor[:20],
+            charge_point_serial_number=(spec.serial or "")[:25] or None,
+            firmware_version=spec.firmware[:50],
+            iccid=spec.iccid[:20] if spec.iccid else None,
+            imsi=spec.imsi[:20] if spec.imsi else None,
+        )
+
+    def _heartbeat_payload(self) -> Any:
+        return call.Heartbeat()
+
+    def _heartbeat_interval(self) -> int:
+        return self.config.int("HeartbeatInterval")
+
+    def _set_heartbeat_interval(self, interval: int) -> None:
+        self.config.put("HeartbeatInterval", str(interval))
+
+    def _meter_interval(self) -> float:
+        return float(self.config.int("MeterValueSampleInterval"))
+
+    def _aligned_interval(self) -> float:
+        return float(self.config.int("ClockAlignedDataInterval"))
+
+    def _tx_attempts(self) -> int:
+        return self.config.int("TransactionMessageAttempts")
+
+    def _tx_retry_interval(self) -> float:
+        return float(self.config.int("TransactionMessageRetryInterval"))
+
+    def _ping_interval(self) -> float:
+        return float(self.config.int("WebSocketPingInterval"))
+
+    def _local_auth_settings(self) -> tuple[bool, bool, bool, bool]:
+        c = self.config
+        return (
+            c.bool("LocalAuthListEnabled"),
+            c.bool("AuthorizationCacheEnabled"),
+            c.bool("LocalPreAuthorize"),
+            c.bool("LocalAuthorizeOffline"),
+        )
+
+    def _offline_unknown_allowed(self) -> bool:
+        return self.config.bool("AllowOfflineTxForUnknownId")
+
+    async def _authorize_online(self, id_token: str, token_type: str) -> str | None:
+        result = await self.send(call.Authorize(id_tag=id_token))
+        if result is None:
+            return None
+        return str((result.id_tag_info or {}).get("status", "Invalid"))
+
+    def _prepare_tx(self, payload: Any) -> Any | None:
+        tx_id = getattr(payload, "transaction_id", None)
+        if isinstance(tx_id, int) and tx_id < 0:
+            real = self.transaction_ids.get(tx_id)
+            if real is None:
+                self.error(f"{type(payload).__name__} dropped: transaction {tx_id} never started")
+                return None
+            return dataclasses.replace(payload, transaction_id=real)
+        return payload
+
+    # ------------------------------------------------------------------ meter values
+
+    def meter_value(
+        self, evse: EvseState, measurands: list[str], context: str, ts: datetime | None = None
+    ) -> dict[str, Any] | None:
+        samples = self.samples(evse, measurands)
+        if not samples:
+            return None
+        values = []
+        for s in samples:
+            item: dict[str, Any] = {
+                "value": _text(s.value),
+                "context": context,
+                "format": "Raw",
+                "measurand": s.measurand,
+                "location": s.location,
+            }
+            if s.phase:
+                item["phase"] = s.phase
+            if s.unit and s.unit != "Hz":  # OCPP 1.6 has no unit for frequency
+                item["unit"] = s.unit
+            values.append(item)
+        return {"timestamp": isoformat(ts or self.now()), "sampled_value": values}
+
+    def _meter_message(self, evse: EvseState, value: dict[str, Any]) -> Any:
+        return call.MeterValues(
+            connector_id=evse.id, meter_value=[value], transaction_id=evse.transaction_id
+        )
+
+    async def _periodic_sample(self, evse: EvseState) -> None:
+        value = self.meter_value(
+            evse, self.config.list("MeterValuesSampledData"), "Sample.Periodic"
+        )
+        if value is not None and evse.tx is not None:
+            self.enqueue_tx(self._meter_message(evse, value))
+
+    async def _aligned_sample(self, evse: EvseState, ts: datetime) -> None:
+        value = self.meter_value(
+            evse, self.config.list("MeterValuesAlignedData"), "Sample.Clock", ts
+        )
+        if value is None:
+            return
+        if evse.tx is not None:
+            self.enqueue_tx(self._meter_message(evse, value))
+        else:
+            await self.send(self._meter_message(evse, value))
+
+    async def trigger_meter_values(self, connector_id: int | None) -> None:
+        targets = (
+            list(self.evses.values()) if connector_id in (None, 0) else [self.evses[connector_id]]
+        )
+        for evse in targets:
+            self.advance(evse)
+            value = self.meter_value(evse, self.config.list("MeterValuesSampledData"), "Trigger")
+            if value is None:
+                continue
+            if evse.tx is not None:
+                self.enqueue_tx(self._meter_message(evse, value))
+            else:
+                await self.send(self._meter_message(evse, value))
+
+    async def trigger_status(self, connector_id: int | None) -> None:
+        if connector_id is None:
+            await self.refresh_all(force=True)
+        elif connector_id == 0:
+            await self.refresh_station_status(force=True)
+        else:
+            await self.refresh_status(self.evses[connector_id], force=True)
+
+    async def _check_charging_state(self, evse: EvseState) -> None:
+        await self.refresh_status(evse)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def plug_in(self, evse_id: int, ev: EvSpec, id_token: str) -> bool:
+        evse = self.evse(evse_id)
+        async with evse.lock:
+            if not self.can_plug_in(evse_id):
+                raise EvseBusy(f"{self.id}: connector {evse_id} is {evse.status}")
+            if not self.token_matches_reservation(evse, id_token):
+                self.stats.sessions_rejected += 1
+                return False
+            evse.ev = EvBattery(ev)
+            evse.finishing = False
+            evse.last_update = self.now()
+            await self.refresh_status(evse)
+            if not await self.authorize(id_token):
+                evse.ev = None
+                await self.refresh_status(evse)
+                self.stats.sessions_rejected += 1
+                return False
+            reservation = self.clear_reservation(evse)
+            await self._start_transaction(
+                evse, id_token, reservation_id=reservation.id if reservation else None
+            )
+            return True
+
+    async def plug_out(self, evse_id: int) -> None:
+        evse = self.evse(evse_id)
+        async with evse.lock:
+            if evse.tx is not None:
+                await self._stop_transaction(evse, "EVDisconnected", ev_leaves=True)
+            elif evse.ev is not None:
+                evse.ev = None
+                evse.finishing = False
+                await self.refresh_status(evse)
+
+    def pick_evse(self, connector_id: int | None, id_tag: str) -> EvseState | None:
+        if connector_id is not None:
+            candidates = [self.evses[connector_id]] if connector_id in self.evses else []
+        else:
+            candidates = sorted(self.evses.values(), key=lambda e: e.reservation is not None)
+        for evse in candidates:
+            if self.can_plug_in(evse.id) and self.token_matches_reservation(evse, id_tag):
+                return evse
+        return None
+
+    async def remote_start(self, evse: EvseState, ev: EvBattery, id_tag: str) -> None:
+        async with evse.lock:
+            if evse.ev is not ev:
+                return
+            await self.refresh_status(evse)
+            if self.config.bool("AuthorizeRemoteTxRequests") and not await self.authorize(id_tag):
+                evse.ev = None
+                await self.refresh_status(evse)
+                self.stats.sessions_rejected += 1
+                return
+            reservation = self.clear_reservation(evse)
+            await self._start_transaction(
+                evse, id_tag, reservation_id=reservation.id if reservation else None, remote=True
+            )
+        self.schedule_departure(evse, ev)
+
+    async def remote_stop(self, evse: EvseState, tx: Transaction) -> None:
+        async with evse.lock:
+            if evse.tx is not tx:
+                return
+            await self._stop_transaction(evse, "Remote", ev_leaves=False)
+        if tx.remote and self.remote_dwell_s is None:
+            await self.plug_out(evse.id)
+
+    async def unlock(self, evse: EvseState) -> None:
+        async with evse.lock:
+            if evse.tx is not None:
+                await self._stop_transaction(evse, "UnlockCommand", ev_leaves=True)
+            elif evse.ev is not None:
+                evse.ev = None
+                evse.finishing = False
+                await self.refresh_status(evse)
+
+    async def _end_for_reset(self, evse: EvseState) -> None:
+        reason = "HardReset" if self.reset_kind == "Hard" else "SoftReset"
+        if evse.tx is not None:
+            await self._stop_transaction(evse, reason, ev_leaves=True, statuses=False)
+        evse.ev = None
+        evse.finishing = False
+
+    async def _deauthorize(self, evse: EvseState, tx: Transaction) -> None:
+        async with evse.lock:
+            if evse.tx is tx:
+                await self._stop_transaction(evse, "DeAuthorized", ev_leaves=False)
+
+    async def _start_transaction(
+        self,
+        evse: EvseState,
+        id_tag: str,
+        *,
+        reservation_id: int | None = None,
+        remote: bool = False,
+    ) -> None:
+        now = self.now()
+        evse.last_update = now
+        tx = Transaction(
+            local_id=self.new_local_id(),
+            id=next(self._placeholders),
+            id_token=id_tag,
+            started_at=now,
+            meter_start_wh=evse.meter_wh,
+            reservation_id=reservation_id,
+            remote=remote,
+            authorized=True,
+            charging_state="Charging",
+        )
+        evse.tx = tx
+        evse.finishing = False
+        evse.session_energy_wh = 0.0
+        self.advance(evse, now)
+        tx.begin_sample = self.meter_value(
+            evse, self.config.list("StopTxnSampledData"), "Transaction.Begin", now
+        )
+        self.stats.sessions_started += 1
+        payload = call.StartTransaction(
+            connector_id=evse.id,
+            id_tag=id_tag,
+            meter_start=int(round(evse.meter_wh)),
+            timestamp=isoformat(now),
+            reservation_id=reservation_id,
+        )
+        await self.send_tx(payload, on_result=lambda result: self._start_result(evse, tx, result))
+        await self.refresh_status(evse)
+        self.start_meter_loop(evse)
+
+    def _start_result(self, evse: EvseState, tx: Transaction, result: Any) -> None:
+        placeholder = tx.id
+        real = int(result.transaction_id)
+        if isinstance(placeholder, int) and placeholder < 0:
+            self.transaction_ids[placeholder] = real
+            if evse.last_transaction_id == placeholder:
+                evse.last_transaction_id = real
+        tx.id = real
+        status = str((result.id_tag_info or {}).get("status", "Accepted"))
+        if tx.id_token:
+            self.remember_token(tx.id_token, status)
+        if (
+            status != "Accepted"
+            and evse.tx is tx
+            and self.config.bool("StopTransactionOnInvalidId")
+        ):
+            self.spawn(self._deauthorize(evse, tx))
+
+    async def _stop_transaction(
+        self, evse: EvseState, reason: str, *, ev_leaves: bool, statuses: bool = True
+    ) -> None:
+        tx = evse.tx
+        if tx is None:
+            return
+        self.stop_meter_loop(evse)
+        now = self.now()
+        self.advance(evse, now)
+        end = self.meter_value(evse, self.config.list("StopTxnSampledData"), "Transaction.End", now)
+        data = [m for m in (tx.begin_sample, end) if m is not None]
+        payload = call.StopTransaction(
+            meter_stop=int(round(evse.meter_wh)),
+            timestamp=isoformat(now),
+            transaction_id=tx.id,
+            reason=reason,
+            transaction_data=data or None,
+        )
+        evse.tx = None
+        evse.power_w = 0.0
+        evse.last_transaction_id = tx.id
+        self.stats.sessions_completed += 1
+        await self.send_tx(payload)
+        if evse.ev is not None:
+            evse.finishing = True
+            if statuses:
+                await self.refresh_status(evse)
+        if ev_leaves:
+            evse.ev = None
+            evse.finishing = False
+        if statuses:
+            await self.refresh_status(evse)
+        else:
+            evse.status = self._derive_status(evse)
+        self.after_tx_ended()
