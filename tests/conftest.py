@@ -34,7 +34,7 @@ async def _pg_reachable() -> bool:
             conn = await asyncpg.connect(_plain(PG_URL), timeout=3)
             await conn.close()
             _pg_available = True
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             _pg_available = False
     return _pg_available
 

@@ -101,9 +101,10 @@ def test_cli_station_and_token_management(tmp_path):
 async def test_h1_cli_registered_station_authenticates(tmp_path):
     """A station added by the CLI is known to a server on the same database."""
     import websockets
+    from websockets.exceptions import InvalidStatus
+
     from conftest import start_node
     from ocpp_clients import basic_auth
-    from websockets.exceptions import InvalidStatus
 
     db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     r = await asyncio.to_thread(CliRunner().invoke, app, [

@@ -7,6 +7,7 @@ on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from ocpp.v16 import call
+
 from ocpp_clients import Lib16, connected
 
 MV = "Energy.Active.Import.Register"

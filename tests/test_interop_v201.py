@@ -7,6 +7,7 @@ on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from ocpp.v201 import call
+
 from ocpp_clients import Lib201, connected
 
 MV = "Energy.Active.Import.Register"

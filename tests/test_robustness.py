@@ -11,8 +11,9 @@ import json
 
 import pytest
 import websockets
-from ocpp_clients import basic_auth
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from ocpp_clients import basic_auth
 
 BOOT16 = '[2,"b","BootNotification",{"chargePointVendor":"V","chargePointModel":"M"}]'
 BOOT201 = ('[2,"b","BootNotification",{"chargingStation":{"model":"M","vendorName":"V"},'

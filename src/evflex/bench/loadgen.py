@@ -267,6 +267,7 @@ class SimStation:
             if answer is None or answer.get("status") != "Accepted":
                 status = None if answer is None else answer.get("status")
                 stats.connect_failures[f"boot: {status or 'no answer'}"] += 1
+                await self.close()  # a station that is not accepted does not stay connected
                 return False
             stats.connect_ms.append((time.perf_counter() - t0) * 1000.0)
             for action, payload in self.model.initial_status():

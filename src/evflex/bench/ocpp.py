@@ -307,6 +307,15 @@ def _sqlite_size_mb(url: str | None) -> float | None:
     return round(size / 1e6, 2)
 
 
+def _busy_percent(before, after) -> float | None:
+    """Share of all cores' time that was not idle between two psutil.cpu_times()."""
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (
+        before.idle + getattr(before, "iowait", 0.0)
+    )
+    return _r(100.0 * (1.0 - idle / total), 1) if total > 0 else None
+
+
 def _merge(results: list[dict]) -> dict[str, Any]:
     merged: dict[str, Any] = {
         "latency_ms": {},
@@ -409,12 +418,14 @@ def run_ocpp_bench(
             health_start = _health(client, api_url)
             cpu0 = server.cpu_seconds() if server else None
             gen_cpu0 = gens.cpu_seconds()
+            host0 = psutil.cpu_times()
             w0 = time.monotonic()
             gens.send("start")
             gens.watch(config.duration)
             window = time.monotonic() - w0
             cpu1 = server.cpu_seconds() if server else None
             gen_cpu1 = gens.cpu_seconds()
+            host1 = psutil.cpu_times()
             health_end = _health(client, api_url)
             rss_end = server.last_rss if server else None
 
@@ -432,13 +443,13 @@ def run_ocpp_bench(
                 seed=seed,
                 run_tag=run_tag,
                 settings=settings,
-                ready=ready,
                 connect_time=connect_time,
                 connected=connected,
                 merged=_merge(results),
                 window=window,
                 cpu=(cpu0, cpu1),
                 gen_cpu=gen_cpu1 - gen_cpu0,
+                host_busy=_busy_percent(host0, host1),
                 server=server,
                 rss_end=rss_end,
                 health=(health_start, health_end),
@@ -449,14 +460,42 @@ def run_ocpp_bench(
                 exit_code=exit_code,
                 log=log,
             )
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        # A run that broke down is a result too: record it, then report the error.
+        _write(out, _failure_result(config, started, seed, run_tag, exc))
+        raise
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    _write(out, result)
     result["out"] = str(out)
     return result
+
+
+def _write(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _failure_result(
+    config: OcppBenchConfig, started: datetime, seed: int, run_tag: str, exc: BaseException
+) -> dict[str, Any]:
+    return {
+        "benchmark": "ocpp",
+        "timestamp": started.isoformat(timespec="seconds"),
+        "ok": False,
+        "failure": f"{type(exc).__name__}: {exc}"[-4000:],
+        "stations": config.stations,
+        "connected": None,
+        "duration_s": config.duration,
+        "v201_share": config.v201_share,
+        "database": database_kind(config.database_url or "sqlite"),
+        "clients": config.clients,
+        "settings": {"seed": seed, "run_tag": run_tag, "connect_rate_per_s": config.connect_rate},
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count() or 1,
+    }
 
 
 def _build_result(
@@ -466,13 +505,13 @@ def _build_result(
     seed: int,
     run_tag: str,
     settings: LoadSettings,
-    ready: list[dict],
     connect_time: float,
     connected: int,
     merged: dict[str, Any],
     window: float,
     cpu: tuple[float | None, float | None],
     gen_cpu: float,
+    host_busy: float | None,
     server: ServerProcess | None,
     rss_end: int | None,
     health: tuple[dict | None, dict | None],
@@ -568,6 +607,7 @@ def _build_result(
         "server_log": log,
         "server_writer": writer,
         "loadgen_cpu_percent": _r(100.0 * gen_cpu / window, 1),
+        "host_cpu_busy_percent": host_busy,
         "sessions_started": merged.get("sessions_started", 0),
         "sessions_ended": merged.get("sessions_ended", 0),
         "auth_status": dict(merged["auth_status"]),
@@ -652,6 +692,10 @@ def render_table(result: dict[str, Any]):
         ("server CPU", num(result["server_cpu_percent"], "{:,.0f}", " % of one core")),
         ("server peak RSS", num(result["server_peak_rss_mb"], "{:,.0f}", " MB")),
         ("load generator CPU", num(result["loadgen_cpu_percent"], "{:,.0f}", " % of one core")),
+        (
+            f"host CPU busy ({result['cpu_count']} cores)",
+            num(result["host_cpu_busy_percent"], "{:,.0f}", " %"),
+        ),
     ]
     writer = result.get("server_writer")
     if writer:
@@ -755,7 +799,7 @@ def bench_ocpp_command(
         detail = {k: v for k, v in result["error_detail"].items() if v and k != "samples"}
         console.print(f"[red]errors: {json.dumps(detail)}[/]", soft_wrap=True)
         for line in result["error_detail"]["samples"][:3]:
-            console.print(f"[red]  e.g. {line}[/]", soft_wrap=True, markup=False)
+            console.print(f"  e.g. {line}", style="red", soft_wrap=True, markup=False)
     console.print(f"results: {result['out']}")
 
 

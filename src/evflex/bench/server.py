@@ -125,7 +125,14 @@ class ServerProcess:
     def start(self, ready_timeout: float = 60.0) -> None:
         """Spawn the server and wait until its health endpoint answers."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
+        # Plain tracebacks in the log (not typer's boxes), wide lines, no colour codes.
+        env = dict(
+            os.environ,
+            COLUMNS="200",
+            NO_COLOR="1",
+            PYTHONUNBUFFERED="1",
+            _TYPER_STANDARD_TRACEBACK="1",
+        )
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -178,7 +185,7 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:

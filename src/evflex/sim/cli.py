@@ -115,6 +115,7 @@ def summary_table(summary: SimSummary, config: SimConfig | None = None) -> Table
         ("sessions rejected", str(summary.sessions_rejected)),
         ("energy", f"{summary.energy_wh / 1000.0:,.1f} kWh"),
         ("messages sent", f"{summary.messages_sent:,}"),
+        ("undelivered transaction messages", f"{summary.tx_backlog:,}"),
         ("simulated time", f"{summary.sim_seconds / 3600.0:,.2f} h"),
         ("real time", f"{summary.real_seconds:,.1f} s"),
         ("errors", str(summary.errors)),

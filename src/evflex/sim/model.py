@@ -112,6 +112,8 @@ class EvseState:
     """Live state of one EVSE (with one connector)."""
 
     id: int
+    #: Station limit for this EVSE in W. The vehicle draws at most this much
+    #: (and at most what its phases allow); charging profiles will set it.
     limit_w: float
     meter_wh: float
     connector_id: int = 1

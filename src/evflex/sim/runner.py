@@ -77,6 +77,8 @@ class SimSummary:
     error_samples: list[str]
     sim_seconds: float = 0.0
     real_seconds: float = 0.0
+    #: Transaction messages still undelivered when the run ended (CSMS too slow or offline).
+    tx_backlog: int = 0
 
 
 @dataclass
@@ -165,6 +167,7 @@ class Simulation:
         limiter = asyncio.Semaphore(max(1, cfg.connect_concurrency))
         real_start = time.monotonic()
         start = self.clock.now()
+        elapsed = 0.0
         drivers: list[asyncio.Task[None]] = []
         for station in self.stations:
             station.connect_limiter = limiter
@@ -193,10 +196,9 @@ class Simulation:
                 if pending:
                     await asyncio.wait(pending, timeout=1.0)
             await asyncio.gather(*(s.stop() for s in self.stations), return_exceptions=True)
-        sim_seconds = (self.clock.now() - start).total_seconds()
         if progress is not None:
             progress(1.0)
-        return self.summary(sim_seconds=sim_seconds, real_seconds=time.monotonic() - real_start)
+        return self.summary(sim_seconds=elapsed, real_seconds=time.monotonic() - real_start)
 
     def summary(self, *, sim_seconds: float = 0.0, real_seconds: float = 0.0) -> SimSummary:
         samples: list[str] = []
@@ -216,6 +218,7 @@ class Simulation:
             error_samples=samples,
             sim_seconds=sim_seconds,
             real_seconds=real_seconds,
+            tx_backlog=sum(s.tx_backlog for s in self.stations),
         )
 
     async def _wait(self, seconds: float) -> bool:

@@ -22,7 +22,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -56,6 +56,8 @@ wire_log = logging.getLogger("evflex.sim.wire")
 DEFAULT_BOOT_RETRY_S = 10.0
 #: Upper bound of the reconnect back-off in real seconds.
 MAX_RECONNECT_DELAY_S = 30.0
+#: Default capacity of the transaction message queue of one station.
+DEFAULT_MAX_QUEUE = 10_000
 
 MessageHook = Callable[[str, str, Any], None]
 
@@ -92,7 +94,7 @@ class _Link:
     """Bookkeeping shared by both protocol-specific link classes."""
 
     closed: asyncio.Future[None]
-    followups: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    followups: list[Callable[[], Coroutine[Any, Any, Any]]] = field(default_factory=list)
 
 
 class LinkMixin:
@@ -124,10 +126,7 @@ class LinkMixin:
         if not self._link.closed.done():
             self._link.closed.set_result(None)
 
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._link.closed)
-
-    def later(self, factory: Callable[[], Awaitable[Any]]) -> None:
+    def later(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``factory()`` after the response to the current request was sent."""
         self._link.followups.append(factory)
 
@@ -191,7 +190,19 @@ class LinkMixin:
 
 
 class SimStation:
-    """A simulated charging station (OCPP 1.6 or 2.0.1, chosen by ``spec.ocpp_version``)."""
+    """A simulated charging station (OCPP 1.6 or 2.0.1, chosen by ``spec.ocpp_version``).
+
+    ``url`` is the CSMS base URL; the station connects to ``{url}/{spec.id}``.
+    Times given in seconds are clock-seconds unless they concern the link
+    (``response_timeout_s``, ``connect_timeout_s``, ``reconnect_delay_s`` and
+    the heartbeat interval are real seconds).
+
+    ``on_message(direction, action, payload)`` is called for every request:
+    ``"out"`` with the ``ocpp`` call dataclass the station sends, ``"in"`` with
+    the JSON payload of a CSMS request. ``ev_factory`` makes the vehicle that is
+    plugged in for a remote start; ``remote_dwell_s`` (if given) draws how long
+    such a vehicle stays, otherwise it leaves when the CSMS stops the session.
+    """
 
     version: ClassVar[str] = ""
     subprotocol: ClassVar[str] = ""
@@ -226,6 +237,7 @@ class SimStation:
         reconnect_delay_s: float = 1.0,
         validate_messages: bool = True,
         connect_limiter: asyncio.Semaphore | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self.spec = spec
         self.base_url = url.rstrip("/")
@@ -239,6 +251,7 @@ class SimStation:
         self.reconnect_delay_s = reconnect_delay_s
         self.validate_messages = validate_messages
         self.connect_limiter = connect_limiter
+        self.max_queue = max(1, max_queue)
         self.password = spec.password
         self.rng = random.Random(f"{seed}:{spec.id}" if seed is not None else spec.id)
 
@@ -348,13 +361,15 @@ class SimStation:
         if self._stopping:
             return
         self._stopping = True
+        if self._started:
+            self._want_online.set()  # an offline station reconnects to deliver its queue
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 for evse in self.evses.values():
                     if evse.ev is not None or evse.tx is not None:
                         await self.plug_out(evse.id)
-                if self.online:
-                    await self._wait_drained(self._ready_link)
+                if self._started and self.booted:
+                    await self._tx_empty.wait()
         self._want_online.clear()
         tasks = [self._conn_task, self._pump_task, self._aligned_task, self._heartbeat_task]
         tasks += [evse.meter_task for evse in self.evses.values()]
@@ -398,6 +413,11 @@ class SimStation:
     async def plug_out(self, evse_id: int) -> None:
         """The vehicle leaves: end its transaction (if any) and free the EVSE."""
         raise NotImplementedError
+
+    @property
+    def tx_backlog(self) -> int:
+        """Transaction-related messages waiting to be delivered."""
+        return len(self._txq)
 
     async def wait_idle(self, timeout: float | None = 10.0) -> None:
         """Wait until all queued transaction messages have been delivered."""
@@ -527,21 +547,19 @@ class SimStation:
         """Integrate the energy drawn by the plugged-in vehicle up to ``now``."""
         now = now or self.clock.now()
         last = evse.last_update or now
-        evse.last_update = now
-        seconds = (now - last).total_seconds()
+        seconds = max(0.0, (now - last).total_seconds())
+        evse.last_update = max(now, last)
         if evse.tx is None or evse.ev is None or not evse.tx.authorized:
             evse.power_w = 0.0
             return
         offered = self.offered_w(evse)
         if seconds > 0:
-            before = evse.ev.accepted_power_w(offered)
             energy = evse.ev.charge(seconds, offered)
             if energy > 0:
                 evse.meter_wh += energy
                 evse.session_energy_wh += energy
                 self.stats.energy_wh += energy
-                if before > 0:
-                    evse.tx.charging_s += seconds
+                evse.tx.charging_s += seconds
         evse.power_w = evse.ev.accepted_power_w(offered)
 
     def samples(self, evse: EvseState, measurands: list[str]) -> list[Sample]:
@@ -621,6 +639,8 @@ class SimStation:
     ) -> asyncio.Future[Any]:
         """Queue a transaction-related message (delivered in order, also after offline periods)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if len(self._txq) >= self.max_queue:
+            self._drop_oldest_sample()
         self._txq.append(_TxItem(payload, future, on_result))
         self._tx_empty.clear()
         self._tx_wake.set()
@@ -636,6 +656,23 @@ class SimStation:
             return None
         await asyncio.wait({future, link.closed_future}, return_when=asyncio.FIRST_COMPLETED)
         return future.result() if future.done() else None
+
+    def _is_sample(self, payload: Any) -> bool:
+        """True for periodic/clock meter values (dropped first when the queue is full)."""
+        return False
+
+    def _drop_oldest_sample(self) -> None:
+        # Keep the head (it may be in flight); transaction starts and ends are never dropped.
+        for index in range(1, len(self._txq)):
+            item = self._txq[index]
+            if self._is_sample(item.payload):
+                del self._txq[index]
+                if not item.future.done():
+                    item.future.set_result(None)
+                self.error(
+                    f"queue full ({self.max_queue}): dropped a {type(item.payload).__name__}"
+                )
+                return
 
     async def _tx_pump(self) -> None:
         while True:

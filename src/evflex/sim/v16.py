@@ -325,6 +325,9 @@ class Station16(SimStation):
             return None
         return str((result.id_tag_info or {}).get("status", "Invalid"))
 
+    def _is_sample(self, payload: Any) -> bool:
+        return isinstance(payload, call.MeterValues)
+
     def _prepare_tx(self, payload: Any) -> Any | None:
         tx_id = getattr(payload, "transaction_id", None)
         if isinstance(tx_id, int) and tx_id < 0:

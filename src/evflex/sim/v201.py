@@ -371,6 +371,12 @@ class Station201(SimStation):
     def _ping_interval(self) -> float:
         return float(self.dm.int(COMM, "WebSocketPingInterval"))
 
+    def _is_sample(self, payload: Any) -> bool:
+        return isinstance(payload, call.TransactionEvent) and payload.trigger_reason in (
+            "MeterValuePeriodic",
+            "MeterValueClock",
+        )
+
     def _local_auth_settings(self) -> tuple[bool, bool, bool, bool]:
         dm = self.dm
         return (
