@@ -262,7 +262,8 @@ class Station16(SimStation):
 
     @property
     def connector0_status(self) -> str:
-        return "Available" if self.station_operative else "Unavailable"
+        """Status of connector 0 (the charge point as a whole)."""
+        return self._station_status() or "Available"
 
     def _status_payload(self, evse: EvseState | None, status: str) -> Any:
         return call.StatusNotification(
