@@ -333,24 +333,28 @@ class DeviceModel:
             return "UnknownVariable", None
         return "Accepted", found
 
+    def _resolve(self, req: dict[str, Any]) -> tuple[dict[str, Any], Variable | None]:
+        """The result skeleton shared by Get/SetVariables: lookup and attribute check."""
+        component = req["component"]
+        variable = req["variable"]
+        status, var = self._lookup(component, variable)
+        result: dict[str, Any] = {
+            "attribute_status": status,
+            "component": component,
+            "variable": variable,
+            "attribute_type": req.get("attribute_type"),
+        }
+        if var is not None and (req.get("attribute_type") or "Actual") != "Actual":
+            result["attribute_status"] = "NotSupportedAttributeType"
+        return result, var
+
     def get_variables(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Results for ``GetVariablesRequest.getVariableData``."""
         results = []
         for req in requests:
-            component = req["component"]
-            variable = req["variable"]
-            attribute = req.get("attribute_type") or "Actual"
-            status, var = self._lookup(component, variable)
-            result: dict[str, Any] = {
-                "attribute_status": status,
-                "component": component,
-                "variable": variable,
-                "attribute_type": req.get("attribute_type"),
-            }
-            if var is not None:
-                if attribute != "Actual":
-                    result["attribute_status"] = "NotSupportedAttributeType"
-                elif var.mutability == WRITE_ONLY:
+            result, var = self._resolve(req)
+            if var is not None and result["attribute_status"] == "Accepted":
+                if var.mutability == WRITE_ONLY:
                     result["attribute_status"] = "Rejected"
                     result["attribute_status_info"] = {"reason_code": "WriteOnly"}
                 else:
@@ -363,20 +367,9 @@ class DeviceModel:
         results = []
         changed: list[Variable] = []
         for req in requests:
-            component = req["component"]
-            variable = req["variable"]
-            attribute = req.get("attribute_type") or "Actual"
-            status, var = self._lookup(component, variable)
-            result: dict[str, Any] = {
-                "attribute_status": status,
-                "component": component,
-                "variable": variable,
-                "attribute_type": req.get("attribute_type"),
-            }
-            if var is not None:
-                if attribute != "Actual":
-                    result["attribute_status"] = "NotSupportedAttributeType"
-                elif var.mutability == READ_ONLY:
+            result, var = self._resolve(req)
+            if var is not None and result["attribute_status"] == "Accepted":
+                if var.mutability == READ_ONLY:
                     result["attribute_status"] = "Rejected"
                     result["attribute_status_info"] = {"reason_code": "ReadOnly"}
                 else:
