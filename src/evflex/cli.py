@@ -122,16 +122,8 @@ def station_add(
     settings = load_settings(config, database_url=database_url)
 
     async def fn(s):
-        if await repo.get_station(s, body.id) is not None:
-            return False
-        await repo.create_station(
-            s,
-            body.id,
-            utcnow(),
-            hash_password(body.password) if body.password else None,
-            body.site_id,
-        )
-        return True
+        pw_hash = hash_password(body.password) if body.password else None
+        return await repo.register_station(s, body.id, utcnow(), pw_hash, body.site_id)
 
     if not asyncio.run(_with_store(settings, fn)):
         console.print(f"[red]station '{station_id}' already exists[/]")
@@ -177,7 +169,6 @@ def id_token_add(
     from evflex.api.schemas import IdTokenIn
     from evflex.clock import utcnow
     from evflex.store import repo
-    from evflex.store.tables import IdToken
 
     try:
         body = IdTokenIn(id_token=id_token, status=status)
@@ -187,15 +178,7 @@ def id_token_add(
     settings = load_settings(config, database_url=database_url)
 
     async def fn(s):
-        row = await repo.get_id_token(s, body.id_token)
-        if row is None:
-            s.add(
-                IdToken(
-                    id_token=body.id_token, status=body.status, type=body.type, created_at=utcnow()
-                )
-            )
-        else:
-            row.status = body.status
+        await repo.put_id_token(s, body.id_token, utcnow(), body.status, body.type)
 
     asyncio.run(_with_store(settings, fn))
     console.print(f"id token '{id_token}' is {status}")

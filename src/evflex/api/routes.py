@@ -118,10 +118,7 @@ async def create_station(body: sc.StationCreate, rt: Rt):
     now = rt.clock.now()
 
     async def job(s):
-        if await repo.get_station(s, body.id) is not None:
-            return False
-        await repo.create_station(s, body.id, now, pw_hash, body.site_id)
-        return True
+        return await repo.register_station(s, body.id, now, pw_hash, body.site_id)
 
     if not await rt.writer.submit(job):
         raise HTTPException(409, f"station '{body.id}' already exists")
@@ -184,17 +181,10 @@ async def _upsert_token(rt: Runtime, body: sc.IdTokenIn, create_only: bool) -> b
     now = rt.clock.now()
 
     async def job(s):
-        row = await repo.get_id_token(s, body.id_token)
-        if row is not None and create_only:
-            return False
-        if row is None:
-            row = IdToken(id_token=body.id_token, created_at=now)
-            s.add(row)
-        row.status = body.status
-        row.type = body.type
-        row.expiry = body.expiry
-        row.parent_id_token = body.parent_id_token
-        return True
+        return await repo.put_id_token(
+            s, body.id_token, now, body.status, body.type, body.expiry, body.parent_id_token,
+            create_only=create_only,
+        )
 
     return await rt.writer.submit(job)
 

@@ -62,6 +62,20 @@ async def create_station(
     return st
 
 
+async def register_station(
+    session: AsyncSession,
+    station_id: str,
+    now: datetime,
+    password_hash: str | None = None,
+    site_id: str | None = None,
+) -> bool:
+    """Create a station; False if the id is taken."""
+    if await get_station(session, station_id) is not None:
+        return False
+    await create_station(session, station_id, now, password_hash, site_id)
+    return True
+
+
 async def record_boot(
     session: AsyncSession, station_id: str, info: StationInfo, version: str, now: datetime
 ) -> None:
@@ -126,6 +140,30 @@ async def record_status(
 
 async def get_id_token(session: AsyncSession, token: str) -> IdToken | None:
     return await session.get(IdToken, token)
+
+
+async def put_id_token(
+    session: AsyncSession,
+    token: str,
+    now: datetime,
+    status: str = "Accepted",
+    type: str = "ISO14443",
+    expiry: datetime | None = None,
+    parent_id_token: str | None = None,
+    create_only: bool = False,
+) -> bool:
+    """Add or replace an id token; with ``create_only`` False if it exists."""
+    row = await get_id_token(session, token)
+    if row is not None and create_only:
+        return False
+    if row is None:
+        row = IdToken(id_token=token, created_at=now)
+        session.add(row)
+    row.status = status
+    row.type = type
+    row.expiry = expiry
+    row.parent_id_token = parent_id_token
+    return True
 
 
 async def list_id_tokens(session: AsyncSession) -> list[IdToken]:
