@@ -12,6 +12,11 @@ from evflex.config import load_settings
 
 
 async def test_a3_station_registration_api(node):
+    for site in ("depot", "other"):
+        r = await node.http.post("/api/v1/sites", json={"id": site, "import_limit_kw": 50})
+        assert r.status_code == 201, r.text
+    r = await node.http.post("/api/v1/stations", json={"id": "X", "site_id": "nowhere"})
+    assert r.status_code == 422 and "nowhere" in r.json()["detail"]
     r = await node.http.post("/api/v1/stations", json={"id": "API-1", "site_id": "depot"})
     assert r.status_code == 201
     body = r.json()

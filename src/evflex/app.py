@@ -11,12 +11,17 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from evflex import __version__
+from evflex.api import schemas
 from evflex.api.routes import router
+from evflex.api.smart import router as smart_router
 from evflex.clock import Clock, SystemClock
 from evflex.config import Settings
 from evflex.csms.server import OcppServer
 from evflex.csms.service import CsmsService
 from evflex.events import EventBus
+from evflex.smartcharging.dispatcher import ProfileDispatcher
+from evflex.smartcharging.manager import LoadManager
+from evflex.store import repo
 from evflex.store.db import make_engine, make_sessionmaker, migrate
 from evflex.store.writer import GroupCommitWriter
 
@@ -44,6 +49,28 @@ class Runtime:
             ping_interval=settings.ws_ping_interval,
             validate_responses=settings.validate_responses,
         )
+        self.dispatcher = ProfileDispatcher(
+            self.ocpp.send_command,
+            self.ocpp.is_connected,
+            self.writer,
+            self.clock,
+            retry_max_s=settings.profile_retry_max_s,
+        )
+        self.lm = LoadManager(
+            self.sessionmaker,
+            self.writer,
+            self.bus,
+            self.clock,
+            self.dispatcher,
+            self.ocpp.is_connected,
+            initial_full_power_s=settings.initial_full_power_s,
+            ramp_kw_per_s=settings.ramp_kw_per_s,
+            random_delay_s=settings.random_delay_s,
+            stack_level=settings.lm_stack_level,
+            priority_stack_level=settings.priority_stack_level,
+            rebalance_interval_s=settings.rebalance_interval_s,
+            settle_timeout_s=settings.response_timeout + 1,
+        )
         self.api = create_api(self)
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
@@ -52,6 +79,9 @@ class Runtime:
         """Migrate the schema, then open the OCPP and HTTP ports."""
         await migrate(self.engine)
         self.writer.start()
+        await self._configured_sites()
+        await self.dispatcher.load(self.sessionmaker)
+        await self.lm.start()
         await self.ocpp.start(self.settings.host, self.settings.ocpp_port)
         config = uvicorn.Config(
             self.api,
@@ -78,7 +108,27 @@ class Runtime:
         assert self._http is not None
         return self._http.servers[0].sockets[0].getsockname()[1]
 
+    async def _configured_sites(self) -> None:
+        """Create or update the sites and circuits listed in the configuration."""
+        if not self.settings.sites and not self.settings.circuits:
+            return
+        now = self.clock.now()
+        # Checked like the bodies of POST /api/v1/sites and /circuits.
+        sites = [schemas.SiteIn.model_validate(x) for x in self.settings.sites]
+        circuits = [schemas.CircuitIn.model_validate(x) for x in self.settings.circuits]
+
+        async def job(s) -> None:
+            for site in sites:
+                await repo.upsert_site(s, site.id, schemas.body_values(site), now)
+            await s.flush()
+            for circuit in circuits:
+                await repo.upsert_circuit(s, circuit.id, schemas.body_values(circuit), now)
+
+        await self.writer.submit(job)
+
     async def stop(self) -> None:
+        await self.lm.stop()
+        await self.dispatcher.close()
         await self.ocpp.stop()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
@@ -103,6 +153,7 @@ def create_api(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     app.include_router(router)
+    app.include_router(smart_router)
 
     @app.get("/api/v1/health", tags=["system"])
     async def health() -> dict:

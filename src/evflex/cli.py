@@ -123,7 +123,9 @@ def station_add(
 
     async def fn(s):
         pw_hash = hash_password(body.password) if body.password else None
-        return await repo.register_station(s, body.id, utcnow(), pw_hash, body.site_id)
+        return await repo.register_station(
+            s, body.id, utcnow(), pw_hash, body.model_dump(include=set(repo.STATION_TOPOLOGY))
+        )
 
     if not asyncio.run(_with_store(settings, fn)):
         console.print(f"[red]station '{station_id}' already exists[/]")
@@ -244,7 +246,11 @@ def demo(
             table.add_row(
                 "stations booted", f"{res.stations_booted}/{res.stations}", str(res.csms_stations)
             )
-            table.add_row("sessions started / transactions stored", str(res.sessions_started), str(res.csms_transactions))
+            table.add_row(
+                "sessions started / transactions stored",
+                str(res.sessions_started),
+                str(res.csms_transactions),
+            )
             table.add_row("sessions completed", str(res.sessions_completed), "")
             table.add_row("sessions refused (unknown card)", str(res.sessions_rejected), "")
             table.add_row(

@@ -31,6 +31,33 @@ class Settings(BaseSettings):
     validate_responses: bool = Field(True, description="Check our own answers against schemas")
     log_level: str = Field("info")
 
+    # Smart charging / load management
+    initial_full_power_s: float = Field(
+        30.0, description="A new session charges at the most its site allows for this long (s)"
+    )
+    ramp_kw_per_s: float | None = Field(
+        None, description="Maximum rise of an EVSE's limit (kW/s); decreases are immediate"
+    )
+    random_delay_s: float = Field(
+        0.0, description="Rises of a limit wait a random 0..N s so sites do not move in lock-step"
+    )
+    lm_stack_level: int = Field(1, description="Stack level of the load manager's profiles")
+    priority_stack_level: int = Field(
+        5, description="Stack level of a priority-charging session's TxProfile"
+    )
+    rebalance_interval_s: float = Field(
+        30.0, description="Re-plan every site at least this often (deadlines, boosts)"
+    )
+    profile_retry_max_s: float = Field(60.0, description="Longest backoff between profile retries")
+    sites: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Sites to create at start ([[sites]] tables in the TOML config), "
+        "same fields as POST /api/v1/sites",
+    )
+    circuits: list[dict[str, Any]] = Field(
+        default_factory=list, description="Circuits to create at start ([[circuits]] tables)"
+    )
+
     toml_file: ClassVar[Path | None] = None
 
     @classmethod

@@ -38,8 +38,8 @@ class EventBus:
             q.put_nowait(event)
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event]]:
-        q: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
+    async def subscribe(self, queue_size: int | None = None) -> AsyncIterator[asyncio.Queue[Event]]:
+        q: asyncio.Queue[Event] = asyncio.Queue(queue_size or self._queue_size)
         self._subscribers.add(q)
         try:
             yield q

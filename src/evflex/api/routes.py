@@ -46,6 +46,11 @@ def _station_out(rt: Runtime, st: Station, connectors: list[Connector]) -> sc.St
         firmware_version=st.firmware_version,
         iccid=st.iccid,
         site_id=st.site_id,
+        circuit_id=st.circuit_id,
+        max_current_a=st.max_current_a,
+        evse_max_current_a=st.evse_max_current_a,
+        phases=st.phases,
+        phase_rotation=st.phase_rotation,
         has_password=bool(st.password_hash),
         registration_status=st.registration_status,
         last_boot_at=st.last_boot_at,
@@ -117,11 +122,19 @@ async def create_station(body: sc.StationCreate, rt: Rt):
     pw_hash = hash_password(body.password) if body.password else None
     now = rt.clock.now()
 
-    async def job(s):
-        return await repo.register_station(s, body.id, now, pw_hash, body.site_id)
+    topology = body.model_dump(include=set(repo.STATION_TOPOLOGY), exclude_unset=True)
 
-    if not await rt.writer.submit(job):
+    async def job(s):
+        return await repo.register_station(s, body.id, now, pw_hash, topology)
+
+    try:
+        created = await rt.writer.submit(job)
+    except repo.TopologyError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if not created:
         raise HTTPException(409, f"station '{body.id}' already exists")
+    if body.site_id:
+        await rt.lm.reload()
     return await _load_station(rt, body.id)
 
 
@@ -138,13 +151,19 @@ async def patch_station(station_id: str, body: sc.StationPatch, rt: Rt):
             st.password_hash = pw_hash
         elif body.clear_password:
             st.password_hash = None
-        if "site_id" in fields:
-            st.site_id = body.site_id
+        await repo.set_topology(s, st, {k: getattr(body, k) for k in topology})
         return True
 
-    if not await rt.writer.submit(job):
+    topology = fields & set(repo.STATION_TOPOLOGY)
+    try:
+        found = await rt.writer.submit(job)
+    except repo.TopologyError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if not found:
         raise HTTPException(404, f"station '{station_id}' is not registered")
     rt.ocpp.forget_credentials(station_id)
+    if topology:
+        await rt.lm.reload()
     return await _load_station(rt, station_id)
 
 
@@ -182,7 +201,13 @@ async def _upsert_token(rt: Runtime, body: sc.IdTokenIn, create_only: bool) -> b
 
     async def job(s):
         return await repo.put_id_token(
-            s, body.id_token, now, body.status, body.type, body.expiry, body.parent_id_token,
+            s,
+            body.id_token,
+            now,
+            body.status,
+            body.type,
+            body.expiry,
+            body.parent_id_token,
             create_only=create_only,
         )
 
@@ -285,6 +310,10 @@ async def _tx_out(s, txs: list[Transaction]) -> list[sc.TransactionOut]:
             last_meter_at=t.last_meter_at,
             last_meter_values=[_mv_out(m) for m in latest.get(t.id, [])],
             offline_messages=t.offline_messages or 0,
+            departure_at=t.departure_at,
+            energy_target_wh=t.energy_target_wh,
+            needs_source=t.needs_source,
+            priority=bool(t.priority),
         )
         for t in txs
     ]

@@ -8,8 +8,28 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class StationCreate(BaseModel):
+class StationTopology(BaseModel):
+    """Where a station hangs in its site's tree, and what it can take."""
+
     model_config = ConfigDict(extra="forbid")
+
+    site_id: str | None = Field(None, max_length=64)
+    circuit_id: str | None = Field(
+        None, max_length=64, description="Circuit of the site it hangs on"
+    )
+    max_current_a: float | None = Field(None, gt=0, description="Station limit per phase (A)")
+    evse_max_current_a: float | None = Field(
+        None, gt=0, description="Each EVSE's maximum (A); 32 if unset"
+    )
+    phases: Literal[1, 3] | None = Field(
+        None, description="Phases the station is wired with (3 if unset)"
+    )
+    phase_rotation: Literal[1, 2, 3] | None = Field(
+        None, description="Grid phase of a single-phase station"
+    )
+
+
+class StationCreate(StationTopology):
 
     id: str = Field(min_length=1, max_length=48, pattern=r"^[^/\s]+$")
     password: str | None = Field(
@@ -18,15 +38,12 @@ class StationCreate(BaseModel):
         max_length=40,
         description="OCPP security profile 1 basic-auth password (16..40 characters)",
     )
-    site_id: str | None = Field(None, max_length=64)
 
 
-class StationPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StationPatch(StationTopology):
 
     password: str | None = Field(None, min_length=16, max_length=40)
     clear_password: bool = False
-    site_id: str | None = Field(None, max_length=64)
 
 
 class ConnectorOut(BaseModel):
@@ -49,6 +66,11 @@ class StationOut(BaseModel):
     firmware_version: str | None = None
     iccid: str | None = None
     site_id: str | None = None
+    circuit_id: str | None = None
+    max_current_a: float | None = None
+    evse_max_current_a: float | None = None
+    phases: int | None = None
+    phase_rotation: int | None = None
     has_password: bool = False
     registration_status: str | None = None
     last_boot_at: datetime | None = None
@@ -119,6 +141,10 @@ class TransactionOut(BaseModel):
     last_meter_at: datetime | None = None
     last_meter_values: list[MeterValueOut] = []
     offline_messages: int = 0
+    departure_at: datetime | None = None
+    energy_target_wh: float | None = Field(None, description="Energy the session should reach")
+    needs_source: str | None = Field(None, description="ev (NotifyEVChargingNeeds) or driver")
+    priority: bool = False
 
 
 class EventOut(BaseModel):
@@ -135,3 +161,171 @@ class CommandResult(BaseModel):
     command: str
     ocpp_version: str
     response: dict
+
+
+# ------------------------------------------------------------------ smart charging
+
+Policy = Literal["equal", "priority", "deadline"]
+
+
+class SiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[^/\s]+$")
+    name: str | None = Field(None, max_length=128)
+    import_limit_kw: float = Field(ge=0, description="Grid connection import limit (kW)")
+    export_limit_kw: float | None = Field(None, ge=0, description="Export limit (kW), V2X")
+    max_current_a: float | None = Field(
+        None, gt=0, description="Per-phase fuse of the connection (A)"
+    )
+    phases: Literal[1, 3] = 3
+    voltage: float = Field(230.0, gt=0, le=1000, description="Phase-to-neutral voltage")
+    policy: Policy = "equal"
+
+
+class SitePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=128)
+    import_limit_kw: float | None = Field(None, ge=0)
+    export_limit_kw: float | None = Field(None, ge=0)
+    max_current_a: float | None = Field(None, gt=0)
+    phases: Literal[1, 3] | None = None
+    voltage: float | None = Field(None, gt=0, le=1000)
+    policy: Policy | None = None
+
+
+class SiteLoadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_a: list[float] | None = Field(
+        None, min_length=1, max_length=3, description="Uncontrolled load per phase L1..L3 (A)"
+    )
+    power_kw: float | None = Field(
+        None, ge=0, description="Uncontrolled load as total power, spread evenly over the phases"
+    )
+
+
+class EvseTarget(BaseModel):
+    station_id: str
+    evse_id: int
+    limit_a: float
+    kind: Literal["session", "idle", "pinned"]
+    boosted: bool = False
+    paused: bool = False
+    profile_status: str | None = None
+
+
+class PlanOut(BaseModel):
+    at: datetime
+    compute_ms: float
+    evses: list[EvseTarget]
+    total_a: list[float] = Field(description="Per phase, all EVSE limits plus pinned EVSEs")
+    headroom_kw: float
+    problems: list[str]
+
+
+class SiteOut(BaseModel):
+    id: str
+    name: str | None = None
+    import_limit_kw: float
+    export_limit_kw: float | None = None
+    max_current_a: float | None = None
+    phases: int
+    voltage: float
+    policy: str
+    base_load_a: list[float] | None = None
+    stations: list[str] = []
+    circuits: list[str] = []
+    plan: PlanOut | None = None
+
+
+class CircuitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[^/\s]+$")
+    site_id: str = Field(min_length=1, max_length=64)
+    parent_id: str | None = Field(
+        None, max_length=64, description="Parent circuit; none = the site"
+    )
+    name: str | None = Field(None, max_length=128)
+    max_current_a: float | None = Field(None, gt=0, description="Per-phase limit (A)")
+    max_power_kw: float | None = Field(None, gt=0)
+
+
+class CircuitPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parent_id: str | None = Field(None, max_length=64)
+    name: str | None = Field(None, max_length=128)
+    max_current_a: float | None = Field(None, gt=0)
+    max_power_kw: float | None = Field(None, gt=0)
+
+
+class CircuitOut(BaseModel):
+    id: str
+    site_id: str
+    parent_id: str | None = None
+    name: str | None = None
+    max_current_a: float | None = None
+    max_power_kw: float | None = None
+
+
+class ProfileIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evse_id: int = Field(ge=0, description="0 = the whole station")
+    profile: dict = Field(description="OCPP chargingProfile object (2.0.1 form, or 1.6 form)")
+
+
+class ProfileOut(BaseModel):
+    evse_id: int
+    profile_id: int
+    purpose: str
+    stack_level: int
+    transaction_id: str | None = None
+    source: str
+    status: str = Field(description="pending, sending, accepted, rejected or failed")
+    attempts: int
+    error: str | None = None
+    profile: dict
+    note: str | None = None
+
+
+class PreferencesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    departure_time: datetime | None = None
+    energy_kwh: float | None = Field(None, gt=0, le=1000, description="Energy still wanted (kWh)")
+
+
+class PreferencesOut(BaseModel):
+    transaction: int
+    accepted: bool
+    reason: str | None = None
+    requested_kwh: float | None = None
+    deliverable_kwh: float | None = Field(
+        None, description="Most the site can deliver by departure (this session in priority)"
+    )
+    planned_kwh: float | None = Field(
+        None, description="What the current plan delivers by departure"
+    )
+    limit_a: float | None = None
+    priority: bool = False
+
+
+def kw_to_w(values: dict) -> dict:
+    """Turn ``*_kw`` fields of an API body into the store's ``*_w`` columns."""
+    out = {}
+    for name, v in values.items():
+        if name.endswith("_kw"):
+            out[name.removesuffix("_kw") + "_w"] = None if v is None else v * 1000.0
+        else:
+            out[name] = v
+    return out
+
+
+def body_values(body: BaseModel, fields: set[str] | None = None) -> dict:
+    """Store values of a site or circuit body: the given fields (default all), ids left out."""
+    names = set(type(body).model_fields) if fields is None else fields
+    return kw_to_w({k: getattr(body, k) for k in names if k != "id"})

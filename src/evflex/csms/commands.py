@@ -120,6 +120,36 @@ class EmptyBody(_Body):
     pass
 
 
+class SetChargingProfileBody(_Body):
+    evse: int = Field(ge=0, description="EVSE id (1.6 connector); 0 = the whole station")
+    profile: dict = Field(
+        description="OCPP chargingProfile object in 2.0.1 form (id, stackLevel, "
+        "chargingProfilePurpose, chargingProfileKind, chargingSchedule...); the 1.6 form "
+        "with chargingProfileId is accepted too"
+    )
+
+
+class ClearChargingProfileBody(_Body):
+    id: int | None = None
+    evse: int | None = Field(None, ge=0)
+    purpose: str | None = None
+    stack_level: int | None = Field(None, ge=0)
+
+
+class GetCompositeScheduleBody(_Body):
+    evse: int = Field(0, ge=0)
+    duration: int = Field(3600, ge=1, le=7 * 86400)
+    rate_unit: Literal["A", "W"] | None = None
+
+
+class GetChargingProfilesBody(_Body):
+    request_id: int | None = None
+    evse: int | None = Field(None, ge=0)
+    purpose: str | None = None
+    stack_level: int | None = Field(None, ge=0)
+    ids: list[int] | None = None
+
+
 COMMAND_BODIES: dict[str, type[BaseModel]] = {
     "reset": ResetBody,
     "change-availability": ChangeAvailabilityBody,
@@ -138,6 +168,10 @@ COMMAND_BODIES: dict[str, type[BaseModel]] = {
     "get-variables": GetVariablesBody,
     "set-variables": SetVariablesBody,
     "get-base-report": GetBaseReportBody,
+    "set-charging-profile": SetChargingProfileBody,
+    "clear-charging-profile": ClearChargingProfileBody,
+    "get-composite-schedule": GetCompositeScheduleBody,
+    "get-charging-profiles": GetChargingProfilesBody,
 }
 
 

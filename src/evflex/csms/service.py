@@ -7,6 +7,7 @@ group-commit writer and publishes domain events.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from evflex.clock import Clock
 from evflex.csms.commands import LocalListEntry
 from evflex.domain.model import (
     AuthorizationStatus,
+    ChargingNeeds,
     MeterSample,
     StationEvent,
     StationInfo,
@@ -52,6 +54,7 @@ class CsmsService:
         self.clock = clock
         self.bus = bus
         self.heartbeat_interval = heartbeat_interval
+        self._report_queues: dict[tuple[str, int], asyncio.Queue] = {}
 
     # ------------------------------------------------------------ connection
 
@@ -180,6 +183,7 @@ class CsmsService:
                 return None
             return (
                 tx.state,
+                tx.charging_state,
                 tx.power_w,
                 tx.energy_imported_wh,
                 tx.energy_exported_wh,
@@ -190,13 +194,14 @@ class CsmsService:
         result = await self.writer.submit(job)
         if result is None:
             return False
-        state, power, e_in, e_out, soc, evse_id = result
+        state, charging_state, power, e_in, e_out, soc, evse_id = result
         self.bus.publish(
             f"transaction.{upd.event}",
             upd.station_id,
             transaction_id=upd.transaction_id,
             evse_id=evse_id,
             state=state,
+            charging_state=charging_state,
             power_w=power,
             energy_imported_wh=e_in,
             energy_exported_wh=e_out,
@@ -255,6 +260,71 @@ class CsmsService:
         async with self.sessionmaker() as s:
             rows = await repo.list_id_tokens(s)
         return [LocalListEntry(id_token=r.id_token, status=r.status, type=r.type) for r in rows]
+
+    # ------------------------------------------------------------ smart charging
+
+    async def ev_charging_needs(self, needs: ChargingNeeds) -> str | None:
+        """Store needs on the EVSE's running transaction; returns its id (None: no transaction)."""
+
+        async def job(s: AsyncSession) -> str | None:
+            tx = await repo.active_transaction_for_evse(s, needs.station_id, needs.evse_id)
+            if tx is None:
+                return None
+            await repo.set_transaction_needs(s, tx, needs)
+            return tx.transaction_id
+
+        tx_id = await self.writer.submit(job)
+        self.bus.publish(
+            "ev.charging_needs",
+            needs.station_id,
+            evse_id=needs.evse_id,
+            transaction_id=tx_id,
+            needs=needs,
+        )
+        return tx_id
+
+    async def charging_limit(
+        self,
+        station_id: str,
+        evse_id: int,
+        source: str,
+        schedules: list | None,
+        grid_critical: bool = False,
+    ) -> None:
+        """A limit set at the station by someone else (EMS, SO, ...); None = cleared."""
+        kind = "ClearedChargingLimit" if schedules is None else "NotifyChargingLimit"
+        detail = {"evseId": evse_id, "source": source, "isGridCritical": grid_critical}
+        await self.record_event(
+            StationEvent(station_id, "smart_charging", self.clock.now(), kind, detail)
+        )
+        self.bus.publish(
+            "charging_limit",
+            station_id,
+            evse_id=evse_id,
+            source=source,
+            schedules=schedules,
+            grid_critical=grid_critical,
+        )
+
+    def expect_profile_reports(self, station_id: str, request_id: int) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        self._report_queues[(station_id, request_id)] = queue
+        return queue
+
+    def stop_expecting_reports(self, station_id: str, request_id: int) -> None:
+        self._report_queues.pop((station_id, request_id), None)
+
+    async def charging_profiles_report(
+        self, station_id: str, request_id: int, evse_id: int, source: str, profiles, tbc: bool
+    ) -> None:
+        queue = self._report_queues.get((station_id, request_id))
+        if queue is not None:
+            queue.put_nowait(
+                {"evse_id": evse_id, "source": source, "profiles": profiles, "tbc": tbc}
+            )
+        self.bus.publish(
+            "charging_profiles.report", station_id, request_id=request_id, evse_id=evse_id
+        )
 
     async def next_reservation_id(self) -> int:
         async with self.sessionmaker() as s:

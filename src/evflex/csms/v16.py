@@ -27,6 +27,7 @@ from evflex.domain.model import (
     TransactionUpdate,
     normalise,
 )
+from evflex.smartcharging import profiles as sc_profiles
 
 log = logging.getLogger(__name__)
 VERSION = "1.6"
@@ -372,6 +373,38 @@ async def _change_configuration(b: c.ChangeConfigurationBody, _s):
     return to_payload(call.ChangeConfiguration(key=b.key, value=b.value))
 
 
+# -------------------------------------------------------------- smart charging
+
+
+async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
+    profile = sc_profiles.from_any_wire(b.profile)
+    sc_profiles.validate(profile, b.evse, "1.6")
+    return "SetChargingProfile", {
+        "connectorId": b.evse,
+        "csChargingProfiles": sc_profiles.to_wire(profile, "1.6"),
+    }
+
+
+async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
+    payload: dict = {}
+    if b.id is not None:
+        payload["id"] = b.id
+    if b.evse is not None:
+        payload["connectorId"] = b.evse
+    if b.purpose is not None:
+        payload["chargingProfilePurpose"] = sc_profiles.Purpose.parse(b.purpose).wire("1.6")
+    if b.stack_level is not None:
+        payload["stackLevel"] = b.stack_level
+    return "ClearChargingProfile", payload
+
+
+async def _get_composite_schedule(b: c.GetCompositeScheduleBody, _s):
+    payload: dict = {"connectorId": b.evse, "duration": b.duration}
+    if b.rate_unit:
+        payload["chargingRateUnit"] = b.rate_unit
+    return "GetCompositeSchedule", payload
+
+
 COMMANDS: dict[str, Builder] = {
     "reset": _reset,
     "change-availability": _change_availability,
@@ -387,4 +420,7 @@ COMMANDS: dict[str, Builder] = {
     "data-transfer": _data_transfer,
     "get-configuration": _get_configuration,
     "change-configuration": _change_configuration,
+    "set-charging-profile": _set_charging_profile,
+    "clear-charging-profile": _clear_charging_profile,
+    "get-composite-schedule": _get_composite_schedule,
 }

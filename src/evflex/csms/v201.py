@@ -15,6 +15,7 @@ from evflex.csms import commands as c
 from evflex.csms.rpc import to_payload
 from evflex.csms.service import CsmsService
 from evflex.domain.model import (
+    ChargingNeeds,
     ConnectorStatus,
     MeterSample,
     StationEvent,
@@ -23,6 +24,7 @@ from evflex.domain.model import (
     TransactionUpdate,
     normalise,
 )
+from evflex.smartcharging import profiles as sc_profiles
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,11 @@ class V201Handlers:
             "NotifyEvent": self.notify_event,
             "ReservationStatusUpdate": self.reservation_status_update,
             "DataTransfer": self.data_transfer,
+            "NotifyEVChargingNeeds": self.notify_ev_charging_needs,
+            "NotifyEVChargingSchedule": self.notify_ev_charging_schedule,
+            "NotifyChargingLimit": self.notify_charging_limit,
+            "ClearedChargingLimit": self.cleared_charging_limit,
+            "ReportChargingProfiles": self.report_charging_profiles,
         }
 
     async def boot_notification(self, p: dict) -> dict:
@@ -227,6 +234,72 @@ class V201Handlers:
         )
         return {"status": "UnknownVendorId"}
 
+    # ---------------------------------------------------------- smart charging
+
+    async def notify_ev_charging_needs(self, p: dict) -> dict:
+        needs = p["chargingNeeds"]
+        ac = needs.get("acChargingParameters") or {}
+        dc = needs.get("dcChargingParameters") or {}
+        transfer = needs.get("requestedEnergyTransfer", "")
+        departure = needs.get("departureTime")
+        energy = ac.get("energyAmount", dc.get("energyAmount"))
+        await self.service.ev_charging_needs(
+            ChargingNeeds(
+                station_id=self.station_id,
+                evse_id=p["evseId"],
+                departure=parse_datetime(departure) if departure else None,
+                energy_wh=float(energy) if energy is not None else None,
+                ev_min_current_a=ac.get("evMinCurrent"),
+                ev_max_current_a=ac.get("evMaxCurrent") or dc.get("evMaxCurrent"),
+                ev_max_power_w=dc.get("evMaxPower"),
+                phases=1
+                if transfer == "AC_single_phase"
+                else 3
+                if transfer.startswith("AC")
+                else None,
+                source="ev",
+            )
+        )
+        # Accepted: a schedule (a TxProfile from the load manager) follows.
+        return {"status": "Accepted"}
+
+    async def notify_ev_charging_schedule(self, p: dict) -> dict:
+        await self._event(
+            "smart_charging",
+            "NotifyEVChargingSchedule",
+            {"evseId": p["evseId"], "chargingSchedule": p["chargingSchedule"]},
+            p["timeBase"],
+        )
+        return {"status": "Accepted"}
+
+    async def notify_charging_limit(self, p: dict) -> dict:
+        limit = p["chargingLimit"]
+        await self.service.charging_limit(
+            self.station_id,
+            p.get("evseId", 0),
+            limit["chargingLimitSource"],
+            [sc_profiles.schedule_from_wire(x) for x in p.get("chargingSchedule", [])],
+            bool(limit.get("isGridCritical", False)),
+        )
+        return {}
+
+    async def cleared_charging_limit(self, p: dict) -> dict:
+        await self.service.charging_limit(
+            self.station_id, p.get("evseId", 0), p["chargingLimitSource"], None
+        )
+        return {}
+
+    async def report_charging_profiles(self, p: dict) -> dict:
+        await self.service.charging_profiles_report(
+            self.station_id,
+            p["requestId"],
+            p["evseId"],
+            p["chargingLimitSource"],
+            p["chargingProfile"],
+            bool(p.get("tbc", False)),
+        )
+        return {}
+
 
 # ----------------------------------------------------------------------- commands
 
@@ -371,6 +444,58 @@ async def _get_base_report(b: c.GetBaseReportBody, _s):
     )
 
 
+# -------------------------------------------------------------- smart charging
+
+
+async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
+    profile = sc_profiles.from_any_wire(b.profile)
+    sc_profiles.validate(profile, b.evse, "2.0.1")
+    return "SetChargingProfile", {
+        "evseId": b.evse,
+        "chargingProfile": sc_profiles.to_wire(profile, "2.0.1"),
+    }
+
+
+async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
+    payload: dict = {}
+    if b.id is not None:
+        payload["chargingProfileId"] = b.id
+    criteria: dict = {}
+    if b.evse is not None:
+        criteria["evseId"] = b.evse
+    if b.purpose is not None:
+        criteria["chargingProfilePurpose"] = sc_profiles.Purpose.parse(b.purpose).value
+    if b.stack_level is not None:
+        criteria["stackLevel"] = b.stack_level
+    if criteria:
+        payload["chargingProfileCriteria"] = criteria
+    return "ClearChargingProfile", payload
+
+
+async def _get_composite_schedule(b: c.GetCompositeScheduleBody, _s):
+    payload: dict = {"duration": b.duration, "evseId": b.evse}
+    if b.rate_unit:
+        payload["chargingRateUnit"] = b.rate_unit
+    return "GetCompositeSchedule", payload
+
+
+async def _get_charging_profiles(b: c.GetChargingProfilesBody, _s):
+    criteria: dict = {}
+    if b.purpose is not None:
+        criteria["chargingProfilePurpose"] = sc_profiles.Purpose.parse(b.purpose).value
+    if b.stack_level is not None:
+        criteria["stackLevel"] = b.stack_level
+    if b.ids:
+        criteria["chargingProfileId"] = b.ids
+    payload: dict = {
+        "requestId": b.request_id if b.request_id is not None else random.randint(1, 2**31 - 1),
+        "chargingProfile": criteria,
+    }
+    if b.evse is not None:
+        payload["evseId"] = b.evse
+    return "GetChargingProfiles", payload
+
+
 COMMANDS: dict[str, Builder] = {
     "reset": _reset,
     "change-availability": _change_availability,
@@ -387,4 +512,8 @@ COMMANDS: dict[str, Builder] = {
     "get-variables": _get_variables,
     "set-variables": _set_variables,
     "get-base-report": _get_base_report,
+    "set-charging-profile": _set_charging_profile,
+    "clear-charging-profile": _clear_charging_profile,
+    "get-composite-schedule": _get_composite_schedule,
+    "get-charging-profiles": _get_charging_profiles,
 }

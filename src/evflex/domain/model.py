@@ -256,3 +256,18 @@ class StationEvent:
     timestamp: datetime
     type: str | None = None
     detail: dict | None = None
+
+
+@dataclass(slots=True)
+class ChargingNeeds:
+    """What an EV (2.0.1 NotifyEVChargingNeeds) or its driver (the API) asks for."""
+
+    station_id: str
+    evse_id: int
+    departure: datetime | None = None
+    energy_wh: float | None = None  # energy still wanted from now on
+    ev_min_current_a: float | None = None
+    ev_max_current_a: float | None = None
+    ev_max_power_w: float | None = None
+    phases: int | None = None
+    source: str = "ev"

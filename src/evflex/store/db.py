@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -65,7 +65,23 @@ async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
-MIGRATIONS: list[Migration] = [_v1_initial]
+async def _v2_smart_charging(conn: AsyncConnection) -> None:
+    """Sites, circuits, charging profiles, station topology and driver needs."""
+
+    def upgrade(sync_conn) -> None:
+        Base.metadata.create_all(sync_conn)  # new tables only; existing ones are kept
+        insp = inspect(sync_conn)
+        for table in ("stations", "transactions"):
+            have = {c["name"] for c in insp.get_columns(table)}
+            for column in Base.metadata.tables[table].columns:
+                if column.name not in have:
+                    ddl = column.type.compile(dialect=sync_conn.dialect)
+                    sync_conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column.name} {ddl}"))
+
+    await conn.run_sync(upgrade)
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_smart_charging]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from evflex.domain.model import (
     ENERGY_EXPORT_REGISTER,
     ENERGY_IMPORT_REGISTER,
+    ChargingNeeds,
     MeterSample,
     StationEvent,
     StationInfo,
@@ -28,12 +29,15 @@ from evflex.domain.model import (
     soc_percent,
 )
 from evflex.store.tables import (
+    Circuit,
     Connector,
     EventLog,
     IdToken,
     MeterValue,
     Reservation,
+    Site,
     Station,
+    StationProfile,
     Transaction,
 )
 
@@ -62,17 +66,51 @@ async def create_station(
     return st
 
 
+STATION_TOPOLOGY = (
+    "site_id",
+    "circuit_id",
+    "max_current_a",
+    "evse_max_current_a",
+    "phases",
+    "phase_rotation",
+)
+
+
+class TopologyError(ValueError):
+    """A station placed on a site or circuit that does not exist (or not together)."""
+
+
+async def set_topology(session: AsyncSession, st: Station, values: dict) -> None:
+    """Place a station in its site's tree; ``values`` holds STATION_TOPOLOGY fields to set."""
+    for name in STATION_TOPOLOGY:
+        if name in values:
+            setattr(st, name, values[name])
+    if st.site_id is not None and await get_site(session, st.site_id) is None:
+        raise TopologyError(f"site '{st.site_id}' does not exist")
+    if st.circuit_id is not None:
+        circuit = await session.get(Circuit, st.circuit_id)
+        if circuit is None:
+            raise TopologyError(f"circuit '{st.circuit_id}' does not exist")
+        if circuit.site_id != st.site_id:
+            raise TopologyError(
+                f"circuit '{st.circuit_id}' belongs to site '{circuit.site_id}', "
+                f"not to '{st.site_id}'"
+            )
+
+
 async def register_station(
     session: AsyncSession,
     station_id: str,
     now: datetime,
     password_hash: str | None = None,
-    site_id: str | None = None,
+    topology: dict | None = None,
 ) -> bool:
-    """Create a station; False if the id is taken."""
+    """Create a station; False if the id is taken. Raises TopologyError."""
     if await get_station(session, station_id) is not None:
         return False
-    await create_station(session, station_id, now, password_hash, site_id)
+    st = await create_station(session, station_id, now, password_hash)
+    if topology:
+        await set_topology(session, st, topology)
     return True
 
 
@@ -448,3 +486,149 @@ async def meter_values_between(
         .limit(limit)
     )
     return list(res.scalars())
+
+
+# ---------------------------------------------------------------- smart charging
+
+
+async def set_transaction_needs(
+    session: AsyncSession, tx: Transaction, needs: ChargingNeeds
+) -> Transaction:
+    """Store a driver's or EV's needs on a transaction; energy is counted from now."""
+    if needs.departure is not None:
+        tx.departure_at = needs.departure
+    if needs.energy_wh is not None:
+        tx.energy_target_wh = (tx.energy_imported_wh or 0.0) + needs.energy_wh
+    if needs.ev_min_current_a is not None:
+        tx.ev_min_current_a = needs.ev_min_current_a
+    if needs.ev_max_current_a is not None:
+        tx.ev_max_current_a = needs.ev_max_current_a
+    tx.needs_source = needs.source
+    return tx
+
+
+async def get_site(session: AsyncSession, site_id: str) -> Site | None:
+    return await session.get(Site, site_id)
+
+
+async def list_sites(session: AsyncSession) -> list[Site]:
+    return list((await session.execute(select(Site).order_by(Site.id))).scalars())
+
+
+async def list_circuits(session: AsyncSession, site_id: str | None = None) -> list[Circuit]:
+    q = select(Circuit).order_by(Circuit.id)
+    if site_id is not None:
+        q = q.where(Circuit.site_id == site_id)
+    return list((await session.execute(q)).scalars())
+
+
+async def stations_of_site(session: AsyncSession, site_id: str) -> list[Station]:
+    q = select(Station).where(Station.site_id == site_id).order_by(Station.id)
+    return list((await session.execute(q)).scalars())
+
+
+async def active_transactions(session: AsyncSession, station_ids: list[str]) -> list[Transaction]:
+    if not station_ids:
+        return []
+    q = select(Transaction).where(
+        Transaction.state == TransactionState.ACTIVE.value,
+        Transaction.station_id.in_(station_ids),
+    )
+    return list((await session.execute(q)).scalars())
+
+
+async def list_profiles(
+    session: AsyncSession, station_id: str | None = None, source: str | None = None
+) -> list[StationProfile]:
+    q = select(StationProfile).order_by(StationProfile.station_id, StationProfile.profile_id)
+    if station_id is not None:
+        q = q.where(StationProfile.station_id == station_id)
+    if source is not None:
+        q = q.where(StationProfile.source == source)
+    return list((await session.execute(q)).scalars())
+
+
+async def upsert_profile(
+    session: AsyncSession,
+    station_id: str,
+    evse_id: int,
+    profile_id: int,
+    purpose: str,
+    stack_level: int,
+    transaction_id: str | None,
+    body: dict,
+    source: str,
+    status: str,
+    now: datetime,
+    error: str | None = None,
+) -> None:
+    row = (
+        await session.execute(
+            select(StationProfile).where(
+                StationProfile.station_id == station_id, StationProfile.profile_id == profile_id
+            )
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        row = StationProfile(station_id=station_id, profile_id=profile_id, attempts=0)
+        session.add(row)
+    row.evse_id = evse_id
+    row.purpose = purpose
+    row.stack_level = stack_level
+    row.transaction_id = transaction_id
+    row.body = body
+    row.source = source
+    row.status = status
+    row.last_error = error
+    row.attempts = (row.attempts or 0) + (1 if status in ("accepted", "rejected", "failed") else 0)
+    row.updated_at = now
+
+
+async def delete_profiles(session: AsyncSession, station_id: str, profile_ids: list[int]) -> None:
+    if profile_ids:
+        await session.execute(
+            delete(StationProfile).where(
+                StationProfile.station_id == station_id,
+                StationProfile.profile_id.in_(profile_ids),
+            )
+        )
+
+
+SITE_FIELDS = (
+    "name",
+    "import_limit_w",
+    "export_limit_w",
+    "max_current_a",
+    "phases",
+    "voltage",
+    "policy",
+)
+CIRCUIT_FIELDS = ("site_id", "parent_id", "name", "max_current_a", "max_power_w")
+
+
+async def upsert_site(session: AsyncSession, site_id: str, values: dict, now: datetime) -> bool:
+    """Create or update a site from ``values`` (SITE_FIELDS); True if it was created."""
+    site = await get_site(session, site_id)
+    created = site is None
+    if site is None:
+        site = Site(id=site_id, created_at=now, phases=3, voltage=230.0, policy="equal")
+        session.add(site)
+    for name in SITE_FIELDS:
+        if name in values:
+            setattr(site, name, values[name])
+    site.updated_at = now
+    return created
+
+
+async def upsert_circuit(
+    session: AsyncSession, circuit_id: str, values: dict, now: datetime
+) -> bool:
+    circuit = await session.get(Circuit, circuit_id)
+    created = circuit is None
+    if circuit is None:
+        circuit = Circuit(id=circuit_id, created_at=now)
+        session.add(circuit)
+    for name in CIRCUIT_FIELDS:
+        if name in values:
+            setattr(circuit, name, values[name])
+    return created

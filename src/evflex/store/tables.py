@@ -83,6 +83,14 @@ class Station(Base):
     boot_reason: Mapped[str | None] = mapped_column(String(32))
     local_list_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Smart charging (schema 2): where the station hangs in its site's tree and
+    # what it can take. ``phases`` is 1 or 3; ``phase_rotation`` says which
+    # grid phase a single-phase station uses (1..3).
+    circuit_id: Mapped[str | None] = mapped_column(String(64))
+    max_current_a: Mapped[float | None] = mapped_column(Float)
+    evse_max_current_a: Mapped[float | None] = mapped_column(Float)
+    phases: Mapped[int | None] = mapped_column(Integer)
+    phase_rotation: Mapped[int | None] = mapped_column(Integer)
 
 
 class Connector(Base):
@@ -149,6 +157,13 @@ class Transaction(Base):
     reservation_id: Mapped[int | None] = mapped_column(Integer)
     offline_messages: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Driver needs (schema 2), from NotifyEVChargingNeeds or the API.
+    departure_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    energy_target_wh: Mapped[float | None] = mapped_column(Float)
+    needs_source: Mapped[str | None] = mapped_column(String(16))
+    ev_max_current_a: Mapped[float | None] = mapped_column(Float)
+    ev_min_current_a: Mapped[float | None] = mapped_column(Float)
+    priority: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class MeterValue(Base):
@@ -214,3 +229,64 @@ class EventLog(Base):
     type: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict | None] = mapped_column(JSON)
     text: Mapped[str | None] = mapped_column(Text)
+
+
+class Site(Base):
+    """A grid connection: the root of a tree of circuits, stations and EVSEs."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    import_limit_w: Mapped[float] = mapped_column(Float)
+    export_limit_w: Mapped[float | None] = mapped_column(Float)
+    max_current_a: Mapped[float | None] = mapped_column(Float)
+    phases: Mapped[int] = mapped_column(Integer, default=3)
+    voltage: Mapped[float] = mapped_column(Float, default=230.0)
+    policy: Mapped[str] = mapped_column(String(16), default="equal")
+    # Uncontrolled load (building, heat pumps...), per phase in A, and when it
+    # was measured; a site meter feeds it through the API or its meter values.
+    base_load_a: Mapped[list | None] = mapped_column(JSON)
+    base_load_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    meter_station_id: Mapped[str | None] = mapped_column(String(48))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Circuit(Base):
+    """A feeder or sub-distribution inside a site, with its own limit."""
+
+    __tablename__ = "circuits"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    parent_id: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(128))
+    max_current_a: Mapped[float | None] = mapped_column(Float)
+    max_power_w: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StationProfile(Base):
+    """A charging profile the CSMS has set (or is setting) on a station.
+
+    ``status`` follows the station's answers: pending, accepted, rejected or
+    failed (no answer / not connected, retried with backoff).
+    """
+
+    __tablename__ = "charging_profiles"
+    __table_args__ = (UniqueConstraint("station_id", "profile_id", name="uq_profile_station_id"),)
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    station_id: Mapped[str] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
+    evse_id: Mapped[int] = mapped_column(Integer)
+    profile_id: Mapped[int] = mapped_column(Integer)
+    purpose: Mapped[str] = mapped_column(String(40))
+    stack_level: Mapped[int] = mapped_column(Integer)
+    transaction_id: Mapped[str | None] = mapped_column(String(64))
+    body: Mapped[dict] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(24))
+    status: Mapped[str] = mapped_column(String(12))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

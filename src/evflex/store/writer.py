@@ -56,6 +56,15 @@ class GroupCommitWriter:
         self._queue.put_nowait((job, fut))
         return await fut
 
+    def submit_nowait(self, job: Job) -> asyncio.Future:
+        """Queue a write without waiting for it (bookkeeping whose failure is only logged)."""
+        if self._task is None:
+            raise RuntimeError("writer not started")
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.put_nowait((job, fut))
+        return fut
+
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()

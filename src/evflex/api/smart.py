@@ -1,0 +1,651 @@
+"""REST API for smart charging: sites, circuits, charging profiles, driver needs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from sqlalchemy import select
+
+from evflex.api import schemas as sc
+from evflex.csms import commands
+from evflex.csms.connection import CallErrorReceived
+from evflex.csms.server import StationNotConnected
+from evflex.domain.model import ChargingNeeds
+from evflex.smartcharging import profiles as pf
+from evflex.smartcharging.composite import CompositeSchedule, InstalledProfile, composite_schedule
+from evflex.smartcharging.manager import is_lm_profile
+from evflex.smartcharging.planner import best_case_a, deliverable_wh, evse_key
+from evflex.store import repo
+from evflex.store.tables import Circuit, Station, Transaction
+
+if TYPE_CHECKING:
+    from evflex.app import Runtime
+
+router = APIRouter(prefix="/api/v1")
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+Rt = Annotated["Runtime", Depends(runtime)]
+
+KW = 1000.0
+
+
+# ------------------------------------------------------------------ sites
+
+
+def _plan_out(rt: Runtime, site_id: str) -> sc.PlanOut | None:
+    st = rt.lm.status.get(site_id)
+    if st is None or st.plan is None:
+        return None
+    p = st.plan
+    evses = []
+    total = [0.0, 0.0, 0.0]
+    for key in sorted(set(p.targets) | set(p.pinned)):
+        station_id, _, evse = key.rpartition("/")
+        pinned = key in p.pinned
+        limit = p.pinned[key] if pinned else p.targets[key]
+        kind = "pinned" if pinned else "session" if key in p.active else "idle"
+        w = rt.lm.dispatcher.get(station_id, rt.lm.profile_id_for(key, kind))
+        evses.append(
+            sc.EvseTarget(
+                station_id=station_id,
+                evse_id=int(evse),
+                limit_a=limit,
+                kind=kind,
+                boosted=key in p.boosted,
+                paused=key in p.paused,
+                profile_status=w.status if w else None,
+            )
+        )
+        for ph in rt.lm.phases_of(key):
+            total[ph - 1] += limit
+    return sc.PlanOut(
+        at=p.at,
+        compute_ms=st.compute_s * 1000,
+        evses=evses,
+        total_a=total,
+        headroom_kw=p.headroom_w / KW,
+        problems=p.problems,
+    )
+
+
+async def _site_out(rt: Runtime, site_id: str) -> sc.SiteOut:
+    async with rt.sessionmaker() as s:
+        site = await repo.get_site(s, site_id)
+        if site is None:
+            raise HTTPException(404, f"site '{site_id}' does not exist")
+        stations = [x.id for x in await repo.stations_of_site(s, site_id)]
+        circuits = [c.id for c in await repo.list_circuits(s, site_id)]
+    return sc.SiteOut(
+        id=site.id,
+        name=site.name,
+        import_limit_kw=site.import_limit_w / KW,
+        export_limit_kw=None if site.export_limit_w is None else site.export_limit_w / KW,
+        max_current_a=site.max_current_a,
+        phases=site.phases,
+        voltage=site.voltage,
+        policy=site.policy,
+        base_load_a=site.base_load_a,
+        stations=stations,
+        circuits=circuits,
+        plan=_plan_out(rt, site_id),
+    )
+
+
+@router.post("/sites", response_model=sc.SiteOut, status_code=201, tags=["smart charging"])
+async def create_site(body: sc.SiteIn, rt: Rt):
+    now = rt.clock.now()
+    values = sc.body_values(body)
+
+    async def job(s):
+        if await repo.get_site(s, body.id) is not None:
+            return False
+        return await repo.upsert_site(s, body.id, values, now)
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(409, f"site '{body.id}' already exists")
+    await rt.lm.reload()
+    return await _site_out(rt, body.id)
+
+
+@router.get("/sites", response_model=list[sc.SiteOut], tags=["smart charging"])
+async def list_sites(rt: Rt):
+    async with rt.sessionmaker() as s:
+        ids = [x.id for x in await repo.list_sites(s)]
+    return [await _site_out(rt, i) for i in ids]
+
+
+@router.get("/sites/{site_id}", response_model=sc.SiteOut, tags=["smart charging"])
+async def get_site(site_id: str, rt: Rt):
+    return await _site_out(rt, site_id)
+
+
+@router.patch("/sites/{site_id}", response_model=sc.SiteOut, tags=["smart charging"])
+async def patch_site(site_id: str, body: sc.SitePatch, rt: Rt):
+    """Change a site; a new limit is planned and sent at once (decreases first)."""
+    now = rt.clock.now()
+    fields = set(body.model_fields_set)
+    if "import_limit_kw" in fields and body.import_limit_kw is None:
+        raise HTTPException(422, "import_limit_kw cannot be removed")
+    values = sc.body_values(body, fields)
+
+    async def job(s):
+        if await repo.get_site(s, site_id) is None:
+            return False
+        await repo.upsert_site(s, site_id, values, now)
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(404, f"site '{site_id}' does not exist")
+    await rt.lm.rebalance_now(site_id)
+    return await _site_out(rt, site_id)
+
+
+@router.delete("/sites/{site_id}", status_code=204, tags=["smart charging"])
+async def delete_site(site_id: str, rt: Rt):
+    async def job(s):
+        site = await repo.get_site(s, site_id)
+        if site is None:
+            return False
+        for st in await repo.stations_of_site(s, site_id):
+            st.site_id = None
+            st.circuit_id = None
+        await s.delete(site)
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(404, f"site '{site_id}' does not exist")
+    await rt.lm.reload()
+    return Response(status_code=204)
+
+
+@router.put("/sites/{site_id}/load", response_model=sc.SiteOut, tags=["smart charging"])
+async def put_site_load(site_id: str, body: sc.SiteLoadIn, rt: Rt):
+    """The site's uncontrolled load (building, heat pumps...), as measured now."""
+    if (body.current_a is None) == (body.power_kw is None):
+        raise HTTPException(422, "give exactly one of current_a or power_kw")
+    now = rt.clock.now()
+
+    async def job(s):
+        site = await repo.get_site(s, site_id)
+        if site is None:
+            return False
+        if body.current_a is not None:
+            amps = [max(0.0, float(x)) for x in body.current_a] + [0.0] * (3 - len(body.current_a))
+        else:
+            per_phase = body.power_kw * KW / (site.voltage * site.phases)
+            amps = [per_phase] * site.phases + [0.0] * (3 - site.phases)
+        site.base_load_a = amps
+        site.base_load_at = now
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(404, f"site '{site_id}' does not exist")
+    await rt.lm.rebalance_now(site_id)
+    return await _site_out(rt, site_id)
+
+
+# ------------------------------------------------------------------ circuits
+
+
+def _circuit_out(c: Circuit) -> sc.CircuitOut:
+    return sc.CircuitOut(
+        id=c.id,
+        site_id=c.site_id,
+        parent_id=c.parent_id,
+        name=c.name,
+        max_current_a=c.max_current_a,
+        max_power_kw=None if c.max_power_w is None else c.max_power_w / KW,
+    )
+
+
+async def _save_circuit(rt: Runtime, circuit_id: str, values: dict, create: bool) -> Circuit:
+    now = rt.clock.now()
+
+    async def job(s):
+        existing = await s.get(Circuit, circuit_id)
+        if create and existing is not None:
+            raise HTTPException(409, f"circuit '{circuit_id}' already exists")
+        if not create and existing is None:
+            raise HTTPException(404, f"circuit '{circuit_id}' does not exist")
+        site_id = values.get("site_id", existing.site_id if existing else None)
+        if await repo.get_site(s, site_id) is None:
+            raise HTTPException(422, f"site '{site_id}' does not exist")
+        parent = values.get("parent_id", existing.parent_id if existing else None)
+        seen = {circuit_id}
+        while parent is not None:
+            if parent in seen:
+                raise HTTPException(422, f"circuit '{circuit_id}' would be its own ancestor")
+            seen.add(parent)
+            pc = await s.get(Circuit, parent)
+            if pc is None or pc.site_id != site_id:
+                raise HTTPException(422, f"parent circuit '{parent}' is not in site '{site_id}'")
+            parent = pc.parent_id
+        await repo.upsert_circuit(s, circuit_id, values, now)
+        return await s.get(Circuit, circuit_id)
+
+    circuit = await rt.writer.submit(job)
+    await rt.lm.reload()
+    return circuit
+
+
+@router.post("/circuits", response_model=sc.CircuitOut, status_code=201, tags=["smart charging"])
+async def create_circuit(body: sc.CircuitIn, rt: Rt):
+    return _circuit_out(await _save_circuit(rt, body.id, sc.body_values(body), True))
+
+
+@router.patch("/circuits/{circuit_id}", response_model=sc.CircuitOut, tags=["smart charging"])
+async def patch_circuit(circuit_id: str, body: sc.CircuitPatch, rt: Rt):
+    values = sc.body_values(body, set(body.model_fields_set))
+    return _circuit_out(await _save_circuit(rt, circuit_id, values, False))
+
+
+@router.get("/circuits", response_model=list[sc.CircuitOut], tags=["smart charging"])
+async def list_circuits(rt: Rt, site_id: str | None = None):
+    async with rt.sessionmaker() as s:
+        return [_circuit_out(c) for c in await repo.list_circuits(s, site_id)]
+
+
+@router.delete("/circuits/{circuit_id}", status_code=204, tags=["smart charging"])
+async def delete_circuit(circuit_id: str, rt: Rt):
+    async def job(s):
+        c = await s.get(Circuit, circuit_id)
+        if c is None:
+            return False
+        used = (await s.execute(select(Station.id).where(Station.circuit_id == circuit_id))).first()
+        children = (
+            await s.execute(select(Circuit.id).where(Circuit.parent_id == circuit_id))
+        ).first()
+        if used or children:
+            raise HTTPException(409, f"circuit '{circuit_id}' still has stations or circuits")
+        await s.delete(c)
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(404, f"circuit '{circuit_id}' does not exist")
+    await rt.lm.reload()
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------ charging profiles
+
+
+async def _station(rt: Runtime, station_id: str) -> Station:
+    async with rt.sessionmaker() as s:
+        st = await repo.get_station(s, station_id)
+    if st is None:
+        raise HTTPException(404, f"station '{station_id}' is not registered")
+    return st
+
+
+def _profile_out(evse_id: int, p: pf.ChargingProfile, w, note: str | None = None) -> sc.ProfileOut:
+    return sc.ProfileOut(
+        evse_id=evse_id,
+        profile_id=p.id,
+        purpose=p.purpose.value,
+        stack_level=p.stack_level,
+        transaction_id=p.transaction_id,
+        source=w.source,
+        status=w.status,
+        attempts=w.attempts,
+        error=w.error,
+        profile=pf.to_wire(p, "2.0.1"),
+        note=note,
+    )
+
+
+@router.get(
+    "/stations/{station_id}/charging-profiles",
+    response_model=list[sc.ProfileOut],
+    tags=["smart charging"],
+)
+async def list_profiles(station_id: str, rt: Rt, evse_id: int | None = None):
+    """The profiles evflex has set on the station (operator's and load manager's)."""
+    await _station(rt, station_id)
+    wanted = rt.lm.dispatcher.wanted(station_id)
+    return [
+        _profile_out(w.evse_id, w.profile, w)
+        for _, w in sorted(wanted.items())
+        if evse_id is None or w.evse_id == evse_id
+    ]
+
+
+async def _rate_units(rt: Runtime, station: Station) -> set[str] | None:
+    """The rate units the station accepts (None: unknown, e.g. not connected)."""
+    if not rt.ocpp.is_connected(station.id):
+        return None
+    try:
+        if station.ocpp_version == "1.6":
+            body = commands.GetConfigurationBody(keys=["ChargingScheduleAllowedChargingRateUnit"])
+            res = await rt.ocpp.send_command(station.id, "get-configuration", body)
+            text = next((k.get("value") for k in res.get("configurationKey", [])), None)
+        else:
+            body = commands.GetVariablesBody(
+                variables=[
+                    commands.VariableRef(component="SmartChargingCtrlr", variable="RateUnit")
+                ]
+            )
+            res = await rt.ocpp.send_command(station.id, "get-variables", body)
+            results = res.get("getVariableResult", [])
+            text = results[0].get("attributeValue") if results else None
+    except Exception:
+        return None
+    if not text:
+        return None
+    units = set()
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        units.add({"Current": "A", "Power": "W"}.get(part, part))
+    return units & {"A", "W"} or None
+
+
+def _converted(p: pf.ChargingProfile, unit: pf.RateUnit, st: Station, voltage: float):
+    phases = st.phases or 3
+
+    def conv(s: pf.Schedule) -> pf.Schedule:
+        periods = tuple(
+            pf.Period(
+                x.start_s,
+                round(
+                    pf.convert(x.limit, s.rate_unit, unit, x.number_phases or phases, voltage), 1
+                ),
+                x.number_phases,
+                x.phase_to_use,
+            )
+            for x in s.periods
+        )
+        mr = s.min_rate
+        if mr is not None:
+            mr = round(pf.convert(mr, s.rate_unit, unit, phases, voltage), 1)
+        return pf.Schedule(unit, periods, s.id, s.start, s.duration_s, mr)
+
+    return replace(
+        p, schedule=conv(p.schedule), extra_schedules=tuple(conv(x) for x in p.extra_schedules)
+    )
+
+
+@router.put(
+    "/stations/{station_id}/charging-profiles",
+    response_model=sc.ProfileOut,
+    tags=["smart charging"],
+)
+async def put_profile(
+    station_id: str, body: sc.ProfileIn, rt: Rt, wait: float = Query(10, ge=0, le=60)
+):
+    """Set a charging profile; answers after the station did (or ``wait`` s passed).
+
+    An invalid profile is refused with 422 and the rule it breaks. A profile
+    in a rate unit the station does not support is converted (with a note).
+    The profile is kept: it is retried with backoff while the station rejects
+    it or is unreachable, and set again when the station reconnects.
+    """
+    st = await _station(rt, station_id)
+    version = st.ocpp_version or "2.0.1"
+    try:
+        profile = pf.from_any_wire(body.profile)
+        pf.validate(profile, body.evse_id, version)
+    except pf.ProfileError as exc:
+        raise HTTPException(422, f"invalid charging profile: {exc}") from None
+    if is_lm_profile(profile.id):
+        raise HTTPException(422, f"profile id {profile.id} is reserved for the load manager")
+    note = None
+    units = await _rate_units(rt, st)
+    unit = profile.schedule.rate_unit
+    if units is not None and unit.value not in units:
+        other = pf.RateUnit.A if unit is pf.RateUnit.W else pf.RateUnit.W
+        voltage = await _voltage(rt, st)
+        profile = _converted(profile, other, st, voltage)
+        note = (
+            f"station accepts only {other.value}; limits converted from {unit.value} "
+            f"at {voltage:g} V and {st.phases or 3} phases"
+        )
+    rt.lm.dispatcher.put(station_id, body.evse_id, profile, "operator")
+    w = await rt.lm.dispatcher.wait_settled(station_id, profile.id, wait)
+    return _profile_out(body.evse_id, profile, w, note)
+
+
+async def _voltage(rt: Runtime, st: Station) -> float:
+    if st.site_id:
+        async with rt.sessionmaker() as s:
+            site = await repo.get_site(s, st.site_id)
+        if site is not None:
+            return site.voltage
+    return pf.DEFAULT_VOLTAGE
+
+
+@router.delete(
+    "/stations/{station_id}/charging-profiles",
+    tags=["smart charging"],
+)
+async def clear_profiles(
+    station_id: str,
+    rt: Rt,
+    profile_id: int | None = Query(None, alias="id"),
+    evse_id: int | None = None,
+    purpose: str | None = None,
+    stack_level: int | None = None,
+):
+    """ClearChargingProfile with these criteria (none: all), then forget the matches."""
+    await _station(rt, station_id)
+    if purpose is not None:
+        try:
+            purpose = pf.Purpose.parse(purpose).value
+        except ValueError:
+            raise HTTPException(422, f"unknown purpose '{purpose}'") from None
+    body = commands.ClearChargingProfileBody(
+        id=profile_id, evse=evse_id, purpose=purpose, stack_level=stack_level
+    )
+    answer = await _command(rt, station_id, "clear-charging-profile", body)
+    forgotten = []
+    for pid, w in rt.lm.dispatcher.wanted(station_id).items():
+        p = w.profile
+        if (
+            (profile_id is None or pid == profile_id)
+            and (evse_id is None or w.evse_id == evse_id)
+            and (purpose is None or p.purpose.value == purpose)
+            and (stack_level is None or p.stack_level == stack_level)
+        ):
+            rt.lm.dispatcher.forget(station_id, pid)
+            forgotten.append(pid)
+    if any(is_lm_profile(pid) for pid in forgotten):
+        rt.lm.mark_dirty(rt.lm.site_of(station_id))
+    return {"station": answer, "forgotten": forgotten}
+
+
+async def _command(rt: Runtime, station_id: str, name: str, body) -> dict:
+    try:
+        return await rt.ocpp.send_command(station_id, name, body)
+    except commands.CommandNotAvailable as exc:
+        raise HTTPException(400, str(exc)) from None
+    except StationNotConnected:
+        raise HTTPException(409, f"station '{station_id}' is not connected") from None
+    except TimeoutError:
+        raise HTTPException(504, f"station '{station_id}' did not answer") from None
+    except ConnectionError:
+        raise HTTPException(502, f"station '{station_id}' disconnected before answering") from None
+    except CallErrorReceived as exc:
+        raise HTTPException(
+            502, f"station answered CALLERROR {exc.code}: {exc.description}"
+        ) from None
+
+
+@router.get("/stations/{station_id}/composite-schedule", tags=["smart charging"])
+async def composite(
+    station_id: str,
+    rt: Rt,
+    evse: int = Query(0, ge=0),
+    duration: int = Query(3600, ge=1, le=7 * 86400),
+    unit: str | None = Query(None, pattern="^(A|W)$"),
+):
+    """The station's own composite schedule (GetCompositeSchedule) next to the one evflex
+    computes from the profiles it set; ``agree`` says whether they match."""
+    st = await _station(rt, station_id)
+    version = st.ocpp_version or "2.0.1"
+    rate = pf.RateUnit(unit) if unit else pf.RateUnit.A
+    now = rt.clock.now()
+    wanted = rt.lm.dispatcher.wanted(station_id)
+    installed = [
+        InstalledProfile(w.evse_id, w.profile) for w in wanted.values() if w.status == "accepted"
+    ]
+    tx_id, tx_start = None, None
+    if evse:
+        async with rt.sessionmaker() as s:
+            tx = await repo.active_transaction_for_evse(s, station_id, evse)
+        if tx is not None:
+            tx_id, tx_start = tx.transaction_id, tx.started_at
+    ours = composite_schedule(
+        installed,
+        evse,
+        now,
+        duration,
+        rate,
+        transaction_id=tx_id,
+        transaction_start=tx_start,
+        voltage=await _voltage(rt, st),
+        phases=st.phases or 3,
+        max_current_a=(st.evse_max_current_a or 32.0) if evse else (st.max_current_a or 32.0 * 3),
+    )
+    out: dict = {"csms": ours.to_wire("2.0.1"), "station": None, "agree": None}
+    if rt.ocpp.is_connected(station_id):
+        body = commands.GetCompositeScheduleBody(evse=evse, duration=duration, rate_unit=rate.value)
+        answer = await _command(rt, station_id, "get-composite-schedule", body)
+        out["station_answer"] = answer
+        raw = answer.get("schedule") or answer
+        if answer.get("status") == "Accepted" and (
+            "chargingSchedule" in raw or "chargingSchedulePeriod" in raw
+        ):
+            theirs = CompositeSchedule.from_wire(raw, version, evse)
+            out["station"] = theirs.to_wire("2.0.1")
+            out["agree"] = _same(ours, theirs)
+    return out
+
+
+def _same(a: CompositeSchedule, b: CompositeSchedule) -> bool:
+    """Same limits over the common window (start times may differ by the request delay)."""
+    span = min(a.duration_s, b.duration_s)
+    start = max(a.start, b.start)
+    marks = {0} | {p.start_s for p in a.periods} | {p.start_s for p in b.periods}
+    for m in sorted(marks):
+        if m >= span:
+            continue
+        for t in (start + timedelta(seconds=m + 1),):
+            la, lb = a.limit_at(t), b.limit_at(t)
+            if la is None or lb is None or abs(la - lb) > 0.1:
+                return False
+    return True
+
+
+# ------------------------------------------------------------------ driver needs
+
+
+async def _tx(rt: Runtime, tx_pk: int) -> Transaction:
+    async with rt.sessionmaker() as s:
+        tx = await s.get(Transaction, tx_pk)
+    if tx is None:
+        raise HTTPException(404, f"transaction {tx_pk} not found")
+    if tx.state != "active":
+        raise HTTPException(409, f"transaction {tx_pk} has ended")
+    return tx
+
+
+@router.put(
+    "/transactions/{tx_pk}/preferences",
+    response_model=sc.PreferencesOut,
+    tags=["smart charging"],
+)
+async def put_preferences(tx_pk: int, body: sc.PreferencesIn, rt: Rt):
+    """A driver's departure time and energy; the answer says whether the site can deliver."""
+    tx = await _tx(rt, tx_pk)
+    now = rt.clock.now()
+    if body.departure_time is not None and body.departure_time <= now:
+        raise HTTPException(422, "departure_time is in the past")
+    needs = ChargingNeeds(
+        station_id=tx.station_id,
+        evse_id=tx.evse_id or 0,
+        departure=body.departure_time,
+        energy_wh=None if body.energy_kwh is None else body.energy_kwh * KW,
+        source="driver",
+    )
+
+    async def job(s):
+        row = await s.get(Transaction, tx_pk)
+        await repo.set_transaction_needs(s, row, needs)
+
+    await rt.writer.submit(job)
+    return await _preferences_answer(rt, tx_pk, body.energy_kwh)
+
+
+async def _preferences_answer(rt: Runtime, tx_pk: int, requested_kwh: float | None):
+    tx = await _tx(rt, tx_pk)
+    site_id = rt.lm.site_of(tx.station_id)
+    key = evse_key(tx.station_id, tx.evse_id or 0)
+    out = sc.PreferencesOut(transaction=tx_pk, accepted=True, priority=bool(tx.priority))
+    if site_id is None:
+        out.reason = "station is not on a site: no limit applies, it charges at full power"
+        return out
+    plan = await rt.lm.rebalance_now(site_id)
+    model, _ = await rt.lm.load_model(site_id)
+    if plan is None or model is None or key not in model.evses:
+        out.reason = "no plan for this EVSE yet"
+        return out
+    now = rt.clock.now()
+    limit = plan.targets.get(key, plan.pinned.get(key, 0.0))
+    ev = model.evses[key]
+    s = ev.session
+    out.limit_a = limit
+    out.priority = bool(s and s.priority)
+    need = s.energy_needed_wh if s else None
+    if need is None or s is None or s.departure is None:
+        return out
+    best = best_case_a(model, key, now)
+    deliverable = deliverable_wh(model, key, now, best) or 0.0
+    planned = deliverable_wh(model, key, now, limit) or 0.0
+    out.requested_kwh = need / KW
+    out.deliverable_kwh = round(deliverable / KW, 3)
+    out.planned_kwh = round(min(planned, need) / KW, 3)
+    if deliverable + 1e-6 < need:
+        out.accepted = False
+        out.reason = (
+            f"{need / KW:.2f} kWh cannot be delivered by {s.departure.isoformat()}: "
+            f"at most {deliverable / KW:.2f} kWh (at {best:g} A, the most this site and "
+            "EV allow)"
+        )
+    return out
+
+
+@router.post(
+    "/transactions/{tx_pk}/priority",
+    response_model=sc.PreferencesOut,
+    tags=["smart charging"],
+)
+async def set_priority(tx_pk: int, rt: Rt):
+    """Priority charging: the session gets the most the site allows, before all others."""
+    return await _priority(rt, tx_pk, True)
+
+
+@router.delete(
+    "/transactions/{tx_pk}/priority",
+    response_model=sc.PreferencesOut,
+    tags=["smart charging"],
+)
+async def clear_priority(tx_pk: int, rt: Rt):
+    return await _priority(rt, tx_pk, False)
+
+
+async def _priority(rt: Runtime, tx_pk: int, on: bool):
+    await _tx(rt, tx_pk)
+    now = rt.clock.now()
+
+    async def job(s):
+        row = await s.get(Transaction, tx_pk)
+        row.priority = on
+        row.updated_at = now
+
+    await rt.writer.submit(job)
+    return await _preferences_answer(rt, tx_pk, None)

@@ -1,0 +1,547 @@
+"""The load manager: keeps every site inside its limits, event by event.
+
+On every event that can change what a site may do (a car plugs in or
+leaves, a station connects or drops, an EV states its needs, a station
+reports a local limit, an operator changes a limit or a preference) the
+site is marked dirty; its loop re-reads the site from the database, plans
+(:mod:`evflex.smartcharging.planner`) and pushes the targets as charging
+profiles through the :class:`ProfileDispatcher`:
+
+* a TxProfile for an EVSE with a session (the priority stack level if the
+  session is in priority charging), a TxDefaultProfile for an idle EVSE;
+* **decreases first**: rises are sent only after every decrease has been
+  accepted, so the site is inside its limits at every moment, also while
+  profiles travel. A decrease that is not accepted pins that EVSE at its
+  old limit and the site is planned again around it;
+* rises go through the setpoint shaper (maximum ramp rate, random delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from evflex.clock import Clock
+from evflex.events import EventBus
+from evflex.smartcharging.allocation import Node, Policy, SetpointShaper, ShaperConfig
+from evflex.smartcharging.dispatcher import ProfileDispatcher, Wanted
+from evflex.smartcharging.planner import (
+    SITE_NODE,
+    EvseModel,
+    Plan,
+    SessionModel,
+    SiteModel,
+    circuit_node,
+    evse_key,
+    plan,
+    station_node,
+)
+from evflex.smartcharging.profiles import Purpose, RateUnit, convert, simple_profile
+from evflex.store import repo
+from evflex.store.tables import Connector, Station, Transaction
+from evflex.store.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+# Profile ids the load manager owns on every station: one TxProfile and one
+# TxDefaultProfile per EVSE. Operators should use other ids.
+TX_PROFILE_BASE = 1_900_000_000
+DEFAULT_PROFILE_BASE = 1_900_100_000
+
+
+def tx_profile_id(evse_id: int) -> int:
+    return TX_PROFILE_BASE + evse_id
+
+
+def default_profile_id(evse_id: int) -> int:
+    return DEFAULT_PROFILE_BASE + evse_id
+
+
+def is_lm_profile(profile_id: int) -> bool:
+    return TX_PROFILE_BASE <= profile_id < DEFAULT_PROFILE_BASE + 100_000
+
+
+@dataclass(slots=True)
+class _EvseMemory:
+    wanted_a: float | None = None
+    commanded_a: float | None = None
+    steerable: bool = True
+    wanted_profile: int | None = None
+
+
+@dataclass(slots=True)
+class SiteStatus:
+    plan: Plan | None = None
+    compute_s: float = 0.0
+    load_s: float = 0.0
+    rebalances: int = 0
+    sent: int = 0
+    last_error: str | None = None
+
+
+class LoadManager:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        writer: GroupCommitWriter,
+        bus: EventBus,
+        clock: Clock,
+        dispatcher: ProfileDispatcher,
+        is_connected: Callable[[str], bool],
+        *,
+        initial_full_power_s: float = 30.0,
+        ramp_kw_per_s: float | None = None,
+        random_delay_s: float = 0.0,
+        stack_level: int = 1,
+        priority_stack_level: int = 5,
+        rebalance_interval_s: float = 30.0,
+        settle_timeout_s: float = 10.0,
+        debounce_s: float = 0.02,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.writer = writer
+        self.bus = bus
+        self.clock = clock
+        self.dispatcher = dispatcher
+        self.is_connected = is_connected
+        self.initial_full_power_s = initial_full_power_s
+        self.ramp_kw_per_s = ramp_kw_per_s
+        self.random_delay_s = random_delay_s
+        self.stack_level = stack_level
+        self.priority_stack_level = priority_stack_level
+        self.rebalance_interval_s = rebalance_interval_s
+        self.settle_timeout_s = settle_timeout_s
+        self.debounce_s = debounce_s
+        self.status: dict[str, SiteStatus] = {}
+        self._station_site: dict[str, str] = {}
+        self._memory: dict[str, _EvseMemory] = {}
+        self._phases: dict[str, tuple[int, ...]] = {}
+        self._external: dict[tuple[str, int], tuple[list, float]] = {}  # limit schedules
+        self._dirty: dict[str, asyncio.Event] = {}
+        self._done: dict[str, asyncio.Event] = {}
+        self._shapers: dict[str, SetpointShaper] = {}
+        self._loops: dict[str, asyncio.Task] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        dispatcher.on_result(self._on_profile_result)
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await self.reload()
+        ready = asyncio.Event()
+        self._tasks.append(asyncio.create_task(self._events(ready), name="lm-events"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name="lm-ticker"))
+        await ready.wait()
+
+    async def stop(self) -> None:
+        for t in [*self._tasks, *self._loops.values()]:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._loops.values(), return_exceptions=True)
+        for h in self._timers.values():
+            h.cancel()
+        self._tasks.clear()
+        self._loops.clear()
+
+    async def reload(self) -> None:
+        """Re-read which stations belong to which site (after a topology change)."""
+        async with self.sessionmaker() as s:
+            sites = await repo.list_sites(s)
+            rows = (await s.execute(select(Station.id, Station.site_id))).all()
+        site_ids = {x.id for x in sites}
+        self._station_site = {sid: site for sid, site in rows if site in site_ids}
+        for site_id in site_ids:
+            self._ensure_loop(site_id)
+            self.mark_dirty(site_id)
+        for gone in set(self._loops) - site_ids:
+            self._loops.pop(gone).cancel()
+            self.status.pop(gone, None)
+
+    def phases_of(self, key: str) -> tuple[int, ...]:
+        return self._phases.get(key, (1, 2, 3))
+
+    def profile_id_for(self, key: str, kind: str) -> int:
+        evse = int(key.rpartition("/")[2])
+        return tx_profile_id(evse) if kind == "session" else default_profile_id(evse)
+
+    def site_of(self, station_id: str) -> str | None:
+        return self._station_site.get(station_id)
+
+    def _ensure_loop(self, site_id: str) -> None:
+        if site_id in self._loops and not self._loops[site_id].done():
+            return
+        self._dirty[site_id] = asyncio.Event()
+        self._done[site_id] = asyncio.Event()
+        self.status.setdefault(site_id, SiteStatus())
+        self._loops[site_id] = asyncio.create_task(self._site_loop(site_id), name=f"lm-{site_id}")
+
+    def mark_dirty(self, site_id: str | None) -> None:
+        if site_id is not None and site_id in self._dirty:
+            self._done[site_id].clear()
+            self._dirty[site_id].set()
+
+    async def rebalance_now(self, site_id: str, timeout: float = 30.0) -> Plan | None:
+        """Plan the site and send the result; returns once the decreases are settled."""
+        if site_id not in self._dirty:
+            await self.reload()
+        if site_id not in self._dirty:
+            return None
+        self.mark_dirty(site_id)
+        await asyncio.wait_for(self._done[site_id].wait(), timeout)
+        return self.status[site_id].plan
+
+    # ------------------------------------------------------------- events
+
+    async def _events(self, ready: asyncio.Event) -> None:
+        async with self.bus.subscribe(queue_size=100_000) as q:
+            ready.set()
+            while True:
+                ev = await q.get()
+                try:
+                    self._on_event(ev.topic, ev.station_id, ev.data)
+                except Exception:  # one bad event must not stop load management
+                    log.exception("load manager: event %s", ev.topic)
+
+    def _on_event(self, topic: str, station_id: str | None, data: dict) -> None:
+        if station_id is None:
+            return
+        site = self._station_site.get(station_id)
+        if topic == "station.connected":
+            self.dispatcher.station_connected(station_id)
+        elif topic == "transaction.ended":
+            evse = data.get("evse_id")
+            if evse is not None:
+                # The station drops a TxProfile with its transaction.
+                self.dispatcher.forget(station_id, tx_profile_id(evse))
+                mem = self._memory.get(evse_key(station_id, evse))
+                if mem is not None and mem.wanted_profile == tx_profile_id(evse):
+                    mem.wanted_profile = None
+        elif topic == "transaction.updated":
+            if data.get("charging_state") not in ("SuspendedEV", "EVConnected", "Idle"):
+                return  # meter values alone do not change the plan; the ticker catches up
+        elif topic == "charging_limit":
+            key = (station_id, int(data.get("evse_id") or 0))
+            if data.get("schedules"):
+                self._external[key] = (data["schedules"], time.monotonic())
+            else:
+                self._external.pop(key, None)
+        elif topic not in (
+            "station.disconnected",
+            "transaction.started",
+            "ev.charging_needs",
+            "connector.status",
+        ):
+            return
+        self.mark_dirty(site)
+
+    def _on_profile_result(self, station_id: str, profile_id: int, w: Wanted) -> None:
+        if not is_lm_profile(profile_id) and w.status == "accepted":
+            return
+        key = evse_key(station_id, w.evse_id)
+        mem = self._memory.setdefault(key, _EvseMemory())
+        before = mem.steerable
+        if w.status == "accepted":
+            mem.commanded_a = w.profile.schedule.periods[0].limit
+            mem.steerable = True
+        else:
+            mem.steerable = False
+        if before != mem.steerable:
+            self.mark_dirty(self._station_site.get(station_id))
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.rebalance_interval_s)
+            for site_id in list(self._dirty):
+                self.mark_dirty(site_id)
+
+    def _wake_at(self, site_id: str, seconds: float) -> None:
+        old = self._timers.pop(site_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[site_id] = loop.call_later(max(0.0, seconds), self.mark_dirty, site_id)
+
+    # ------------------------------------------------------------- the loop
+
+    async def _site_loop(self, site_id: str) -> None:
+        dirty = self._dirty[site_id]
+        while True:
+            await dirty.wait()
+            await asyncio.sleep(self.debounce_s)
+            dirty.clear()
+            try:
+                await self._rebalance(site_id)
+                self.status[site_id].last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("load manager: site %s", site_id)
+                self.status[site_id].last_error = f"{type(exc).__name__}: {exc}"
+            if not dirty.is_set():
+                self._done[site_id].set()
+
+    async def _rebalance(self, site_id: str) -> None:
+        st = self.status[site_id]
+        t0 = time.perf_counter()
+        model, txs = await self.load_model(site_id)
+        t1 = time.perf_counter()
+        if model is None:
+            return
+        now = self.clock.now()
+        result = plan(model, now, initial_full_power_s=self.initial_full_power_s)
+        if result.priority_due:
+            await self._switch_to_priority(model, txs, result.priority_due)
+            result = plan(model, now, initial_full_power_s=self.initial_full_power_s)
+        st.compute_s = time.perf_counter() - t1
+        st.load_s = t1 - t0
+        st.plan = result
+        st.rebalances += 1
+        if result.problems:
+            log.error("site %s: plan breaks limits, not sent: %s", site_id, result.problems[:3])
+            return
+        targets = self._shape(site_id, model, result)
+        await self._send(model, result, targets)
+        if result.next_boost_end is not None:
+            self._wake_at(site_id, (result.next_boost_end - now).total_seconds() + 0.01)
+
+    def _shape(self, site_id: str, model: SiteModel, result: Plan) -> dict[str, float]:
+        targets = {k: v for k, v in result.targets.items() if k not in result.pinned}
+        if not self.ramp_kw_per_s and not self.random_delay_s:
+            return targets
+        shaper = self._shapers.get(site_id)
+        if shaper is None:
+            ramp = None
+            if self.ramp_kw_per_s:
+                ramp = self.ramp_kw_per_s * 1000 / (model.voltage * 3)  # A/s per phase, 3-phase
+            shaper = SetpointShaper(ShaperConfig(ramp, self.random_delay_s))
+            self._shapers[site_id] = shaper
+        now = time.monotonic()
+        shaped = shaper.shape(targets, now)
+        for key, amps in shaped.items():
+            ev = model.evses[key]
+            if 0 < amps < ev.min_current_a:
+                shaped[key] = 0.0
+        nxt = shaper.next_change_at()
+        if nxt is not None:
+            self._wake_at(site_id, nxt - now)
+        return shaped
+
+    async def _send(self, model: SiteModel, result: Plan, targets: dict[str, float]) -> None:
+        st = self.status[model.id]
+        downs: list[tuple[EvseModel, float]] = []
+        ups: list[tuple[EvseModel, float]] = []
+        for key, amps in targets.items():
+            ev = model.evses[key]
+            mem = self._memory.setdefault(key, _EvseMemory())
+            pid = tx_profile_id(ev.evse_id) if ev.session else default_profile_id(ev.evse_id)
+            stack = self._stack(ev)
+            cur = self.dispatcher.get(ev.station_id, pid)
+            same = (
+                cur is not None
+                and cur.profile.stack_level == stack
+                and abs(cur.profile.schedule.periods[0].limit - amps) < 0.05
+                and (ev.session is None or cur.profile.transaction_id == ev.session.transaction_id)
+            )
+            if same and mem.wanted_profile == pid:
+                continue
+            old = mem.wanted_a if mem.wanted_a is not None else ev.max_current_a
+            (downs if amps <= old else ups).append((ev, amps))
+        for ev, amps in downs:
+            self._put(ev, amps)
+        st.sent += len(downs) + len(ups)
+        if downs and ups:
+            waits = [
+                self.dispatcher.wait_settled(ev.station_id, self._pid(ev), self.settle_timeout_s)
+                for ev, _ in downs
+            ]
+            settled = await asyncio.gather(*waits)
+            if any(w is None or w.status != "accepted" for w in settled):
+                # Keep the rises back: the site is planned again with those EVSEs pinned.
+                st.sent -= len(ups)
+                self.mark_dirty(model.id)
+                return
+        for ev, amps in ups:
+            self._put(ev, amps)
+
+    def _pid(self, ev: EvseModel) -> int:
+        return tx_profile_id(ev.evse_id) if ev.session else default_profile_id(ev.evse_id)
+
+    def _stack(self, ev: EvseModel) -> int:
+        if ev.session is not None and ev.session.priority:
+            return self.priority_stack_level
+        return self.stack_level
+
+    def _put(self, ev: EvseModel, amps: float) -> None:
+        mem = self._memory.setdefault(ev.key, _EvseMemory())
+        if ev.session is not None:
+            profile = simple_profile(
+                tx_profile_id(ev.evse_id),
+                Purpose.TX,
+                amps,
+                RateUnit.A,
+                stack_level=self._stack(ev),
+                transaction_id=ev.session.transaction_id,
+                number_phases=len(ev.phases),
+            )
+        else:
+            profile = simple_profile(
+                default_profile_id(ev.evse_id),
+                Purpose.TX_DEFAULT,
+                amps,
+                RateUnit.A,
+                stack_level=self.stack_level,
+                number_phases=len(ev.phases),
+            )
+        mem.wanted_a = amps
+        mem.wanted_profile = profile.id
+        self.dispatcher.put(ev.station_id, ev.evse_id, profile, "load-manager")
+
+    async def _switch_to_priority(self, model: SiteModel, txs: dict, keys: list[str]) -> None:
+        now = self.clock.now()
+        pks = [txs[k] for k in keys if k in txs]
+        for key in keys:
+            ev = model.evses[key]
+            if ev.session is not None:
+                ev.session.priority = True
+            log.info("site %s: %s switches to priority charging (departure at risk)", model.id, key)
+
+        async def job(s: AsyncSession) -> None:
+            for pk in pks:
+                tx = await s.get(Transaction, pk)
+                if tx is not None:
+                    tx.priority = True
+                    tx.updated_at = now
+
+        await self.writer.submit(job)
+        for key in keys:
+            ev = model.evses[key]
+            self.bus.publish(
+                "transaction.priority", ev.station_id, evse_id=ev.evse_id, reason="departure"
+            )
+
+    # ------------------------------------------------------------- model
+
+    async def load_model(self, site_id: str) -> tuple[SiteModel | None, dict[str, int]]:
+        """The site as the planner sees it now, and evse key -> transaction pk."""
+        async with self.sessionmaker() as s:
+            site = await repo.get_site(s, site_id)
+            if site is None:
+                return None, {}
+            circuits = await repo.list_circuits(s, site_id)
+            stations = await repo.stations_of_site(s, site_id)
+            ids = [x.id for x in stations]
+            conns = (
+                (await s.execute(select(Connector).where(Connector.station_id.in_(ids)))).scalars()
+                if ids
+                else []
+            )
+            conns = list(conns)
+            txs = await repo.active_transactions(s, ids)
+        model = self.build_model(site, circuits, stations, conns, txs)
+        return model, {evse_key(t.station_id, t.evse_id): t.id for t in txs if t.evse_id}
+
+    def build_model(self, site, circuits, stations, conns, txs) -> SiteModel:
+        """The planner's view of a site from its rows (any objects with those attributes)."""
+        site_id = site.id
+        for stn in stations:
+            self._station_site[stn.id] = site_id
+        base = tuple((site.base_load_a or [0.0, 0.0, 0.0])[:3])
+        nodes = [
+            Node(
+                SITE_NODE,
+                None,
+                max_current_a=site.max_current_a,
+                max_power_w=site.import_limit_w,
+                base_current_a=base,
+            )
+        ]
+        known = {c.id for c in circuits}
+        for c in circuits:
+            parent = circuit_node(c.parent_id) if c.parent_id in known else SITE_NODE
+            nodes.append(Node(circuit_node(c.id), parent, c.max_current_a, c.max_power_w))
+        model = SiteModel(
+            id=site_id,
+            nodes=nodes,
+            voltage=site.voltage or 230.0,
+            policy=Policy(site.policy or "equal"),
+        )
+        status: dict[tuple[str, int], str] = {}
+        for c in conns:
+            if c.evse_id >= 1:
+                status[(c.station_id, c.evse_id)] = c.status
+        by_evse = {(t.station_id, t.evse_id): t for t in txs if t.evse_id}
+        for stn in stations:
+            parent = circuit_node(stn.circuit_id) if stn.circuit_id in known else SITE_NODE
+            node = station_node(stn.id)
+            nodes.append(Node(node, parent, max_current_a=stn.max_current_a))
+            phases = (stn.phase_rotation or 1,) if (stn.phases or 3) == 1 else (1, 2, 3)
+            evse_ids = {e for (sid, e) in status if sid == stn.id}
+            evse_ids |= {e for (sid, e) in by_evse if sid == stn.id}
+            online = self.is_connected(stn.id)
+            for e in sorted(evse_ids):
+                key = evse_key(stn.id, e)
+                mem = self._memory.get(key) or _EvseMemory()
+                ev = EvseModel(
+                    station_id=stn.id,
+                    evse_id=e,
+                    phases=phases,
+                    max_current_a=stn.evse_max_current_a or 32.0,
+                    online=online,
+                    steerable=mem.steerable,
+                    wanted_a=mem.wanted_a,
+                    commanded_a=mem.commanded_a,
+                    external_limit_a=self._external_limit(stn.id, e, model, len(phases)),
+                )
+                tx = by_evse.get((stn.id, e))
+                if tx is not None:
+                    ev.session = SessionModel(
+                        transaction_id=tx.transaction_id,
+                        started_at=tx.started_at,
+                        departure=tx.departure_at,
+                        energy_target_wh=tx.energy_target_wh,
+                        energy_delivered_wh=tx.energy_imported_wh or 0.0,
+                        priority=bool(tx.priority),
+                        ev_max_current_a=tx.ev_max_current_a,
+                        ev_min_current_a=tx.ev_min_current_a,
+                        finished=status.get((stn.id, e)) == "SuspendedEV"
+                        or tx.charging_state == "SuspendedEV",
+                    )
+                model.evses[key] = ev
+                model.node_of[key] = node
+                self._phases[key] = phases
+        return model
+
+    def _external_limit(self, station_id: str, evse_id: int, model: SiteModel, phases: int):
+        """The lowest limit in force now among those the station reported for it or evse 0."""
+        now = self.clock.now()
+        found: list[float] = []
+        for key in ((station_id, evse_id), (station_id, 0)):
+            entry = self._external.get(key)
+            if entry is None:
+                continue
+            for sched in entry[0]:
+                limit = _schedule_limit_at(sched, now)
+                if limit is not None:
+                    found.append(convert(limit, sched.rate_unit, RateUnit.A, phases, model.voltage))
+        return min(found) if found else None
+
+
+def _schedule_limit_at(sched, now: datetime) -> float | None:
+    """Limit of a reported schedule at ``now`` (a schedule without start applies from now)."""
+    offset = 0.0 if sched.start is None else (now - sched.start).total_seconds()
+    if offset < 0:
+        return None
+    if sched.duration_s is not None and offset >= sched.duration_s:
+        return None
+    limit = None
+    for period in sched.periods:
+        if period.start_s <= offset:
+            limit = period.limit
+    return limit

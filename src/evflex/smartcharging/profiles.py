@@ -1,0 +1,324 @@
+"""Version-neutral OCPP charging profiles, their validation and wire mapping.
+
+One model for 1.6 and 2.0.1 profiles. Purposes use the 2.0.1 names; the 1.6
+``ChargePointMaxProfile`` is :attr:`Purpose.STATION_MAX`. An EVSE id of 0
+means the whole station (1.6 connector 0).
+
+Nothing here does I/O: the CSMS, the simulator and the load manager all
+build, check and translate profiles with these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from evflex.clock import isoformat, parse_datetime
+
+
+class Purpose(StrEnum):
+    STATION_MAX = "ChargingStationMaxProfile"
+    TX_DEFAULT = "TxDefaultProfile"
+    TX = "TxProfile"
+    EXTERNAL = "ChargingStationExternalConstraints"
+
+    def wire(self, version: str) -> str:
+        if version == "1.6" and self is Purpose.STATION_MAX:
+            return "ChargePointMaxProfile"
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str) -> Purpose:
+        if text == "ChargePointMaxProfile":
+            return cls.STATION_MAX
+        return cls(text)
+
+
+class Kind(StrEnum):
+    ABSOLUTE = "Absolute"
+    RECURRING = "Recurring"
+    RELATIVE = "Relative"
+
+
+class Recurrency(StrEnum):
+    DAILY = "Daily"
+    WEEKLY = "Weekly"
+
+
+class RateUnit(StrEnum):
+    A = "A"
+    W = "W"
+
+
+DEFAULT_VOLTAGE = 230.0
+
+
+class ProfileError(ValueError):
+    """A profile that breaks the OCPP rules; the message says which rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start_s: int
+    limit: float
+    number_phases: int | None = None
+    phase_to_use: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    rate_unit: RateUnit
+    periods: tuple[Period, ...]
+    id: int = 0
+    start: datetime | None = None
+    duration_s: int | None = None
+    min_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingProfile:
+    id: int
+    stack_level: int
+    purpose: Purpose
+    kind: Kind
+    schedule: Schedule
+    recurrency: Recurrency | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    transaction_id: str | None = None
+    # 2.0.1 allows up to three schedules (ISO 15118 alternatives); the first one
+    # is the one a station executes, the rest are kept for round trips.
+    extra_schedules: tuple[Schedule, ...] = field(default=())
+
+    def with_schedule(self, schedule: Schedule) -> ChargingProfile:
+        return replace(self, schedule=schedule)
+
+
+# --------------------------------------------------------------------- checks
+
+
+def validate(profile: ChargingProfile, evse_id: int, version: str = "2.0.1") -> None:
+    """Raise :class:`ProfileError` if ``profile`` may not be set on ``evse_id``."""
+    p, s = profile, profile.schedule
+    if p.id < 0 and version == "1.6":
+        raise ProfileError("chargingProfileId must not be negative")
+    if p.stack_level < 0:
+        raise ProfileError("stackLevel must not be negative")
+    if evse_id < 0:
+        raise ProfileError("evse id must not be negative")
+    if p.purpose in (Purpose.STATION_MAX, Purpose.EXTERNAL) and evse_id != 0:
+        if p.purpose is Purpose.STATION_MAX or version == "1.6":
+            raise ProfileError(f"{p.purpose.wire(version)} can only be set on evse 0")
+    if p.purpose is Purpose.EXTERNAL and version == "1.6":
+        raise ProfileError("ChargingStationExternalConstraints does not exist in OCPP 1.6")
+    if p.purpose is Purpose.TX and evse_id == 0:
+        raise ProfileError("TxProfile must name an evse (not 0)")
+    if p.purpose is not Purpose.TX and p.transaction_id is not None:
+        raise ProfileError("transactionId is only allowed on a TxProfile")
+    if p.kind is Kind.RECURRING:
+        if p.recurrency is None:
+            raise ProfileError("a Recurring profile needs recurrencyKind")
+        if s.start is None:
+            raise ProfileError("a Recurring profile needs startSchedule")
+    if p.kind is Kind.ABSOLUTE and s.start is None and version != "1.6":
+        raise ProfileError("an Absolute profile needs startSchedule")
+    if p.kind is Kind.RELATIVE and p.purpose is Purpose.STATION_MAX and version != "1.6":
+        raise ProfileError("a ChargingStationMaxProfile cannot be Relative (K01.FR.38)")
+    if p.kind is Kind.RELATIVE and s.start is not None:
+        raise ProfileError("a Relative profile must not have startSchedule")
+    if p.kind is not Kind.RECURRING and p.recurrency is not None:
+        raise ProfileError("recurrencyKind is only allowed on a Recurring profile")
+    if p.valid_from and p.valid_to and p.valid_to <= p.valid_from:
+        raise ProfileError("validTo must be after validFrom")
+    for sched in (s, *p.extra_schedules):
+        _validate_schedule(sched, p)
+
+
+def _validate_schedule(s: Schedule, p: ChargingProfile) -> None:
+    if not s.periods:
+        raise ProfileError("chargingSchedulePeriod must hold at least one period")
+    if s.periods[0].start_s != 0:
+        raise ProfileError("the first chargingSchedulePeriod must have startPeriod 0")
+    last = -1
+    for period in s.periods:
+        if period.start_s <= last:
+            raise ProfileError("startPeriod values must be strictly increasing")
+        last = period.start_s
+        if period.limit < 0:
+            raise ProfileError("a charging limit must not be negative (discharging is OCPP 2.1)")
+        if period.number_phases is not None and period.number_phases not in (1, 2, 3):
+            raise ProfileError("numberPhases must be 1, 2 or 3")
+        if period.phase_to_use is not None:
+            if period.phase_to_use not in (1, 2, 3):
+                raise ProfileError("phaseToUse must be 1, 2 or 3")
+            if period.number_phases != 1:
+                raise ProfileError("phaseToUse is only allowed with numberPhases 1")
+    if s.duration_s is not None and s.duration_s < 0:
+        raise ProfileError("duration must not be negative")
+    if s.min_rate is not None and s.min_rate < 0:
+        raise ProfileError("minChargingRate must not be negative")
+    if p.kind is Kind.RECURRING:
+        span = 86400 if p.recurrency is Recurrency.DAILY else 7 * 86400
+        if s.periods[-1].start_s >= span:
+            raise ProfileError(f"a {p.recurrency} schedule cannot start a period after {span} s")
+
+
+# --------------------------------------------------------------------- units
+
+
+def to_watts(limit: float, unit: RateUnit, phases: int, voltage: float = DEFAULT_VOLTAGE) -> float:
+    return limit if unit is RateUnit.W else limit * voltage * phases
+
+
+def to_amps(limit: float, unit: RateUnit, phases: int, voltage: float = DEFAULT_VOLTAGE) -> float:
+    return limit if unit is RateUnit.A else limit / (voltage * phases)
+
+
+def convert(limit: float, src: RateUnit, dst: RateUnit, phases: int, voltage: float) -> float:
+    if src is dst:
+        return limit
+    if dst is RateUnit.W:
+        return to_watts(limit, src, phases, voltage)
+    return to_amps(limit, src, phases, voltage)
+
+
+# --------------------------------------------------------------------- wire
+
+
+def _opt_time(text: str | None) -> datetime | None:
+    return parse_datetime(text) if text else None
+
+
+def _period_from_wire(d: dict[str, Any]) -> Period:
+    return Period(
+        start_s=int(d["startPeriod"]),
+        limit=float(d["limit"]),
+        number_phases=d.get("numberPhases"),
+        phase_to_use=d.get("phaseToUse"),
+    )
+
+
+def _period_to_wire(p: Period, version: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"startPeriod": p.start_s, "limit": round(p.limit, 1)}
+    if p.number_phases is not None:
+        out["numberPhases"] = p.number_phases
+    if p.phase_to_use is not None and version != "1.6":
+        out["phaseToUse"] = p.phase_to_use
+    return out
+
+
+def schedule_from_wire(d: dict[str, Any]) -> Schedule:
+    return Schedule(
+        id=int(d.get("id", 0)),
+        rate_unit=RateUnit(d["chargingRateUnit"]),
+        periods=tuple(_period_from_wire(x) for x in d["chargingSchedulePeriod"]),
+        start=_opt_time(d.get("startSchedule")),
+        duration_s=d.get("duration"),
+        min_rate=d.get("minChargingRate"),
+    )
+
+
+def schedule_to_wire(s: Schedule, version: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if version != "1.6":
+        out["id"] = s.id
+    if s.start is not None:
+        out["startSchedule"] = isoformat(s.start)
+    if s.duration_s is not None:
+        out["duration"] = int(s.duration_s)
+    out["chargingRateUnit"] = s.rate_unit.value
+    out["chargingSchedulePeriod"] = [_period_to_wire(p, version) for p in s.periods]
+    if s.min_rate is not None:
+        out["minChargingRate"] = round(s.min_rate, 1)
+    return out
+
+
+def from_wire(d: dict[str, Any], version: str) -> ChargingProfile:
+    """Read an OCPP ``chargingProfile`` / ``csChargingProfiles`` object (camelCase)."""
+    try:
+        if version == "1.6":
+            pid = int(d["chargingProfileId"])
+            schedules = [schedule_from_wire(d["chargingSchedule"])]
+        else:
+            pid = int(d["id"])
+            raw = d["chargingSchedule"]
+            schedules = [schedule_from_wire(x) for x in (raw if isinstance(raw, list) else [raw])]
+        tx = d.get("transactionId")
+        return ChargingProfile(
+            id=pid,
+            stack_level=int(d["stackLevel"]),
+            purpose=Purpose.parse(d["chargingProfilePurpose"]),
+            kind=Kind(d["chargingProfileKind"]),
+            recurrency=Recurrency(d["recurrencyKind"]) if d.get("recurrencyKind") else None,
+            valid_from=_opt_time(d.get("validFrom")),
+            valid_to=_opt_time(d.get("validTo")),
+            transaction_id=None if tx is None else str(tx),
+            schedule=schedules[0],
+            extra_schedules=tuple(schedules[1:]),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, ProfileError):
+            raise
+        raise ProfileError(f"malformed charging profile: {exc!r}") from exc
+
+
+def to_wire(p: ChargingProfile, version: str) -> dict[str, Any]:
+    """The OCPP ``chargingProfile`` object for ``version`` ("1.6" or "2.0.1")."""
+    out: dict[str, Any] = {}
+    out["chargingProfileId" if version == "1.6" else "id"] = p.id
+    if p.transaction_id is not None:
+        out["transactionId"] = int(p.transaction_id) if version == "1.6" else p.transaction_id
+    out["stackLevel"] = p.stack_level
+    out["chargingProfilePurpose"] = p.purpose.wire(version)
+    out["chargingProfileKind"] = p.kind.value
+    if p.recurrency is not None:
+        out["recurrencyKind"] = p.recurrency.value
+    if p.valid_from is not None:
+        out["validFrom"] = isoformat(p.valid_from)
+    if p.valid_to is not None:
+        out["validTo"] = isoformat(p.valid_to)
+    if version == "1.6":
+        out["chargingSchedule"] = schedule_to_wire(p.schedule, version)
+    else:
+        out["chargingSchedule"] = [
+            schedule_to_wire(s, version) for s in (p.schedule, *p.extra_schedules)
+        ]
+    return out
+
+
+def simple_profile(
+    profile_id: int,
+    purpose: Purpose,
+    limit: float,
+    unit: RateUnit = RateUnit.A,
+    *,
+    stack_level: int = 0,
+    start: datetime | None = None,
+    transaction_id: str | None = None,
+    number_phases: int | None = None,
+    min_rate: float | None = None,
+) -> ChargingProfile:
+    """A one-period profile: ``limit`` from ``start`` (Absolute) or from now (Relative)."""
+    kind = Kind.ABSOLUTE if start is not None else Kind.RELATIVE
+    return ChargingProfile(
+        id=profile_id,
+        stack_level=stack_level,
+        purpose=purpose,
+        kind=kind,
+        transaction_id=transaction_id,
+        schedule=Schedule(
+            rate_unit=unit,
+            periods=(Period(0, float(limit), number_phases),),
+            start=start,
+            min_rate=min_rate,
+        ),
+    )
+
+
+def from_any_wire(d: dict[str, Any]) -> ChargingProfile:
+    """Read a profile in either wire form (1.6 if it has ``chargingProfileId``)."""
+    if not isinstance(d, dict):
+        raise ProfileError("a charging profile must be a JSON object")
+    return from_wire(d, "1.6" if "chargingProfileId" in d else "2.0.1")
