@@ -281,12 +281,16 @@ def demo(
 
 def _register_plugins() -> None:
     from evflex.bench.ocpp import bench_ocpp_command
+    from evflex.bench.smartcharging import bench_smartcharging_command
     from evflex.sim.cli import sim_command
 
     app.command("sim", help="Run simulated stations and EVs against a CSMS.")(sim_command)
     bench_app.command("ocpp", help="OCPP load benchmark: K stations, message mix, latency.")(
         bench_ocpp_command
     )
+    bench_app.command(
+        "smartcharging", help="Site limit change -> every EVSE's new profile acknowledged."
+    )(bench_smartcharging_command)
 
 
 _register_plugins()

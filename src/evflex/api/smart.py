@@ -143,7 +143,7 @@ async def patch_site(site_id: str, body: sc.SitePatch, rt: Rt):
 
     if not await rt.writer.submit(job):
         raise HTTPException(404, f"site '{site_id}' does not exist")
-    await rt.lm.rebalance_now(site_id)
+    await rt.lm.rebalance_now(site_id, only_site_row=True)
     return await _site_out(rt, site_id)
 
 
@@ -187,7 +187,7 @@ async def put_site_load(site_id: str, body: sc.SiteLoadIn, rt: Rt):
 
     if not await rt.writer.submit(job):
         raise HTTPException(404, f"site '{site_id}' does not exist")
-    await rt.lm.rebalance_now(site_id)
+    await rt.lm.rebalance_now(site_id, only_site_row=True)
     return await _site_out(rt, site_id)
 
 

@@ -119,7 +119,8 @@ class ProfileDispatcher:
         w = Wanted(evse_id, profile, source, version=(old.version + 1) if old else 1)
         slot.wanted = w
         slot.failures = 0
-        self._persist(station_id, w)
+        if source != "load-manager":  # the load manager plans its own again after a restart
+            self._persist(station_id, w)
         self._kick(station_id, profile.id, slot)
         return w
 

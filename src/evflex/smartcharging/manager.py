@@ -123,6 +123,8 @@ class LoadManager:
         self._station_site: dict[str, str] = {}
         self._memory: dict[str, _EvseMemory] = {}
         self._phases: dict[str, tuple[int, ...]] = {}
+        self._rows: dict[str, tuple] = {}  # site -> rows of its last full load
+        self._stale: set[str] = set()  # sites whose rows must be read again
         self._external: dict[tuple[str, int], tuple[list, float]] = {}  # limit schedules
         self._dirty: dict[str, asyncio.Event] = {}
         self._done: dict[str, asyncio.Event] = {}
@@ -182,18 +184,23 @@ class LoadManager:
         self.status.setdefault(site_id, SiteStatus())
         self._loops[site_id] = asyncio.create_task(self._site_loop(site_id), name=f"lm-{site_id}")
 
-    def mark_dirty(self, site_id: str | None) -> None:
+    def mark_dirty(self, site_id: str | None, only_site_row: bool = False) -> None:
+        """Plan the site again soon; ``only_site_row``: nothing but the site's row changed."""
         if site_id is not None and site_id in self._dirty:
+            if not only_site_row:
+                self._stale.add(site_id)
             self._done[site_id].clear()
             self._dirty[site_id].set()
 
-    async def rebalance_now(self, site_id: str, timeout: float = 30.0) -> Plan | None:
+    async def rebalance_now(
+        self, site_id: str, timeout: float = 30.0, only_site_row: bool = False
+    ) -> Plan | None:
         """Plan the site and send the result; returns once the decreases are settled."""
         if site_id not in self._dirty:
             await self.reload()
         if site_id not in self._dirty:
             return None
-        self.mark_dirty(site_id)
+        self.mark_dirty(site_id, only_site_row)
         await asyncio.wait_for(self._done[site_id].wait(), timeout)
         return self.status[site_id].plan
 
@@ -430,6 +437,17 @@ class LoadManager:
 
     async def load_model(self, site_id: str) -> tuple[SiteModel | None, dict[str, int]]:
         """The site as the planner sees it now, and evse key -> transaction pk."""
+        cached = self._rows.get(site_id)
+        if cached is not None and site_id not in self._stale:
+            # Only the site row changed (a new limit, a base load): keep the rest.
+            async with self.sessionmaker() as s:
+                site = await repo.get_site(s, site_id)
+            if site is None:
+                return None, {}
+            circuits, stations, conns, txs = cached
+            model = self.build_model(site, circuits, stations, conns, txs)
+            return model, {evse_key(t.station_id, t.evse_id): t.id for t in txs if t.evse_id}
+        self._stale.discard(site_id)
         async with self.sessionmaker() as s:
             site = await repo.get_site(s, site_id)
             if site is None:
@@ -444,6 +462,7 @@ class LoadManager:
             )
             conns = list(conns)
             txs = await repo.active_transactions(s, ids)
+        self._rows[site_id] = (circuits, stations, conns, txs)
         model = self.build_model(site, circuits, stations, conns, txs)
         return model, {evse_key(t.station_id, t.evse_id): t.id for t in txs if t.evse_id}
 

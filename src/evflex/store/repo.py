@@ -562,26 +562,26 @@ async def upsert_profile(
     now: datetime,
     error: str | None = None,
 ) -> None:
-    row = (
-        await session.execute(
-            select(StationProfile).where(
-                StationProfile.station_id == station_id, StationProfile.profile_id == profile_id
-            )
-        )
-    ).scalar_one_or_none()
-    if row is None:
-        row = StationProfile(station_id=station_id, profile_id=profile_id, attempts=0)
-        session.add(row)
-    row.evse_id = evse_id
-    row.purpose = purpose
-    row.stack_level = stack_level
-    row.transaction_id = transaction_id
-    row.body = body
-    row.source = source
-    row.status = status
-    row.last_error = error
-    row.attempts = (row.attempts or 0) + (1 if status in ("accepted", "rejected", "failed") else 0)
-    row.updated_at = now
+    answered = 1 if status in ("accepted", "rejected", "failed") else 0
+    values = dict(
+        evse_id=evse_id,
+        purpose=purpose,
+        stack_level=stack_level,
+        transaction_id=transaction_id,
+        body=body,
+        source=source,
+        status=status,
+        last_error=error,
+        updated_at=now,
+    )
+    ins = _insert_for(session)(StationProfile).values(
+        station_id=station_id, profile_id=profile_id, attempts=answered, **values
+    )
+    stmt = ins.on_conflict_do_update(
+        index_elements=["station_id", "profile_id"],
+        set_={**values, "attempts": StationProfile.attempts + answered},
+    )
+    await session.execute(stmt)
 
 
 async def delete_profiles(session: AsyncSession, station_id: str, profile_ids: list[int]) -> None:
