@@ -203,18 +203,21 @@ def demo(
     http_port: Annotated[int, typer.Option()] = 8000,
     keep_running: Annotated[bool, typer.Option(help="Keep the CSMS up afterwards")] = False,
     seed: Annotated[int, typer.Option()] = 7,
+    site_limit_kw: Annotated[
+        float, typer.Option(help="Grid connection limit of the simulated site (kW)")
+    ] = 80.0,
 ) -> None:
     """Start a CSMS on a fresh SQLite file, simulate a site for a day, print a summary."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from evflex.app import Runtime
-    from evflex.demo import demo_settings, run_demo
+    from evflex.demo import demo_clock, demo_settings, run_demo
 
     logging.basicConfig(level="ERROR")
 
     async def main() -> int:
-        rt = Runtime(demo_settings(db, host, ocpp_port, http_port))
+        rt = Runtime(demo_settings(db, host, ocpp_port, http_port), demo_clock(hours, speed))
         await rt.start()
         try:
             console.print(
@@ -233,9 +236,9 @@ def demo(
                     rt,
                     stations=stations,
                     hours=hours,
-                    speed=speed,
                     seed=seed,
                     progress=lambda f: bar.update(task, completed=f),
+                    site_limit_kw=site_limit_kw,
                 )
             table = Table(
                 title=f"evflex demo: {res.sim_hours:g} simulated hours in {res.real_seconds:.0f} s"
@@ -259,6 +262,18 @@ def demo(
             table.add_row("meter samples stored", "", str(res.csms_meter_samples))
             table.add_row("errors", str(res.errors), "")
             console.print(table)
+            share = (
+                f"{res.sessions_served}/{res.sessions_with_needs} "
+                f"({100 * res.sessions_served / res.sessions_with_needs:.0f} %)"
+                if res.sessions_with_needs
+                else "none with stated needs"
+            )
+            verdict = "[green]under[/]" if res.site_peak_kw <= res.site_limit_kw else "[red]OVER[/]"
+            console.print(
+                f"Site limit {res.site_limit_kw:g} kW · peak of the EVs' draw "
+                f"{res.site_peak_kw:.1f} kW ({verdict} the limit) · drivers who stated energy "
+                f"and departure and got their energy by departure: {share}"
+            )
             for e in res.error_samples:
                 console.print(f"  [yellow]error:[/] {e}")
             console.print(
@@ -268,7 +283,8 @@ def demo(
             if keep_running:
                 console.print("CSMS keeps running (Ctrl-C to stop).")
                 await asyncio.Event().wait()
-            return 0 if res.errors == 0 and res.stations_booted == res.stations else 1
+            ok = res.errors == 0 and res.stations_booted == res.stations
+            return 0 if ok and res.site_peak_kw <= res.site_limit_kw else 1
         finally:
             await rt.stop()
 

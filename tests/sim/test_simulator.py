@@ -9,7 +9,6 @@ import json
 import random
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -40,6 +39,8 @@ from evflex.sim import (
     StationSpec,
 )
 from evflex.sim.runner import is_v201
+
+from .conftest import wait_until
 
 ACCEPTED_TOKENS = {"TOKEN1", "TOKEN2", "TOKEN3", "LOCAL1"}
 SPEED = 600.0
@@ -259,31 +260,12 @@ class Csms:
         return out
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 async def csms():
     central = Csms()
     await central.start()
     yield central
     await central.close()
-
-
-@pytest.fixture
-async def stations():
-    made: list[SimStation] = []
-    yield made
-    await asyncio.gather(*(s.stop(timeout=2.0) for s in made))
 
 
 _ids = itertools.count(1)

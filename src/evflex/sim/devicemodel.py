@@ -12,6 +12,11 @@ from evflex.sim.model import SUPPORTED_MEASURANDS
 # OCPP 1.6 configuration keys
 # ---------------------------------------------------------------------------
 
+#: Smart charging capabilities of the simulated stations (both OCPP versions).
+MAX_STACK_LEVEL = 10
+MAX_PERIODS = 24
+MAX_PROFILES = 20
+
 INT = "int"
 BOOL = "bool"
 TEXT = "str"
@@ -159,7 +164,7 @@ def default_config_16(
         ConfigKey("StopTxnSampledDataMaxLength", "8", readonly=True, kind=INT),
         ConfigKey(
             "SupportedFeatureProfiles",
-            "Core,LocalAuthListManagement,Reservation,RemoteTrigger",
+            "Core,LocalAuthListManagement,Reservation,RemoteTrigger,SmartCharging",
             readonly=True,
             kind=CSL,
         ),
@@ -171,6 +176,13 @@ def default_config_16(
         ConfigKey("LocalAuthListMaxLength", "1000", readonly=True, kind=INT),
         ConfigKey("SendLocalListMaxLength", "100", readonly=True, kind=INT),
         ConfigKey("ReserveConnectorZeroSupported", "false", readonly=True, kind=BOOL),
+        # SmartCharging feature profile
+        ConfigKey("ChargeProfileMaxStackLevel", str(MAX_STACK_LEVEL), readonly=True, kind=INT),
+        ConfigKey(
+            "ChargingScheduleAllowedChargingRateUnit", "Current,Power", readonly=True, kind=CSL
+        ),
+        ConfigKey("ChargingScheduleMaxPeriods", str(MAX_PERIODS), readonly=True, kind=INT),
+        ConfigKey("MaxChargingProfilesInstalled", str(MAX_PROFILES), readonly=True, kind=INT),
     ]
 
 
@@ -455,6 +467,7 @@ def build_device_model(
     availability: Callable[[int | None], str],
     local_list_entries: Callable[[], int],
     now_text: Callable[[], str],
+    profile_entries: Callable[[], int] | None = None,
 ) -> DeviceModel:
     """The device model of the simulated OCPP 2.0.1 charging station.
 
@@ -660,6 +673,45 @@ def build_device_model(
             variable_instance=instance,
             mutability=READ_ONLY,
         )
+
+    smart = "SmartChargingCtrlr"
+    add(smart, "Enabled", "true", data_type="boolean")
+    add(smart, "Available", "true", data_type="boolean", mutability=READ_ONLY)
+    add(
+        smart,
+        "LimitChangeSignificance",
+        "10",
+        data_type="decimal",
+        unit="Percent",
+        min_limit=0,
+        max_limit=100,
+    )
+    add(
+        smart,
+        "PeriodsPerSchedule",
+        str(MAX_PERIODS),
+        data_type="integer",
+        mutability=READ_ONLY,
+    )
+    add(smart, "ProfileStackLevel", str(MAX_STACK_LEVEL), data_type="integer", mutability=READ_ONLY)
+    add(
+        smart,
+        "RateUnit",
+        "A,W",
+        data_type="MemberList",
+        values_list="A,W",
+        mutability=READ_ONLY,
+    )
+    add(
+        smart,
+        "Entries",
+        data_type="integer",
+        variable_instance="ChargingProfiles",
+        max_limit=MAX_PROFILES,
+        mutability=READ_ONLY,
+        persistent=False,
+        getter=lambda: str(profile_entries() if profile_entries is not None else 0),
+    )
 
     add("ReservationCtrlr", "Enabled", "true", data_type="boolean", mutability=READ_ONLY)
     add("ReservationCtrlr", "NonEvseSpecific", "true", data_type="boolean", mutability=READ_ONLY)

@@ -32,6 +32,10 @@ class EvSpec:
     bidirectional: bool = False
     max_discharge_power_w: float = 0.0
     model: str = "Generic EV"
+    #: Seconds after plugging in at which the driver wants to leave (None: unknown).
+    departure_s: float | None = None
+    #: Lowest charging current per phase the on-board charger accepts (A).
+    min_current_a: float = 6.0
 
     def __post_init__(self) -> None:
         if self.battery_kwh <= 0:
@@ -44,6 +48,8 @@ class EvSpec:
             raise ValueError("max_ac_power_w must not be negative")
         if self.phases not in (1, 2, 3):
             raise ValueError("phases must be 1, 2 or 3")
+        if self.departure_s is not None and self.departure_s < 0:
+            raise ValueError("departure_s must not be negative")
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,8 @@ class EvBattery:
         self.spec = spec
         self.soc = spec.soc
         self.charged_wh = 0.0
+        #: Planned stay in seconds after plugging in (the spec's, or a drawn dwell time).
+        self.departure_s = spec.departure_s
 
     @property
     def capacity_wh(self) -> float:
@@ -99,6 +107,11 @@ class EvBattery:
     @property
     def target_soc(self) -> float:
         return min(self.spec.target_soc, 1.0)
+
+    @property
+    def energy_needed_wh(self) -> float:
+        """Energy still needed to reach the target state of charge."""
+        return max(0.0, (self.target_soc - self.soc) * self.capacity_wh)
 
     @property
     def full(self) -> bool:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from evflex.sim.ev import EvBattery
 
 OCPP_VERSIONS = ("1.6", "2.0.1")
+PROFILE_BEHAVIOURS = ("execute", "reject", "ignore")
+ProfileBehaviour = Literal["execute", "reject", "ignore"]
 
 ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
@@ -54,10 +56,19 @@ class StationSpec:
     id_token_type: str = "ISO14443"
     meter_start_wh: float = 0.0
     frequency_hz: float = 50.0
+    #: Below this charging current (A) the EVSE pauses charging (IEC 61851: 6 A).
+    min_current_a: float = 6.0
+    #: What the station does with charging profiles: "execute" them, answer
+    #: SetChargingProfile with "reject", or "ignore" it (never answer).
+    profile_behaviour: ProfileBehaviour = "execute"
 
     def __post_init__(self) -> None:
         if self.ocpp_version not in OCPP_VERSIONS:
             raise ValueError(f"ocpp_version must be one of {OCPP_VERSIONS}")
+        if self.profile_behaviour not in PROFILE_BEHAVIOURS:
+            raise ValueError(f"profile_behaviour must be one of {PROFILE_BEHAVIOURS}")
+        if self.min_current_a < 0:
+            raise ValueError("min_current_a must not be negative")
         if self.evses < 1:
             raise ValueError("a station needs at least one EVSE")
         if self.phases not in (1, 3):
@@ -113,7 +124,8 @@ class EvseState:
 
     id: int
     #: Station limit for this EVSE in W. The vehicle draws at most this much
-    #: (and at most what its phases allow); charging profiles will set it.
+    #: (and at most what its phases allow): the hardware limit, lowered by the
+    #: charging profiles in force (see ``SimStation.apply_profiles``).
     limit_w: float
     meter_wh: float
     connector_id: int = 1
@@ -129,7 +141,11 @@ class EvseState:
     finishing: bool = False
     last_update: datetime | None = None
     reported_status: str | None = field(default=None, repr=False)
+    #: Limit of the charging profiles in force in W (None: no profile limits this EVSE).
+    profile_limit_w: float | None = None
     meter_task: asyncio.Task[Any] | None = field(default=None, repr=False)
+    #: Wakes up at the next boundary of the composite schedule.
+    limit_task: asyncio.Task[Any] | None = field(default=None, repr=False)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import time
@@ -109,6 +110,8 @@ class SessionPlanner:
         else:
             token = rng.choice(cfg.id_tokens)
         dwell = rng.uniform(cfg.dwell_min_s, cfg.dwell_max_s)
+        if ev.departure_s is None:  # the driver knows when they will leave
+            ev = dataclasses.replace(ev, departure_s=round(dwell))
         return Arrival(gap, ev, token, dwell)
 
 

@@ -9,6 +9,14 @@ OCPP 1.6 or 2.0.1 implementation depending on ``spec.ocpp_version``.
 Heartbeats, boot retries and reconnect delays run in real time (they keep the
 link alive); everything else (meter values, sessions, reservations) runs on
 the simulation clock.
+
+Charging profiles (SetChargingProfile, RemoteStart/RequestStartTransaction
+with a TxProfile) are kept in an :class:`InstalledProfiles` and executed: each
+EVSE offers at most the limit of its composite schedule (the shared
+:mod:`evflex.smartcharging` computation), re-evaluated when profiles change,
+when transactions start and end, and at the schedule's boundaries. A limit
+below ``StationSpec.min_current_a`` pauses charging (SuspendedEVSE).
+``StationSpec.profile_behaviour`` makes a station reject or ignore profiles.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
-from ocpp.exceptions import OCPPError
+from ocpp.charge_point import snake_to_camel_case
+from ocpp.exceptions import NotImplementedError as OcppNotImplemented
+from ocpp.exceptions import NotSupportedError, OCPPError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -47,6 +58,15 @@ from evflex.sim.model import (
     SimStats,
     StationSpec,
 )
+from evflex.smartcharging.composite import CompositeSchedule, InstalledProfiles
+from evflex.smartcharging.profiles import (
+    ChargingProfile,
+    ProfileError,
+    Purpose,
+    RateUnit,
+    from_wire,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 #: Logger handed to the ``ocpp`` library (one line per frame at INFO level).
@@ -59,7 +79,35 @@ MAX_RECONNECT_DELAY_S = 30.0
 #: Default capacity of the transaction message queue of one station.
 DEFAULT_MAX_QUEUE = 10_000
 
+#: How far ahead the station looks for the next change of its charging limit (clock-seconds).
+LIMIT_HORIZON_S = 86_400
+
 MessageHook = Callable[[str, str, Any], None]
+
+
+def profile_from_kwargs(data: dict[str, Any], version: str) -> ChargingProfile:
+    """A charging profile from a handler argument (the ``ocpp`` library's snake_case dict)."""
+    return from_wire(_plain_numbers(snake_to_camel_case(data)), version)
+
+
+def _plain_numbers(data: Any) -> Any:
+    # The ocpp library parses 1.6 schedules with Decimal to validate "multipleOf 0.1".
+    if isinstance(data, dict):
+        return {k: _plain_numbers(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain_numbers(v) for v in data]
+    if isinstance(data, Decimal):
+        return float(data)
+    return data
+
+
+class ProfileRejected(Exception):
+    """A charging profile the station does not install; ``reason`` is a 2.0.1 reason code."""
+
+    def __init__(self, reason: str, info: str = "") -> None:
+        super().__init__(info or reason)
+        self.reason = reason
+        self.info = info
 
 
 class LinkDown(Exception):
@@ -141,17 +189,20 @@ class LinkMixin:
             station.received.append(str(msg[2]))
             if station.on_message is not None:
                 station.on_message("in", str(msg[2]), msg[3])
+            if msg[2] == "SetChargingProfile" and station.spec.profile_behaviour == "ignore":
+                return  # never answered: the CSMS runs into its response timeout
         self._link.followups = []
         await super().route_message(raw_msg)  # type: ignore[misc]
         followups, self._link.followups = self._link.followups, []
         for factory in followups:
             station.spawn(factory())
 
-    async def request(self, payload: Any) -> Any:
+    async def request(self, payload: Any, *, optional: bool = False) -> Any:
         """Send a CALL and return the CALLRESULT payload.
 
         Raises :class:`LinkDown` when the socket closes first, ``OCPPError`` on
-        a CALLERROR and ``TimeoutError`` without an answer (both counted).
+        a CALLERROR and ``TimeoutError`` without an answer (both counted, except
+        for an ``optional`` message the CSMS does not implement).
         """
         if self.is_closed:
             raise LinkDown
@@ -178,7 +229,8 @@ class LinkMixin:
         except ConnectionClosed as exc:
             raise LinkDown from exc
         except OCPPError as exc:
-            station.error(f"{action}: CALLERROR {type(exc).__name__}: {exc.description}")
+            if not (optional and isinstance(exc, (OcppNotImplemented, NotSupportedError))):
+                station.error(f"{action}: CALLERROR {type(exc).__name__}: {exc.description}")
             raise
         except TimeoutError:
             station.error(f"{action}: no response within {station.response_timeout_s:g}s")
@@ -267,6 +319,12 @@ class SimStation:
         self.local_list: dict[str, str] = {}
         self.local_list_version = 0
         self.auth_cache: dict[str, str] = {}
+        #: The charging profiles installed on this station (EVSE 0: the whole station).
+        self.profiles = InstalledProfiles()
+        #: Optional messages the CSMS answered with NotImplemented / NotSupported.
+        self._unsupported: set[str] = set()
+        #: TxProfiles of remote starts, installed once the transaction runs: EVSE → (EV, profile).
+        self._pending_tx_profiles: dict[int, tuple[EvBattery, ChargingProfile]] = {}
 
         self._local_ids = itertools.count(1)
         self._link_obj: Any = None
@@ -373,6 +431,7 @@ class SimStation:
         self._want_online.clear()
         tasks = [self._conn_task, self._pump_task, self._aligned_task, self._heartbeat_task]
         tasks += [evse.meter_task for evse in self.evses.values()]
+        tasks += [evse.limit_task for evse in self.evses.values()]
         tasks += [evse.reservation.timer for evse in self.evses.values() if evse.reservation]
         tasks += list(self._tasks)
         for task in tasks:
@@ -496,6 +555,13 @@ class SimStation:
 
     async def _reservation_expired(self, evse: EvseState, reservation: Reservation) -> None:
         await self.refresh_status(evse)
+
+    def _profile_limits(self) -> tuple[int, int, int]:
+        """(highest stack level, periods per schedule, profiles installed) the station takes."""
+        return (10, 24, 20)
+
+    async def _limit_changed(self, evse: EvseState, previous_w: float) -> None:
+        """Tell the CSMS that the power offered on ``evse`` changed (status, meter value)."""
 
     # ------------------------------------------------------------------ helpers
 
@@ -623,6 +689,24 @@ class SimStation:
             await self.refresh_status(evse, force=force)
 
     # ------------------------------------------------------------------ sending
+
+    async def send_optional(self, payload: Any) -> Any | None:
+        """Like :meth:`send`, for a message the CSMS need not implement.
+
+        A CSMS answering NotImplemented / NotSupported is not counted as an
+        error, and the message is not sent to it again (until the next boot).
+        """
+        action = type(payload).__name__
+        link = self._ready_link
+        if link is None or link.is_closed or action in self._unsupported:
+            return None
+        try:
+            return await link.request(payload, optional=True)
+        except (OcppNotImplemented, NotSupportedError):
+            self._unsupported.add(action)
+            return None
+        except (LinkDown, OCPPError, TimeoutError):
+            return None
 
     async def send(self, payload: Any) -> Any | None:
         """Send a message that is not transaction-related; None if offline or failed."""
@@ -817,6 +901,7 @@ class SimStation:
                 await self._boot(link)
                 self._needs_boot = False
                 self._boot_reason = "PowerUp"
+                self._unsupported.clear()
                 self.boot_count += 1
                 self.stats.boots += 1
                 self._ready_link = link
@@ -955,12 +1040,204 @@ class SimStation:
     def schedule_departure(self, evse: EvseState, ev: EvBattery) -> None:
         """For remotely started sessions: let the vehicle leave after a random dwell time."""
         if self.remote_dwell_s is not None:
-            self.spawn(self._depart_after(evse, ev, float(self.remote_dwell_s())))
+            dwell = float(self.remote_dwell_s())
+            if ev.departure_s is None:
+                ev.departure_s = dwell
+            self.spawn(self._depart_after(evse, ev, dwell))
 
     async def _depart_after(self, evse: EvseState, ev: EvBattery, dwell_s: float) -> None:
         await self.clock.sleep(dwell_s)
         if evse.ev is ev:
             await self.plug_out(evse.id)
+
+    # ------------------------------------------------------------------ smart charging
+
+    def install_profile(self, evse_id: int, profile: ChargingProfile) -> list[int]:
+        """Install a profile from SetChargingProfile; raise :class:`ProfileRejected` if not.
+
+        Returns the ids of the profiles it replaced. Call :meth:`apply_profiles`
+        afterwards (once the answer has been sent).
+        """
+        if self.spec.profile_behaviour != "execute":
+            raise ProfileRejected("UnsupportedRequest", "this station does not take profiles")
+        if evse_id != 0 and evse_id not in self.evses:
+            raise ProfileRejected("UnknownEvse", f"no EVSE {evse_id}")
+        try:
+            validate(profile, evse_id, self.version)
+        except ProfileError as exc:
+            raise ProfileRejected("InvalidProfile", str(exc)) from None
+        max_level, max_periods, max_profiles = self._profile_limits()
+        if profile.stack_level > max_level:
+            raise ProfileRejected("InvalidStackLevel", f"stackLevel above {max_level}")
+        for schedule in (profile.schedule, *profile.extra_schedules):
+            if len(schedule.periods) > max_periods:
+                raise ProfileRejected("InvalidSchedule", f"more than {max_periods} periods")
+        tx_id: str | None = None
+        if profile.purpose is Purpose.TX:
+            tx = self.evses[evse_id].tx if evse_id in self.evses else None
+            if tx is None:
+                raise ProfileRejected("TxNotFound", f"no transaction on EVSE {evse_id}")
+            tx_id = str(tx.id)
+            if profile.transaction_id is not None and profile.transaction_id != tx_id:
+                raise ProfileRejected("TxNotFound", f"transaction {profile.transaction_id} unknown")
+            if self.version != "1.6":
+                profile = replace(profile, transaction_id=tx_id)
+        replaces = self.profiles.get(profile.id) is not None or any(
+            i.evse_id == evse_id
+            and i.profile.purpose is profile.purpose
+            and i.profile.stack_level == profile.stack_level
+            for i in self.profiles
+        )
+        if len(self.profiles) >= max_profiles and not replaces:
+            raise ProfileRejected("TooManyProfiles", f"{max_profiles} profiles installed")
+        try:
+            return self.profiles.install(evse_id, profile, self.version, transaction_id=tx_id)
+        except ProfileError as exc:  # valid, transaction checked: a stack level conflict
+            raise ProfileRejected("DuplicateProfile", str(exc)) from None
+
+    def check_tx_profile(self, evse_id: int, profile: ChargingProfile) -> None:
+        """Check the TxProfile of a remote start (ProfileError if it cannot be used)."""
+        if profile.purpose is not Purpose.TX:
+            raise ProfileError("the profile of a remote start must be a TxProfile")
+        validate(profile, evse_id, self.version)
+
+    def set_pending_tx_profile(
+        self, evse: EvseState, ev: EvBattery, profile: ChargingProfile
+    ) -> None:
+        """Install ``profile`` as TxProfile once the transaction of ``ev`` starts."""
+        if self.spec.profile_behaviour == "execute":
+            self._pending_tx_profiles[evse.id] = (ev, profile)
+
+    def composite(
+        self, evse_id: int, duration_s: int, rate_unit: RateUnit | str | None = None
+    ) -> CompositeSchedule:
+        """GetCompositeSchedule: the composite of ``evse_id`` from now (whole seconds).
+
+        The conversion between A and W uses the station's phases and voltage; the
+        hardware cap is ``max_current_a`` (for EVSE 0 that of all EVSEs together).
+        """
+        start = self.now().replace(microsecond=0)
+        evse = self.evses.get(evse_id)
+        tx = evse.tx if evse is not None else None
+        cap = self.spec.max_current_a * (self.spec.evses if evse_id == 0 else 1)
+        return self.profiles.composite(
+            evse_id,
+            start,
+            max(0, int(duration_s)),
+            RateUnit(rate_unit) if rate_unit else None,
+            transaction_id=str(tx.id) if tx is not None else None,
+            transaction_start=tx.started_at if tx is not None else None,
+            voltage=self.spec.voltage,
+            phases=self.spec.phases,
+            max_current_a=cap,
+        )
+
+    def _profile_limit(
+        self, evse: EvseState, now: datetime
+    ) -> tuple[float | None, datetime | None]:
+        """The limit of the profiles in force on ``evse`` in W and when to look again.
+
+        The composite schedule rounds its boundaries to whole seconds from
+        ``now`` and keeps the lower limit where two fall into one second. The
+        station therefore wakes up half a second before a boundary and
+        compares the exact limits (zero-length composites) now and half a
+        second later: if they differ, the lower limit applies and the station
+        looks again after that half second. Cuts thus take effect on time (or
+        up to a second early), raises at most half a second late.
+        """
+        if not len(self.profiles):
+            return None, None
+        phases = self._used_phases(evse)
+        tx = evse.tx
+        kw: dict[str, Any] = {
+            "transaction_id": str(tx.id) if tx is not None else None,
+            "transaction_start": tx.started_at if tx is not None else None,
+            "voltage": self.spec.voltage,
+            "phases": phases,
+            "max_current_a": self.spec.max_current_a,
+        }
+        ahead = self.profiles.composite(evse.id, now, LIMIT_HORIZON_S, RateUnit.A, **kw)
+        exact = self.profiles.composite(evse.id, now, 0, RateUnit.A, **kw).periods[0]
+        soon = now + timedelta(seconds=0.5)
+        probe = self.profiles.composite(evse.id, soon, 0, RateUnit.A, **kw).periods[0]
+        period = ahead.periods[0]  # the lowest limit of the next half second
+        following = [p for p in ahead.periods if p.start_s > 0]
+        key = (exact.limit, exact.number_phases)
+        if key != (probe.limit, probe.number_phases) or key != (
+            period.limit,
+            period.number_phases,
+        ):
+            wait = 0.5
+        elif following:
+            wait = max(0.5, following[0].start_s - 0.5)
+        else:
+            wait = float(LIMIT_HORIZON_S)
+        change = now + timedelta(seconds=wait)
+        amps = period.limit
+        if amps < self.spec.min_current_a - 1e-9:
+            return 0.0, change
+        used = min(phases, period.number_phases or phases)
+        return amps * used * self.spec.voltage, change
+
+    def update_limit(self, evse: EvseState) -> float:
+        """Set ``evse.limit_w`` from the profiles in force now; return the previous offer in W.
+
+        The energy drawn so far is booked at the old limit first. While a
+        transaction runs, a timer re-evaluates the limit at the next change of
+        the composite schedule.
+        """
+        now = self.now()
+        self.advance(evse, now)
+        previous = self.offered_w(evse)
+        limit, change = self._profile_limit(evse, now)
+        evse.profile_limit_w = limit
+        hardware = self.spec.evse_limit_w
+        evse.limit_w = hardware if limit is None else max(0.0, min(hardware, limit))
+        self.advance(evse, now)  # the vehicle's power at the new limit
+        self._cancel_limit_timer(evse)
+        if change is not None and evse.tx is not None:
+            evse.limit_task = self.spawn(self._limit_timer(evse, change))
+        return previous
+
+    def _cancel_limit_timer(self, evse: EvseState) -> None:
+        task = evse.limit_task
+        evse.limit_task = None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _limit_timer(self, evse: EvseState, when: datetime) -> None:
+        await self.clock.sleep(max(0.0, (when - self.now()).total_seconds()))
+        if evse.limit_task is asyncio.current_task():
+            evse.limit_task = None
+        await self.apply_profiles([evse])
+
+    async def apply_profiles(self, evses: Iterable[EvseState] | None = None) -> None:
+        """Re-evaluate the limits (after a profile change) and report what changed."""
+        targets = list(evses if evses is not None else self.evses.values())
+        previous = [self.update_limit(evse) for evse in targets]  # all at the same instant
+        for evse, before in zip(targets, previous, strict=True):
+            if evse.tx is not None and abs(self.offered_w(evse) - before) > 1e-6:
+                await self._limit_changed(evse, before)
+
+    def profiles_tx_started(self, evse: EvseState) -> None:
+        """A transaction started on ``evse``: install a pending TxProfile, set the limit."""
+        pending = self._pending_tx_profiles.pop(evse.id, None)
+        tx = evse.tx
+        if pending is not None and tx is not None and pending[0] is evse.ev:
+            profile = pending[1]
+            if self.version != "1.6":
+                profile = replace(profile, transaction_id=str(tx.id))
+            try:
+                self.profiles.install(evse.id, profile, self.version, transaction_id=str(tx.id))
+            except ProfileError as exc:
+                self.error(f"TxProfile of the remote start not installed: {exc}")
+        self.update_limit(evse)
+
+    def profiles_tx_ended(self, evse: EvseState) -> None:
+        """The transaction on ``evse`` ended: its TxProfiles go, the limit is re-evaluated."""
+        self.profiles.clear_transaction(evse.id)
+        self._cancel_limit_timer(evse)
+        self.update_limit(evse)
 
     # ------------------------------------------------------------------ reservations
 

@@ -16,7 +16,14 @@ from evflex.clock import isoformat, parse_datetime
 from evflex.sim.devicemodel import ConfigTable, default_config_16
 from evflex.sim.ev import EvBattery, EvSpec
 from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
-from evflex.sim.station import EvseBusy, LinkMixin, SimStation
+from evflex.sim.station import (
+    EvseBusy,
+    LinkMixin,
+    ProfileRejected,
+    SimStation,
+    profile_from_kwargs,
+)
+from evflex.smartcharging.profiles import ChargingProfile, ProfileError, Purpose
 
 
 def _text(value: float) -> str:
@@ -65,16 +72,29 @@ class Link16(LinkMixin, OcppChargePoint):
 
     @on(Action.remote_start_transaction)
     def on_remote_start_transaction(
-        self, id_tag: str, connector_id: int | None = None, **_: Any
+        self,
+        id_tag: str,
+        connector_id: int | None = None,
+        charging_profile: dict[str, Any] | None = None,
+        **_: Any,
     ) -> Any:
         st = self.station
         evse = st.pick_evse(connector_id, id_tag)
         if evse is None:
             return call_result.RemoteStartTransaction(status="Rejected")
+        profile: ChargingProfile | None = None
+        if charging_profile is not None:
+            try:
+                profile = profile_from_kwargs(charging_profile, st.version)
+                st.check_tx_profile(evse.id, profile)
+            except ProfileError:
+                return call_result.RemoteStartTransaction(status="Rejected")
         ev = EvBattery(st.ev_factory())
         evse.ev = ev
         evse.finishing = False
         evse.last_update = st.now()
+        if profile is not None:
+            st.set_pending_tx_profile(evse, ev, profile)
         self.later(lambda: st.remote_start(evse, ev, id_tag))
         return call_result.RemoteStartTransaction(status="Accepted")
 
@@ -209,6 +229,61 @@ class Link16(LinkMixin, OcppChargePoint):
     def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
         return call_result.DataTransfer(status="UnknownVendorId")
 
+    # -- smart charging
+
+    @on(Action.set_charging_profile)
+    def on_set_charging_profile(
+        self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
+    ) -> Any:
+        st = self.station
+        try:
+            profile = profile_from_kwargs(cs_charging_profiles, st.version)
+            st.install_profile(connector_id, profile)
+        except (ProfileError, ProfileRejected):
+            return call_result.SetChargingProfile(status="Rejected")
+        self.later(st.apply_profiles)
+        return call_result.SetChargingProfile(status="Accepted")
+
+    @on(Action.clear_charging_profile)
+    def on_clear_charging_profile(
+        self,
+        id: int | None = None,
+        connector_id: int | None = None,
+        charging_profile_purpose: str | None = None,
+        stack_level: int | None = None,
+        **_: Any,
+    ) -> Any:
+        st = self.station
+        if id is not None:
+            removed = st.profiles.clear(profile_id=id)
+        else:
+            removed = st.profiles.clear(
+                evse_id=connector_id,
+                purpose=Purpose.parse(charging_profile_purpose)
+                if charging_profile_purpose
+                else None,
+                stack_level=stack_level,
+            )
+        if not removed:
+            return call_result.ClearChargingProfile(status="Unknown")
+        self.later(st.apply_profiles)
+        return call_result.ClearChargingProfile(status="Accepted")
+
+    @on(Action.get_composite_schedule)
+    def on_get_composite_schedule(
+        self, connector_id: int, duration: int, charging_rate_unit: str | None = None, **_: Any
+    ) -> Any:
+        st = self.station
+        if connector_id != 0 and connector_id not in st.evses:
+            return call_result.GetCompositeSchedule(status="Rejected")
+        wire = st.composite(connector_id, duration, charging_rate_unit).to_wire(st.version)
+        return call_result.GetCompositeSchedule(
+            status="Accepted",
+            connector_id=wire["connectorId"],
+            schedule_start=wire["scheduleStart"],
+            charging_schedule=wire["chargingSchedule"],
+        )
+
 
 class Station16(SimStation):
     """A simulated OCPP 1.6-J charge point (one connector per EVSE, connector id = EVSE id)."""
@@ -231,6 +306,21 @@ class Station16(SimStation):
         self._placeholders = itertools.count(-1, -1)
         #: Local placeholder → transaction id assigned by the central system.
         self.transaction_ids: dict[int, int] = {}
+
+    def _profile_limits(self) -> tuple[int, int, int]:
+        c = self.config
+        return (
+            c.int("ChargeProfileMaxStackLevel"),
+            c.int("ChargingScheduleMaxPeriods"),
+            c.int("MaxChargingProfilesInstalled"),
+        )
+
+    async def _limit_changed(self, evse: EvseState, previous_w: float) -> None:
+        await self.refresh_status(evse)
+        tx = evse.tx
+        value = self.meter_value(evse, self.config.list("MeterValuesSampledData"), "Other")
+        if value is not None and tx is not None:
+            self.enqueue_tx(self._meter_message(evse, value))
 
     def _config_changed(self, key: str) -> None:
         if key == "HeartbeatInterval":
@@ -525,6 +615,7 @@ class Station16(SimStation):
         evse.tx = tx
         evse.finishing = False
         evse.session_energy_wh = 0.0
+        self.profiles_tx_started(evse)
         self.advance(evse, now)
         tx.begin_sample = self.meter_value(
             evse, self.config.list("StopTxnSampledData"), "Transaction.Begin", now
@@ -581,6 +672,7 @@ class Station16(SimStation):
         evse.power_w = 0.0
         evse.last_transaction_id = tx.id
         self.stats.sessions_completed += 1
+        self.profiles_tx_ended(evse)
         await self.send_tx(payload)
         if evse.ev is not None:
             evse.finishing = True

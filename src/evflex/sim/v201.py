@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ocpp.routing import on
@@ -15,12 +15,30 @@ from evflex.clock import isoformat, parse_datetime
 from evflex.sim.devicemodel import Variable, build_device_model
 from evflex.sim.ev import EvBattery, EvSpec
 from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
-from evflex.sim.station import EvseBusy, LinkMixin, SimStation
+from evflex.sim.station import (
+    EvseBusy,
+    LinkMixin,
+    ProfileRejected,
+    SimStation,
+    profile_from_kwargs,
+)
+from evflex.smartcharging.composite import InstalledProfile
+from evflex.smartcharging.profiles import ChargingProfile, ProfileError, Purpose, to_wire
 
 SAMPLED = "SampledDataCtrlr"
 ALIGNED = "AlignedDataCtrlr"
 AUTH = "AuthCtrlr"
 COMM = "OCPPCommCtrlr"
+SMART = "SmartChargingCtrlr"
+#: requestedEnergyTransfer by the number of phases of the vehicle's charger.
+ENERGY_TRANSFER = {1: "AC_single_phase", 2: "AC_two_phase", 3: "AC_three_phase"}
+
+
+def _status_info(reason: str, info: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"reason_code": reason[:20]}
+    if info:
+        out["additional_info"] = info[:512]
+    return out
 
 
 class Link201(LinkMixin, OcppChargePoint):
@@ -87,6 +105,7 @@ class Link201(LinkMixin, OcppChargePoint):
         id_token: dict[str, Any],
         remote_start_id: int,
         evse_id: int | None = None,
+        charging_profile: dict[str, Any] | None = None,
         **_: Any,
     ) -> Any:
         st = self.station
@@ -94,9 +113,20 @@ class Link201(LinkMixin, OcppChargePoint):
         evse = st.pick_evse(evse_id, token)
         if evse is None:
             return call_result.RequestStartTransaction(status="Rejected")
+        profile: ChargingProfile | None = None
+        if charging_profile is not None:
+            try:
+                profile = profile_from_kwargs(charging_profile, st.version)
+                st.check_tx_profile(evse.id, profile)
+            except ProfileError as exc:
+                return call_result.RequestStartTransaction(
+                    status="Rejected", status_info=_status_info("InvalidProfile", str(exc))
+                )
         ev = EvBattery(st.ev_factory())
         evse.ev = ev
         evse.last_update = st.now()
+        if profile is not None:
+            st.set_pending_tx_profile(evse, ev, profile)
         tx_id = st.new_transaction_id()
         authorize_first = st.dm.bool(AUTH, "AuthorizeRemoteStart")
         token_type = str(id_token.get("type") or st.spec.id_token_type)
@@ -250,6 +280,85 @@ class Link201(LinkMixin, OcppChargePoint):
     def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
         return call_result.DataTransfer(status="UnknownVendorId")
 
+    # -- smart charging
+
+    @on(Action.set_charging_profile)
+    def on_set_charging_profile(
+        self, evse_id: int, charging_profile: dict[str, Any], **_: Any
+    ) -> Any:
+        st = self.station
+        try:
+            if not st.dm.bool(SMART, "Enabled"):
+                raise ProfileRejected("Disabled", "SmartChargingCtrlr.Enabled is false")
+            try:
+                profile = profile_from_kwargs(charging_profile, st.version)
+            except ProfileError as exc:
+                raise ProfileRejected("InvalidProfile", str(exc)) from None
+            st.install_profile(evse_id, profile)
+        except ProfileRejected as exc:
+            return call_result.SetChargingProfile(
+                status="Rejected", status_info=_status_info(exc.reason, exc.info)
+            )
+        self.later(st.apply_profiles)
+        return call_result.SetChargingProfile(status="Accepted")
+
+    @on(Action.clear_charging_profile)
+    def on_clear_charging_profile(
+        self,
+        charging_profile_id: int | None = None,
+        charging_profile_criteria: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> Any:
+        st = self.station
+        if charging_profile_id is not None:
+            removed = st.profiles.clear(profile_id=charging_profile_id)
+        else:
+            criteria = charging_profile_criteria or {}
+            purpose = criteria.get("charging_profile_purpose")
+            removed = st.profiles.clear(
+                evse_id=criteria.get("evse_id"),
+                purpose=Purpose.parse(purpose) if purpose else None,
+                stack_level=criteria.get("stack_level"),
+            )
+        if not removed:
+            return call_result.ClearChargingProfile(status="Unknown")
+        self.later(st.apply_profiles)
+        return call_result.ClearChargingProfile(status="Accepted")
+
+    @on(Action.get_charging_profiles)
+    def on_get_charging_profiles(
+        self,
+        request_id: int,
+        charging_profile: dict[str, Any],
+        evse_id: int | None = None,
+        **_: Any,
+    ) -> Any:
+        st = self.station
+        sources = charging_profile.get("charging_limit_source")
+        purpose = charging_profile.get("charging_profile_purpose")
+        found = st.profiles.select(
+            evse_id=evse_id,
+            purpose=Purpose.parse(purpose) if purpose else None,
+            stack_level=charging_profile.get("stack_level"),
+            ids=charging_profile.get("charging_profile_id") or None,
+        )
+        if not found or (sources and "CSO" not in sources):
+            return call_result.GetChargingProfiles(status="NoProfiles")
+        self.later(lambda: st.send_profile_reports(request_id, found))
+        return call_result.GetChargingProfiles(status="Accepted")
+
+    @on(Action.get_composite_schedule)
+    def on_get_composite_schedule(
+        self, duration: int, evse_id: int, charging_rate_unit: str | None = None, **_: Any
+    ) -> Any:
+        st = self.station
+        if evse_id != 0 and evse_id not in st.evses:
+            return call_result.GetCompositeSchedule(
+                status="Rejected", status_info=_status_info("UnknownEvse", f"no EVSE {evse_id}")
+            )
+        schedule = st.composite(evse_id, duration, charging_rate_unit).to_wire(st.version)
+        return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)
+
 
 class Station201(SimStation):
     """A simulated OCPP 2.0.1 charging station (one connector per EVSE)."""
@@ -274,6 +383,7 @@ class Station201(SimStation):
             availability=self._availability,
             local_list_entries=lambda: len(self.local_list),
             now_text=self.now_text,
+            profile_entries=lambda: len(self.profiles),
         )
         self.dm.on_change = self._variable_changed
 
@@ -292,6 +402,95 @@ class Station201(SimStation):
             self._restart_aligned_loop()
         elif key == ("SecurityCtrlr", "BasicAuthPassword"):
             self.password = var.value or None
+
+    def _profile_limits(self) -> tuple[int, int, int]:
+        dm = self.dm
+        entries = dm.find(SMART, "Entries", "ChargingProfiles").max_limit
+        return (
+            dm.int(SMART, "ProfileStackLevel"),
+            dm.int(SMART, "PeriodsPerSchedule"),
+            int(entries) if entries is not None else 1_000,
+        )
+
+    def _supply_state(self, evse: EvseState) -> str:
+        """Charging, or SuspendedEVSE while the charging profiles allow no current."""
+        return "SuspendedEVSE" if self.offered_w(evse) <= 0 else "Charging"
+
+    def _charging_state(self, evse: EvseState) -> str:
+        if evse.ev is not None and evse.ev.full:
+            return "SuspendedEV"
+        return self._supply_state(evse)
+
+    async def _limit_changed(self, evse: EvseState, previous_w: float) -> None:
+        tx = evse.tx
+        if tx is None or not tx.authorized or evse.ev is None:
+            return
+        value = self.meter_value(evse, self.dm.list(SAMPLED, "TxUpdatedMeasurands"), "Other")
+        state = self._charging_state(evse)
+        if state != tx.charging_state:
+            tx.charging_state = state
+            await self._event(
+                evse,
+                tx,
+                "Updated",
+                "ChargingStateChanged",
+                charging_state=state,
+                meter_value=value,
+                wait=False,
+            )
+            return
+        try:
+            significance = float(self.dm.text(SMART, "LimitChangeSignificance")) / 100.0
+        except ValueError:
+            significance = 0.0
+        offered = self.offered_w(evse)
+        if previous_w > 0 and abs(offered - previous_w) / previous_w < significance:
+            return
+        await self._event(evse, tx, "Updated", "ChargingRateChanged", meter_value=value, wait=False)
+
+    async def send_profile_reports(self, request_id: int, found: list[InstalledProfile]) -> None:
+        """ReportChargingProfiles for GetChargingProfiles: one message per EVSE."""
+        by_evse: dict[int, list[dict[str, Any]]] = {}
+        for item in sorted(found, key=lambda i: i.evse_id):
+            by_evse.setdefault(item.evse_id, []).append(to_wire(item.profile, self.version))
+        last = len(by_evse) - 1
+        for index, (evse_id, profiles) in enumerate(by_evse.items()):
+            await self.send(
+                call.ReportChargingProfiles(
+                    request_id=request_id,
+                    charging_limit_source="CSO",
+                    charging_profile=profiles,
+                    evse_id=evse_id,
+                    tbc=index < last,
+                )
+            )
+
+    async def notify_charging_needs(self, evse: EvseState, tx: Transaction) -> None:
+        """NotifyEVChargingNeeds: what the vehicle plugged into ``evse`` needs (ISO 15118 style)."""
+        ev = evse.ev
+        if ev is None or evse.tx is not tx:
+            return
+        spec = ev.spec
+        volts = self.spec.voltage
+        needs: dict[str, Any] = {
+            "requested_energy_transfer": ENERGY_TRANSFER[spec.phases],
+            "ac_charging_parameters": {
+                "energy_amount": int(round(ev.energy_needed_wh)),
+                "ev_min_current": int(round(spec.min_current_a)),
+                "ev_max_current": max(1, int(round(spec.max_ac_power_w / (spec.phases * volts)))),
+                "ev_max_voltage": int(round(volts)),
+            },
+        }
+        if ev.departure_s is not None:
+            departure = tx.started_at + timedelta(seconds=ev.departure_s)
+            needs["departure_time"] = isoformat(departure)
+        await self.send_optional(
+            call.NotifyEVChargingNeeds(
+                charging_needs=needs,
+                evse_id=evse.id,
+                max_schedule_tuples=self.dm.int(SMART, "PeriodsPerSchedule"),
+            )
+        )
 
     @property
     def needs_boot(self) -> bool:
@@ -526,12 +725,7 @@ class Station201(SimStation):
         tx = evse.tx
         if tx is None or not tx.authorized or evse.ev is None:
             return
-        if evse.ev.full:
-            state = "SuspendedEV"
-        elif self.offered_w(evse) <= 0:
-            state = "SuspendedEVSE"
-        else:
-            state = "Charging"
+        state = self._charging_state(evse)
         if state != tx.charging_state:
             tx.charging_state = state
             await self._event(
@@ -586,6 +780,7 @@ class Station201(SimStation):
         )
         evse.tx = tx
         evse.session_energy_wh = 0.0
+        self.profiles_tx_started(evse)
         self.advance(evse, now)
         return tx
 
@@ -622,7 +817,7 @@ class Station201(SimStation):
             self.advance(evse)  # no energy flows before the authorization
             tx.id_token = id_token
             tx.authorized = True
-            tx.charging_state = "Charging"
+            tx.charging_state = self._supply_state(evse)
             self.advance(evse)
             self.stats.sessions_started += 1
             await self._event(
@@ -630,11 +825,12 @@ class Station201(SimStation):
                 tx,
                 "Updated",
                 "Authorized",
-                charging_state="Charging",
+                charging_state=tx.charging_state,
                 id_token=True,
                 reservation_id=reservation.id if reservation else None,
             )
             self.start_meter_loop(evse)
+            self.spawn(self.notify_charging_needs(evse, tx))
             return True
 
     async def plug_out(self, evse_id: int) -> None:
@@ -685,6 +881,7 @@ class Station201(SimStation):
                 remote=True,
             )
             tx.authorized = True
+            self.advance(evse)  # the vehicle draws power from now on
             self.stats.sessions_started += 1
             await self._event(
                 evse,
@@ -698,12 +895,13 @@ class Station201(SimStation):
                 reservation_id=reservation.id if reservation else None,
             )
             await self.refresh_status(evse)
-            tx.charging_state = "Charging"
+            tx.charging_state = self._supply_state(evse)
             await self._event(
-                evse, tx, "Updated", "ChargingStateChanged", charging_state="Charging"
+                evse, tx, "Updated", "ChargingStateChanged", charging_state=tx.charging_state
             )
             self.start_meter_loop(evse)
         self.schedule_departure(evse, ev)
+        self.spawn(self.notify_charging_needs(evse, tx))
 
     async def remote_stop(self, evse: EvseState, tx: Transaction) -> None:
         async with evse.lock:
@@ -754,6 +952,7 @@ class Station201(SimStation):
         evse.tx = None
         evse.power_w = 0.0
         evse.last_transaction_id = tx.id
+        self.profiles_tx_ended(evse)
         if tx.authorized:
             self.stats.sessions_completed += 1
         await self._event(

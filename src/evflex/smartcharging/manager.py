@@ -264,7 +264,7 @@ class LoadManager:
 
     async def _ticker(self) -> None:
         while True:
-            await asyncio.sleep(self.rebalance_interval_s)
+            await self.clock.sleep(self.rebalance_interval_s)
             for site_id in list(self._dirty):
                 self.mark_dirty(site_id)
 
@@ -273,7 +273,8 @@ class LoadManager:
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
-        self._timers[site_id] = loop.call_later(max(0.0, seconds), self.mark_dirty, site_id)
+        real = max(0.0, seconds) / getattr(self.clock, "speed", 1.0)  # clock seconds -> real
+        self._timers[site_id] = loop.call_later(real, self.mark_dirty, site_id)
 
     # ------------------------------------------------------------- the loop
 
