@@ -402,6 +402,28 @@ async def events(
 # ------------------------------------------------------------------ commands
 
 
+async def station_command(rt: Runtime, station_id: str, name: str, body) -> dict:
+    """Send a command; the station's failures become HTTP errors with a reason."""
+    try:
+        return await rt.ocpp.send_command(station_id, name, body)
+    except commands.CommandNotAvailable as exc:
+        raise HTTPException(400, str(exc)) from None
+    except StationNotConnected:
+        raise HTTPException(409, f"station '{station_id}' is not connected") from None
+    except TimeoutError:
+        raise HTTPException(
+            504, f"station '{station_id}' did not answer within {rt.ocpp.response_timeout:g} s"
+        ) from None
+    except ConnectionError:
+        raise HTTPException(502, f"station '{station_id}' disconnected before answering") from None
+    except CallErrorReceived as exc:
+        raise HTTPException(
+            502, f"station answered CALLERROR {exc.code}: {exc.description}"
+        ) from None
+    except ValueError as exc:
+        raise HTTPException(400, f"cannot build a valid OCPP message: {exc}") from None
+
+
 @router.post(
     "/stations/{station_id}/commands/{command}",
     response_model=sc.CommandResult,
@@ -429,24 +451,7 @@ async def run_command(station_id: str, command: str, request: Request, rt: Rt):
         if not known:
             raise HTTPException(404, f"station '{station_id}' is not registered")
         raise HTTPException(409, f"station '{station_id}' is not connected")
-    try:
-        response = await rt.ocpp.send_command(station_id, command, body)
-    except commands.CommandNotAvailable as exc:
-        raise HTTPException(400, str(exc)) from None
-    except StationNotConnected:
-        raise HTTPException(409, f"station '{station_id}' is not connected") from None
-    except TimeoutError:
-        raise HTTPException(
-            504, f"station '{station_id}' did not answer within {conn.response_timeout:g} s"
-        ) from None
-    except ConnectionError:
-        raise HTTPException(502, f"station '{station_id}' disconnected before answering") from None
-    except CallErrorReceived as exc:
-        raise HTTPException(
-            502, f"station answered CALLERROR {exc.code}: {exc.description}"
-        ) from None
-    except ValueError as exc:
-        raise HTTPException(400, f"cannot build a valid OCPP message: {exc}") from None
+    response = await station_command(rt, station_id, command, body)
     return sc.CommandResult(
         station_id=station_id, command=command, ocpp_version=conn.version, response=response
     )

@@ -30,7 +30,6 @@ class StationTopology(BaseModel):
 
 
 class StationCreate(StationTopology):
-
     id: str = Field(min_length=1, max_length=48, pattern=r"^[^/\s]+$")
     password: str | None = Field(
         None,
@@ -41,7 +40,6 @@ class StationCreate(StationTopology):
 
 
 class StationPatch(StationTopology):
-
     password: str | None = Field(None, min_length=16, max_length=40)
     clear_password: bool = False
 

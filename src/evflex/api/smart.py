@@ -10,9 +10,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy import select
 
 from evflex.api import schemas as sc
+from evflex.api.routes import station_command
 from evflex.csms import commands
-from evflex.csms.connection import CallErrorReceived
-from evflex.csms.server import StationNotConnected
 from evflex.domain.model import ChargingNeeds
 from evflex.smartcharging import profiles as pf
 from evflex.smartcharging.composite import CompositeSchedule, InstalledProfile, composite_schedule
@@ -388,8 +387,7 @@ async def put_profile(
     st = await _station(rt, station_id)
     version = st.ocpp_version or "2.0.1"
     try:
-        profile = pf.from_any_wire(body.profile)
-        pf.validate(profile, body.evse_id, version)
+        profile = pf.checked(body.profile, body.evse_id, version)
     except pf.ProfileError as exc:
         raise HTTPException(422, f"invalid charging profile: {exc}") from None
     if is_lm_profile(profile.id):
@@ -441,7 +439,7 @@ async def clear_profiles(
     body = commands.ClearChargingProfileBody(
         id=profile_id, evse=evse_id, purpose=purpose, stack_level=stack_level
     )
-    answer = await _command(rt, station_id, "clear-charging-profile", body)
+    answer = await station_command(rt, station_id, "clear-charging-profile", body)
     forgotten = []
     for pid, w in rt.lm.dispatcher.wanted(station_id).items():
         p = w.profile
@@ -456,23 +454,6 @@ async def clear_profiles(
     if any(is_lm_profile(pid) for pid in forgotten):
         rt.lm.mark_dirty(rt.lm.site_of(station_id))
     return {"station": answer, "forgotten": forgotten}
-
-
-async def _command(rt: Runtime, station_id: str, name: str, body) -> dict:
-    try:
-        return await rt.ocpp.send_command(station_id, name, body)
-    except commands.CommandNotAvailable as exc:
-        raise HTTPException(400, str(exc)) from None
-    except StationNotConnected:
-        raise HTTPException(409, f"station '{station_id}' is not connected") from None
-    except TimeoutError:
-        raise HTTPException(504, f"station '{station_id}' did not answer") from None
-    except ConnectionError:
-        raise HTTPException(502, f"station '{station_id}' disconnected before answering") from None
-    except CallErrorReceived as exc:
-        raise HTTPException(
-            502, f"station answered CALLERROR {exc.code}: {exc.description}"
-        ) from None
 
 
 @router.get("/stations/{station_id}/composite-schedule", tags=["smart charging"])
@@ -514,7 +495,7 @@ async def composite(
     out: dict = {"csms": ours.to_wire("2.0.1"), "station": None, "agree": None}
     if rt.ocpp.is_connected(station_id):
         body = commands.GetCompositeScheduleBody(evse=evse, duration=duration, rate_unit=rate.value)
-        answer = await _command(rt, station_id, "get-composite-schedule", body)
+        answer = await station_command(rt, station_id, "get-composite-schedule", body)
         out["station_answer"] = answer
         raw = answer.get("schedule") or answer
         if answer.get("status") == "Accepted" and (
@@ -531,13 +512,11 @@ def _same(a: CompositeSchedule, b: CompositeSchedule) -> bool:
     span = min(a.duration_s, b.duration_s)
     start = max(a.start, b.start)
     marks = {0} | {p.start_s for p in a.periods} | {p.start_s for p in b.periods}
-    for m in sorted(marks):
-        if m >= span:
-            continue
-        for t in (start + timedelta(seconds=m + 1),):
-            la, lb = a.limit_at(t), b.limit_at(t)
-            if la is None or lb is None or abs(la - lb) > 0.1:
-                return False
+    for m in sorted(x for x in marks if x < span):
+        t = start + timedelta(seconds=m + 1)
+        la, lb = a.limit_at(t), b.limit_at(t)
+        if la is None or lb is None or abs(la - lb) > 0.1:
+            return False
     return True
 
 
@@ -575,7 +554,7 @@ async def put_preferences(tx_pk: int, body: sc.PreferencesIn, rt: Rt):
 
     async def job(s):
         row = await s.get(Transaction, tx_pk)
-        await repo.set_transaction_needs(s, row, needs)
+        repo.set_transaction_needs(row, needs)
 
     await rt.writer.submit(job)
     return await _preferences_answer(rt, tx_pk, body.energy_kwh)

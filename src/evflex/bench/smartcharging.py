@@ -219,7 +219,7 @@ async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str,
         for i in range(cfg.rounds):
             share = 0.5 if i % 2 == 0 else 0.8
             limit_kw = round(full_kw * share, 1)
-            wanted_before = {k: w.version for k, w in _lm_wanted(rt).items()}
+            wanted_before = {k: w.version for k, w in rt.dispatcher.all_wanted().items()}
             acks.clear()
             t0 = time.perf_counter()
             r = await http.patch("/sites/bench", json={"import_limit_kw": limit_kw})
@@ -272,20 +272,12 @@ async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str,
     return result
 
 
-def _lm_wanted(rt) -> dict:
-    out = {}
-    for (sid, pid), slot in rt.dispatcher._slots.items():
-        if slot.wanted is not None:
-            out[(sid, pid)] = slot.wanted
-    return out
-
-
 async def _wait_settled(rt, site_id: str, evses: int, timeout: float) -> None:
     """Until every EVSE has an accepted TxProfile (the initial plan)."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         await rt.lm.rebalance_now(site_id, timeout)
-        wanted = _lm_wanted(rt)
+        wanted = rt.dispatcher.all_wanted()
         accepted = sum(1 for w in wanted.values() if w.status == "accepted")
         if accepted >= evses:
             return
@@ -296,7 +288,9 @@ async def _wait_settled(rt, site_id: str, evses: int, timeout: float) -> None:
 async def _wait_new_acks(rt, before: dict, acks: dict, timeout: float) -> dict:
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        changed = {k: w for k, w in _lm_wanted(rt).items() if before.get(k) != w.version}
+        changed = {
+            k: w for k, w in rt.dispatcher.all_wanted().items() if before.get(k) != w.version
+        }
         if changed and all(w.status == "accepted" for w in changed.values()):
             await asyncio.sleep(0)
             return {k: acks[k] for k in changed if k in acks}

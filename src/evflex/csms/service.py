@@ -270,7 +270,7 @@ class CsmsService:
             tx = await repo.active_transaction_for_evse(s, needs.station_id, needs.evse_id)
             if tx is None:
                 return None
-            await repo.set_transaction_needs(s, tx, needs)
+            repo.set_transaction_needs(tx, needs)
             return tx.transaction_id
 
         tx_id = await self.writer.submit(job)

@@ -377,8 +377,7 @@ async def _change_configuration(b: c.ChangeConfigurationBody, _s):
 
 
 async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
-    profile = sc_profiles.from_any_wire(b.profile)
-    sc_profiles.validate(profile, b.evse, "1.6")
+    profile = sc_profiles.checked(b.profile, b.evse, "1.6")
     return "SetChargingProfile", {
         "connectorId": b.evse,
         "csChargingProfiles": sc_profiles.to_wire(profile, "1.6"),

@@ -448,8 +448,7 @@ async def _get_base_report(b: c.GetBaseReportBody, _s):
 
 
 async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
-    profile = sc_profiles.from_any_wire(b.profile)
-    sc_profiles.validate(profile, b.evse, "2.0.1")
+    profile = sc_profiles.checked(b.profile, b.evse, "2.0.1")
     return "SetChargingProfile", {
         "evseId": b.evse,
         "chargingProfile": sc_profiles.to_wire(profile, "2.0.1"),

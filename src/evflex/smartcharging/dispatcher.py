@@ -79,12 +79,12 @@ class ProfileDispatcher:
         """Call ``listener(station_id, profile_id, wanted)`` after every answer."""
         self._listeners.append(listener)
 
+    def all_wanted(self) -> dict[tuple[str, int], Wanted]:
+        """(station, profile id) -> what is wanted there, over all stations."""
+        return {k: slot.wanted for k, slot in self._slots.items() if slot.wanted is not None}
+
     def wanted(self, station_id: str) -> dict[int, Wanted]:
-        return {
-            pid: slot.wanted
-            for (sid, pid), slot in self._slots.items()
-            if sid == station_id and slot.wanted is not None
-        }
+        return {pid: w for (sid, pid), w in self.all_wanted().items() if sid == station_id}
 
     def get(self, station_id: str, profile_id: int) -> Wanted | None:
         slot = self._slots.get((station_id, profile_id))
@@ -102,9 +102,8 @@ class ProfileDispatcher:
         """Take up the profiles stored by an earlier run (they are re-sent on connect)."""
         async with sessionmaker() as s:
             rows = await repo.list_profiles(s)
-        for r in rows:
-            version = "1.6" if "chargingProfileId" in r.body else "2.0.1"
-            w = Wanted(r.evse_id, from_wire(r.body, version), r.source, r.status, r.attempts)
+        for r in rows:  # stored in the 2.0.1 form (see _persist)
+            w = Wanted(r.evse_id, from_wire(r.body, "2.0.1"), r.source, r.status, r.attempts)
             w.error = r.last_error
             self._slots[(r.station_id, r.profile_id)] = _Slot(w)
         return len(rows)

@@ -322,3 +322,10 @@ def from_any_wire(d: dict[str, Any]) -> ChargingProfile:
     if not isinstance(d, dict):
         raise ProfileError("a charging profile must be a JSON object")
     return from_wire(d, "1.6" if "chargingProfileId" in d else "2.0.1")
+
+
+def checked(d: dict[str, Any], evse_id: int, version: str) -> ChargingProfile:
+    """Read a profile in either wire form and check it may be set on ``evse_id``."""
+    profile = from_any_wire(d)
+    validate(profile, evse_id, version)
+    return profile

@@ -491,9 +491,7 @@ async def meter_values_between(
 # ---------------------------------------------------------------- smart charging
 
 
-async def set_transaction_needs(
-    session: AsyncSession, tx: Transaction, needs: ChargingNeeds
-) -> Transaction:
+def set_transaction_needs(tx: Transaction, needs: ChargingNeeds) -> Transaction:
     """Store a driver's or EV's needs on a transaction; energy is counted from now."""
     if needs.departure is not None:
         tx.departure_at = needs.departure
