@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from evflex import __version__
 from evflex.api import schemas
 from evflex.api.routes import router
+from evflex.api.schedule import router as schedule_router
 from evflex.api.smart import router as smart_router
 from evflex.clock import Clock, SystemClock
 from evflex.config import Settings
@@ -154,6 +155,7 @@ def create_api(rt: Runtime) -> FastAPI:
     app.state.runtime = rt
     app.include_router(router)
     app.include_router(smart_router)
+    app.include_router(schedule_router)
 
     @app.get("/api/v1/health", tags=["system"])
     async def health() -> dict:

@@ -200,7 +200,7 @@ event = st.one_of(
             "fuse_a": st.one_of(st.none(), st.integers(32, 160).map(float)),
             "c1_a": st.one_of(st.none(), st.integers(16, 100).map(float)),
             "c2_a": st.one_of(st.none(), st.integers(16, 64).map(float)),
-            "policy": st.sampled_from(["equal", "priority", "deadline"]),
+            "policy": st.sampled_from(["equal", "priority", "deadline", "optimal"]),
             "stations": st.lists(station_row, min_size=1, max_size=5),
         }
     ),

@@ -163,7 +163,11 @@ class CommandResult(BaseModel):
 
 # ------------------------------------------------------------------ smart charging
 
-Policy = Literal["equal", "priority", "deadline"]
+Policy = Literal["equal", "priority", "deadline", "optimal"]
+Objective = Literal[
+    "load_balancing", "reduce_capacity", "cost", "res", "self_consumption", "flexibility",
+    "v2g_arbitrage",
+]  # fmt: skip
 
 
 class SiteIn(BaseModel):
@@ -178,7 +182,13 @@ class SiteIn(BaseModel):
     )
     phases: Literal[1, 3] = 3
     voltage: float = Field(230.0, gt=0, le=1000, description="Phase-to-neutral voltage")
-    policy: Policy = "equal"
+    policy: Policy = Field(
+        "equal", description="How sessions share the site; 'optimal' plans ahead with the LP"
+    )
+    objective: Objective | None = Field(None, description="Use case of policy 'optimal'")
+    capacity_tariff_per_kw: float | None = Field(
+        None, ge=0, description="Price per kW of the month's peak import (policy 'optimal')"
+    )
 
 
 class SitePatch(BaseModel):
@@ -191,6 +201,8 @@ class SitePatch(BaseModel):
     phases: Literal[1, 3] | None = None
     voltage: float | None = Field(None, gt=0, le=1000)
     policy: Policy | None = None
+    objective: Objective | None = None
+    capacity_tariff_per_kw: float | None = Field(None, ge=0)
 
 
 class SiteLoadIn(BaseModel):
@@ -232,6 +244,8 @@ class SiteOut(BaseModel):
     phases: int
     voltage: float
     policy: str
+    objective: str | None = None
+    capacity_tariff_per_kw: float | None = None
     base_load_a: list[float] | None = None
     stations: list[str] = []
     circuits: list[str] = []
@@ -300,6 +314,7 @@ class PreferencesIn(BaseModel):
 class PreferencesOut(BaseModel):
     transaction: int
     accepted: bool
+    status: Literal["ACCEPTED", "NOT_POSSIBLE"] = "ACCEPTED"
     reason: str | None = None
     requested_kwh: float | None = None
     deliverable_kwh: float | None = Field(

@@ -90,6 +90,8 @@ async def _site_out(rt: Runtime, site_id: str) -> sc.SiteOut:
         phases=site.phases,
         voltage=site.voltage,
         policy=site.policy,
+        objective=site.objective,
+        capacity_tariff_per_kw=site.capacity_tariff_per_kw,
         base_load_a=site.base_load_a,
         stations=stations,
         circuits=circuits,
@@ -582,19 +584,31 @@ async def _preferences_answer(rt: Runtime, tx_pk: int, requested_kwh: float | No
     need = s.energy_needed_wh if s else None
     if need is None or s is None or s.departure is None:
         return out
-    best = best_case_a(model, key, now)
-    deliverable = deliverable_wh(model, key, now, best) or 0.0
-    planned = deliverable_wh(model, key, now, limit) or 0.0
     out.requested_kwh = need / KW
+    mpc = rt.lm.status[site_id].mpc
+    if mpc is not None and key in mpc.schedule.vehicles:
+        # policy "optimal": the scheduler's own feasibility check
+        vp = mpc.schedule.vehicles[key]
+        planned = min(vp.energy_wh, need)
+        if key in mpc.stated:
+            deliverable = need if vp.feasible else (vp.max_deliverable_wh or vp.energy_wh)
+        else:  # in priority charging: the plan already gives it the most it can get
+            deliverable = vp.energy_wh
+        how = "with priority, within the site's limits and the EV's power"
+    else:
+        best = best_case_a(model, key, now)
+        deliverable = deliverable_wh(model, key, now, best) or 0.0
+        planned = deliverable_wh(model, key, now, limit) or 0.0
+        how = f"at {best:g} A, the most this site and EV allow"
     out.deliverable_kwh = round(deliverable / KW, 3)
     out.planned_kwh = round(min(planned, need) / KW, 3)
-    if deliverable + 1e-6 < need:
+    if deliverable + 1.0 < need:
         out.accepted = False
         out.reason = (
             f"{need / KW:.2f} kWh cannot be delivered by {s.departure.isoformat()}: "
-            f"at most {deliverable / KW:.2f} kWh (at {best:g} A, the most this site and "
-            "EV allow)"
+            f"at most {deliverable / KW:.2f} kWh ({how})"
         )
+    out.status = "ACCEPTED" if out.accepted else "NOT_POSSIBLE"
     return out
 
 

@@ -82,6 +82,9 @@ class Policy(StrEnum):
     EQUAL = "equal"
     PRIORITY = "priority"
     DEADLINE = "deadline"
+    OPTIMAL = "optimal"
+    """The site scheduler (``evflex.scheduling``) sets each session's cap; the
+    allocation then works as ``deadline`` within those caps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +458,8 @@ def allocate(
     gets 0.
     """
     policy = Policy(policy)
+    if policy is Policy.OPTIMAL:
+        policy = Policy.DEADLINE
     if policy is Policy.DEADLINE and now is None:
         raise ValueError("Policy.DEADLINE needs `now`")
     tree = _build_tree(site)

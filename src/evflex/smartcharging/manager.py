@@ -14,6 +14,11 @@ profiles through the :class:`ProfileDispatcher`:
   profiles travel. A decrease that is not accepted pins that EVSE at its
   old limit and the site is planned again around it;
 * rises go through the setpoint shaper (maximum ramp rate, random delay).
+
+A site whose policy is ``optimal`` is also planned ahead: each rebalance
+solves the site scheduler from now (:mod:`evflex.smartcharging.mpc`) and the
+first slot of its plan caps each session (model-predictive control). The
+site is rebalanced at least at every slot boundary.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import select
@@ -30,8 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evflex.clock import Clock
 from evflex.events import EventBus
+from evflex.scheduling import Objective
 from evflex.smartcharging.allocation import Node, Policy, SetpointShaper, ShaperConfig
 from evflex.smartcharging.dispatcher import ProfileDispatcher, Wanted
+from evflex.smartcharging.mpc import Forecast, MpcResult, MpcSettings, mpc_step
 from evflex.smartcharging.planner import (
     SITE_NODE,
     EvseModel,
@@ -84,6 +91,7 @@ class SiteStatus:
     rebalances: int = 0
     sent: int = 0
     last_error: str | None = None
+    mpc: MpcResult | None = None  # the site's plan ahead (policy ``optimal``)
 
 
 class LoadManager:
@@ -132,6 +140,8 @@ class LoadManager:
         self._loops: dict[str, asyncio.Task] = {}
         self._tasks: list[asyncio.Task] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._mpc_cfg: dict[str, MpcSettings] = {}
+        self._peak: dict[str, tuple[str, float]] = {}  # site -> (month, planned peak W)
         dispatcher.on_result(self._on_profile_result)
 
     # ------------------------------------------------------------- lifecycle
@@ -303,10 +313,13 @@ class LoadManager:
         if model is None:
             return
         now = self.clock.now()
-        result = plan(model, now, initial_full_power_s=self.initial_full_power_s)
-        if result.priority_due:
-            await self._switch_to_priority(model, txs, result.priority_due)
-            result = plan(model, now, initial_full_power_s=self.initial_full_power_s)
+        caps = await self._schedule(model, now)
+        result = plan(model, now, initial_full_power_s=self.initial_full_power_s, caps=caps)
+        due = result.priority_due if st.mpc is None else st.mpc.infeasible
+        if due:
+            await self._switch_to_priority(model, txs, due)
+            caps = await self._schedule(model, now)
+            result = plan(model, now, initial_full_power_s=self.initial_full_power_s, caps=caps)
         st.compute_s = time.perf_counter() - t1
         st.load_s = t1 - t0
         st.plan = result
@@ -316,8 +329,47 @@ class LoadManager:
             return
         targets = self._shape(site_id, model, result)
         await self._send(model, result, targets)
+        wake = [] if st.mpc is None else [st.mpc.problem.slot_s]
         if result.next_boost_end is not None:
-            self._wake_at(site_id, (result.next_boost_end - now).total_seconds() + 0.01)
+            wake.append((result.next_boost_end - now).total_seconds() + 0.01)
+        if wake:
+            self._wake_at(site_id, min(wake))
+
+    async def plan_ahead(self, site_id: str) -> tuple[MpcResult | None, bool]:
+        """The site's plan ahead and whether it is applied (policy ``optimal``).
+
+        Other sites get one computed on demand, to show what the scheduler
+        would do; nothing is sent for it.
+        """
+        await self.rebalance_now(site_id)
+        st = self.status.get(site_id)
+        if st is not None and st.mpc is not None:
+            return st.mpc, True
+        model, _ = await self.load_model(site_id)
+        if model is None:
+            return None, False
+        now = self.clock.now()
+        cfg = self._mpc_cfg.get(site_id, MpcSettings())
+        return await asyncio.to_thread(mpc_step, model, now, cfg), False
+
+    def mpc_settings(self, site_id: str) -> MpcSettings:
+        return self._mpc_cfg.get(site_id, MpcSettings())
+
+    async def _schedule(self, model: SiteModel, now: datetime) -> dict[str, float] | None:
+        """Policy ``optimal``: solve the site from now; the caps for this moment."""
+        st = self.status[model.id]
+        if model.policy is not Policy.OPTIMAL:
+            st.mpc = None
+            return None
+        cfg = self._mpc_cfg.get(model.id, MpcSettings())
+        month = now.strftime("%Y-%m")
+        seen = self._peak.get(model.id)
+        peak = seen[1] if seen is not None and seen[0] == month else 0.0
+        cfg = replace(cfg, peak_so_far_w=peak)
+        st.mpc = await asyncio.to_thread(mpc_step, model, now, cfg)
+        planned_now = st.mpc.schedule.import_w[0] if st.mpc.schedule.import_w else 0.0
+        self._peak[model.id] = (month, max(peak, planned_now))
+        return st.mpc.caps
 
     def _shape(self, site_id: str, model: SiteModel, result: Plan) -> dict[str, float]:
         targets = {k: v for k, v in result.targets.items() if k not in result.pinned}
@@ -491,6 +543,12 @@ class LoadManager:
             nodes=nodes,
             voltage=site.voltage or 230.0,
             policy=Policy(site.policy or "equal"),
+        )
+        self._mpc_cfg[site_id] = MpcSettings(
+            objective=Objective(getattr(site, "objective", None) or "cost"),
+            capacity_tariff_per_kw=getattr(site, "capacity_tariff_per_kw", None) or 0.0,
+            export_limit_w=getattr(site, "export_limit_w", None),
+            forecast=Forecast.from_json(getattr(site, "forecast", None)),
         )
         status: dict[tuple[str, int], str] = {}
         for c in conns:

@@ -150,7 +150,9 @@ def _add(loads: dict[str, list[float]], node: str, phases: tuple[int, ...], amps
         acc[p - 1] += amps
 
 
-def _demand(ev: EvseModel, node: str, now: datetime, boost_s: float) -> tuple[Demand, bool]:
+def _demand(
+    ev: EvseModel, node: str, now: datetime, boost_s: float, planned_a: float | None
+) -> tuple[Demand, bool]:
     s = ev.session
     assert s is not None
     cap = ev.max_current_a
@@ -164,6 +166,9 @@ def _demand(ev: EvseModel, node: str, now: datetime, boost_s: float) -> tuple[De
     starting = (
         s.started_at is not None and boost_s > 0 and now < s.started_at + timedelta(seconds=boost_s)
     )
+    if planned_a is not None:
+        # the scheduler's cap; a car in its first seconds still gets the minimum to wake up
+        cap = min(cap, max(planned_a, min_a) if starting else planned_a)
     boost = s.priority or starting
     return (
         Demand(
@@ -182,7 +187,19 @@ def _demand(ev: EvseModel, node: str, now: datetime, boost_s: float) -> tuple[De
     )
 
 
-def plan(site: SiteModel, now: datetime, *, initial_full_power_s: float = 30.0) -> Plan:
+def plan(
+    site: SiteModel,
+    now: datetime,
+    *,
+    initial_full_power_s: float = 30.0,
+    caps: dict[str, float] | None = None,
+) -> Plan:
+    """Targets for every EVSE of ``site`` now.
+
+    ``caps`` (evse key -> A) come from the site scheduler (policy
+    ``optimal``): each session gets at most its cap, and the scheduler, not
+    the planned rate, decides who switches to priority charging.
+    """
     pinned: dict[str, float] = {}
     extra: dict[str, list[float]] = {}
     active_demands: list[Demand] = []
@@ -195,7 +212,8 @@ def plan(site: SiteModel, now: datetime, *, initial_full_power_s: float = 30.0) 
             pinned[key] = ev.pinned_load_a()
             _add(extra, node, ev.phases, pinned[key])
         elif ev.session is not None:
-            d, boost = _demand(ev, node, now, initial_full_power_s)
+            planned = None if caps is None else caps.get(key, 0.0)
+            d, boost = _demand(ev, node, now, initial_full_power_s, planned)
             active_demands.append(d)
             if boost:
                 boosted.append(key)
@@ -234,7 +252,7 @@ def plan(site: SiteModel, now: datetime, *, initial_full_power_s: float = 30.0) 
         pinned=pinned,
         paused=sorted(set(first.paused)),
         boosted=sorted(boosted),
-        priority_due=_priority_due(site, targets, now),
+        priority_due=_priority_due(site, targets, now) if caps is None else [],
         headroom_w=second.headroom_w,
         problems=problems,
         next_boost_end=next_boost_end,

@@ -65,23 +65,33 @@ async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
-async def _v2_smart_charging(conn: AsyncConnection) -> None:
-    """Sites, circuits, charging profiles, station topology and driver needs."""
+def _add_missing(conn: AsyncConnection, *tables: str):
+    """Create new tables, then add the columns ``tables`` lack (all nullable)."""
 
     def upgrade(sync_conn) -> None:
         Base.metadata.create_all(sync_conn)  # new tables only; existing ones are kept
         insp = inspect(sync_conn)
-        for table in ("stations", "transactions"):
+        for table in tables:
             have = {c["name"] for c in insp.get_columns(table)}
             for column in Base.metadata.tables[table].columns:
                 if column.name not in have:
                     ddl = column.type.compile(dialect=sync_conn.dialect)
                     sync_conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column.name} {ddl}"))
 
-    await conn.run_sync(upgrade)
+    return conn.run_sync(upgrade)
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_smart_charging]
+async def _v2_smart_charging(conn: AsyncConnection) -> None:
+    """Sites, circuits, charging profiles, station topology and driver needs."""
+    await _add_missing(conn, "stations", "transactions")
+
+
+async def _v3_scheduling(conn: AsyncConnection) -> None:
+    """Per site: scheduling objective, capacity tariff, forecast."""
+    await _add_missing(conn, "sites")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_smart_charging, _v3_scheduling]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -593,6 +593,8 @@ async def delete_profiles(session: AsyncSession, station_id: str, profile_ids: l
 
 
 SITE_FIELDS = (
+    "objective",
+    "capacity_tariff_per_kw",
     "name",
     "import_limit_w",
     "export_limit_w",

@@ -249,6 +249,11 @@ class Site(Base):
     base_load_a: Mapped[list | None] = mapped_column(JSON)
     base_load_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     meter_station_id: Mapped[str | None] = mapped_column(String(48))
+    # Scheduling (policy "optimal"): the use case, the capacity tariff and the
+    # forecast the plan ahead uses (prices, PV, uncontrolled load per slot).
+    objective: Mapped[str | None] = mapped_column(String(32))
+    capacity_tariff_per_kw: Mapped[float | None] = mapped_column(Float)
+    forecast: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -1,0 +1,230 @@
+"""REST API of the site scheduler: forecast in, plan ahead and flexibility out."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from evflex.api.smart import KW, Rt
+from evflex.scheduling.flex import flexibility
+from evflex.smartcharging.mpc import Forecast, MpcResult
+from evflex.store import repo
+
+if TYPE_CHECKING:
+    from evflex.app import Runtime
+
+router = APIRouter(prefix="/api/v1", tags=["scheduling"])
+
+MAX_FORECAST_SLOTS = 7 * 24 * 4 * 4  # a week of 3.75-min slots is plenty
+
+
+class ForecastIn(BaseModel):
+    """Step series from ``start``, one value per slot; the last value holds on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: AwareDatetime
+    slot_minutes: float = Field(15.0, gt=0, le=1440)
+    import_price: list[float] = Field([], max_length=MAX_FORECAST_SLOTS, description="per kWh")
+    export_price: list[float] = Field([], max_length=MAX_FORECAST_SLOTS, description="per kWh")
+    pv_kw: list[float] = Field([], max_length=MAX_FORECAST_SLOTS)
+    base_load_kw: list[float] = Field(
+        [], max_length=MAX_FORECAST_SLOTS, description="Uncontrolled load"
+    )
+
+    @model_validator(mode="after")
+    def _lengths(self) -> ForecastIn:
+        given = {
+            k: len(v)
+            for k, v in (
+                ("import_price", self.import_price),
+                ("export_price", self.export_price),
+                ("pv_kw", self.pv_kw),
+                ("base_load_kw", self.base_load_kw),
+            )
+            if v
+        }
+        if not given:
+            raise ValueError("give at least one series")
+        if len(set(given.values())) > 1:
+            raise ValueError(f"series must have the same length, got {given}")
+        if any(x < 0 for x in self.pv_kw + self.base_load_kw):
+            raise ValueError("pv_kw and base_load_kw must be >= 0")
+        return self
+
+
+class SlotOut(BaseModel):
+    start: datetime
+    import_kw: float
+    export_kw: float
+    import_limit_kw: float | None
+    pv_kw: float
+    base_load_kw: float
+    import_price: float
+
+
+class VehicleOut(BaseModel):
+    station_id: str
+    evse_id: int
+    departure: datetime
+    need_kwh: float | None
+    planned_kwh: float
+    feasible: bool
+    stated_need: bool = Field(description="The driver or EV gave departure and energy")
+    max_deliverable_kwh: float | None = None
+    cap_a_now: float | None = None
+    power_kw: list[float]
+
+
+class PlanAheadOut(BaseModel):
+    site_id: str
+    at: datetime
+    applied: bool = Field(description="True when the site's policy is 'optimal' and this is sent")
+    objective: str
+    slot_s: float
+    solve_ms: float
+    slots: list[SlotOut]
+    vehicles: list[VehicleOut]
+    kpis: dict[str, float | int | None]
+
+
+class FlexSlotOut(BaseModel):
+    start: datetime
+    planned_kw: float
+    min_kw: float
+    max_kw: float
+    up_kw: float
+    down_kw: float
+
+
+def _finite_kw(w: float) -> float | None:
+    return None if w == float("inf") else w / KW
+
+
+def plan_out(site_id: str, r: MpcResult, applied: bool) -> PlanAheadOut:
+    p, s = r.problem, r.schedule
+    base = _series(p.base_load_w, p.slots)
+    pv = _series(p.pv_w, p.slots)
+    price = _series(p.import_price, p.slots)
+    slots = [
+        SlotOut(
+            start=p.slot_start(t),
+            import_kw=s.import_w[t] / KW,
+            export_kw=s.export_w[t] / KW,
+            import_limit_kw=_finite_kw(s.import_limit_w[t]),
+            pv_kw=pv[t] / KW,
+            base_load_kw=base[t] / KW,
+            import_price=price[t],
+        )
+        for t in range(p.slots)
+    ]
+    vehicles = []
+    for v in p.vehicles:
+        vp = s.vehicles[v.id]
+        station_id, _, evse = v.id.rpartition("/")
+        vehicles.append(
+            VehicleOut(
+                station_id=station_id,
+                evse_id=int(evse),
+                departure=v.departure,
+                need_kwh=None if vp.need_wh is None else vp.need_wh / KW,
+                planned_kwh=vp.energy_wh / KW,
+                feasible=vp.feasible,
+                stated_need=v.id in r.stated,
+                max_deliverable_kwh=None
+                if vp.max_deliverable_wh is None
+                else vp.max_deliverable_wh / KW,
+                cap_a_now=r.caps.get(v.id),
+                power_kw=[x / KW for x in vp.power_w],
+            )
+        )
+    k = s.kpis
+    return PlanAheadOut(
+        site_id=site_id,
+        at=r.at,
+        applied=applied,
+        objective=str(p.objective),
+        slot_s=p.slot_s,
+        solve_ms=s.solve_s * 1000,
+        slots=slots,
+        vehicles=vehicles,
+        kpis={name: getattr(k, name) for name in k.__dataclass_fields__},
+    )
+
+
+def _series(value, n: int) -> list[float]:
+    return [float(value)] * n if isinstance(value, int | float) else [float(x) for x in value]
+
+
+async def _plan(rt: Runtime, site_id: str) -> tuple[MpcResult, bool]:
+    async with rt.sessionmaker() as s:
+        if await repo.get_site(s, site_id) is None:
+            raise HTTPException(404, f"site '{site_id}' does not exist")
+    result, applied = await rt.lm.plan_ahead(site_id)
+    if result is None:
+        raise HTTPException(404, f"site '{site_id}' does not exist")
+    return result, applied
+
+
+@router.get("/sites/{site_id}/plan", response_model=PlanAheadOut)
+async def get_plan(site_id: str, rt: Rt):
+    """The site's schedule ahead: per slot import, limit, PV, load, price; per EV power.
+
+    For a site whose policy is not ``optimal`` this is what the scheduler
+    would do (``applied: false``); nothing is sent.
+    """
+    result, applied = await _plan(rt, site_id)
+    return plan_out(site_id, result, applied)
+
+
+@router.put("/sites/{site_id}/forecast", response_model=PlanAheadOut)
+async def put_forecast(site_id: str, body: ForecastIn, rt: Rt):
+    """Prices, PV and uncontrolled load ahead; the site is planned again at once."""
+    forecast = Forecast(
+        start=body.start,
+        slot_s=body.slot_minutes * 60,
+        import_price=tuple(body.import_price),
+        export_price=tuple(body.export_price),
+        pv_w=tuple(x * KW for x in body.pv_kw),
+        base_load_w=tuple(x * KW for x in body.base_load_kw),
+    )
+
+    async def job(s):
+        site = await repo.get_site(s, site_id)
+        if site is None:
+            return False
+        site.forecast = forecast.to_json()
+        site.updated_at = rt.clock.now()
+        return True
+
+    if not await rt.writer.submit(job):
+        raise HTTPException(404, f"site '{site_id}' does not exist")
+    await rt.lm.rebalance_now(site_id, only_site_row=True)
+    result, applied = await _plan(rt, site_id)
+    return plan_out(site_id, result, applied)
+
+
+@router.get("/sites/{site_id}/flexibility", response_model=list[FlexSlotOut])
+async def get_flexibility(
+    site_id: str, rt: Rt, slots: int = Query(8, ge=1, le=96, description="Slots ahead")
+):
+    """How far the site's net import could go down or up in each slot ahead
+    without any driver getting less than planned (for an aggregator or DSO)."""
+    result, _ = await _plan(rt, site_id)
+    last = min(result.problem.slots, slots) - 1
+    flex = await asyncio.to_thread(flexibility, result.problem, result.schedule, 0, last)
+    return [
+        FlexSlotOut(
+            start=result.problem.slot_start(f.slot),
+            planned_kw=f.planned_w / KW,
+            min_kw=f.min_w / KW,
+            max_kw=f.max_w / KW,
+            up_kw=f.up_w / KW,
+            down_kw=f.down_w / KW,
+        )
+        for f in flex
+    ]

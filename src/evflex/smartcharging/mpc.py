@@ -1,0 +1,219 @@
+"""Model-predictive control: the site scheduler inside the load manager's loop.
+
+On every rebalance of a site whose policy is ``optimal`` (every event, every
+tick, and at least at every slot boundary) the load manager turns its
+:class:`~evflex.smartcharging.planner.SiteModel` into a scheduling
+:class:`~evflex.scheduling.Problem` starting now, solves it, rounds the first
+slot to currents a station accepts, and uses those as each session's cap in
+the ordinary allocation, which keeps every limit as before. The rest of the
+plan is what the dashboard and the driver see ahead.
+
+What the model does not know is filled in plainly: a session without a
+departure is assumed to stay ``default_dwell_h``; a session without an energy
+need, or in priority charging, needs "full power until departure", which is
+the brief's fallback. EVSEs the CSMS cannot steer count as uncontrolled load
+at the most they may draw. Pure code: time and settings are arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from evflex.scheduling import SITE, Circuit, Objective, Problem, Schedule, Vehicle, solve
+from evflex.scheduling.wire import WireRules, wire_currents
+from evflex.smartcharging.planner import SITE_NODE, SiteModel
+
+MAX_HORIZON_H = 72.0
+PRIORITY_WEIGHT = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """Step series from ``start``, one value per ``slot_s``; the last value holds on."""
+
+    start: datetime
+    slot_s: float
+    import_price: tuple[float, ...] = ()
+    export_price: tuple[float, ...] = ()
+    pv_w: tuple[float, ...] = ()
+    base_load_w: tuple[float, ...] = ()
+
+    def at(self, name: str, t: datetime) -> float | None:
+        values = getattr(self, name)
+        if not values or t < self.start:
+            return None
+        i = int((t - self.start).total_seconds() // self.slot_s)
+        return values[min(i, len(values) - 1)]
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> Forecast | None:
+        if not data:
+            return None
+        return cls(
+            start=datetime.fromisoformat(data["start"]),
+            slot_s=float(data["slot_s"]),
+            **{k: tuple(data.get(k) or ()) for k in _SERIES},
+        )
+
+    def to_json(self) -> dict:
+        out: dict = {"start": self.start.isoformat(), "slot_s": self.slot_s}
+        out.update({k: list(getattr(self, k)) for k in _SERIES})
+        return out
+
+
+_SERIES = ("import_price", "export_price", "pv_w", "base_load_w")
+
+
+@dataclass(frozen=True, slots=True)
+class MpcSettings:
+    objective: Objective = Objective.COST
+    slot_s: float = 900.0
+    horizon_h: float = 24.0
+    capacity_tariff_per_kw: float = 0.0
+    default_dwell_h: float = 8.0
+    export_limit_w: float | None = None
+    forecast: Forecast | None = None
+    peak_so_far_w: float = 0.0
+
+
+@dataclass(slots=True)
+class MpcResult:
+    at: datetime
+    problem: Problem
+    schedule: Schedule  # vehicle ids are evse keys
+    caps: dict[str, float]  # evse key -> A per phase for now
+    infeasible: list[str] = field(default_factory=list)  # stated needs the site cannot meet
+    stated: set[str] = field(default_factory=set)  # sessions with departure and energy
+
+
+def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Problem, set[str]]:
+    """The scheduling problem of ``site`` from ``now``; also the keys with stated needs."""
+    volt = site.voltage
+    root = next(n for n in site.nodes if n.id == SITE_NODE)
+    # what we cannot steer: uncontrolled load and pinned EVSEs, per node and phase
+    fixed_a: dict[str, list[float]] = {n.id: list(n.base_current_a) for n in site.nodes}
+    parent = {n.id: n.parent for n in site.nodes}
+
+    def chain(node: str | None):
+        while node is not None:
+            yield node
+            node = parent.get(node)
+
+    pinned_w = 0.0
+    for key, ev in site.evses.items():
+        if ev.pinned:
+            amps = ev.pinned_load_a()
+            pinned_w += amps * volt * len(ev.phases)
+            for node in chain(site.node_of[key]):
+                for p in ev.phases:
+                    fixed_a[node][p - 1] += amps
+
+    circuits = []
+    for n in site.nodes:
+        limit = n.max_current_a if n.max_current_a is not None else math.inf
+        if n.max_power_w is not None:
+            limit = min(limit, n.max_power_w / (volt * 3))
+        limit = max(0.0, limit - max(fixed_a[n.id]))
+        if n.id == SITE_NODE:
+            continue
+        circuits.append(Circuit(n.id, limit, parent=n.parent or SITE))
+    site_phase_a = root.max_current_a if root.max_current_a is not None else math.inf
+    site_phase_a = max(0.0, site_phase_a - max(fixed_a[SITE_NODE]))
+
+    vehicles: list[Vehicle] = []
+    stated: set[str] = set()
+    latest = now + timedelta(hours=cfg.horizon_h)
+    for key, ev in site.evses.items():
+        s = ev.session
+        if s is None or ev.pinned or s.finished:
+            continue
+        nph = len(ev.phases)
+        cap_a = ev.max_current_a
+        if s.ev_max_current_a is not None:
+            cap_a = min(cap_a, s.ev_max_current_a)
+        if ev.external_limit_a is not None:
+            cap_a = min(cap_a, ev.external_limit_a)
+        if nph == 1:
+            cap_a = min(cap_a, site.single_phase_max_a)
+        max_w = max(0.0, cap_a) * volt * nph
+        min_slot = timedelta(seconds=cfg.slot_s)
+        if s.departure is not None and s.departure > now:
+            departure = max(s.departure, now + min_slot)
+        else:
+            departure = now + timedelta(hours=cfg.default_dwell_h)
+        departure = min(departure, now + timedelta(hours=MAX_HORIZON_H))
+        latest = max(latest, departure)
+        dwell_h = (departure - now).total_seconds() / 3600
+        need = s.energy_needed_wh
+        if need is not None and s.departure is not None and not s.priority:
+            stated.add(key)
+        if need is None or s.priority:
+            need = max_w * dwell_h  # full power until departure
+        min_a = max(ev.min_current_a, s.ev_min_current_a or 0.0)
+        vehicles.append(
+            Vehicle(
+                id=key,
+                arrival=now,
+                departure=departure,
+                max_charge_w=max_w,
+                energy_wh=need,
+                min_charge_w=min_a * volt * nph,
+                node=site.node_of[key],
+                phases=ev.phases,
+                priority=PRIORITY_WEIGHT if s.priority else 1.0,
+            )
+        )
+
+    slots = max(1, math.ceil((latest - now).total_seconds() / cfg.slot_s))
+    starts = [now + timedelta(seconds=t * cfg.slot_s) for t in range(slots)]
+    measured_w = sum(root.base_current_a) * volt
+
+    def series(name: str, default: float) -> list[float]:
+        f = cfg.forecast
+        values = [f.at(name, t) if f else None for t in starts]
+        return [default if v is None else v for v in values]
+
+    base = series("base_load_w", measured_w)
+    base[0] = measured_w  # the measurement beats the forecast for now
+    base = [b + pinned_w for b in base]
+    problem = Problem(
+        start=now,
+        slots=slots,
+        slot_s=cfg.slot_s,
+        vehicles=vehicles,
+        circuits=circuits,
+        import_limit_w=root.max_power_w if root.max_power_w is not None else math.inf,
+        export_limit_w=cfg.export_limit_w if cfg.export_limit_w is not None else math.inf,
+        phase_limit_a=site_phase_a,
+        voltage=volt,
+        base_load_w=base,
+        pv_w=series("pv_w", 0.0),
+        import_price=series("import_price", 0.0),
+        export_price=series("export_price", 0.0),
+        capacity_tariff_per_kw=cfg.capacity_tariff_per_kw,
+        peak_so_far_w=cfg.peak_so_far_w,
+        objective=cfg.objective,
+    )
+    return problem, stated
+
+
+def mpc_step(
+    site: SiteModel, now: datetime, cfg: MpcSettings, rules: WireRules | None = None
+) -> MpcResult:
+    """Plan the site from now; the first slot, rounded, becomes each session's cap."""
+    problem, stated = build_problem(site, now, cfg)
+    schedule = solve(problem)
+    rules = rules or WireRules(single_phase_max_a=site.single_phase_max_a)
+    amps = wire_currents(problem, schedule, 0, rules) if problem.vehicles else {}
+    caps = {key: max(0.0, a) for key, a in amps.items()}  # charging only for now
+    infeasible = sorted(k for k in stated if not schedule.vehicles[k].feasible)
+    return MpcResult(
+        at=now,
+        problem=problem,
+        schedule=schedule,
+        caps=caps,
+        infeasible=infeasible,
+        stated=stated,
+    )
