@@ -297,6 +297,7 @@ def demo(
 
 def _register_plugins() -> None:
     from evflex.bench.ocpp import bench_ocpp_command
+    from evflex.bench.scheduling import bench_scheduling_command
     from evflex.bench.smartcharging import bench_smartcharging_command
     from evflex.sim.cli import sim_command
 
@@ -307,6 +308,9 @@ def _register_plugins() -> None:
     bench_app.command(
         "smartcharging", help="Site limit change -> every EVSE's new profile acknowledged."
     )(bench_smartcharging_command)
+    bench_app.command(
+        "scheduling", help="Replay EV sessions (ACN-Data) through charging algorithms, LP included."
+    )(bench_scheduling_command)
 
 
 _register_plugins()

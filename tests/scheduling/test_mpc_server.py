@@ -19,9 +19,7 @@ EV_MAX_W = 11_000.0  # the simulated car's on-board charger
 @pytest.fixture
 async def mpc_node(database_url):
     # No full-power start: the plan decides from the first second.
-    rt, http = await start_node(
-        database_url, allow_unknown_stations=True, initial_full_power_s=0.0
-    )
+    rt, http = await start_node(database_url, allow_unknown_stations=True, initial_full_power_s=0.0)
     try:
         yield Node(rt, http)
     finally:

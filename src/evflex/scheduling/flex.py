@@ -56,7 +56,7 @@ def flexibility(
         )
     lp.col_upper_ = upper
     lp.col_cost_ = np.zeros(lp.num_col_)
-    h = new_highs("simplex", lp.num_col_)
+    h = new_highs("simplex")
     h.passModel(lp)
     out = []
     for t in range(first, last + 1):
