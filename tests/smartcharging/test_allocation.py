@@ -613,3 +613,14 @@ def test_shaper_properties(
             assert nxt is None
         if got != last:
             last, last_change = got, now
+
+
+def test_float_noise_in_the_base_load_does_not_cost_a_step():
+    # 44 A minus 30 + 8 + 6e-8 A of measured load leaves 5.99999994 A: that is 6 A
+    nodes = (
+        Node("root", None, max_current_a=44.0, base_current_a=(30.0, 0.0, 0.0)),
+        Node("c0", "root", base_current_a=(8.0, 0.0, 0.0)),
+        Node("c1", "root", base_current_a=(5.960464477539063e-08, 0.0, 0.0)),
+    )
+    out = allocate(SiteConfig(nodes=nodes), [Demand("ev0", "root", max_current_a=6.0)])
+    assert out.limits_a["ev0"] == 6.0

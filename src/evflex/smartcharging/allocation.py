@@ -74,7 +74,7 @@ TOLERANCE_A = 1e-6
 TOLERANCE_W = 1e-3
 """Powers may exceed a limit by this much before :func:`violations` reports it."""
 
-_UNIT_EPS = 1e-9  # when converting amps to whole steps, absorbs float noise
+_UNIT_EPS = 1e-6  # when converting amps to whole steps, absorbs float noise (1 µA)
 _FILL_EPS = 1e-7  # when rounding the real water level down to whole steps
 
 
