@@ -14,9 +14,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from evflex.app import Runtime
 from evflex.config import Settings
+
+# Property tests explore new examples on every local run; in CI (CI=true) they
+# replay a fixed sequence so that a run's verdict does not depend on luck.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 PG_URL = os.environ.get(
     "EVFLEX_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
