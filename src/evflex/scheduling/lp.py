@@ -554,6 +554,8 @@ def read(model: Model, x: np.ndarray, obj: float, status: str, solve_s: float) -
     x = np.where(np.abs(x) < 1e-7, 0.0, x)  # solver noise around 0
     headroom = np.maximum(0.0, imp_lim / 1000.0 + pv - base)
     headroom += sum(s.max_discharge_w / 1000.0 for s in problem.storages)
+    chains = node_chains(problem)
+    node_limit = {c.id: c.max_current_a for c in problem.circuits} | {SITE: problem.phase_limit_a}
     vplans: dict[str, VehiclePlan] = {}
     served = with_need = 0
     discharged_total = 0.0
@@ -576,7 +578,10 @@ def read(model: Model, x: np.ndarray, obj: float, status: str, solve_s: float) -
             feasible = unmet <= max(1.0, 1e-4 * need)
             served += feasible
             if not feasible:
-                cap = pres.frac[sl] * np.minimum(v.max_charge_w / 1000.0, headroom[ts])
+                # alone, with priority: its own power, the site's room, every limit above it
+                amps = min(node_limit.get(n, INF) for n in chains[v.node])
+                own_kw = min(v.max_charge_w, amps * problem.voltage * len(v.phases)) / 1000.0
+                cap = pres.frac[sl] * np.minimum(own_kw, headroom[ts])
                 max_deliv = min(need, float((cap * v.eta_charge * dt).sum()) * 1000.0)
         soc = None
         if v.battery_wh is not None and v.soc is not None:

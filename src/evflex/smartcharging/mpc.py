@@ -93,7 +93,8 @@ def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Pro
     volt = site.voltage
     root = next(n for n in site.nodes if n.id == SITE_NODE)
     # what we cannot steer: uncontrolled load and pinned EVSEs, per node and phase
-    fixed_a: dict[str, list[float]] = {n.id: list(n.base_current_a) for n in site.nodes}
+    # (a node carries its own base load and everything below it)
+    fixed_a: dict[str, list[float]] = {n.id: [0.0, 0.0, 0.0] for n in site.nodes}
     parent = {n.id: n.parent for n in site.nodes}
 
     def chain(node: str | None):
@@ -101,6 +102,11 @@ def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Pro
             yield node
             node = parent.get(node)
 
+    for n in site.nodes:
+        for up in chain(n.id):
+            for p in range(3):
+                fixed_a[up][p] += n.base_current_a[p]
+    measured_w = sum(fixed_a[SITE_NODE]) * volt
     pinned_w = 0.0
     for key, ev in site.evses.items():
         if ev.pinned:
@@ -168,7 +174,6 @@ def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Pro
 
     slots = max(1, math.ceil((latest - now).total_seconds() / cfg.slot_s))
     starts = [now + timedelta(seconds=t * cfg.slot_s) for t in range(slots)]
-    measured_w = sum(root.base_current_a) * volt
 
     def series(name: str, default: float) -> list[float]:
         f = cfg.forecast
