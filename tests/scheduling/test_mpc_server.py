@@ -146,3 +146,24 @@ async def test_forecast_and_plan_errors(node):
     assert r.status_code == 422
     r = await node.http.get("/api/v1/sites/s1/flexibility", params={"slots": 0})
     assert r.status_code == 422
+
+
+async def test_a_failing_scheduler_falls_back_to_deadline_sharing(mpc_node, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("solver gone")
+
+    monkeypatch.setattr("evflex.smartcharging.manager.mpc_step", broken)
+    node = mpc_node
+    r = await node.http.post(
+        "/api/v1/sites", json={"id": "depot", "import_limit_kw": 50, "policy": "optimal"}
+    )
+    assert r.status_code == 201, r.text
+    st = await _station(node)
+    try:
+        assert await st.plug_in(1, EvSpec(), "GOOD")
+        await node.wait_for(lambda: _is(node, st.id, EV_MAX_W), timeout=10)
+        site = (await node.http.get("/api/v1/sites/depot")).json()
+        assert site["plan"]["problems"] == [] and site["plan"]["evses"]  # planned and sent
+        assert all(e["profile_status"] == "accepted" for e in site["plan"]["evses"])
+    finally:
+        await st.stop()

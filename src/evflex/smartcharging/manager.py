@@ -352,9 +352,6 @@ class LoadManager:
         cfg = self._mpc_cfg.get(site_id, MpcSettings())
         return await asyncio.to_thread(mpc_step, model, now, cfg), False
 
-    def mpc_settings(self, site_id: str) -> MpcSettings:
-        return self._mpc_cfg.get(site_id, MpcSettings())
-
     async def _schedule(self, model: SiteModel, now: datetime) -> dict[str, float] | None:
         """Policy ``optimal``: solve the site from now; the caps for this moment."""
         st = self.status[model.id]
@@ -366,7 +363,12 @@ class LoadManager:
         seen = self._peak.get(model.id)
         peak = seen[1] if seen is not None and seen[0] == month else 0.0
         cfg = replace(cfg, peak_so_far_w=peak)
-        st.mpc = await asyncio.to_thread(mpc_step, model, now, cfg)
+        try:
+            st.mpc = await asyncio.to_thread(mpc_step, model, now, cfg)
+        except Exception:  # never stop steering: share by deadline until it plans again
+            log.exception("site %s: scheduler failed; deadline sharing meanwhile", model.id)
+            st.mpc = None
+            return None
         planned_now = st.mpc.schedule.import_w[0] if st.mpc.schedule.import_w else 0.0
         self._peak[model.id] = (month, max(peak, planned_now))
         return st.mpc.caps
