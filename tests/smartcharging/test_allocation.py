@@ -624,3 +624,13 @@ def test_float_noise_in_the_base_load_does_not_cost_a_step():
     )
     out = allocate(SiteConfig(nodes=nodes), [Demand("ev0", "root", max_current_a=6.0)])
     assert out.limits_a["ev0"] == 6.0
+
+
+def test_float_noise_is_absorbed_in_amps_whatever_the_step():
+    # 6 A minus 1.2e-7 A of noise, in 0.1 A steps: still 60 steps, not 59
+    nodes = (
+        Node("root", None, max_current_a=6.0),
+        Node("c1", "root", base_current_a=(0.0, 0.0, 1.192092896e-07)),
+    )
+    out = allocate(SiteConfig(nodes=nodes, step_a=0.1), [Demand("ev0", "root", max_current_a=6.0)])
+    assert out.limits_a["ev0"] == pytest.approx(6.0)

@@ -74,7 +74,7 @@ TOLERANCE_A = 1e-6
 TOLERANCE_W = 1e-3
 """Powers may exceed a limit by this much before :func:`violations` reports it."""
 
-_UNIT_EPS = 1e-6  # when converting amps to whole steps, absorbs float noise (1 µA)
+_UNIT_EPS_A = 1e-6  # float noise absorbed when converting amps to whole steps (1 µA)
 _FILL_EPS = 1e-7  # when rounding the real water level down to whole steps
 
 
@@ -240,13 +240,13 @@ def _build_problem(site: SiteConfig, tree: _Tree, demands: Sequence[Demand]) -> 
                 if room < -TOLERANCE_A:
                     blocked_nodes.add(node.id)
                 entries.append((len(cap), p + 1))
-                cap.append(math.floor(room / step + _UNIT_EPS))
+                cap.append(math.floor((room + _UNIT_EPS_A) / step))
         if node.max_power_w is not None:
             room = node.max_power_w / volt - (sub[0] + sub[1] + sub[2])
             if room * volt < -TOLERANCE_W:
                 blocked_nodes.add(node.id)
             entries.append((len(cap), 0))
-            cap.append(math.floor(room / step + _UNIT_EPS))
+            cap.append(math.floor((room + _UNIT_EPS_A) / step))
         if entries:
             node_cons[node.id] = entries
 
@@ -271,8 +271,8 @@ def _build_problem(site: SiteConfig, tree: _Tree, demands: Sequence[Demand]) -> 
     for d in ordered:
         n = len(d.phases)
         nph.append(n)
-        lo.append(max(0, math.ceil(d.min_current_a / step - _UNIT_EPS)))
-        hi.append(math.floor(_max_current(d, site) / step + _UNIT_EPS))
+        lo.append(max(0, math.ceil((d.min_current_a - _UNIT_EPS_A) / step)))
+        hi.append(math.floor((_max_current(d, site) + _UNIT_EPS_A) / step))
         chain = tree.chain[d.node]
         blocked.append(any(nid in blocked_nodes for nid in chain))
         mine: list[tuple[int, int]] = []
@@ -546,7 +546,7 @@ def _need_steps(
     if hours <= 0:
         return hi
     amps = d.energy_needed_wh / (hours * nph * volt)
-    return min(hi, max(lo, math.ceil(amps / step - _UNIT_EPS)))
+    return min(hi, max(lo, math.ceil((amps - _UNIT_EPS_A) / step)))
 
 
 def _amps(steps: int, step: float) -> float:
@@ -699,11 +699,11 @@ class SetpointShaper:
 
     def _down(self, value: float) -> float:
         step = self.cfg.step_a
-        return round(math.floor(value / step + _UNIT_EPS) * step, 9)
+        return round(math.floor((value + _UNIT_EPS_A) / step) * step, 9)
 
     def _up(self, value: float) -> float:
         step = self.cfg.step_a
-        return round(math.ceil(value / step - _UNIT_EPS) * step, 9)
+        return round(math.ceil((value - _UNIT_EPS_A) / step) * step, 9)
 
     def shape(
         self, targets: Mapping[str, float], now: float, mins: Mapping[str, float] | None = None
