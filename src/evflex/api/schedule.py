@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from evflex.api.smart import KW, Rt
 from evflex.scheduling.flex import flexibility
+from evflex.scheduling.lp import series
 from evflex.smartcharging.mpc import Forecast, MpcResult
 from evflex.store import repo
 
@@ -107,9 +108,9 @@ def _finite_kw(w: float) -> float | None:
 
 def plan_out(site_id: str, r: MpcResult, applied: bool) -> PlanAheadOut:
     p, s = r.problem, r.schedule
-    base = _series(p.base_load_w, p.slots)
-    pv = _series(p.pv_w, p.slots)
-    price = _series(p.import_price, p.slots)
+    base = series(p.base_load_w, p.slots, "base_load_w").tolist()
+    pv = series(p.pv_w, p.slots, "pv_w").tolist()
+    price = series(p.import_price, p.slots, "import_price").tolist()
     slots = [
         SlotOut(
             start=p.slot_start(t),
@@ -154,10 +155,6 @@ def plan_out(site_id: str, r: MpcResult, applied: bool) -> PlanAheadOut:
         vehicles=vehicles,
         kpis={name: getattr(k, name) for name in k.__dataclass_fields__},
     )
-
-
-def _series(value, n: int) -> list[float]:
-    return [float(value)] * n if isinstance(value, int | float) else [float(x) for x in value]
 
 
 async def _plan(rt: Runtime, site_id: str) -> tuple[MpcResult, bool]:

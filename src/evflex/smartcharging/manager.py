@@ -338,16 +338,21 @@ class LoadManager:
     async def plan_ahead(self, site_id: str) -> tuple[MpcResult | None, bool]:
         """The site's plan ahead and whether it is applied (policy ``optimal``).
 
-        Other sites get one computed on demand, to show what the scheduler
-        would do; nothing is sent for it.
+        The plan of the last rebalance (events, ticks and slot boundaries keep
+        it fresh; its ``at`` says when). Other sites get one computed on
+        demand, to show what the scheduler would do; nothing is sent for it.
         """
-        await self.rebalance_now(site_id)
         st = self.status.get(site_id)
         if st is not None and st.mpc is not None:
             return st.mpc, True
         model, _ = await self.load_model(site_id)
         if model is None:
             return None, False
+        if model.policy is Policy.OPTIMAL:  # not planned yet: plan it now
+            await self.rebalance_now(site_id)
+            st = self.status.get(site_id)
+            if st is not None and st.mpc is not None:
+                return st.mpc, True
         now = self.clock.now()
         cfg = self._mpc_cfg.get(site_id, MpcSettings())
         return await asyncio.to_thread(mpc_step, model, now, cfg), False
