@@ -102,8 +102,11 @@ async def test_a1_subprotocol_negotiation(node):
     async with websockets.connect(node.url("NEG2"), subprotocols=["ocpp1.6", "ocpp2.0.1"]) as ws:
         assert ws.subprotocol == "ocpp2.0.1"  # the newest both speak
     async with websockets.connect(node.url("NEG3"), subprotocols=["ocpp2.1", "ocpp1.6"]) as ws:
-        assert ws.subprotocol == "ocpp1.6"  # 2.1 is reserved, not yet spoken
-    for offered in (["ocpp2.1"], ["mqtt"], None):
+        assert ws.subprotocol == "ocpp2.1"
+    async with websockets.connect(node.url("NEG5"),
+                                  subprotocols=["ocpp1.6", "ocpp2.0.1", "ocpp2.1"]) as ws:
+        assert ws.subprotocol == "ocpp2.1"  # the newest both speak
+    for offered in (["ocpp2.2"], ["mqtt"], None):
         with pytest.raises(InvalidStatus) as info:
             async with websockets.connect(node.url("NEG4"), subprotocols=offered):
                 pass

@@ -12,15 +12,18 @@ from fastapi.responses import HTMLResponse
 
 from evflex import __version__
 from evflex.api import schemas
+from evflex.api.monitoring import router as monitoring_router
 from evflex.api.routes import router
 from evflex.api.schedule import router as schedule_router
 from evflex.api.smart import router as smart_router
+from evflex.api.v2x import router as v2x_router
 from evflex.clock import Clock, SystemClock
 from evflex.config import Settings
 from evflex.csms.server import OcppServer
 from evflex.csms.service import CsmsService
 from evflex.events import EventBus
 from evflex.smartcharging.dispatcher import ProfileDispatcher
+from evflex.smartcharging.frequency import FrequencyController
 from evflex.smartcharging.manager import LoadManager
 from evflex.store import repo
 from evflex.store.db import make_engine, make_sessionmaker, migrate
@@ -57,6 +60,7 @@ class Runtime:
             self.clock,
             retry_max_s=settings.profile_retry_max_s,
         )
+        self.frequency: FrequencyController | None = None  # central frequency control
         self.lm = LoadManager(
             self.sessionmaker,
             self.writer,
@@ -128,6 +132,8 @@ class Runtime:
         await self.writer.submit(job)
 
     async def stop(self) -> None:
+        if self.frequency is not None:
+            await self.frequency.stop()
         await self.lm.stop()
         await self.dispatcher.close()
         await self.ocpp.stop()
@@ -156,6 +162,8 @@ def create_api(rt: Runtime) -> FastAPI:
     app.include_router(router)
     app.include_router(smart_router)
     app.include_router(schedule_router)
+    app.include_router(v2x_router)
+    app.include_router(monitoring_router)
 
     @app.get("/api/v1/health", tags=["system"])
     async def health() -> dict:

@@ -314,9 +314,22 @@ async def _tx_out(s, txs: list[Transaction]) -> list[sc.TransactionOut]:
             energy_target_wh=t.energy_target_wh,
             needs_source=t.needs_source,
             priority=bool(t.priority),
+            v2x_allowed=bool(t.v2x_allowed),
+            bidirectional="BPT" in (t.energy_transfer or ""),
+            operation_mode=t.operation_mode,
+            v2x_state=_v2x_state(t),
         )
         for t in txs
     ]
+
+
+def _v2x_state(t: Transaction) -> str | None:
+    """charging / discharging / idle from the signed power (50 W dead band)."""
+    if t.state != "active" or t.power_w is None:
+        return None
+    if t.power_w > 50:
+        return "charging"
+    return "discharging" if t.power_w < -50 else "idle"
 
 
 @router.get("/transactions", response_model=list[sc.TransactionOut], tags=["transactions"])

@@ -143,6 +143,12 @@ class TransactionOut(BaseModel):
     energy_target_wh: float | None = Field(None, description="Energy the session should reach")
     needs_source: str | None = Field(None, description="ev (NotifyEVChargingNeeds) or driver")
     priority: bool = False
+    v2x_allowed: bool = Field(False, description="The driver consented to discharging")
+    bidirectional: bool = Field(False, description="The EV asked for AC_BPT / DC_BPT")
+    operation_mode: str | None = Field(None, description="OCPP 2.1 mode the station reports")
+    v2x_state: Literal["charging", "discharging", "idle"] | None = Field(
+        None, description="From the signed power: feeding back or not"
+    )
 
 
 class EventOut(BaseModel):
@@ -189,6 +195,12 @@ class SiteIn(BaseModel):
     capacity_tariff_per_kw: float | None = Field(
         None, ge=0, description="Price per kW of the month's peak import (policy 'optimal')"
     )
+    import_tariff_per_kwh: float | None = Field(
+        None, ge=0, description="Billing: price per kWh a session imports"
+    )
+    export_tariff_per_kwh: float | None = Field(
+        None, ge=0, description="Billing: reward per kWh a session feeds back (V2X)"
+    )
 
 
 class SitePatch(BaseModel):
@@ -203,6 +215,8 @@ class SitePatch(BaseModel):
     policy: Policy | None = None
     objective: Objective | None = None
     capacity_tariff_per_kw: float | None = Field(None, ge=0)
+    import_tariff_per_kwh: float | None = Field(None, ge=0)
+    export_tariff_per_kwh: float | None = Field(None, ge=0)
 
 
 class SiteLoadIn(BaseModel):
@@ -246,6 +260,8 @@ class SiteOut(BaseModel):
     policy: str
     objective: str | None = None
     capacity_tariff_per_kw: float | None = None
+    import_tariff_per_kwh: float | None = None
+    export_tariff_per_kwh: float | None = None
     base_load_a: list[float] | None = None
     stations: list[str] = []
     circuits: list[str] = []
@@ -309,6 +325,9 @@ class PreferencesIn(BaseModel):
 
     departure_time: datetime | None = None
     energy_kwh: float | None = Field(None, gt=0, le=1000, description="Energy still wanted (kWh)")
+    allow_discharge: bool | None = Field(
+        None, description="The driver's consent to V2X discharging (default: no)"
+    )
 
 
 class PreferencesOut(BaseModel):
@@ -325,13 +344,14 @@ class PreferencesOut(BaseModel):
     )
     limit_a: float | None = None
     priority: bool = False
+    allow_discharge: bool = False
 
 
 def kw_to_w(values: dict) -> dict:
     """Turn ``*_kw`` fields of an API body into the store's ``*_w`` columns."""
     out = {}
     for name, v in values.items():
-        if name.endswith("_kw"):
+        if name.endswith("_kw") and not name.endswith("_per_kw"):  # a tariff stays per kW
             out[name.removesuffix("_kw") + "_w"] = None if v is None else v * 1000.0
         else:
             out[name] = v
@@ -342,3 +362,16 @@ def body_values(body: BaseModel, fields: set[str] | None = None) -> dict:
     """Store values of a site or circuit body: the given fields (default all), ids left out."""
     names = set(type(body).model_fields) if fields is None else fields
     return kw_to_w({k: getattr(body, k) for k in names if k != "id"})
+
+
+class BillOut(BaseModel):
+    transaction: int
+    station_id: str
+    site_id: str | None = None
+    energy_imported_kwh: float
+    energy_exported_kwh: float
+    import_tariff_per_kwh: float | None
+    export_tariff_per_kwh: float | None
+    import_cost: float | None = Field(None, description="imported kWh x import tariff")
+    export_reward: float | None = Field(None, description="exported kWh x feed-in tariff")
+    total: float | None = Field(None, description="cost minus reward (negative: owed to driver)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated
@@ -19,6 +20,8 @@ from evflex.smartcharging.manager import is_lm_profile
 from evflex.smartcharging.planner import best_case_a, deliverable_wh, evse_key
 from evflex.store import repo
 from evflex.store.tables import Circuit, Station, Transaction
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from evflex.app import Runtime
@@ -92,6 +95,8 @@ async def _site_out(rt: Runtime, site_id: str) -> sc.SiteOut:
         policy=site.policy,
         objective=site.objective,
         capacity_tariff_per_kw=site.capacity_tariff_per_kw,
+        import_tariff_per_kwh=site.import_tariff_per_kwh,
+        export_tariff_per_kwh=site.export_tariff_per_kwh,
         base_load_a=site.base_load_a,
         stations=stations,
         circuits=circuits,
@@ -350,14 +355,25 @@ def _converted(p: pf.ChargingProfile, unit: pf.RateUnit, st: Station, voltage: f
     phases = st.phases or 3
 
     def conv(s: pf.Schedule) -> pf.Schedule:
+        def one(value: float, n: int | None) -> float:
+            return round(pf.convert(value, s.rate_unit, unit, n or phases, voltage), 1)
+
+        def pair(values, n):
+            return None if values is None else (one(values[0], 1), one(values[1], 1))
+
+        def opt(value, n):
+            return None if value is None else one(value, n)
+
         periods = tuple(
-            pf.Period(
-                x.start_s,
-                round(
-                    pf.convert(x.limit, s.rate_unit, unit, x.number_phases or phases, voltage), 1
-                ),
-                x.number_phases,
-                x.phase_to_use,
+            replace(
+                x,
+                limit=one(x.limit, x.number_phases),
+                setpoint=opt(x.setpoint, x.number_phases),
+                discharge_limit=opt(x.discharge_limit, x.number_phases),
+                v2x_baseline=opt(x.v2x_baseline, x.number_phases),
+                limit_l23=pair(x.limit_l23, 1),
+                setpoint_l23=pair(x.setpoint_l23, 1),
+                discharge_limit_l23=pair(x.discharge_limit_l23, 1),
             )
             for x in s.periods
         )
@@ -552,6 +568,7 @@ async def put_preferences(tx_pk: int, body: sc.PreferencesIn, rt: Rt):
         departure=body.departure_time,
         energy_wh=None if body.energy_kwh is None else body.energy_kwh * KW,
         source="driver",
+        v2x_allowed=body.allow_discharge,
     )
 
     async def job(s):
@@ -562,11 +579,43 @@ async def put_preferences(tx_pk: int, body: sc.PreferencesIn, rt: Rt):
     return await _preferences_answer(rt, tx_pk, body.energy_kwh)
 
 
+@router.get("/transactions/{tx_pk}/bill", response_model=sc.BillOut, tags=["smart charging"])
+async def bill(tx_pk: int, rt: Rt):
+    """Imported energy at the site's import tariff minus exported energy at its feed-in reward."""
+    tx = await _tx(rt, tx_pk)
+    async with rt.sessionmaker() as s:
+        st = await repo.get_station(s, tx.station_id)
+        site = await repo.get_site(s, st.site_id) if st is not None and st.site_id else None
+    imported = (tx.energy_imported_wh or 0.0) / KW
+    exported = (tx.energy_exported_wh or 0.0) / KW
+    price = site.import_tariff_per_kwh if site is not None else None
+    reward = site.export_tariff_per_kwh if site is not None else None
+    cost = None if price is None else round(imported * price, 4)
+    paid = None if reward is None else round(exported * reward, 4)
+    return sc.BillOut(
+        transaction=tx.id,
+        station_id=tx.station_id,
+        site_id=site.id if site is not None else None,
+        energy_imported_kwh=round(imported, 4),
+        energy_exported_kwh=round(exported, 4),
+        import_tariff_per_kwh=price,
+        export_tariff_per_kwh=reward,
+        import_cost=cost,
+        export_reward=paid,
+        total=None if cost is None else round(cost - (paid or 0.0), 4),
+    )
+
+
 async def _preferences_answer(rt: Runtime, tx_pk: int, requested_kwh: float | None):
     tx = await _tx(rt, tx_pk)
     site_id = rt.lm.site_of(tx.station_id)
     key = evse_key(tx.station_id, tx.evse_id or 0)
-    out = sc.PreferencesOut(transaction=tx_pk, accepted=True, priority=bool(tx.priority))
+    out = sc.PreferencesOut(
+        transaction=tx_pk,
+        accepted=True,
+        priority=bool(tx.priority),
+        allow_discharge=bool(tx.v2x_allowed),
+    )
     if site_id is None:
         out.reason = "station is not on a site: no limit applies, it charges at full power"
         return out
@@ -632,8 +681,18 @@ async def clear_priority(tx_pk: int, rt: Rt):
 
 
 async def _priority(rt: Runtime, tx_pk: int, on: bool):
-    await _tx(rt, tx_pk)
+    tx = await _tx(rt, tx_pk)
     now = rt.clock.now()
+    if tx.state == "active" and rt.ocpp.is_connected(tx.station_id):
+        async with rt.sessionmaker() as s:
+            st = await repo.get_station(s, tx.station_id)
+        if st is not None and st.ocpp_version == "2.1":
+            # 2.1 has a message for it: the station switches to its PriorityCharging profile
+            body = commands.PriorityChargingBody(transaction_id=tx.transaction_id, activate=on)
+            try:
+                await rt.ocpp.send_command(tx.station_id, "use-priority-charging", body)
+            except Exception as exc:  # the load manager's priority still applies
+                log.warning("UsePriorityCharging on %s failed: %s", tx.station_id, exc)
 
     async def job(s):
         row = await s.get(Transaction, tx_pk)

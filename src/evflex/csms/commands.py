@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Body(BaseModel):
@@ -150,6 +150,75 @@ class GetChargingProfilesBody(_Body):
     ids: list[int] | None = None
 
 
+MonitorType = Literal[
+    "UpperThreshold", "LowerThreshold", "Delta", "Periodic", "PeriodicClockAligned"
+]
+
+
+class MonitorSpec(_Body):
+    """One variable monitor (OCPP 2.x SetMonitoringDataType)."""
+
+    component: str = Field(min_length=1, max_length=50)
+    variable: str = Field(min_length=1, max_length=50)
+    evse: int | None = Field(None, ge=1, description="EVSE of the component (EVSE, Connector)")
+    connector: int | None = Field(None, ge=1, description="connector of that EVSE")
+    component_instance: str | None = Field(None, min_length=1, max_length=50)
+    variable_instance: str | None = Field(None, min_length=1, max_length=50)
+    type: MonitorType
+    value: float = Field(
+        allow_inf_nan=False,
+        description="threshold or delta; for Periodic and PeriodicClockAligned the interval in s",
+    )
+    severity: int = Field(8, ge=0, le=9, description="0 = danger ... 8 = informational, 9 = debug")
+    transaction: bool = Field(False, description="only while a transaction runs on the component")
+    id: int | None = Field(None, ge=0, description="id of an installed monitor to replace")
+
+    @model_validator(mode="after")
+    def _check(self) -> MonitorSpec:
+        if self.connector is not None and self.evse is None:
+            raise ValueError("connector needs evse")
+        if self.type in ("Periodic", "PeriodicClockAligned") and self.value <= 0:
+            raise ValueError(f"{self.type} needs an interval (value) above 0 s")
+        if self.type == "Delta" and self.value < 0:
+            raise ValueError("Delta needs a value of 0 or more")
+        return self
+
+
+class SetVariableMonitoringBody(_Body):
+    monitors: list[MonitorSpec] = Field(min_length=1, max_length=1000)
+
+
+class ClearVariableMonitoringBody(_Body):
+    ids: list[int] = Field(min_length=1, max_length=1000)
+
+    @field_validator("ids")
+    @classmethod
+    def _non_negative(cls, ids: list[int]) -> list[int]:
+        if any(i < 0 for i in ids):
+            raise ValueError("monitor ids are 0 or more")
+        return ids
+
+
+class ComponentVariableRef(_Body):
+    component: str = Field(min_length=1, max_length=50)
+    variable: str | None = Field(None, min_length=1, max_length=50)
+    evse: int | None = Field(None, ge=1)
+    connector: int | None = Field(None, ge=1)
+    component_instance: str | None = Field(None, min_length=1, max_length=50)
+    variable_instance: str | None = Field(None, min_length=1, max_length=50)
+
+
+MonitoringCriterion = Literal["ThresholdMonitoring", "DeltaMonitoring", "PeriodicMonitoring"]
+
+
+class GetMonitoringReportBody(_Body):
+    request_id: int | None = None
+    criteria: list[MonitoringCriterion] | None = Field(None, min_length=1, max_length=3)
+    components: list[ComponentVariableRef] | None = Field(
+        None, min_length=1, description="component (and optionally variable) filter"
+    )
+
+
 COMMAND_BODIES: dict[str, type[BaseModel]] = {
     "reset": ResetBody,
     "change-availability": ChangeAvailabilityBody,
@@ -172,8 +241,88 @@ COMMAND_BODIES: dict[str, type[BaseModel]] = {
     "clear-charging-profile": ClearChargingProfileBody,
     "get-composite-schedule": GetCompositeScheduleBody,
     "get-charging-profiles": GetChargingProfilesBody,
+    "set-variable-monitoring": SetVariableMonitoringBody,
+    "clear-variable-monitoring": ClearVariableMonitoringBody,
+    "get-monitoring-report": GetMonitoringReportBody,
 }
 
 
 class CommandNotAvailable(Exception):
     """The command does not exist in the station's OCPP version."""
+
+
+# ------------------------------------------------------------------ OCPP 2.1 V2X
+
+
+class DynamicScheduleBody(_Body):
+    """UpdateDynamicSchedule: new values for the running period of a dynamic profile."""
+
+    charging_profile_id: int
+    limit: float | None = Field(None, ge=0)
+    setpoint: float | None = Field(None, description="negative = discharge")
+    discharge_limit: float | None = Field(None, le=0)
+    setpoint_reactive: float | None = None
+
+
+class PriorityChargingBody(_Body):
+    transaction_id: str = Field(min_length=1, max_length=36)
+    activate: bool = True
+
+
+EnergyTransferMode = Literal[
+    "AC_single_phase",
+    "AC_two_phase",
+    "AC_three_phase",
+    "DC",
+    "AC_BPT",
+    "AC_BPT_DER",
+    "AC_DER",
+    "DC_BPT",
+    "DC_ACDP",
+    "DC_ACDP_BPT",
+    "WPT",
+]
+
+
+class AllowedEnergyTransferBody(_Body):
+    transaction_id: str = Field(min_length=1, max_length=36)
+    allowed: list[EnergyTransferMode] = Field(min_length=1)
+
+
+class DerCurve(_Body):
+    priority: int = Field(0, ge=0)
+    y_unit: Literal["Not_Applicable", "PctMaxW", "PctMaxVar", "PctWAvail", "PctVarAvail"] = (
+        "PctMaxVar"
+    )
+    points: list[tuple[float, float]] = Field(min_length=1, max_length=10)
+    response_time_s: float | None = Field(None, ge=0)
+    v_ref: float | None = Field(None, gt=0, description="reference voltage of the x axis")
+
+
+class DerControlBody(_Body):
+    control_id: str = Field(min_length=1, max_length=36)
+    control_type: str = Field(description="DERControlEnumType, e.g. VoltVar, FreqWatt")
+    is_default: bool = False
+    curve: DerCurve | None = None
+    parameters: dict | None = Field(
+        None, description="other SetDERControl fields as on the wire (camelCase)"
+    )
+
+
+class DerQueryBody(_Body):
+    control_id: str | None = Field(None, max_length=36)
+    control_type: str | None = None
+    is_default: bool | None = None
+    request_id: int | None = None
+
+
+COMMAND_BODIES.update(
+    {
+        "update-dynamic-schedule": DynamicScheduleBody,
+        "use-priority-charging": PriorityChargingBody,
+        "allowed-energy-transfer": AllowedEnergyTransferBody,
+        "set-der-control": DerControlBody,
+        "get-der-control": DerQueryBody,
+        "clear-der-control": DerQueryBody,
+    }
+)

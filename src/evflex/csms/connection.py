@@ -16,7 +16,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 
 from evflex.csms import rpc
-from evflex.csms.rpc import CALL, CALLERROR, CALLRESULT, RpcError
+from evflex.csms.rpc import CALL, CALLERROR, CALLRESULT, CALLRESULTERROR, SEND, RpcError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class StationConnection:
     async def handle_frame(self, raw: str | bytes) -> None:
         self.received += 1
         try:
-            frame = rpc.parse_frame(raw)
+            frame = rpc.parse_frame(raw, self.version)
         except RpcError as err:
             self.errors += 1
             log.warning("%s: bad frame: %s", self.station_id, err)
@@ -84,9 +84,39 @@ class StationConnection:
             await self._handle_call(frame.message_id, frame.action or "", frame.payload)
         elif frame.type_id in (CALLRESULT, CALLERROR):
             self._resolve(frame)
+        elif frame.type_id == SEND:
+            await self._handle_send(frame.message_id, frame.action or "", frame.payload)
+        elif frame.type_id == CALLRESULTERROR:
+            self.errors += 1
+            log.warning(
+                "%s: the station refused our answer to %s: %s %s",
+                self.station_id,
+                frame.message_id,
+                frame.error_code,
+                frame.error_description,
+            )
+
+    async def _handle_send(self, message_id: str, action: str, payload: dict) -> None:
+        """A 2.1 SEND: handled like a CALL, but nothing is ever answered."""
+        try:
+            if action not in rpc.SEND_ACTIONS:
+                raise RpcError("NotImplemented", f"{action} is not an OCPP 2.1 SEND message")
+            handler = self.handlers.get(action)
+            if handler is None:
+                raise RpcError("NotSupported", f"{action} is not supported by this CSMS")
+            rpc.validate(SEND, action, payload, self.version)
+            await handler(payload)
+        except RpcError as err:
+            self.errors += 1
+            log.warning("%s: SEND %s %s dropped: %s", self.station_id, action, message_id, err)
+        except Exception:
+            self.errors += 1
+            log.exception("%s: SEND %s failed", self.station_id, action)
 
     async def _handle_call(self, message_id: str, action: str, payload: dict) -> None:
         try:
+            if action in rpc.SEND_ACTIONS:
+                raise RpcError("RpcFrameworkError", f"{action} must be sent as SEND (6)")
             if action not in self._known:
                 raise RpcError("NotImplemented", f"{action} is not an OCPP {self.version} action")
             handler = self.handlers.get(action)
@@ -171,6 +201,11 @@ class StationConnection:
             rpc.validate(CALLRESULT, action, result, self.version)
         except RpcError as err:
             log.warning("%s: %s answer breaks the schema: %s", self.station_id, action, err)
+            if self.version == "2.1":  # 2.1 tells the station its CALLRESULT was wrong
+                code = err.code if err.code != "NotImplemented" else "FormatViolation"
+                await self._send(
+                    rpc.encode_result_error(frame.message_id, code, err.description, err.details)
+                )
         return result
 
     async def close(self, code: int = 1000, reason: str = "") -> None:

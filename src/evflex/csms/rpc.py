@@ -10,18 +10,28 @@ known) versus NotSupported (known, not handled) the right way round.
 from __future__ import annotations
 
 import decimal
+import functools
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import ocpp
+from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError as SchemaValidationError
 from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.messages import get_validator
 from ocpp.v16.enums import Action as Action16
+from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
+#: OCPP 2.1 only: an error about a CALLRESULT, and a CALL that gets no answer.
+CALLRESULTERROR, SEND = 5, 6
 UNKNOWN_MESSAGE_ID = "-1"
+#: 2.1 actions sent as SEND (their schema file has no "Request" suffix).
+SEND_ACTIONS = frozenset({"NotifyPeriodicEventStream"})
 
 
 class RpcError(Exception):
@@ -52,11 +62,14 @@ def error_code_for(code: str, version: str) -> str:
 def known_actions(version: str) -> frozenset[str]:
     if version == "1.6":
         return _ACTIONS_16
+    if version == "2.1":
+        return _ACTIONS_21
     return _ACTIONS_201
 
 
 _ACTIONS_16 = frozenset(a.value for a in Action16)
 _ACTIONS_201 = frozenset(a.value for a in Action201)
+_ACTIONS_21 = frozenset(a.value for a in Action21) | SEND_ACTIONS
 
 
 @dataclass(slots=True)
@@ -70,11 +83,12 @@ class Frame:
     error_details: Any = None
 
 
-def parse_frame(raw: str | bytes) -> Frame:
+def parse_frame(raw: str | bytes, version: str = "2.0.1") -> Frame:
     """Parse one WebSocket text frame into a :class:`Frame` or raise :class:`RpcError`.
 
     The error carries the message id in ``details['message_id']`` when it
-    could be read, else ``"-1"``.
+    could be read, else ``"-1"``. CALLRESULTERROR and SEND frames are OCPP 2.1
+    only; other versions answer them with MessageTypeNotSupported.
     """
     if isinstance(raw, bytes):
         try:
@@ -103,11 +117,17 @@ def parse_frame(raw: str | bytes) -> Frame:
         if len(msg) != 3:
             raise RpcError("RpcFrameworkError", "CALLRESULT must be [3, id, payload]", mid)
         return Frame(CALLRESULT, message_id, payload=msg[2])
-    if type_id == CALLERROR:
+    if type_id == SEND and version == "2.1":
+        if len(msg) != 4 or not isinstance(msg[2], str):
+            raise RpcError("RpcFrameworkError", "SEND must be [6, id, action, payload]", mid)
+        if not isinstance(msg[3], dict):
+            raise RpcError("FormatViolation", "SEND payload must be a JSON object", mid)
+        return Frame(SEND, message_id, action=msg[2], payload=msg[3])
+    if type_id == CALLERROR or (type_id == CALLRESULTERROR and version == "2.1"):
         if len(msg) not in (4, 5):
             raise RpcError("RpcFrameworkError", "CALLERROR must have 5 elements", mid)
         return Frame(
-            CALLERROR,
+            type_id,
             message_id,
             error_code=str(msg[2]),
             error_description=str(msg[3]),
@@ -149,9 +169,12 @@ def validate(type_id: int, action: str, payload: dict, version: str) -> None:
     """
     decimal_mode = version == "1.6" and (type_id, action) in _DECIMAL_16
     try:
-        validator = get_validator(
-            type_id, action, version, parse_float=decimal.Decimal if decimal_mode else float
-        )
+        if type_id == SEND:
+            validator = _send_validator(action)
+        else:
+            validator = get_validator(
+                type_id, action, version, parse_float=decimal.Decimal if decimal_mode else float
+            )
     except (OSError, ValueError) as exc:
         raise RpcError("NotImplemented", f"{action} is not an OCPP {version} action") from exc
     if decimal_mode:
@@ -160,6 +183,14 @@ def validate(type_id: int, action: str, payload: dict, version: str) -> None:
     if error is None:
         return
     raise schema_error(error)
+
+
+@functools.cache
+def _send_validator(action: str) -> Draft4Validator:
+    if action not in SEND_ACTIONS:
+        raise ValueError(action)
+    path = Path(ocpp.__file__).parent / "v21" / "schemas" / f"{action}.json"
+    return Draft4Validator(json.loads(path.read_text(encoding="utf-8-sig")))
 
 
 def schema_error(e: SchemaValidationError) -> RpcError:
@@ -200,6 +231,65 @@ def encode_error(message_id: str, code: str, description: str, details: dict | N
     )
 
 
+def encode_send(message_id: str, action: str, payload: dict) -> str:
+    return json.dumps([SEND, message_id, action, payload], separators=(",", ":"), cls=_Encoder)
+
+
+def encode_result_error(message_id: str, code: str, description: str, details: dict | None) -> str:
+    return json.dumps(
+        [CALLRESULTERROR, message_id, code, description[:255], details or {}],
+        separators=(",", ":"),
+        cls=_Encoder,
+    )
+
+
 def to_payload(message: Any) -> tuple[str, dict]:
     """An ``ocpp`` library call dataclass -> (action, camelCase payload without nulls)."""
-    return type(message).__name__, snake_to_camel_case(remove_nones(serialize_as_dict(message)))
+    payload = snake_to_camel_case(remove_nones(serialize_as_dict(message)))
+    return type(message).__name__, fix_phase_keys(payload)
+
+
+# --------------------------------------------------------------------- 2.1 key casing
+
+# The ``ocpp`` 2.1.0 case converters turn the per-phase keys of OCPP 2.1
+# (``limit_L2``, ``setpoint_L3``, ``dischargeLimit_L2``, ``maxChargePower_L3``,
+# ...) into ``limitL2`` on the way out and ``limit_l2`` on the way in; both
+# break the schema. :func:`fix_phase_keys` restores the spec's spelling.
+
+_PHASE_KEY = re.compile(r"^([a-z][A-Za-z]*?)_?[Ll]([123])$")
+
+
+@functools.cache
+def phase_keys() -> frozenset[str]:
+    """Every ``name_L<n>`` property of the OCPP 2.1 schemas."""
+    found: set[str] = set()
+    pattern = re.compile(r'"([A-Za-z]+_L[123])"\s*:')
+    for path in (Path(ocpp.__file__).parent / "v21" / "schemas").glob("*.json"):
+        found.update(pattern.findall(path.read_text(encoding="utf-8-sig")))
+    return frozenset(found)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(x[:1].upper() + x[1:] for x in rest)
+
+
+def fix_phase_keys(data: Any) -> Any:
+    """Rename mis-cased per-phase keys (``limitL2``, ``limit_l2``, ...) to ``limit_L2``.
+
+    Applied to camelCase payloads; other keys are left alone.
+    """
+    if isinstance(data, list):
+        return [fix_phase_keys(x) for x in data]
+    if not isinstance(data, dict):
+        return data
+    known = phase_keys()
+    out = {}
+    for key, value in data.items():
+        m = _PHASE_KEY.match(key) if isinstance(key, str) else None
+        if m is not None and key not in known:
+            fixed = f"{_camel(m.group(1))}_L{m.group(2)}"
+            if fixed in known:
+                key = fixed
+        out[key] = fix_phase_keys(value)
+    return out

@@ -1,7 +1,7 @@
 """The OCPP WebSocket endpoint: accept, authenticate, negotiate, route.
 
-``ws://HOST:PORT/ocpp/{station_id}``. Subprotocols ``ocpp2.0.1`` and
-``ocpp1.6`` are negotiated from the client's list (the newest both speak
+``ws://HOST:PORT/ocpp/{station_id}``. Subprotocols ``ocpp2.1``, ``ocpp2.0.1``
+and ``ocpp1.6`` are negotiated from the client's list (the newest both speak
 wins); a client that offers none of ours is refused with HTTP 400. Security
 profile 1: a station registered with a password must send HTTP Basic
 ``id:password`` (401 otherwise); an unknown id gets 404 unless unknown
@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from evflex.csms import commands, v16, v201
+from evflex.csms import commands, v16, v21, v201
 from evflex.csms.connection import StationConnection
 from evflex.csms.service import CsmsService
 from evflex.security import parse_basic_auth, verify_password
@@ -30,12 +30,12 @@ from evflex.store import repo
 log = logging.getLogger(__name__)
 
 # Newest first: the server picks the first of these that the client offers.
-SUPPORTED_SUBPROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
-RESERVED_SUBPROTOCOLS = ("ocpp2.1",)  # next: OCPP 2.1 / V2X
+SUPPORTED_SUBPROTOCOLS = ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")
 
 _ADAPTERS: dict[str, tuple[Any, dict]] = {
     "1.6": (v16.V16Handlers, v16.COMMANDS),
     "2.0.1": (v201.V201Handlers, v201.COMMANDS),
+    "2.1": (v21.V21Handlers, v21.COMMANDS),
 }
 
 

@@ -55,6 +55,8 @@ class CsmsService:
         self.bus = bus
         self.heartbeat_interval = heartbeat_interval
         self._report_queues: dict[tuple[str, int], asyncio.Queue] = {}
+        # (station, profile id) -> the last UpdateDynamicSchedule values sent (2.1).
+        self._dynamic: dict[tuple[str, int], dict] = {}
 
     # ------------------------------------------------------------ connection
 
@@ -282,6 +284,46 @@ class CsmsService:
             needs=needs,
         )
         return tx_id
+
+    async def priority_charging(
+        self, station_id: str, transaction_id: str, active: bool, source: str
+    ) -> bool:
+        """Priority charging switched on or off (2.1 NotifyPriorityCharging or the API)."""
+
+        async def job(s: AsyncSession) -> bool:
+            tx = await repo.find_transaction(s, station_id, transaction_id)
+            if tx is None:
+                return False
+            tx.priority = active
+            tx.updated_at = self.clock.now()
+            return True
+
+        found = await self.writer.submit(job)
+        await self.record_event(
+            StationEvent(
+                station_id,
+                "smart_charging",
+                self.clock.now(),
+                "PriorityCharging",
+                {"transactionId": transaction_id, "activated": active, "source": source},
+            )
+        )
+        if found:
+            self.bus.publish(
+                "transaction.priority",
+                station_id,
+                transaction_id=transaction_id,
+                active=active,
+                reason=source,
+            )
+        return found
+
+    def remember_dynamic_update(self, station_id: str, profile_id: int, update: dict) -> None:
+        self._dynamic[(station_id, profile_id)] = dict(update)
+
+    def dynamic_update(self, station_id: str, profile_id: int) -> dict | None:
+        """The values a station pulling a dynamic profile's update gets (None: unknown)."""
+        return self._dynamic.get((station_id, profile_id))
 
     async def charging_limit(
         self,

@@ -12,6 +12,7 @@ from ocpp.v201 import datatypes as dt
 
 from evflex.clock import isoformat, parse_datetime
 from evflex.csms import commands as c
+from evflex.csms.monitoring import state_for as monitoring_state
 from evflex.csms.rpc import to_payload
 from evflex.csms.service import CsmsService
 from evflex.domain.model import (
@@ -77,6 +78,7 @@ class V201Handlers:
             "SecurityEventNotification": self.security_event,
             "NotifyReport": self.notify_report,
             "NotifyEvent": self.notify_event,
+            "NotifyMonitoringReport": self.notify_monitoring_report,
             "ReservationStatusUpdate": self.reservation_status_update,
             "DataTransfer": self.data_transfer,
             "NotifyEVChargingNeeds": self.notify_ev_charging_needs,
@@ -136,10 +138,18 @@ class V201Handlers:
         return {"idTokenInfo": await self._id_token_info(p["idToken"])}
 
     async def transaction_event(self, p: dict) -> dict:
+        upd = self._transaction_update(p)
+        await self.service.transaction_update(upd)
+        token = p.get("idToken")
+        if token:
+            return {"idTokenInfo": await self._id_token_info(token)}
+        return {}
+
+    def _transaction_update(self, p: dict) -> TransactionUpdate:
         info = p["transactionInfo"]
         evse = p.get("evse") or {}
         token = p.get("idToken")
-        upd = TransactionUpdate(
+        return TransactionUpdate(
             station_id=self.station_id,
             transaction_id=info["transactionId"],
             event=_EVENT[p["eventType"]],
@@ -156,10 +166,6 @@ class V201Handlers:
             remote_start_id=info.get("remoteStartId"),
             reservation_id=p.get("reservationId"),
         )
-        await self.service.transaction_update(upd)
-        if token:
-            return {"idTokenInfo": await self._id_token_info(token)}
-        return {}
 
     async def meter_values(self, p: dict) -> dict:
         samples = parse_meter_values(p["meterValue"])
@@ -217,10 +223,30 @@ class V201Handlers:
         )
 
     async def notify_event(self, p: dict) -> dict:
+        """Monitoring events: the reported values go to the live cache, the message to the log."""
+        now = self.service.clock.now()
+        values = monitoring_state(self.service).record_events(self.station_id, p["eventData"], now)
+        if values:
+            self.service.bus.publish(
+                "monitoring.values", self.station_id, values=[v.as_dict() for v in values]
+            )
         return await self._event(
             "notify_event",
             "NotifyEvent",
             {"seqNo": p["seqNo"], "eventData": p["eventData"]},
+            p["generatedAt"],
+        )
+
+    async def notify_monitoring_report(self, p: dict) -> dict:
+        return await self._event(
+            "report",
+            "NotifyMonitoringReport",
+            {
+                "requestId": p["requestId"],
+                "seqNo": p["seqNo"],
+                "tbc": p.get("tbc", False),
+                "monitor": p.get("monitor", []),
+            },
             p["generatedAt"],
         )
 
@@ -237,31 +263,28 @@ class V201Handlers:
     # ---------------------------------------------------------- smart charging
 
     async def notify_ev_charging_needs(self, p: dict) -> dict:
+        await self.service.ev_charging_needs(self._charging_needs(p))
+        # Accepted: a schedule (a TxProfile from the load manager) follows.
+        return {"status": "Accepted"}
+
+    def _charging_needs(self, p: dict) -> ChargingNeeds:
         needs = p["chargingNeeds"]
         ac = needs.get("acChargingParameters") or {}
         dc = needs.get("dcChargingParameters") or {}
         transfer = needs.get("requestedEnergyTransfer", "")
         departure = needs.get("departureTime")
         energy = ac.get("energyAmount", dc.get("energyAmount"))
-        await self.service.ev_charging_needs(
-            ChargingNeeds(
-                station_id=self.station_id,
-                evse_id=p["evseId"],
-                departure=parse_datetime(departure) if departure else None,
-                energy_wh=float(energy) if energy is not None else None,
-                ev_min_current_a=ac.get("evMinCurrent"),
-                ev_max_current_a=ac.get("evMaxCurrent") or dc.get("evMaxCurrent"),
-                ev_max_power_w=dc.get("evMaxPower"),
-                phases=1
-                if transfer == "AC_single_phase"
-                else 3
-                if transfer.startswith("AC")
-                else None,
-                source="ev",
-            )
+        return ChargingNeeds(
+            station_id=self.station_id,
+            evse_id=p["evseId"],
+            departure=parse_datetime(departure) if departure else None,
+            energy_wh=float(energy) if energy is not None else None,
+            ev_min_current_a=ac.get("evMinCurrent"),
+            ev_max_current_a=ac.get("evMaxCurrent") or dc.get("evMaxCurrent"),
+            ev_max_power_w=dc.get("evMaxPower"),
+            phases=1 if transfer == "AC_single_phase" else 3 if transfer.startswith("AC") else None,
+            source="ev",
         )
-        # Accepted: a schedule (a TxProfile from the load manager) follows.
-        return {"status": "Accepted"}
 
     async def notify_ev_charging_schedule(self, p: dict) -> dict:
         await self._event(
@@ -444,6 +467,64 @@ async def _get_base_report(b: c.GetBaseReportBody, _s):
     )
 
 
+# -------------------------------------------------------------- monitoring
+
+
+def _monitor_component(m: c.MonitorSpec | c.ComponentVariableRef) -> dict:
+    comp: dict[str, Any] = {"name": m.component}
+    if m.component_instance:
+        comp["instance"] = m.component_instance
+    if m.evse is not None:
+        comp["evse"] = {"id": m.evse}
+        if m.connector is not None:
+            comp["evse"]["connectorId"] = m.connector
+    return comp
+
+
+def _monitor_variable(name: str, instance: str | None) -> dict:
+    return {"name": name, "instance": instance} if instance else {"name": name}
+
+
+async def _set_variable_monitoring(b: c.SetVariableMonitoringBody, _s):
+    data = []
+    for m in b.monitors:
+        item: dict[str, Any] = {
+            "type": m.type,
+            "value": m.value,
+            "severity": m.severity,
+            "transaction": m.transaction,
+            "component": _monitor_component(m),
+            "variable": _monitor_variable(m.variable, m.variable_instance),
+        }
+        if m.id is not None:
+            item["id"] = m.id
+        data.append(item)
+    return "SetVariableMonitoring", {"setMonitoringData": data}
+
+
+async def _clear_variable_monitoring(b: c.ClearVariableMonitoringBody, _s):
+    return "ClearVariableMonitoring", {"id": list(dict.fromkeys(b.ids))}
+
+
+async def _get_monitoring_report(b: c.GetMonitoringReportBody, _s):
+    payload: dict[str, Any] = {
+        "requestId": b.request_id if b.request_id is not None else random.randint(1, 2**31 - 1)
+    }
+    if b.criteria:
+        payload["monitoringCriteria"] = list(dict.fromkeys(b.criteria))
+    if b.components:
+        payload["componentVariable"] = [
+            {"component": _monitor_component(r)}
+            | (
+                {"variable": _monitor_variable(r.variable, r.variable_instance)}
+                if r.variable
+                else {}
+            )
+            for r in b.components
+        ]
+    return "GetMonitoringReport", payload
+
+
 # -------------------------------------------------------------- smart charging
 
 
@@ -515,4 +596,7 @@ COMMANDS: dict[str, Builder] = {
     "clear-charging-profile": _clear_charging_profile,
     "get-composite-schedule": _get_composite_schedule,
     "get-charging-profiles": _get_charging_profiles,
+    "set-variable-monitoring": _set_variable_monitoring,
+    "clear-variable-monitoring": _clear_variable_monitoring,
+    "get-monitoring-report": _get_monitoring_report,
 }

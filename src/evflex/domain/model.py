@@ -245,6 +245,7 @@ class TransactionUpdate:
     offline: bool = False
     remote_start_id: int | None = None
     reservation_id: int | None = None
+    operation_mode: str | None = None  # 2.1 transactionInfo.operationMode
 
 
 @dataclass(slots=True)
@@ -271,3 +272,20 @@ class ChargingNeeds:
     ev_max_power_w: float | None = None
     phases: int | None = None
     source: str = "ev"
+    # V2X (OCPP 2.1 v2xChargingParameters and the driver's consent).
+    v2x_allowed: bool | None = None
+    energy_transfer: str | None = None  # requestedEnergyTransfer, e.g. AC_BPT
+    allowed_energy_transfer: str | None = None  # comma-separated modes
+    ev_max_charge_w: float | None = None
+    ev_min_charge_w: float | None = None
+    ev_max_discharge_w: float | None = None
+    ev_min_discharge_w: float | None = None
+    v2x_min_energy_wh: float | None = None
+    v2x_max_energy_wh: float | None = None
+    target_soc: float | None = None
+    control_mode: str | None = None
+    mobility_needs_mode: str | None = None
+
+    @property
+    def bidirectional(self) -> bool:
+        return bool(self.energy_transfer and "BPT" in self.energy_transfer)

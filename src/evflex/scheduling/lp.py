@@ -395,6 +395,8 @@ def build(problem: Problem) -> Model:
             e0 = 0.0
             cap = v.v2x_daily_cap_wh
             e_lo = -(cap / 1000.0) * math.ceil(T * dt / 24) if cap is not None else -INF
+            if v.v2x_floor_wh is not None:
+                e_lo = max(e_lo, v.v2x_floor_wh / 1000.0)
             e_hi = need / 1000.0 if need is not None else INF
         e_lo = min(e_lo, e0)
         ec = b.cols(np.full(n, e_lo), np.full(n, e_hi), np.zeros(n))

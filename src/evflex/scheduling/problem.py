@@ -101,6 +101,9 @@ class Vehicle:
     eta_discharge: float = 1.0
     v2x_allowed: bool = False
     v2x_daily_cap_wh: float | None = None
+    #: Without a battery size: the lowest energy level relative to now the EV may be
+    #: taken to (0: give back only what it got in the horizon; -5000: 5 kWh more).
+    v2x_floor_wh: float | None = None
     node: str = SITE
     phases: tuple[int, ...] = (1, 2, 3)
     priority: float = 1.0  # multiplies the unmet-energy penalty

@@ -25,6 +25,31 @@ def sim_command(
         float,
         typer.Option("--v201-share", min=0.0, max=1.0, help="Share of OCPP 2.0.1 stations."),
     ] = 0.5,
+    v21_share: Annotated[
+        float,
+        typer.Option(
+            "--v21-share",
+            min=0.0,
+            max=1.0,
+            help="Share of OCPP 2.1 (V2X) stations; --v201-share + --v21-share <= 1.",
+        ),
+    ] = 0.0,
+    bidirectional_share: Annotated[
+        float,
+        typer.Option(
+            "--bidirectional-share",
+            min=0.0,
+            max=1.0,
+            help="Share of bidirectional (V2X) cars among the arrivals.",
+        ),
+    ] = 0.0,
+    grid: Annotated[
+        bool,
+        typer.Option(
+            "--grid/--no-grid",
+            help="Measure a synthetic grid frequency / voltage and building load.",
+        ),
+    ] = False,
     evses: Annotated[int, typer.Option("--evses", min=1, help="EVSEs per station.")] = 2,
     speed: Annotated[
         float, typer.Option("--speed", min=0.001, help="Simulated seconds per real second.")
@@ -62,11 +87,16 @@ def sim_command(
     ] = 0.0,
     prefix: Annotated[str, typer.Option("--prefix", help="Station id prefix.")] = "SIM",
 ) -> None:
-    """Simulate charging stations and EV sessions against a CSMS (OCPP 1.6-J and 2.0.1)."""
+    """Simulate charging stations and EV sessions against a CSMS (OCPP 1.6-J, 2.0.1, 2.1)."""
+    if v201_share + v21_share > 1.0 + 1e-9:
+        raise typer.BadParameter("--v201-share + --v21-share must not exceed 1")
     config = SimConfig(
         url=url,
         stations=stations,
         v201_share=v201_share,
+        v21_share=v21_share,
+        bidirectional_share=bidirectional_share,
+        synthetic_grid=grid,
         evses_per_station=evses,
         speed=speed,
         duration_s=hours * 3600.0,
@@ -106,7 +136,10 @@ def summary_table(summary: SimSummary, config: SimConfig | None = None) -> Table
     table.add_column("value", justify="right")
     v201 = ""
     if config is not None:
-        v201 = f" ({config.v201_share:.0%} OCPP 2.0.1)"
+        v201 = f" ({config.v201_share:.0%} OCPP 2.0.1"
+        if config.v21_share > 0:
+            v201 += f", {config.v21_share:.0%} OCPP 2.1"
+        v201 += ")"
     rows = [
         ("stations", f"{summary.stations}{v201}"),
         ("stations booted", str(summary.stations_booted)),

@@ -229,6 +229,15 @@ class Variable:
     def current(self) -> str:
         return self.getter() if self.getter is not None else self.value
 
+    @property
+    def supports_monitoring(self) -> bool:
+        """Monitors can watch every variable whose value can be read."""
+        return self.mutability != WRITE_ONLY
+
+    @property
+    def numeric(self) -> bool:
+        return self.data_type in ("integer", "decimal")
+
     def component_dict(self) -> dict[str, Any]:
         comp: dict[str, Any] = {"name": self.component}
         if self.component_instance:
@@ -257,7 +266,7 @@ class Variable:
             attribute["value"] = self.current()
         characteristics: dict[str, Any] = {
             "data_type": self.data_type,
-            "supports_monitoring": False,
+            "supports_monitoring": self.supports_monitoring,
             "unit": self.unit,
             "values_list": self.values_list,
             "min_limit": self.min_limit,
@@ -344,6 +353,12 @@ class DeviceModel:
         if found is None:
             return "UnknownVariable", None
         return "Accepted", found
+
+    def lookup(
+        self, component: dict[str, Any], variable: dict[str, Any]
+    ) -> tuple[str, Variable | None]:
+        """("Accepted", variable), ("UnknownComponent", None) or ("UnknownVariable", None)."""
+        return self._lookup(component, variable)
 
     def _resolve(self, req: dict[str, Any]) -> tuple[dict[str, Any], Variable | None]:
         """The result skeleton shared by Get/SetVariables: lookup and attribute check."""
@@ -449,6 +464,19 @@ class DeviceModel:
 
 
 MEASURAND_LIST = ",".join(SUPPORTED_MEASURANDS)
+#: MonitoringCtrlr.ItemsPerMessage of Set/ClearVariableMonitoring.
+MONITORS_PER_MESSAGE = 20
+
+
+def _reading(read: Callable[[int], float], evse_id: int, digits: int) -> Callable[[], str]:
+    """A getter giving the measurement ``read(evse_id)`` as decimal text."""
+
+    def getter() -> str:
+        return f"{read(evse_id):.{digits}f}"
+
+    return getter
+
+
 AVAILABILITY_STATES = "Available,Occupied,Reserved,Unavailable,Faulted"
 
 
@@ -468,11 +496,19 @@ def build_device_model(
     local_list_entries: Callable[[], int],
     now_text: Callable[[], str],
     profile_entries: Callable[[], int] | None = None,
+    evse_power: Callable[[int], float] | None = None,
+    grid_voltage: Callable[[], float] | None = None,
+    grid_frequency: Callable[[], float] | None = None,
 ) -> DeviceModel:
     """The device model of the simulated OCPP 2.0.1 charging station.
 
     ``availability(evse_id)`` returns the AvailabilityState of the station
-    (``None``) or of one EVSE and its connector.
+    (``None``) or of one EVSE and its connector. ``evse_power(evse_id)`` is
+    the power an EVSE delivers now (W; the Actual value of ``EVSE.Power``,
+    whose maxLimit is the hardware limit); ``grid_voltage()`` and
+    ``grid_frequency()`` the AC supply measured at the station (the Actual
+    values of ``EVSE.Voltage`` and ``EVSE.Frequency``). Without them
+    ``EVSE.Power`` reads the hardware limit and the supply variables are absent.
     """
     dm = DeviceModel()
     energy = "Energy.Active.Import.Register"
@@ -522,7 +558,31 @@ def build_device_model(
             max_limit=evse_limit_w,
             evse_id=evse_id,
             mutability=READ_ONLY,
+            persistent=evse_power is None,
+            getter=None if evse_power is None else _reading(evse_power, evse_id, 1),
         )
+        if grid_voltage is not None:
+            add(
+                "EVSE",
+                "Voltage",
+                data_type="decimal",
+                unit="V",
+                evse_id=evse_id,
+                mutability=READ_ONLY,
+                persistent=False,
+                getter=_reading(lambda _e: grid_voltage(), evse_id, 1),
+            )
+        if grid_frequency is not None:
+            add(
+                "EVSE",
+                "Frequency",
+                data_type="decimal",
+                unit="Hz",
+                evse_id=evse_id,
+                mutability=READ_ONLY,
+                persistent=False,
+                getter=_reading(lambda _e: grid_frequency(), evse_id, 3),
+            )
         add(
             "Connector",
             "ConnectorType",
@@ -712,6 +772,37 @@ def build_device_model(
         persistent=False,
         getter=lambda: str(profile_entries() if profile_entries is not None else 0),
     )
+
+    monitoring = "MonitoringCtrlr"
+    add(monitoring, "Enabled", "true", data_type="boolean")
+    add(monitoring, "Available", "true", data_type="boolean", mutability=READ_ONLY)
+    for instance in ("SetVariableMonitoring", "ClearVariableMonitoring"):
+        add(
+            monitoring,
+            "ItemsPerMessage",
+            str(MONITORS_PER_MESSAGE),
+            data_type="integer",
+            variable_instance=instance,
+            mutability=READ_ONLY,
+        )
+        add(
+            monitoring,
+            "BytesPerMessage",
+            "65536",
+            data_type="integer",
+            variable_instance=instance,
+            mutability=READ_ONLY,
+        )
+    add(
+        monitoring,
+        "ActiveMonitoringBase",
+        "All",
+        data_type="OptionList",
+        values_list="All,FactoryDefault,HardWiredOnly",
+        mutability=READ_ONLY,
+    )
+    add(monitoring, "ActiveMonitoringLevel", "9", data_type="integer", min_limit=0, max_limit=9)
+    add(monitoring, "OfflineQueuingSeverity", "0", data_type="integer", min_limit=0, max_limit=9)
 
     add("ReservationCtrlr", "Enabled", "true", data_type="boolean", mutability=READ_ONLY)
     add("ReservationCtrlr", "NonEvseSpecific", "true", data_type="boolean", mutability=READ_ONLY)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from evflex.sim.ev import EvBattery
 
-OCPP_VERSIONS = ("1.6", "2.0.1")
+OCPP_VERSIONS = ("1.6", "2.0.1", "2.1")
 PROFILE_BEHAVIOURS = ("execute", "reject", "ignore")
 ProfileBehaviour = Literal["execute", "reject", "ignore"]
 
@@ -34,6 +34,40 @@ SUPPORTED_MEASURANDS = (
     POWER_OFFERED,
 )
 DEFAULT_SAMPLED = ",".join((ENERGY, POWER, CURRENT, VOLTAGE, SOC, FREQUENCY))
+
+# OCPP 2.1 (MeasurandEnumType): the two directions of a bidirectional EVSE.
+ENERGY_EXPORT = "Energy.Active.Export.Register"
+POWER_EXPORT = "Power.Active.Export"
+CURRENT_EXPORT = "Current.Export"
+REACTIVE_IMPORT = "Power.Reactive.Import"
+REACTIVE_EXPORT = "Power.Reactive.Export"
+POWER_EXPORT_OFFERED = "Power.Export.Offered"
+POWER_SETPOINT = "Power.Active.Setpoint"
+
+#: Measurands the meter of an OCPP 2.1 station can sample.
+SUPPORTED_MEASURANDS_21 = (
+    *SUPPORTED_MEASURANDS,
+    ENERGY_EXPORT,
+    POWER_EXPORT,
+    CURRENT_EXPORT,
+    REACTIVE_IMPORT,
+    REACTIVE_EXPORT,
+    POWER_EXPORT_OFFERED,
+    POWER_SETPOINT,
+)
+DEFAULT_SAMPLED_21 = ",".join(
+    (
+        ENERGY,
+        ENERGY_EXPORT,
+        POWER,
+        POWER_EXPORT,
+        REACTIVE_IMPORT,
+        REACTIVE_EXPORT,
+        VOLTAGE,
+        SOC,
+        FREQUENCY,
+    )
+)
 
 
 @dataclass
@@ -137,6 +171,11 @@ class EvseState:
     power_w: float = 0.0
     #: Energy of the running transaction or, when idle, of the last one.
     session_energy_wh: float = 0.0
+    #: OCPP 2.1: Energy.Active.Export.Register (Wh given back to the grid; ``meter_wh``
+    #: is the import register). Both only ever grow.
+    export_wh: float = 0.0
+    #: OCPP 2.1: reactive power (var, positive = absorbed from the grid).
+    reactive_var: float = 0.0
     last_transaction_id: int | str | None = None
     finishing: bool = False
     last_update: datetime | None = None

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from evflex.clock import AcceleratedClock, Clock
-from evflex.sim.ev import DEFAULT_FLEET, EvModel, EvSpec, random_ev
+from evflex.sim.ev import DEFAULT_FLEET, EvModel, EvSpec, random_ev, with_bidirectional
+from evflex.sim.grid import BuildingMeter, Grid
 from evflex.sim.model import StationSpec
 from evflex.sim.station import EvseBusy, SimStation
 
@@ -27,6 +28,8 @@ class SimConfig:
     url: str = "ws://127.0.0.1:9000/ocpp"
     stations: int = 10
     v201_share: float = 0.5
+    #: Share of OCPP 2.1 stations (of all stations; ``v201_share + v21_share <= 1``).
+    v21_share: float = 0.0
     evses_per_station: int = 2
     speed: float = 60.0
     duration_s: float = 86_400.0
@@ -46,6 +49,10 @@ class SimConfig:
     phases: int = 3
     voltage: float = 230.0
     fleet: Sequence[EvModel] = DEFAULT_FLEET
+    #: Share of bidirectional (V2X) cars among the arrivals (0: the fleet's own weights).
+    bidirectional_share: float = 0.0
+    #: Attach a seeded synthetic grid (frequency, voltage) and a building meter per station.
+    synthetic_grid: bool = False
     #: Concurrent websocket handshakes while the fleet connects.
     connect_concurrency: int = 50
     #: Real seconds to wait for an answer to a message.
@@ -57,6 +64,12 @@ class SimConfig:
             raise ValueError("stations must not be negative")
         if not 0.0 <= self.v201_share <= 1.0:
             raise ValueError("v201_share must be within 0..1")
+        if not 0.0 <= self.v21_share <= 1.0 or self.v201_share + self.v21_share > 1.0 + 1e-9:
+            raise ValueError("v21_share must be within 0..1 and v201_share + v21_share <= 1")
+        if not 0.0 <= self.bidirectional_share <= 1.0:
+            raise ValueError("bidirectional_share must be within 0..1")
+        if self.bidirectional_share > 0:
+            self.fleet = with_bidirectional(self.fleet, self.bidirectional_share)
         if not 0.0 <= self.unknown_token_share <= 1.0:
             raise ValueError("unknown_token_share must be within 0..1")
         if self.dwell_max_s < self.dwell_min_s:
@@ -125,6 +138,24 @@ def is_v201(index: int, share: float) -> bool:
     return math.floor((index + 1) * share + 1e-9) > math.floor(index * share + 1e-9)
 
 
+def ocpp_versions(count: int, v201_share: float, v21_share: float = 0.0) -> list[str]:
+    """The OCPP version of each of ``count`` stations, each share spread evenly.
+
+    The 2.1 stations are placed first; the 2.0.1 stations are spread over the
+    others (so that without 2.1 stations the result is that of :func:`is_v201`).
+    """
+    rest_share = v201_share / (1.0 - v21_share) if v21_share < 1.0 else 0.0
+    out: list[str] = []
+    others = 0
+    for index in range(count):
+        if is_v201(index, v21_share):
+            out.append("2.1")
+        else:
+            out.append("2.0.1" if is_v201(others, min(1.0, rest_share)) else "1.6")
+            others += 1
+    return out
+
+
 class Simulation:
     """Run ``config.stations`` stations with random sessions for ``config.duration_s``."""
 
@@ -133,11 +164,16 @@ class Simulation:
         self.clock: Clock = clock if clock is not None else AcceleratedClock(config.speed)
         self.stations: list[SimStation] = []
         self._stop = asyncio.Event()
+        versions = ocpp_versions(config.stations, config.v201_share, config.v21_share)
+        #: The grid shared by all stations (with ``synthetic_grid``).
+        self.grid: Grid | None = None
+        if config.synthetic_grid:
+            self.grid = Grid.synthetic(config.seed, self.clock.now(), nominal_v=config.voltage)
         for index, station_id in enumerate(station_ids(config.station_prefix, config.stations)):
             rng = random.Random(f"{config.seed}:{station_id}:spec")
             spec = StationSpec(
                 id=station_id,
-                ocpp_version="2.0.1" if is_v201(index, config.v201_share) else "1.6",
+                ocpp_version=versions[index],
                 evses=config.evses_per_station,
                 max_current_a=config.max_current_a,
                 phases=config.phases,
@@ -160,6 +196,10 @@ class Simulation:
                     ),
                     response_timeout_s=config.response_timeout_s,
                     validate_messages=config.validate_messages,
+                    grid=self.grid,
+                    building=BuildingMeter(noise_w=300.0, seed=f"{config.seed}:{station_id}")
+                    if config.synthetic_grid
+                    else None,
                 )
             )
 

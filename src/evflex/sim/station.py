@@ -43,7 +43,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from evflex.clock import AcceleratedClock, Clock, isoformat
+from evflex.csms.rpc import fix_phase_keys
 from evflex.sim.ev import EvBattery, EvSpec
+from evflex.sim.grid import BuildingMeter, Grid
 from evflex.sim.model import (
     CURRENT,
     CURRENT_OFFERED,
@@ -87,7 +89,18 @@ MessageHook = Callable[[str, str, Any], None]
 
 def profile_from_kwargs(data: dict[str, Any], version: str) -> ChargingProfile:
     """A charging profile from a handler argument (the ``ocpp`` library's snake_case dict)."""
-    return from_wire(_plain_numbers(snake_to_camel_case(data)), version)
+    return from_wire(_plain_numbers(camel_kwargs(data, version)), version)
+
+
+def camel_kwargs(data: Any, version: str) -> Any:
+    """A handler argument back in the spelling of the wire (camelCase).
+
+    OCPP 2.1 per-phase keys (``limit_L2``, ...) reach the handlers as
+    ``limit_l2``; the ``ocpp`` library's converter makes ``limitL2`` of them,
+    :func:`~evflex.csms.rpc.fix_phase_keys` restores the spec's spelling.
+    """
+    camel = snake_to_camel_case(data)
+    return fix_phase_keys(camel) if version == "2.1" else camel
 
 
 def _plain_numbers(data: Any) -> Any:
@@ -254,6 +267,8 @@ class SimStation:
     the JSON payload of a CSMS request. ``ev_factory`` makes the vehicle that is
     plugged in for a remote start; ``remote_dwell_s`` (if given) draws how long
     such a vehicle stays, otherwise it leaves when the CSMS stops the session.
+    ``grid`` and ``building`` (see :mod:`evflex.sim.grid`) give the measured
+    frequency, voltage and building load; without them these are nominal.
     """
 
     version: ClassVar[str] = ""
@@ -266,6 +281,10 @@ class SimStation:
                 from evflex.sim.v16 import Station16
 
                 cls = Station16
+            elif spec.ocpp_version == "2.1":
+                from evflex.sim.v21 import Station21
+
+                cls = Station21
             else:
                 from evflex.sim.v201 import Station201
 
@@ -290,8 +309,14 @@ class SimStation:
         validate_messages: bool = True,
         connect_limiter: asyncio.Semaphore | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        grid: Grid | None = None,
+        building: BuildingMeter | None = None,
     ) -> None:
         self.spec = spec
+        #: Frequency and voltage at the grid connection (None: nominal values).
+        self.grid = grid
+        #: The building's own load behind the same grid connection (None: 0 W).
+        self.building = building
         self.base_url = url.rstrip("/")
         self.url = f"{self.base_url}/{spec.id}"
         self.clock: Clock = clock if clock is not None else AcceleratedClock(1.0)
@@ -381,6 +406,33 @@ class SimStation:
     def status(self, evse_id: int) -> str:
         """The status of an EVSE as reported over OCPP (version-specific names)."""
         return self.evse(evse_id).status
+
+    def attach_grid(self, grid: Grid | None = None, building: BuildingMeter | None = None) -> None:
+        """Measure frequency / voltage on ``grid`` and the building load on ``building``.
+
+        Either may be None (nominal values, no building load). Modes that
+        follow live measurements pick the new sources up within a second.
+        """
+        self.grid = grid
+        self.building = building
+
+    def grid_frequency_hz(self) -> float:
+        """The grid frequency measured now (the spec's nominal frequency without a grid)."""
+        if self.grid is None:
+            return float(self.spec.frequency_hz)
+        return self.grid.frequency_hz(self.now())
+
+    def grid_voltage_v(self) -> float:
+        """The supply voltage measured now (line to neutral; nominal without a grid)."""
+        if self.grid is None:
+            return float(self.spec.voltage)
+        return self.grid.voltage_v(self.now())
+
+    def building_load_w(self) -> float:
+        """The building's load at the grid connection without the EVSEs (0 without a meter)."""
+        if self.building is None:
+            return 0.0
+        return self.building.load_w(self.now())
 
     def can_plug_in(self, evse_id: int) -> bool:
         """True if a vehicle could be plugged in at this EVSE now."""
@@ -643,13 +695,14 @@ class SimStation:
                 for n in range(1, phases + 1):
                     out.append(Sample(CURRENT, amps, "A", f"L{n}"))
             elif measurand == VOLTAGE:
+                measured = self.grid_voltage_v()
                 for n in range(1, self.spec.phases + 1):
-                    out.append(Sample(VOLTAGE, round(volts, 1), "V", f"L{n}-N"))
+                    out.append(Sample(VOLTAGE, round(measured, 1), "V", f"L{n}-N"))
             elif measurand == SOC:
                 if evse.ev is not None:
                     out.append(Sample(SOC, round(evse.ev.soc * 100.0, 1), "Percent", location="EV"))
             elif measurand == FREQUENCY:
-                out.append(Sample(FREQUENCY, round(self.spec.frequency_hz, 2), "Hz"))
+                out.append(Sample(FREQUENCY, round(self.grid_frequency_hz(), 3), "Hz"))
             elif measurand == POWER_OFFERED:
                 out.append(Sample(POWER_OFFERED, round(self.offered_w(evse), 1), "W"))
             elif measurand == CURRENT_OFFERED:

@@ -15,6 +15,7 @@ from evflex.clock import isoformat, parse_datetime
 from evflex.sim.devicemodel import Variable, build_device_model
 from evflex.sim.ev import EvBattery, EvSpec
 from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
+from evflex.sim.monitoring import MonitorEngine, evse_power_w, grid_frequency_hz, grid_voltage_v
 from evflex.sim.station import (
     EvseBusy,
     LinkMixin,
@@ -98,6 +99,37 @@ class Link201(LinkMixin, OcppChargePoint):
             return call_result.GetBaseReport(status="EmptyResultSet")
         self.later(lambda: st.send_report(request_id, data))
         return call_result.GetBaseReport(status="Accepted")
+
+    # -- monitoring
+
+    @on(Action.set_variable_monitoring)
+    def on_set_variable_monitoring(
+        self, set_monitoring_data: list[dict[str, Any]], **_: Any
+    ) -> Any:
+        results = self.station.monitoring.set(set_monitoring_data)
+        self.later(self.station.monitoring.kick)
+        return call_result.SetVariableMonitoring(set_monitoring_result=results)
+
+    @on(Action.clear_variable_monitoring)
+    def on_clear_variable_monitoring(self, id: list[int], **_: Any) -> Any:
+        results = self.station.monitoring.clear(id)
+        self.later(self.station.monitoring.kick)
+        return call_result.ClearVariableMonitoring(clear_monitoring_result=results)
+
+    @on(Action.get_monitoring_report)
+    def on_get_monitoring_report(
+        self,
+        request_id: int,
+        monitoring_criteria: list[str] | None = None,
+        component_variable: list[dict[str, Any]] | None = None,
+        **_: Any,
+    ) -> Any:
+        engine = self.station.monitoring
+        data = engine.report(monitoring_criteria, component_variable)
+        if not data:
+            return call_result.GetMonitoringReport(status="EmptyResultSet")
+        self.later(lambda: engine.send_report(request_id, data))
+        return call_result.GetMonitoringReport(status="Accepted")
 
     @on(Action.request_start_transaction)
     def on_request_start_transaction(
@@ -384,8 +416,12 @@ class Station201(SimStation):
             local_list_entries=lambda: len(self.local_list),
             now_text=self.now_text,
             profile_entries=lambda: len(self.profiles),
+            evse_power=lambda evse_id: evse_power_w(self, evse_id),
+            grid_voltage=lambda: grid_voltage_v(self),
+            grid_frequency=lambda: grid_frequency_hz(self),
         )
         self.dm.on_change = self._variable_changed
+        self.monitoring = MonitorEngine(self, self.dm)
 
     def _availability(self, evse_id: int | None) -> str:
         if evse_id is None:

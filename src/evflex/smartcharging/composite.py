@@ -63,8 +63,10 @@ from typing import Any
 
 from evflex.clock import isoformat, parse_datetime
 from evflex.smartcharging.profiles import (
+    DISCHARGING_MODES,
     ChargingProfile,
     Kind,
+    OperationMode,
     Period,
     ProfileError,
     Purpose,
@@ -78,7 +80,11 @@ __all__ = [
     "CompositeSchedule",
     "InstalledProfile",
     "InstalledProfiles",
+    "V2xControl",
     "composite_schedule",
+    "next_change",
+    "period_index",
+    "v2x_control",
     "validity_overlaps",
 ]
 
@@ -299,8 +305,14 @@ class _Source:
         return (x for x in points if lo < x < hi)
 
 
-def _group(item: InstalledProfile, evse_id: int) -> str | None:
+def _group(item: InstalledProfile, evse_id: int, priority: bool = False) -> str | None:
     purpose, on = item.profile.purpose, item.evse_id
+    if purpose is Purpose.LOCAL_GENERATION:
+        return None
+    if priority and purpose in (Purpose.TX, Purpose.TX_DEFAULT):
+        return None  # 2.1 priority charging sets the transaction's profiles aside
+    if purpose is Purpose.PRIORITY:
+        return _TX if priority and evse_id != 0 and on in (0, evse_id) else None
     if purpose is Purpose.STATION_MAX:
         return _MAX if on == 0 else None
     if purpose is Purpose.EXTERNAL:
@@ -320,16 +332,17 @@ def _sources(
     start_us: int,
     transaction_id: str | None,
     transaction_start: datetime | None,
+    priority: bool = False,
 ) -> list[_Source]:
     running = transaction_id is not None or transaction_start is not None
     tx_start = None if transaction_start is None else _us(transaction_start)
     out: list[_Source] = []
     for item in installed:
-        group = _group(item, evse_id)
+        group = _group(item, evse_id, priority)
         if group is None:
             continue
         p, s = item.profile, item.profile.schedule
-        if group == _TX:
+        if group == _TX and p.purpose is Purpose.TX:
             if not running:
                 continue
             if p.transaction_id is not None and p.transaction_id != transaction_id:
@@ -361,6 +374,16 @@ def _sources(
     return out
 
 
+def _effective_limit(period: Period, unit: RateUnit) -> float:
+    """A period's limit as one value: with OCPP 2.1 per-phase limits (``limit_L2/L3``)
+    ``limit`` is that of L1; in W the phases add up, in A the lowest phase current binds."""
+    if period.limit_l23 is None:
+        return period.limit
+    if unit is RateUnit.W:
+        return period.limit + period.limit_l23[0] + period.limit_l23[1]
+    return min(period.limit, *period.limit_l23)
+
+
 @dataclass(frozen=True, slots=True)
 class _Evaluator:
     sources: list[_Source]
@@ -378,7 +401,11 @@ class _Evaluator:
                 continue
             n = period.number_phases or self.phases
             limit = convert(
-                period.limit, src.profile.schedule.rate_unit, self.unit, n, self.voltage
+                _effective_limit(period, src.profile.schedule.rate_unit),
+                src.profile.schedule.rate_unit,
+                self.unit,
+                n,
+                self.voltage,
             )
             key = (*src.rank, -limit)
             current = best.get(src.group)
@@ -418,6 +445,7 @@ def composite_schedule(
     voltage: float = 230.0,
     phases: int = 3,
     max_current_a: float = 32.0,
+    priority_charging: bool = False,
 ) -> CompositeSchedule:
     """The composite schedule of ``evse_id`` over [start, start + duration_s).
 
@@ -435,7 +463,7 @@ def composite_schedule(
     start = _utc(start)
     lo = _us(start)
     hi = lo + int(duration_s) * _US
-    sources = _sources(installed, evse_id, lo, transaction_id, transaction_start)
+    sources = _sources(installed, evse_id, lo, transaction_id, transaction_start, priority_charging)
     evaluator = _Evaluator(sources, unit, float(voltage), int(phases), float(max_current_a))
 
     instants = sorted({lo, *(x for src in sources for x in src.breakpoints(lo, hi))})
@@ -452,6 +480,109 @@ def composite_schedule(
             )
     periods = _merge(by_second[s] for s in sorted(by_second))
     return CompositeSchedule(evse_id, start, int(duration_s), unit, periods)
+
+
+# --------------------------------------------------------------------- V2X
+
+
+@dataclass(frozen=True, slots=True)
+class V2xControl:
+    """What an EVSE is told to do at one instant under OCPP 2.1 (powers in W).
+
+    ``period`` is the winning TxProfile / TxDefaultProfile (or PriorityCharging)
+    period with its V2X fields, ``None`` where no such profile is in force;
+    ``unit`` is its schedule's rate unit. ``charge_limit_w`` is the composite
+    limit; ``discharge_limit_w`` the largest discharge power every profile in
+    force allows (0 unless the mode may discharge).
+    """
+
+    mode: OperationMode
+    period: Period | None
+    unit: RateUnit
+    charge_limit_w: float
+    discharge_limit_w: float
+
+    def to_w(self, value: float, phases: int, voltage: float) -> float:
+        return convert(value, self.unit, RateUnit.W, phases, voltage)
+
+
+def v2x_control(
+    installed: Iterable[InstalledProfile],
+    evse_id: int,
+    at: datetime,
+    *,
+    transaction_id: str | None = None,
+    transaction_start: datetime | None = None,
+    voltage: float = 230.0,
+    phases: int = 3,
+    max_current_a: float = 32.0,
+    priority_charging: bool = False,
+) -> V2xControl:
+    """The operation mode, setpoint source and both limits of ``evse_id`` at ``at``."""
+    t = _us(_utc(at))
+    sources = _sources(installed, evse_id, t, transaction_id, transaction_start, priority_charging)
+    evaluator = _Evaluator(sources, RateUnit.W, float(voltage), int(phases), float(max_current_a))
+    winners = evaluator.winners(t)
+    charge = evaluator.at(t)
+    hardware_w = convert(max_current_a, RateUnit.A, RateUnit.W, charge.number_phases, voltage)
+    tx = winners.get(_TX) or winners.get(_TX_DEFAULT)
+    period = tx[1] if tx is not None else None
+    unit = tx[0].profile.schedule.rate_unit if tx is not None else RateUnit.W
+    mode = period.mode if period is not None else OperationMode.CHARGING_ONLY
+    discharge = 0.0
+    if mode in DISCHARGING_MODES:
+        discharge = hardware_w
+        for src, p, _limit, n in winners.values():
+            total = p.total("discharge_limit")
+            if total is not None:
+                bound = convert(-total, src.profile.schedule.rate_unit, RateUnit.W, n, voltage)
+                discharge = min(discharge, bound)
+    return V2xControl(mode, period, unit, charge.limit, max(0.0, discharge))
+
+
+def next_change(
+    installed: Iterable[InstalledProfile],
+    evse_id: int,
+    at: datetime,
+    horizon_s: float,
+    *,
+    transaction_id: str | None = None,
+    transaction_start: datetime | None = None,
+    priority_charging: bool = False,
+) -> datetime | None:
+    """The first instant in (at, at + horizon_s) where a profile of ``evse_id`` may change.
+
+    Every period start, validity bound, recurrence, duration end and the
+    transaction start counts, also where the composite limit stays the same
+    (an OCPP 2.1 period may change only its setpoint or operation mode).
+    """
+    lo = _us(_utc(at))
+    hi = lo + int(horizon_s * _US)
+    sources = _sources(installed, evse_id, lo, transaction_id, transaction_start, priority_charging)
+    points = [x for src in sources for x in src.breakpoints(lo, hi)]
+    return _EPOCH + timedelta(microseconds=min(points)) if points else None
+
+
+def period_index(
+    item: InstalledProfile,
+    evse_id: int,
+    at: datetime,
+    *,
+    transaction_id: str | None = None,
+    transaction_start: datetime | None = None,
+) -> int | None:
+    """Index of the period of ``item``'s first schedule in force on ``evse_id`` at ``at``.
+
+    None when the profile is not in force there and then.
+    """
+    t = _us(_utc(at))
+    priority = item.profile.purpose is Purpose.PRIORITY
+    for src in _sources([item], evse_id, t, transaction_id, transaction_start, priority):
+        period = src.period_at(t)
+        if period is not None:
+            periods = src.profile.schedule.periods
+            return next(i for i, p in enumerate(periods) if p is period)
+    return None
 
 
 # --------------------------------------------------------------------- installed set
@@ -598,3 +729,13 @@ class InstalledProfiles:
     ) -> CompositeSchedule:
         """:func:`composite_schedule` over the installed profiles."""
         return composite_schedule(self._items, evse_id, start, duration_s, rate_unit, **kw)
+
+    def v2x(self, evse_id: int, at: datetime, **kw: Any) -> V2xControl:
+        """:func:`v2x_control` over the installed profiles."""
+        return v2x_control(self._items, evse_id, at, **kw)
+
+    def next_change(
+        self, evse_id: int, at: datetime, horizon_s: float, **kw: Any
+    ) -> datetime | None:
+        """:func:`next_change` over the installed profiles."""
+        return next_change(self._items, evse_id, at, horizon_s, **kw)

@@ -50,7 +50,17 @@ from evflex.smartcharging.planner import (
     plan,
     station_node,
 )
-from evflex.smartcharging.profiles import Purpose, RateUnit, convert, simple_profile
+from evflex.smartcharging.profiles import (
+    ChargingProfile,
+    Kind,
+    OperationMode,
+    Period,
+    Purpose,
+    RateUnit,
+    Schedule,
+    convert,
+    simple_profile,
+)
 from evflex.store import repo
 from evflex.store.tables import Connector, Station, Transaction
 from evflex.store.writer import GroupCommitWriter
@@ -254,6 +264,8 @@ class LoadManager:
             "transaction.started",
             "ev.charging_needs",
             "connector.status",
+            "transaction.priority",
+            "transaction.v2x",
         ):
             return
         self.mark_dirty(site)
@@ -265,7 +277,7 @@ class LoadManager:
         mem = self._memory.setdefault(key, _EvseMemory())
         before = mem.steerable
         if w.status == "accepted":
-            mem.commanded_a = w.profile.schedule.periods[0].limit
+            mem.commanded_a = _charging_amps(w.profile, len(self._phases.get(key, (1, 2, 3))))
             mem.steerable = True
         else:
             mem.steerable = False
@@ -402,31 +414,31 @@ class LoadManager:
 
     async def _send(self, model: SiteModel, result: Plan, targets: dict[str, float]) -> None:
         st = self.status[model.id]
-        downs: list[tuple[EvseModel, float]] = []
-        ups: list[tuple[EvseModel, float]] = []
+        downs: list[tuple[EvseModel, float, ChargingProfile]] = []
+        ups: list[tuple[EvseModel, float, ChargingProfile]] = []
+        setpoints = st.mpc.setpoints if st.mpc is not None else {}
         for key, amps in targets.items():
             ev = model.evses[key]
             mem = self._memory.setdefault(key, _EvseMemory())
-            pid = tx_profile_id(ev.evse_id) if ev.session else default_profile_id(ev.evse_id)
-            stack = self._stack(ev)
-            cur = self.dispatcher.get(ev.station_id, pid)
-            same = (
-                cur is not None
-                and cur.profile.stack_level == stack
-                and abs(cur.profile.schedule.periods[0].limit - amps) < 0.05
-                and (ev.session is None or cur.profile.transaction_id == ev.session.transaction_id)
-            )
-            if same and mem.wanted_profile == pid:
+            if key in setpoints and st.mpc is not None:
+                profile = self._setpoint_profile(ev, amps, setpoints[key], st.mpc, model.voltage)
+                # what the EVSE draws now, in A per phase (a discharge draws nothing)
+                amps = _charging_amps(profile, len(ev.phases), model.voltage)
+            else:
+                profile = self._limit_profile(ev, amps)
+            cur = self.dispatcher.get(ev.station_id, profile.id)
+            same = cur is not None and _same_profile(cur.profile, profile)
+            if same and mem.wanted_profile == profile.id:
                 continue
             old = mem.wanted_a if mem.wanted_a is not None else ev.max_current_a
-            (downs if amps <= old else ups).append((ev, amps))
-        for ev, amps in downs:
-            self._put(ev, amps)
+            (downs if amps <= old else ups).append((ev, amps, profile))
+        for ev, amps, profile in downs:
+            self._put(ev, amps, profile)
         st.sent += len(downs) + len(ups)
         if downs and ups:
             waits = [
                 self.dispatcher.wait_settled(ev.station_id, self._pid(ev), self.settle_timeout_s)
-                for ev, _ in downs
+                for ev, _, _ in downs
             ]
             settled = await asyncio.gather(*waits)
             if any(w is None or w.status != "accepted" for w in settled):
@@ -434,8 +446,8 @@ class LoadManager:
                 st.sent -= len(ups)
                 self.mark_dirty(model.id)
                 return
-        for ev, amps in ups:
-            self._put(ev, amps)
+        for ev, amps, profile in ups:
+            self._put(ev, amps, profile)
 
     def _pid(self, ev: EvseModel) -> int:
         return tx_profile_id(ev.evse_id) if ev.session else default_profile_id(ev.evse_id)
@@ -445,10 +457,42 @@ class LoadManager:
             return self.priority_stack_level
         return self.stack_level
 
-    def _put(self, ev: EvseModel, amps: float) -> None:
-        mem = self._memory.setdefault(ev.key, _EvseMemory())
+    def _setpoint_profile(
+        self, ev: EvseModel, amps: float, watts: list[float], mpc: MpcResult, voltage: float
+    ) -> ChargingProfile:
+        """The plan ahead of a V2X session as a 2.1 CentralSetpoint TxProfile (W)."""
+        assert ev.session is not None
+        max_charge = ev.max_current_a * voltage * len(ev.phases)
+        vehicle = next((v for v in mpc.problem.vehicles if v.id == ev.key), None)
+        max_discharge = vehicle.max_discharge_w if vehicle is not None else 0.0
+        periods: list[Period] = []
+        for t, w in enumerate(watts[:SETPOINT_PERIODS]):
+            if t == 0:
+                w = min(w, amps * voltage * len(ev.phases))  # the allocator's cap wins
+            w = round(max(-max_discharge, min(max_charge, w)))
+            if periods and periods[-1].setpoint == w:
+                continue
+            periods.append(
+                Period(
+                    int(t * mpc.problem.slot_s),
+                    float(round(max_charge)),
+                    operation_mode=OperationMode.CENTRAL_SETPOINT,
+                    setpoint=float(w),
+                    discharge_limit=-float(round(max_discharge)),
+                )
+            )
+        return ChargingProfile(
+            id=tx_profile_id(ev.evse_id),
+            stack_level=self._stack(ev),
+            purpose=Purpose.TX,
+            kind=Kind.ABSOLUTE,
+            transaction_id=ev.session.transaction_id,
+            schedule=Schedule(RateUnit.W, tuple(periods), start=mpc.at.replace(microsecond=0)),
+        )
+
+    def _limit_profile(self, ev: EvseModel, amps: float) -> ChargingProfile:
         if ev.session is not None:
-            profile = simple_profile(
+            return simple_profile(
                 tx_profile_id(ev.evse_id),
                 Purpose.TX,
                 amps,
@@ -457,15 +501,17 @@ class LoadManager:
                 transaction_id=ev.session.transaction_id,
                 number_phases=len(ev.phases),
             )
-        else:
-            profile = simple_profile(
-                default_profile_id(ev.evse_id),
-                Purpose.TX_DEFAULT,
-                amps,
-                RateUnit.A,
-                stack_level=self.stack_level,
-                number_phases=len(ev.phases),
-            )
+        return simple_profile(
+            default_profile_id(ev.evse_id),
+            Purpose.TX_DEFAULT,
+            amps,
+            RateUnit.A,
+            stack_level=self.stack_level,
+            number_phases=len(ev.phases),
+        )
+
+    def _put(self, ev: EvseModel, amps: float, profile: ChargingProfile) -> None:
+        mem = self._memory.setdefault(ev.key, _EvseMemory())
         mem.wanted_a = amps
         mem.wanted_profile = profile.id
         self.dispatcher.put(ev.station_id, ev.evse_id, profile, "load-manager")
@@ -591,12 +637,13 @@ class LoadManager:
                         started_at=tx.started_at,
                         departure=tx.departure_at,
                         energy_target_wh=tx.energy_target_wh,
-                        energy_delivered_wh=tx.energy_imported_wh or 0.0,
+                        energy_delivered_wh=repo.net_energy_wh(tx),
                         priority=bool(tx.priority),
                         ev_max_current_a=tx.ev_max_current_a,
                         ev_min_current_a=tx.ev_min_current_a,
                         finished=status.get((stn.id, e)) == "SuspendedEV"
                         or tx.charging_state == "SuspendedEV",
+                        **_v2x_session(stn, tx, ev, model.voltage),
                     )
                 model.evses[key] = ev
                 model.node_of[key] = node
@@ -616,6 +663,46 @@ class LoadManager:
                 if limit is not None:
                     found.append(convert(limit, sched.rate_unit, RateUnit.A, phases, model.voltage))
         return min(found) if found else None
+
+
+#: Periods of the plan ahead a CentralSetpoint profile carries (2.x stations take >= 24).
+SETPOINT_PERIODS = 24
+
+
+def _charging_amps(profile: ChargingProfile, phases: int, voltage: float = 230.0) -> float:
+    """What a profile lets the EVSE draw now, in A per phase (a discharge draws 0)."""
+    first = profile.schedule.periods[0]
+    if profile.schedule.rate_unit is RateUnit.A:
+        return first.limit
+    value = first.setpoint if first.setpoint is not None else first.limit
+    return max(0.0, value) / (voltage * phases)
+
+
+def _same_profile(a: ChargingProfile, b: ChargingProfile) -> bool:
+    """True if sending ``b`` over ``a`` would change nothing worth a message."""
+    if (a.stack_level, a.transaction_id, a.schedule.rate_unit) != (
+        b.stack_level,
+        b.transaction_id,
+        b.schedule.rate_unit,
+    ):
+        return False
+    if b.schedule.rate_unit is RateUnit.A:
+        return abs(a.schedule.periods[0].limit - b.schedule.periods[0].limit) < 0.05
+    return a.schedule == b.schedule
+
+
+def _v2x_session(stn, tx, ev: EvseModel, voltage: float) -> dict:
+    """The V2X fields of a session: discharging needs consent, a BPT EV and OCPP 2.1."""
+    if getattr(stn, "ocpp_version", None) != "2.1" or not getattr(tx, "v2x_allowed", False):
+        return {}
+    transfer = " ".join(x or "" for x in (tx.energy_transfer, tx.allowed_energy_transfer))
+    max_w = min(tx.ev_max_discharge_w or 0.0, ev.max_current_a * voltage * len(ev.phases))
+    if "BPT" not in transfer or max_w <= 0:
+        return {}
+    floor = None
+    if tx.v2x_min_energy_wh is not None:
+        floor = min(0.0, tx.v2x_min_energy_wh - repo.net_energy_wh(tx))
+    return {"v2x": True, "max_discharge_w": max_w, "v2x_floor_wh": floor}
 
 
 def _schedule_limit_at(sched, now: datetime) -> float | None:

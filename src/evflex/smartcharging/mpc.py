@@ -84,6 +84,8 @@ class MpcResult:
     problem: Problem
     schedule: Schedule  # vehicle ids are evse keys
     caps: dict[str, float]  # evse key -> A per phase for now
+    #: V2X sessions: evse key -> signed W per slot (the CentralSetpoint profile ahead)
+    setpoints: dict[str, list[float]] = field(default_factory=dict)
     infeasible: list[str] = field(default_factory=list)  # stated needs the site cannot meet
     stated: set[str] = field(default_factory=set)  # sessions with departure and energy
 
@@ -169,6 +171,9 @@ def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Pro
                 node=site.node_of[key],
                 phases=ev.phases,
                 priority=PRIORITY_WEIGHT if s.priority else 1.0,
+                v2x_allowed=s.v2x and not s.priority,
+                max_discharge_w=min(s.max_discharge_w, ev.max_current_a * volt * nph),
+                v2x_floor_wh=s.v2x_floor_wh if s.v2x_floor_wh is not None else 0.0,
             )
         )
 
@@ -212,8 +217,15 @@ def mpc_step(
     schedule = solve(problem)
     rules = rules or WireRules(single_phase_max_a=site.single_phase_max_a)
     amps = wire_currents(problem, schedule, 0, rules) if problem.vehicles else {}
-    caps = {key: max(0.0, a) for key, a in amps.items()}  # charging only for now
+    caps = {key: max(0.0, a) for key, a in amps.items()}  # discharging is a setpoint
     infeasible = sorted(k for k in stated if not schedule.vehicles[k].feasible)
+    setpoints = {}
+    for v in problem.vehicles:
+        if v.can_discharge:
+            watts = list(schedule.vehicles[v.id].power_w)
+            # the first slot as wired: whole amps, the minimum current, every limit kept
+            watts[0] = amps.get(v.id, 0.0) * problem.voltage * len(v.phases)
+            setpoints[v.id] = watts
     return MpcResult(
         at=now,
         problem=problem,
@@ -221,4 +233,5 @@ def mpc_step(
         caps=caps,
         infeasible=infeasible,
         stated=stated,
+        setpoints=setpoints,
     )

@@ -59,6 +59,11 @@ class SessionModel:
     ev_max_current_a: float | None = None
     ev_min_current_a: float | None = None
     finished: bool = False  # the EV stopped drawing (SuspendedEV / target reached)
+    # V2X: discharging needs all of the driver's consent, a bidirectional EV
+    # and an OCPP 2.1 station; the plan then sends CentralSetpoint profiles.
+    v2x: bool = False
+    max_discharge_w: float = 0.0
+    v2x_floor_wh: float | None = None  # lowest energy level from now (see Vehicle)
 
     @property
     def energy_needed_wh(self) -> float | None:

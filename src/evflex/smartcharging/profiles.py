@@ -10,6 +10,7 @@ build, check and translate profiles with these functions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -23,6 +24,8 @@ class Purpose(StrEnum):
     TX_DEFAULT = "TxDefaultProfile"
     TX = "TxProfile"
     EXTERNAL = "ChargingStationExternalConstraints"
+    PRIORITY = "PriorityCharging"  # 2.1: what the station runs in priority charging
+    LOCAL_GENERATION = "LocalGeneration"  # 2.1: local generation the station may use
 
     def wire(self, version: str) -> str:
         if version == "1.6" and self is Purpose.STATION_MAX:
@@ -52,6 +55,43 @@ class RateUnit(StrEnum):
     W = "W"
 
 
+class OperationMode(StrEnum):
+    """OCPP 2.1 ``OperationModeEnumType``: what an EVSE does in a schedule period."""
+
+    IDLE = "Idle"
+    CHARGING_ONLY = "ChargingOnly"
+    CENTRAL_SETPOINT = "CentralSetpoint"
+    EXTERNAL_SETPOINT = "ExternalSetpoint"
+    EXTERNAL_LIMITS = "ExternalLimits"
+    CENTRAL_FREQUENCY = "CentralFrequency"
+    LOCAL_FREQUENCY = "LocalFrequency"
+    LOCAL_LOAD_BALANCING = "LocalLoadBalancing"
+
+
+#: Modes that may leave ``limit`` out (the 2.1 schema makes it optional for them).
+LIMIT_OPTIONAL = frozenset(
+    {
+        OperationMode.CENTRAL_SETPOINT,
+        OperationMode.EXTERNAL_SETPOINT,
+        OperationMode.EXTERNAL_LIMITS,
+        OperationMode.LOCAL_FREQUENCY,
+        OperationMode.LOCAL_LOAD_BALANCING,
+    }
+)
+#: Modes that need a ``setpoint`` in every period.
+SETPOINT_REQUIRED = frozenset({OperationMode.CENTRAL_SETPOINT, OperationMode.CENTRAL_FREQUENCY})
+#: Modes in which the EV may discharge.
+DISCHARGING_MODES = frozenset(OperationMode) - {OperationMode.IDLE, OperationMode.CHARGING_ONLY}
+
+#: The 2.1 per-phase fields: domain name -> wire name of L1 (or total), L2, L3.
+PHASE_FIELDS = {
+    "limit": ("limit", "limit_L2", "limit_L3"),
+    "discharge_limit": ("dischargeLimit", "dischargeLimit_L2", "dischargeLimit_L3"),
+    "setpoint": ("setpoint", "setpoint_L2", "setpoint_L3"),
+    "setpoint_reactive": ("setpointReactive", "setpointReactive_L2", "setpointReactive_L3"),
+}
+
+
 DEFAULT_VOLTAGE = 230.0
 
 
@@ -61,10 +101,59 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Period:
+    """One schedule period. ``limit`` is ``math.inf`` where a 2.1 period leaves it out.
+
+    The OCPP 2.1 fields (operation mode, setpoints, discharge limits, per-phase
+    values, frequency curve) are ``None`` when absent; per-phase tuples hold the
+    L2 and L3 values, and then ``limit``/``setpoint``/... are the L1 values.
+    """
+
     start_s: int
     limit: float
     number_phases: int | None = None
     phase_to_use: int | None = None
+    operation_mode: OperationMode | None = None
+    setpoint: float | None = None
+    discharge_limit: float | None = None  # <= 0, as on the wire
+    setpoint_reactive: float | None = None
+    limit_l23: tuple[float, float] | None = None
+    setpoint_l23: tuple[float, float] | None = None
+    discharge_limit_l23: tuple[float, float] | None = None
+    setpoint_reactive_l23: tuple[float, float] | None = None
+    v2x_baseline: float | None = None
+    v2x_freq_watt_curve: tuple[tuple[float, float], ...] | None = None
+    evse_sleep: bool | None = None
+    preconditioning_request: bool | None = None
+
+    @property
+    def mode(self) -> OperationMode:
+        return self.operation_mode or OperationMode.CHARGING_ONLY
+
+    @property
+    def is_v2x(self) -> bool:
+        """True if the period uses anything beyond a 2.0.1 charging limit."""
+        return any(
+            getattr(self, name) is not None
+            for name in (
+                "operation_mode",
+                "setpoint",
+                "discharge_limit",
+                "setpoint_reactive",
+                "limit_l23",
+                "v2x_baseline",
+                "v2x_freq_watt_curve",
+                "evse_sleep",
+                "preconditioning_request",
+            )
+        ) or math.isinf(self.limit)
+
+    def total(self, name: str) -> float | None:
+        """A per-phase quantity summed over the phases (``setpoint``, ``limit``, ...)."""
+        value = getattr(self, name)
+        if value is None:
+            return None
+        rest = getattr(self, f"{name}_l23")
+        return value if rest is None else value + rest[0] + rest[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +191,8 @@ class ChargingProfile:
 def validate(profile: ChargingProfile, evse_id: int, version: str = "2.0.1") -> None:
     """Raise :class:`ProfileError` if ``profile`` may not be set on ``evse_id``."""
     p, s = profile, profile.schedule
+    if p.purpose in (Purpose.PRIORITY, Purpose.LOCAL_GENERATION) and version != "2.1":
+        raise ProfileError(f"{p.purpose.value} profiles exist only in OCPP 2.1")
     if p.id < 0 and version == "1.6":
         raise ProfileError("chargingProfileId must not be negative")
     if p.stack_level < 0:
@@ -134,6 +225,8 @@ def validate(profile: ChargingProfile, evse_id: int, version: str = "2.0.1") -> 
         raise ProfileError("validTo must be after validFrom")
     for sched in (s, *p.extra_schedules):
         _validate_schedule(sched, p)
+        for period in sched.periods:
+            _validate_v2x(period, version)
 
 
 def _validate_schedule(s: Schedule, p: ChargingProfile) -> None:
@@ -147,7 +240,9 @@ def _validate_schedule(s: Schedule, p: ChargingProfile) -> None:
             raise ProfileError("startPeriod values must be strictly increasing")
         last = period.start_s
         if period.limit < 0:
-            raise ProfileError("a charging limit must not be negative (discharging is OCPP 2.1)")
+            raise ProfileError(
+                "a charging limit must not be negative (discharging: OCPP 2.1 dischargeLimit)"
+            )
         if period.number_phases is not None and period.number_phases not in (1, 2, 3):
             raise ProfileError("numberPhases must be 1, 2 or 3")
         if period.phase_to_use is not None:
@@ -163,6 +258,49 @@ def _validate_schedule(s: Schedule, p: ChargingProfile) -> None:
         span = 86400 if p.recurrency is Recurrency.DAILY else 7 * 86400
         if s.periods[-1].start_s >= span:
             raise ProfileError(f"a {p.recurrency} schedule cannot start a period after {span} s")
+
+
+def _validate_v2x(period: Period, version: str) -> None:
+    """The OCPP 2.1 rules of a period's V2X fields (and that older versions have none)."""
+    if version != "2.1":
+        if period.is_v2x:
+            raise ProfileError(
+                "operationMode, setpoint, dischargeLimit, per-phase values and an absent "
+                f"limit are OCPP 2.1 (this station speaks {version})"
+            )
+        return
+    mode = period.mode
+    if math.isinf(period.limit) and mode not in LIMIT_OPTIONAL:
+        raise ProfileError(f"operationMode {mode.value} needs a limit")
+    if mode in SETPOINT_REQUIRED and period.setpoint is None:
+        raise ProfileError(f"operationMode {mode.value} needs a setpoint")
+    if mode is OperationMode.LOCAL_FREQUENCY and not period.v2x_freq_watt_curve:
+        raise ProfileError("operationMode LocalFrequency needs a v2xFreqWattCurve")
+    curve = period.v2x_freq_watt_curve or ()
+    if any(b[0] <= a[0] for a, b in zip(curve, curve[1:], strict=False)):
+        raise ProfileError("v2xFreqWattCurve frequencies must be strictly increasing")
+    if period.discharge_limit is not None and period.discharge_limit > 0:
+        raise ProfileError("dischargeLimit must be zero or negative (it is a discharge)")
+    if period.discharge_limit_l23 is not None and max(period.discharge_limit_l23) > 0:
+        raise ProfileError("dischargeLimit_L2/L3 must be zero or negative")
+    for name in PHASE_FIELDS:
+        if getattr(period, f"{name}_l23") is not None and getattr(period, name) is None:
+            raise ProfileError(f"{name}_L2/L3 need the L1 value in {PHASE_FIELDS[name][0]}")
+    # A dischargeLimit without a mode is a cap (e.g. on a ChargingStationMaxProfile).
+    discharges = (period.setpoint is not None and period.setpoint < 0) or (
+        period.discharge_limit is not None
+        and period.discharge_limit < 0
+        and period.operation_mode is not None
+    )
+    if discharges and mode in (OperationMode.CHARGING_ONLY, OperationMode.IDLE):
+        raise ProfileError(f"operationMode {mode.value} cannot discharge")
+    setpoint = period.total("setpoint")
+    if setpoint is not None:
+        if setpoint > period.total("limit") + 1e-9:
+            raise ProfileError("setpoint is above the period's limit")
+        low = period.total("discharge_limit")
+        if low is not None and setpoint < low - 1e-9:
+            raise ProfileError("setpoint is below the period's dischargeLimit")
 
 
 # --------------------------------------------------------------------- units
@@ -191,21 +329,74 @@ def _opt_time(text: str | None) -> datetime | None:
     return parse_datetime(text) if text else None
 
 
+def _opt_float(d: dict[str, Any], key: str) -> float | None:
+    value = d.get(key)
+    return None if value is None else float(value)
+
+
+def _pair(d: dict[str, Any], keys: tuple[str, str, str]) -> tuple[float, float] | None:
+    l2, l3 = d.get(keys[1]), d.get(keys[2])
+    if l2 is None and l3 is None:
+        return None
+    if l2 is None or l3 is None:
+        raise ProfileError(f"{keys[1]} and {keys[2]} come together")
+    return float(l2), float(l3)
+
+
 def _period_from_wire(d: dict[str, Any]) -> Period:
+    mode = d.get("operationMode")
+    curve = d.get("v2xFreqWattCurve")
     return Period(
         start_s=int(d["startPeriod"]),
-        limit=float(d["limit"]),
+        limit=float(d["limit"]) if d.get("limit") is not None else math.inf,
         number_phases=d.get("numberPhases"),
         phase_to_use=d.get("phaseToUse"),
+        operation_mode=OperationMode(mode) if mode is not None else None,
+        setpoint=_opt_float(d, "setpoint"),
+        discharge_limit=_opt_float(d, "dischargeLimit"),
+        setpoint_reactive=_opt_float(d, "setpointReactive"),
+        limit_l23=_pair(d, PHASE_FIELDS["limit"]),
+        setpoint_l23=_pair(d, PHASE_FIELDS["setpoint"]),
+        discharge_limit_l23=_pair(d, PHASE_FIELDS["discharge_limit"]),
+        setpoint_reactive_l23=_pair(d, PHASE_FIELDS["setpoint_reactive"]),
+        v2x_baseline=_opt_float(d, "v2xBaseline"),
+        v2x_freq_watt_curve=tuple((float(x["frequency"]), float(x["power"])) for x in curve)
+        if curve is not None
+        else None,
+        evse_sleep=d.get("evseSleep"),
+        preconditioning_request=d.get("preconditioningRequest"),
     )
 
 
 def _period_to_wire(p: Period, version: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"startPeriod": p.start_s, "limit": round(p.limit, 1)}
+    out: dict[str, Any] = {"startPeriod": p.start_s}
+    if not math.isinf(p.limit):
+        out["limit"] = round(p.limit, 1)
+    elif version != "2.1":
+        raise ProfileError(f"a period without limit cannot be sent over OCPP {version}")
     if p.number_phases is not None:
         out["numberPhases"] = p.number_phases
     if p.phase_to_use is not None and version != "1.6":
         out["phaseToUse"] = p.phase_to_use
+    if version == "2.1":
+        for name, keys in PHASE_FIELDS.items():
+            value, rest = getattr(p, name), getattr(p, f"{name}_l23")
+            if name != "limit" and value is not None:
+                out[keys[0]] = round(value, 1)
+            if rest is not None:
+                out[keys[1]], out[keys[2]] = round(rest[0], 1), round(rest[1], 1)
+        if p.v2x_baseline is not None:
+            out["v2xBaseline"] = round(p.v2x_baseline, 1)
+        if p.v2x_freq_watt_curve is not None:
+            out["v2xFreqWattCurve"] = [
+                {"frequency": f, "power": w} for f, w in p.v2x_freq_watt_curve
+            ]
+        if p.evse_sleep is not None:
+            out["evseSleep"] = p.evse_sleep
+        if p.preconditioning_request is not None:
+            out["preconditioningRequest"] = p.preconditioning_request
+        if p.operation_mode is not None:
+            out["operationMode"] = p.operation_mode.value
     return out
 
 
@@ -265,7 +456,7 @@ def from_wire(d: dict[str, Any], version: str) -> ChargingProfile:
 
 
 def to_wire(p: ChargingProfile, version: str) -> dict[str, Any]:
-    """The OCPP ``chargingProfile`` object for ``version`` ("1.6" or "2.0.1")."""
+    """The OCPP ``chargingProfile`` object for ``version`` ("1.6", "2.0.1" or "2.1")."""
     out: dict[str, Any] = {}
     out["chargingProfileId" if version == "1.6" else "id"] = p.id
     if p.transaction_id is not None:

@@ -91,7 +91,12 @@ async def _v3_scheduling(conn: AsyncConnection) -> None:
     await _add_missing(conn, "sites")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_smart_charging, _v3_scheduling]
+async def _v4_v2x(conn: AsyncConnection) -> None:
+    """V2X: discharge consent, bidirectional EV needs, operation mode; site tariffs."""
+    await _add_missing(conn, "transactions", "sites")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_smart_charging, _v3_scheduling, _v4_v2x]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

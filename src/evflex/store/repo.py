@@ -292,6 +292,8 @@ async def _apply(session: AsyncSession, tx: Transaction, upd: TransactionUpdate,
         tx.id_token = upd.id_token
     if upd.remote_start_id is not None:
         tx.remote_start_id = upd.remote_start_id
+    if upd.operation_mode is not None:
+        tx.operation_mode = upd.operation_mode
     if upd.reservation_id is not None:
         tx.reservation_id = upd.reservation_id
     if upd.event == "started" or tx.started_at is None:
@@ -491,16 +493,44 @@ async def meter_values_between(
 # ---------------------------------------------------------------- smart charging
 
 
+def net_energy_wh(tx: Transaction) -> float:
+    """Energy into the EV so far: imported minus exported."""
+    return (tx.energy_imported_wh or 0.0) - (getattr(tx, "energy_exported_wh", None) or 0.0)
+
+
+#: ChargingNeeds fields copied onto the transaction (schema 4).
+V2X_NEEDS = (
+    "v2x_allowed",
+    "energy_transfer",
+    "allowed_energy_transfer",
+    "ev_max_charge_w",
+    "ev_min_charge_w",
+    "ev_max_discharge_w",
+    "ev_min_discharge_w",
+    "v2x_min_energy_wh",
+    "v2x_max_energy_wh",
+    "target_soc",
+    "control_mode",
+    "mobility_needs_mode",
+)
+
+
 def set_transaction_needs(tx: Transaction, needs: ChargingNeeds) -> Transaction:
     """Store a driver's or EV's needs on a transaction; energy is counted from now."""
     if needs.departure is not None:
         tx.departure_at = needs.departure
+    net = net_energy_wh(tx)
     if needs.energy_wh is not None:
-        tx.energy_target_wh = (tx.energy_imported_wh or 0.0) + needs.energy_wh
+        tx.energy_target_wh = net + needs.energy_wh
     if needs.ev_min_current_a is not None:
         tx.ev_min_current_a = needs.ev_min_current_a
     if needs.ev_max_current_a is not None:
         tx.ev_max_current_a = needs.ev_max_current_a
+    for name in V2X_NEEDS:
+        value = getattr(needs, name)
+        if value is not None:
+            # the V2X energy window is kept as levels of the session's net energy
+            setattr(tx, name, net + value if name.endswith("_energy_wh") else value)
     tx.needs_source = needs.source
     return tx
 
@@ -593,6 +623,8 @@ async def delete_profiles(session: AsyncSession, station_id: str, profile_ids: l
 
 
 SITE_FIELDS = (
+    "import_tariff_per_kwh",
+    "export_tariff_per_kwh",
     "objective",
     "capacity_tariff_per_kw",
     "name",

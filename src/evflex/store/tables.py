@@ -164,6 +164,21 @@ class Transaction(Base):
     ev_max_current_a: Mapped[float | None] = mapped_column(Float)
     ev_min_current_a: Mapped[float | None] = mapped_column(Float)
     priority: Mapped[bool | None] = mapped_column(Boolean)
+    # V2X (schema 4): the driver's consent to discharge (default off), the EV's
+    # bidirectional limits from NotifyEVChargingNeeds, what the station reports.
+    v2x_allowed: Mapped[bool | None] = mapped_column(Boolean)
+    energy_transfer: Mapped[str | None] = mapped_column(String(16))
+    allowed_energy_transfer: Mapped[str | None] = mapped_column(String(128))
+    ev_max_charge_w: Mapped[float | None] = mapped_column(Float)
+    ev_min_charge_w: Mapped[float | None] = mapped_column(Float)
+    ev_max_discharge_w: Mapped[float | None] = mapped_column(Float)
+    ev_min_discharge_w: Mapped[float | None] = mapped_column(Float)
+    v2x_min_energy_wh: Mapped[float | None] = mapped_column(Float)
+    v2x_max_energy_wh: Mapped[float | None] = mapped_column(Float)
+    target_soc: Mapped[float | None] = mapped_column(Float)
+    control_mode: Mapped[str | None] = mapped_column(String(24))
+    mobility_needs_mode: Mapped[str | None] = mapped_column(String(16))
+    operation_mode: Mapped[str | None] = mapped_column(String(24))
 
 
 class MeterValue(Base):
@@ -254,6 +269,9 @@ class Site(Base):
     objective: Mapped[str | None] = mapped_column(String(32))
     capacity_tariff_per_kw: Mapped[float | None] = mapped_column(Float)
     forecast: Mapped[dict | None] = mapped_column(JSON)
+    # Billing (schema 4): price per kWh imported and reward per kWh fed back.
+    import_tariff_per_kwh: Mapped[float | None] = mapped_column(Float)
+    export_tariff_per_kwh: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
