@@ -48,3 +48,22 @@ async def test_demo_site_stays_under_its_limit_and_drivers_get_their_energy(tmp_
     # they asked for, or what the car could take alone in its stay.
     assert res.sessions_with_needs > 0
     assert res.sessions_served / res.sessions_with_needs >= 0.6, res
+
+
+async def test_demo_v2x_runs_a_v2g_site_that_imports_and_exports(tmp_path):
+    """OCPP 2.1 stations with bidirectional cars on an LP-planned site with an evening price
+    peak: consenting cars feed energy back, the CSMS meters import and export apart."""
+    rt = Runtime(demo_settings(tmp_path / "demo.db", "127.0.0.1", 0, 0),
+                 demo_clock(24, 24 * 3600 / 40))
+    await rt.start()
+    try:
+        res = await run_demo(rt, stations=6, hours=24, seed=11, site_limit_kw=60, v2x=True,
+                             sessions_per_evse_per_day=1.5)
+    finally:
+        await rt.stop()
+    assert res.errors == 0, res.error_samples
+    assert res.v2x_sessions > 0
+    assert res.csms_energy_kwh > 0
+    assert res.csms_exported_kwh > 0, res
+    assert res.site_peak_kw <= 60.0
+    assert res.export_reward > 0 and res.import_cost > res.export_reward

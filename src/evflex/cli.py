@@ -206,6 +206,14 @@ def demo(
     site_limit_kw: Annotated[
         float, typer.Option(help="Grid connection limit of the simulated site (kW)")
     ] = 80.0,
+    v2x: Annotated[
+        bool,
+        typer.Option(
+            "--v2x",
+            help="A V2G site: OCPP 2.1 stations, bidirectional cars, prices with an evening "
+            "peak, planned by the optimiser; prints imported vs exported kWh",
+        ),
+    ] = False,
 ) -> None:
     """Start a CSMS on a fresh SQLite file, simulate a site for a day, print a summary."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -239,6 +247,7 @@ def demo(
                     seed=seed,
                     progress=lambda f: bar.update(task, completed=f),
                     site_limit_kw=site_limit_kw,
+                    v2x=v2x,
                 )
             table = Table(
                 title=f"evflex demo: {res.sim_hours:g} simulated hours in {res.real_seconds:.0f} s"
@@ -259,6 +268,9 @@ def demo(
             table.add_row(
                 "energy charged (kWh)", f"{res.sim_energy_kwh:.1f}", f"{res.csms_energy_kwh:.1f}"
             )
+            if res.v2x:
+                table.add_row("energy fed back (kWh)", "", f"{res.csms_exported_kwh:.1f}")
+                table.add_row("sessions allowing discharge", "", str(res.v2x_sessions))
             table.add_row("meter samples stored", "", str(res.csms_meter_samples))
             table.add_row("errors", str(res.errors), "")
             console.print(table)
@@ -274,6 +286,12 @@ def demo(
                 f"{res.site_peak_kw:.1f} kW ({verdict} the limit) · drivers who stated energy "
                 f"and departure and got their energy by departure: {share}"
             )
+            if res.v2x:
+                console.print(
+                    f"V2G: imported {res.csms_energy_kwh:.1f} kWh, exported "
+                    f"{res.csms_exported_kwh:.1f} kWh · drivers pay {res.import_cost:.2f} and "
+                    f"get {res.export_reward:.2f} back for feeding in the evening peak"
+                )
             for e in res.error_samples:
                 console.print(f"  [yellow]error:[/] {e}")
             console.print(
@@ -299,6 +317,7 @@ def _register_plugins() -> None:
     from evflex.bench.ocpp import bench_ocpp_command
     from evflex.bench.scheduling import bench_scheduling_command
     from evflex.bench.smartcharging import bench_smartcharging_command
+    from evflex.bench.v2x import bench_v2x_command
     from evflex.sim.cli import sim_command
 
     app.command("sim", help="Run simulated stations and EVs against a CSMS.")(sim_command)
@@ -311,6 +330,9 @@ def _register_plugins() -> None:
     bench_app.command(
         "scheduling", help="Replay EV sessions (ACN-Data) through charging algorithms, LP included."
     )(bench_scheduling_command)
+    bench_app.command(
+        "v2x", help="Central frequency control: N V2X EVSEs follow a frequency trace."
+    )(bench_v2x_command)
 
 
 _register_plugins()

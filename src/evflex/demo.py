@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -16,6 +18,7 @@ from evflex.clock import AcceleratedClock
 from evflex.config import Settings
 from evflex.sim import SimConfig, Simulation
 from evflex.sim.runner import station_ids
+from evflex.smartcharging.mpc import Forecast
 from evflex.store import repo
 from evflex.store.tables import IdToken, MeterValue, Station, Transaction
 
@@ -45,6 +48,12 @@ class DemoResult:
     site_peak_kw: float = 0.0  # the most the simulated EVs drew at once (sampled)
     sessions_with_needs: int = 0  # ended sessions whose EV stated energy and departure
     sessions_served: int = 0  # ... that got their energy by departure
+    # V2X (--v2x): what the CSMS metered and billed
+    v2x: bool = False
+    v2x_sessions: int = 0  # sessions whose driver allowed discharging
+    csms_exported_kwh: float = 0.0
+    import_cost: float = 0.0
+    export_reward: float = 0.0
 
 
 DEMO_TOKENS = [f"DEMO-{i:04d}" for i in range(1, 41)]
@@ -76,6 +85,7 @@ async def run_demo(
     progress: Callable[[float], None] | None = None,
     site_limit_kw: float = 80.0,
     sessions_per_evse_per_day: float = 1.2,
+    v2x: bool = False,
 ) -> DemoResult:
     """Simulate a site against the running node ``rt`` and count what it stored.
 
@@ -94,6 +104,8 @@ async def run_demo(
     ids = station_ids("DEMO", stations)
     async with rt.sessionmaker() as s, s.begin():
         values = {"import_limit_w": site_limit_kw * 1000, "policy": "deadline"}
+        if v2x:
+            values.update(v2x_site(now, hours))
         await repo.upsert_site(s, "demo-site", {"name": "Demo depot", **values}, now)
         await s.flush()
         for sid in ids:
@@ -102,7 +114,6 @@ async def run_demo(
     cfg = SimConfig(
         url=ocpp_url,
         stations=stations,
-        v201_share=0.5,
         evses_per_station=2,
         speed=sim_speed,
         duration_s=hours * 3600.0,
@@ -112,15 +123,24 @@ async def run_demo(
         unknown_token_share=0.05,
         seed=seed,
         station_prefix="DEMO",
+        v201_share=0.25 if v2x else 0.5,
+        v21_share=0.5 if v2x else 0.0,
+        bidirectional_share=0.7 if v2x else 0.0,
+        # a V2G depot: cars stay for the evening peak and the night
+        dwell_min_s=(6 if v2x else 1) * 3600.0,
+        dwell_max_s=(14 if v2x else 10) * 3600.0,
     )
     t0 = time.monotonic()
     sim = Simulation(cfg, clock=rt.clock)  # one clock for the CSMS and the site
     peak = {"w": 0.0}
     sampler = asyncio.create_task(_sample_peak(sim, peak))
+    drivers = asyncio.create_task(_drivers_consent(rt, seed)) if v2x else None
     try:
         summary = await sim.run(progress=progress)
     finally:
         sampler.cancel()
+        if drivers is not None:
+            drivers.cancel()
     real = time.monotonic() - t0
     sim_end = rt.clock.now()  # the shared clock: departures are in the same time
     await asyncio.sleep(0.2)  # let the last answers' writes settle
@@ -129,6 +149,14 @@ async def run_demo(
         n_tx = (await s.execute(select(func.count()).select_from(Transaction))).scalar_one()
         e_wh = (
             await s.execute(select(func.coalesce(func.sum(Transaction.energy_imported_wh), 0.0)))
+        ).scalar_one()
+        x_wh = (
+            await s.execute(select(func.coalesce(func.sum(Transaction.energy_exported_wh), 0.0)))
+        ).scalar_one()
+        n_v2x = (
+            await s.execute(
+                select(func.count()).select_from(Transaction).where(Transaction.v2x_allowed)
+            )
         ).scalar_one()
         n_mv = (await s.execute(select(func.count()).select_from(MeterValue))).scalar_one()
         needs = list(
@@ -169,7 +197,80 @@ async def run_demo(
         site_peak_kw=peak["w"] / 1000.0,
         sessions_with_needs=len(due),
         sessions_served=len(served),
+        v2x=v2x,
+        v2x_sessions=n_v2x,
+        csms_exported_kwh=x_wh / 1000.0,
+        import_cost=e_wh / 1000.0 * IMPORT_TARIFF if v2x else 0.0,
+        export_reward=x_wh / 1000.0 * EXPORT_TARIFF if v2x else 0.0,
     )
+
+
+#: The V2G demo's tariffs per kWh: what drivers pay, and what they get for feeding back.
+IMPORT_TARIFF = 0.30
+EXPORT_TARIFF = 0.25
+
+
+def v2x_site(now: datetime, hours: float) -> dict:
+    """A V2G depot: planned with the LP against a day of prices with an evening peak.
+
+    Energy is cheap at night and around noon and dear from 17:00 to 21:00, when
+    the grid pays almost as much for energy fed back: cars that may discharge
+    give some back in the peak and charge it again later, within their needs.
+    """
+    slot = 3600.0
+    start = now.replace(minute=0, second=0, microsecond=0)
+    n = int(hours) + 26
+    price, feed_in = [], []
+    for i in range(n):
+        hour = (start.hour + i) % 24
+        peak = 17 <= hour < 21
+        cheap = hour < 6 or 11 <= hour < 15
+        p = 0.42 if peak else 0.12 if cheap else 0.24
+        price.append(p)
+        feed_in.append(0.36 if peak else 0.05)
+    forecast = Forecast(start, slot, tuple(price), tuple(feed_in))
+    return {
+        "policy": "optimal",
+        "objective": "cost",
+        "import_tariff_per_kwh": IMPORT_TARIFF,
+        "export_tariff_per_kwh": EXPORT_TARIFF,
+        "forecast": forecast.to_json(),
+    }
+
+
+async def _drivers_consent(rt: Runtime, seed: int, share: float = 0.8) -> None:
+    """Drivers of bidirectional cars answer the 'allow discharging?' question (80 % yes)."""
+    rng = random.Random(seed)
+    asked: set[int] = set()
+    while True:
+        async with rt.sessionmaker() as s:
+            rows = list(
+                (
+                    await s.execute(
+                        select(Transaction.id).where(
+                            Transaction.state == "active",
+                            Transaction.energy_transfer.like("%BPT%"),
+                        )
+                    )
+                ).scalars()
+            )
+        fresh = [pk for pk in rows if pk not in asked]
+        for pk in fresh:
+            asked.add(pk)
+            if rng.random() < share:
+                await rt.writer.submit(_consent_job(pk))
+        if fresh:
+            await rt.lm.reload()
+        await rt.clock.sleep(300.0)
+
+
+def _consent_job(pk: int):
+    async def job(s):
+        row = await s.get(Transaction, pk)
+        if row is not None:
+            row.v2x_allowed = True
+
+    return job
 
 
 def _feasible_wh(tx: Transaction) -> float:

@@ -1005,11 +1005,6 @@ async def test_real_csms_profile_api_limits_a_21_station(node21):
     assert st.stats.errors == 0, st.stats.error_samples
 
 
-@pytest.mark.xfail(
-    reason="evflex CSMS: the profile dispatcher sends to_wire(profile, '2.0.1') to 2.1 "
-    "stations, which drops operationMode/setpoint/dischargeLimit",
-    strict=False,
-)
 async def test_real_csms_profile_api_keeps_v2x_fields(node21):
     node, st = node21
     body = profile(

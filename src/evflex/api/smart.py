@@ -301,7 +301,7 @@ def _profile_out(evse_id: int, p: pf.ChargingProfile, w, note: str | None = None
         status=w.status,
         attempts=w.attempts,
         error=w.error,
-        profile=pf.to_wire(p, "2.0.1"),
+        profile=pf.to_wire(p, pf.NEUTRAL),
         note=note,
     )
 

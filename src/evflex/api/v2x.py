@@ -20,10 +20,10 @@ from evflex.csms import commands
 from evflex.csms.monitoring import set_reporting_interval
 from evflex.smartcharging import profiles as pf
 from evflex.smartcharging.frequency import (
-    FREQUENCY_PROFILE_ID,
     FREQUENCY_STACK_LEVEL,
     Enrolled,
     FrequencyController,
+    frequency_profile_id,
 )
 from evflex.store import repo
 
@@ -180,7 +180,7 @@ async def _enrol(rt: Runtime, ctrl: FrequencyController, ref: EvseRef):
     ev.share = ref.share
     start = ctrl.setpoint_w(ev, 50.0)
     profile = pf.ChargingProfile(
-        id=FREQUENCY_PROFILE_ID,
+        id=frequency_profile_id(ref.evse_id),
         stack_level=FREQUENCY_STACK_LEVEL,
         purpose=pf.Purpose.TX,
         kind=pf.Kind.RELATIVE,
@@ -241,7 +241,7 @@ async def stop_frequency_service(rt: Rt):
             await rt.ocpp.send_command(
                 ev.station_id,
                 "clear-charging-profile",
-                commands.ClearChargingProfileBody(id=FREQUENCY_PROFILE_ID),
+                commands.ClearChargingProfileBody(id=frequency_profile_id(ev.evse_id)),
             )
         except Exception as exc:
             log.warning("clearing the frequency profile on %s failed: %s", ev.station_id, exc)

@@ -23,7 +23,7 @@ from datetime import datetime
 
 from evflex.clock import Clock
 from evflex.csms import commands
-from evflex.smartcharging.profiles import ChargingProfile, from_wire, to_wire
+from evflex.smartcharging.profiles import NEUTRAL, ChargingProfile, from_wire, to_wire
 from evflex.store import repo
 from evflex.store.writer import GroupCommitWriter
 
@@ -103,7 +103,7 @@ class ProfileDispatcher:
         async with sessionmaker() as s:
             rows = await repo.list_profiles(s)
         for r in rows:  # stored in the 2.0.1 form (see _persist)
-            w = Wanted(r.evse_id, from_wire(r.body, "2.0.1"), r.source, r.status, r.attempts)
+            w = Wanted(r.evse_id, from_wire(r.body, NEUTRAL), r.source, r.status, r.attempts)
             w.error = r.last_error
             self._slots[(r.station_id, r.profile_id)] = _Slot(w)
         return len(rows)
@@ -207,7 +207,7 @@ class ProfileDispatcher:
                 pass
 
     async def _send_one(self, station_id: str, w: Wanted) -> tuple[str, str | None]:
-        body = commands.SetChargingProfileBody(evse=w.evse_id, profile=to_wire(w.profile, "2.0.1"))
+        body = commands.SetChargingProfileBody(evse=w.evse_id, profile=to_wire(w.profile, NEUTRAL))
         try:
             result = await self._send(station_id, "set-charging-profile", body)
         except TimeoutError:
@@ -239,7 +239,7 @@ class ProfileDispatcher:
                 p.purpose.value,
                 p.stack_level,
                 p.transaction_id,
-                to_wire(p, "2.0.1"),
+                to_wire(p, NEUTRAL),
                 w.source,
                 status,
                 now,

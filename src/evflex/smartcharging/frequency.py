@@ -15,6 +15,10 @@ report rate, latency and tracking.
 
 Samples that arrive while the previous round is still in flight are not
 queued: only the newest one is sent next (a stale setpoint is worth nothing).
+
+Every EVSE gets a profile id of its own (:func:`frequency_profile_id`): a
+station replaces a profile with the same id on any of its EVSEs, so one id
+for all would leave only the last EVSE of a station under control.
 """
 
 from __future__ import annotations
@@ -26,16 +30,23 @@ import statistics
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from evflex.clock import Clock
 from evflex.smartcharging.v2x import freq_watt
 
 log = logging.getLogger(__name__)
 
-#: Profile id and stack level of the frequency service's TxProfiles.
+#: Profile ids (base, see :func:`frequency_profile_id`) and stack level of the
+#: frequency service's TxProfiles.
 FREQUENCY_PROFILE_ID = 900_000
 FREQUENCY_STACK_LEVEL = 8
+
+
+def frequency_profile_id(evse_id: int) -> int:
+    """The id of the frequency TxProfile on ``evse_id``: unique within the station."""
+    return FREQUENCY_PROFILE_ID + evse_id
+
 
 SendUpdate = Callable[[str, int, int, float], Awaitable[dict]]
 
@@ -147,10 +158,14 @@ class FrequencyController:
         """A new frequency measurement; the newest one is sent as soon as possible."""
         if not 40.0 <= frequency_hz <= 70.0:
             raise ValueError(f"frequency {frequency_hz} Hz is not plausible")
+        if measured_at is None:
+            measured_at = self.clock.now()
+        elif measured_at.tzinfo is None:
+            measured_at = measured_at.replace(tzinfo=UTC)  # like OCPP: UTC unless told
         self.stats.samples += 1
         if self._latest is not None:
             self.stats.skipped += 1
-        self._latest = (measured_at or self.clock.now(), float(frequency_hz))
+        self._latest = (measured_at, float(frequency_hz))
         self._wake.set()
 
     async def _run(self) -> None:
@@ -160,7 +175,10 @@ class FrequencyController:
             latest, self._latest = self._latest, None
             if latest is None:
                 continue
-            await self._round(*latest)
+            try:
+                await self._round(*latest)
+            except Exception:  # the service must outlive one bad round
+                log.exception("frequency round failed")
 
     async def _round(self, measured_at: datetime, frequency_hz: float) -> None:
         self.stats.rounds += 1
@@ -174,7 +192,7 @@ class FrequencyController:
         async with self._limit:
             try:
                 answer = await self.send_update(
-                    ev.station_id, ev.evse_id, FREQUENCY_PROFILE_ID, setpoint
+                    ev.station_id, ev.evse_id, frequency_profile_id(ev.evse_id), setpoint
                 )
                 ok = answer.get("status") == "Accepted"
             except Exception as exc:  # one station's trouble must not stop the others

@@ -94,6 +94,11 @@ PHASE_FIELDS = {
 
 DEFAULT_VOLTAGE = 230.0
 
+#: The wire form used inside evflex (store, API, dispatcher): 2.x with every 2.1
+#: field, so nothing is lost; each station's adapter checks and re-encodes it
+#: for its own version (a 2.0.1 station refuses V2X fields with a reason).
+NEUTRAL = "2.1"
+
 
 class ProfileError(ValueError):
     """A profile that breaks the OCPP rules; the message says which rule."""
