@@ -144,8 +144,10 @@ class Node:
         )
 
 
-async def start_node(database_url: str, **kw) -> tuple[Runtime, httpx.AsyncClient]:
-    rt = Runtime(make_settings(database_url, **kw))
+async def start_node(
+    database_url: str, clock=None, **kw
+) -> tuple[Runtime, httpx.AsyncClient]:
+    rt = Runtime(make_settings(database_url, **kw), clock)
     await rt.start()
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}", timeout=10)
     return rt, http
