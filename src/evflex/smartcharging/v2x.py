@@ -16,7 +16,8 @@ power charges the EV, negative power discharges it.
   lower and an upper threshold: above the upper one the EV gives back what
   is needed to come down to ``upper - upper offset``; below the lower one
   (e.g. solar export) it takes what is needed to reach ``lower + lower offset``;
-  in between it holds its setpoint (0 when none).
+  in between it holds the power it has (so a car that had to give back keeps
+  giving until the building falls below the lower threshold).
 
 Every result is clamped to ``[-discharge limit, charge limit]`` and to the
 EV's own charge and discharge power.
