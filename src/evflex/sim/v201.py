@@ -680,7 +680,7 @@ class Station201(SimStation):
             info["stopped_reason"] = stopped_reason
         if trigger == "RemoteStart" and tx.remote_start_id is not None:
             info["remote_start_id"] = tx.remote_start_id
-        payload = call.TransactionEvent(
+        payload = self._tx_event_class(
             event_type=event_type,
             timestamp=isoformat(ts or self.now()),
             trigger_reason=trigger,
@@ -696,10 +696,18 @@ class Station201(SimStation):
                 else None
             ),
             reservation_id=reservation_id,
+            **self._tx_event_extra(evse, event_type, info),
         )
         return await self.send_tx(
             payload, on_result=lambda result: self._event_result(evse, tx, result), wait=wait
         )
+
+    #: The TransactionEvent payload class of this version.
+    _tx_event_class = call.TransactionEvent
+
+    def _tx_event_extra(self, evse: EvseState, event_type: str, info: dict) -> dict:
+        """Version-specific additions: fields of ``info`` and keyword arguments of the call."""
+        return {}
 
     def _event_result(self, evse: EvseState, tx: Transaction, result: Any) -> None:
         info = getattr(result, "id_token_info", None)

@@ -1111,60 +1111,18 @@ class Station21(Station201):
             "MeterValueClock",
         )
 
-    async def _event(
-        self,
-        evse: EvseState,
-        tx: Transaction,
-        event_type: str,
-        trigger: str,
-        *,
-        charging_state: str | None = None,
-        stopped_reason: str | None = None,
-        id_token: bool = False,
-        meter_value: dict[str, Any] | None = None,
-        include_evse: bool = False,
-        reservation_id: int | None = None,
-        ts: datetime | None = None,
-        wait: bool = True,
-    ) -> Any:
+    _tx_event_class = call21.TransactionEvent
+
+    def _tx_event_extra(self, evse: EvseState, event_type: str, info: dict) -> dict:
+        """2.1: the operation mode and evseSleep, each when it changed."""
         state = self._v2x[evse.id]
-        info: dict[str, Any] = {"transaction_id": tx.id}
-        if charging_state is not None:
-            info["charging_state"] = charging_state
-        if event_type != "Started":
-            info["time_spent_charging"] = int(tx.charging_s)
-        if stopped_reason is not None:
-            info["stopped_reason"] = stopped_reason
-        if trigger == "RemoteStart" and tx.remote_start_id is not None:
-            info["remote_start_id"] = tx.remote_start_id
         if event_type != "Ended" and state.mode is not state.event_mode:
             info["operation_mode"] = state.mode.value
             state.event_mode = state.mode
-        sleep: bool | None = None
         if event_type != "Ended" and state.sleep != state.event_sleep:
-            sleep = state.sleep
             state.event_sleep = state.sleep
-        payload = call21.TransactionEvent(
-            event_type=event_type,
-            timestamp=isoformat(ts or self.now()),
-            trigger_reason=trigger,
-            seq_no=tx.next_seq(),
-            transaction_info=info,
-            meter_value=[meter_value] if meter_value is not None else None,
-            offline=True if not self.online else None,  # type: ignore[arg-type]
-            number_of_phases_used=self._used_phases(evse) if include_evse else None,
-            evse={"id": evse.id, "connector_id": evse.connector_id} if include_evse else None,
-            id_token=(
-                {"id_token": tx.id_token, "type": tx.id_token_type}
-                if id_token and tx.id_token
-                else None
-            ),
-            reservation_id=reservation_id,
-            evse_sleep=sleep,
-        )
-        return await self.send_tx(
-            payload, on_result=lambda result: self._event_result(evse, tx, result), wait=wait
-        )
+            return {"evse_sleep": state.sleep}
+        return {}
 
     # ------------------------------------------------------------------ EV needs
 
