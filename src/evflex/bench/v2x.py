@@ -45,8 +45,17 @@ What is measured, over the window after ``warmup`` seconds of feeding:
   ``fleet_tracking_error_pct`` does the same for the fleet's sum (what the
   grid sees): mean|sum P - sum I| / mean|sum I| * 100.
 
+Also reported: rounds, coalesced (``skipped``) and ``failed`` updates, the
+CPU of the CSMS process and of the station process (% of one core over the
+window; the CSMS's also per acknowledged update, which includes the station
+traffic the service causes: the periodic reports of ``--reporting-interval``
+and the stations' TransactionEvents), the messages the stations exchanged,
+the machine's core count and load average.
+
 Seed targets: response within 1 s for AC and 5 s for DC EVSEs, and < 4 s
-for FCR; each is judged on the p99 latency of the EVSEs concerned.
+for FCR; each is judged on the p99 latency of the EVSEs concerned. Speed is
+measured here, never asserted in tests; on a small shared machine quote the
+median of several runs.
 """
 
 from __future__ import annotations
@@ -277,12 +286,12 @@ async def _stations_async(setup: dict[str, Any], conn) -> None:
             raise RuntimeError(f"{plugged.count(False)} cars were refused at plug-in")
         conn.send(("ready", None))
         command = await loop.run_in_executor(None, conn.recv)
-        assert command[0] == "sample", command
+        if command[0] != "sample":
+            return  # the run was given up before the feed: stop the stations
         grid.frequency.event_at = datetime.fromisoformat(command[2])
         stop = asyncio.Event()
         sampler = asyncio.create_task(_sample(stations, clock, command[1], stop))
-        command = await loop.run_in_executor(None, conn.recv)
-        assert command[0] == "stop", command
+        await loop.run_in_executor(None, conn.recv)  # "stop"
         stop.set()
         series = await sampler
         series["traffic"] = dict(traffic)
@@ -398,7 +407,7 @@ async def run_v2x_bench(cfg: V2xBenchConfig, log=print) -> dict[str, Any]:
     rt = Runtime(settings)
     await rt.start()
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}/api/v1", timeout=600)
-    # The trace starts now; the frequency event comes at a third of the fed time.
+    # The trace starts now (both processes build it from the seed and this instant).
     trace_start = datetime.now(UTC)
     parent, child = mp.Pipe()
     ctx = mp.get_context("spawn")
@@ -592,6 +601,9 @@ async def _feed_and_measure(
         controller_totals={k: summary[k] for k in ("samples", "rounds", "skipped", "updates")}
         | {"failed": summary["failed"]},
         csms_process_cpu_pct=_pct(cpu0, cpu1, window),
+        csms_cpu_ms_per_update=(
+            _r(1000.0 * (cpu1 - cpu0) / len(ok), 2) if cpu0 is not None and cpu1 and ok else None
+        ),
         station_process_cpu_pct=_pct(st_cpu0, st_cpu1, window),
         station_traffic=series["traffic"],
         station_errors=series["errors"],
@@ -798,7 +810,8 @@ def render(result: dict[str, Any]):
             "CPU: CSMS / stations process",
             f"{_fmt(result['csms_process_cpu_pct'], '', 0)} / "
             f"{_fmt(result['station_process_cpu_pct'], ' %', 0)}",
-            f"of one core; {result['cpus']} cores, load {result['loadavg_before']}",
+            f"of one core; CSMS {_fmt(result['csms_cpu_ms_per_update'], ' ms', 2)} per "
+            f"acked update; {result['cpus']} cores, load {result['loadavg_before']}",
         ),
     ]
     for row in rows:
