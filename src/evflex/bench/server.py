@@ -221,3 +221,31 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+async def in_process_node(database_url: str | None, prefix: str, **settings):
+    """A node in this process on free ports, on ``database_url`` or a fresh SQLite file.
+
+    Returns the started Runtime and the temporary directory to clean up after
+    ``rt.stop()``. Keyword arguments override the benchmark defaults.
+    """
+    import tempfile
+
+    from evflex.app import Runtime
+    from evflex.config import Settings
+
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    values = {
+        "host": "127.0.0.1",
+        "ocpp_port": 0,
+        "http_port": 0,
+        "database_url": database_url or f"sqlite+aiosqlite:///{tmp.name}/bench.db",
+        "initial_full_power_s": 0,
+        "rebalance_interval_s": 3600,
+        "response_timeout": 30,
+        "ws_ping_interval": None,
+        **settings,
+    }
+    rt = Runtime(Settings(**values))
+    await rt.start()
+    return rt, tmp

@@ -18,7 +18,6 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,26 +148,11 @@ def _stations_main(url: str, ids: list[str], evses: int, version: str, conn) -> 
 async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str, Any]:
     import httpx
 
-    from evflex.app import Runtime
-    from evflex.config import Settings
+    from evflex.bench.server import in_process_node
 
     stations = max(1, cfg.evses // cfg.evses_per_station)
     n_evses = stations * cfg.evses_per_station
-    tmp = tempfile.TemporaryDirectory(prefix="evflex-bench-")
-    url = cfg.database_url or f"sqlite+aiosqlite:///{tmp.name}/bench.db"
-    settings = Settings(
-        host="127.0.0.1",
-        ocpp_port=0,
-        http_port=0,
-        database_url=url,
-        allow_unknown_stations=False,
-        initial_full_power_s=0,
-        rebalance_interval_s=3600,
-        response_timeout=30,
-        ws_ping_interval=None,
-    )
-    rt = Runtime(settings)
-    await rt.start()
+    rt, tmp = await in_process_node(cfg.database_url, "evflex-bench-", allow_unknown_stations=False)
     acks: dict[tuple[str, int], float] = {}
 
     def on_result(station_id: str, profile_id: int, w) -> None:
@@ -202,7 +186,7 @@ async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str,
         "stations": stations,
         "evses_per_station": cfg.evses_per_station,
         "ocpp": cfg.ocpp,
-        "database": "postgresql" if url.startswith("postgres") else "sqlite",
+        "database": "postgresql" if rt.settings.database_url.startswith("postgres") else "sqlite",
         "policy": cfg.policy,
         "cpus": os.cpu_count(),
     }

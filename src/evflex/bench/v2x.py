@@ -69,7 +69,6 @@ import multiprocessing as mp
 import os
 import random
 import statistics
-import tempfile
 import time
 import traceback
 from array import array
@@ -384,28 +383,15 @@ async def _recv(conn, proc, timeout: float, what: str):
 async def run_v2x_bench(cfg: V2xBenchConfig, log=print) -> dict[str, Any]:
     import httpx
 
-    from evflex.app import Runtime
-    from evflex.config import Settings
+    from evflex.bench.server import in_process_node
 
     cfg.check()
     plan = fleet_plan(cfg)
     cars = {(sid, i): car for sid, cs in plan for i, car in enumerate(cs, 1)}
     n_evses = len(cars)
-    tmp = tempfile.TemporaryDirectory(prefix="evflex-bench-v2x-")
-    url = cfg.database_url or f"sqlite+aiosqlite:///{tmp.name}/bench.db"
-    settings = Settings(
-        host="127.0.0.1",
-        ocpp_port=0,
-        http_port=0,
-        database_url=url,
-        allow_unknown_stations=True,
-        initial_full_power_s=0,
-        rebalance_interval_s=3600,
-        response_timeout=30,
-        ws_ping_interval=None,
+    rt, tmp = await in_process_node(
+        cfg.database_url, "evflex-bench-v2x-", allow_unknown_stations=True
     )
-    rt = Runtime(settings)
-    await rt.start()
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}/api/v1", timeout=600)
     # The trace starts now (both processes build it from the seed and this instant).
     trace_start = datetime.now(UTC)
@@ -434,7 +420,7 @@ async def run_v2x_bench(cfg: V2xBenchConfig, log=print) -> dict[str, Any]:
         "event_mhz": cfg.event_mhz,
         "seed": cfg.seed,
         "curve": [list(p) for p in DROOP_CURVE],
-        "database": "postgresql" if url.startswith("postgres") else "sqlite",
+        "database": "postgresql" if rt.settings.database_url.startswith("postgres") else "sqlite",
         "cpus": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "started_at": trace_start.isoformat(),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -688,7 +689,13 @@ def _same_profile(a: ChargingProfile, b: ChargingProfile) -> bool:
         return False
     if b.schedule.rate_unit is RateUnit.A:
         return abs(a.schedule.periods[0].limit - b.schedule.periods[0].limit) < 0.05
-    return a.schedule == b.schedule
+    # A plan ahead (W, Absolute from "now") re-made within its first period with the same
+    # values: the profile the station has still says the same thing.
+    sa, sb = a.schedule, b.schedule
+    if sa.start is None or sb.start is None or sa.periods != sb.periods:
+        return sa == sb
+    first = sa.periods[1].start_s if len(sa.periods) > 1 else math.inf
+    return 0 <= (sb.start - sa.start).total_seconds() < first
 
 
 def _v2x_session(stn, tx, ev: EvseModel, voltage: float) -> dict:
