@@ -149,7 +149,11 @@ async def start_node(
 ) -> tuple[Runtime, httpx.AsyncClient]:
     rt = Runtime(make_settings(database_url, **kw), clock)
     await rt.start()
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}", timeout=10)
+    http = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{rt.http_port}",
+        timeout=10,
+        headers={"Authorization": f"Bearer {rt.auth.ephemeral_token('admin')}"},
+    )
     return rt, http
 
 

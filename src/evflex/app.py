@@ -7,8 +7,8 @@ import logging
 from contextlib import suppress
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from evflex import __version__
 from evflex.api import schemas
@@ -25,9 +25,13 @@ from evflex.events import EventBus
 from evflex.smartcharging.dispatcher import ProfileDispatcher
 from evflex.smartcharging.frequency import FrequencyController
 from evflex.smartcharging.manager import LoadManager
+from evflex.smartcharging.sitelog import SiteSampler
 from evflex.store import repo
 from evflex.store.db import make_engine, make_sessionmaker, migrate
 from evflex.store.writer import GroupCommitWriter
+from evflex.web import driver
+from evflex.web import routes as web
+from evflex.web.auth import AuthService, authorize
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,15 @@ class Runtime:
             rebalance_interval_s=settings.rebalance_interval_s,
             settle_timeout_s=settings.response_timeout + 1,
         )
+        self.sampler = SiteSampler(
+            self.sessionmaker, self.writer, self.bus, self.clock, settings.site_sample_s
+        )
+        self.auth = AuthService(
+            self.sessionmaker,
+            session_hours=settings.session_hours,
+            secure_cookies=settings.secure_cookies,
+        )
+        self.stopping = asyncio.Event()  # ends the dashboards' event streams
         self.api = create_api(self)
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
@@ -87,6 +100,7 @@ class Runtime:
         await self._configured_sites()
         await self.dispatcher.load(self.sessionmaker)
         await self.lm.start()
+        self.sampler.start()
         await self.ocpp.start(self.settings.host, self.settings.ocpp_port)
         config = uvicorn.Config(
             self.api,
@@ -132,6 +146,8 @@ class Runtime:
         await self.writer.submit(job)
 
     async def stop(self) -> None:
+        self.stopping.set()
+        await self.sampler.stop()
         if self.frequency is not None:
             await self.frequency.stop()
         await self.lm.stop()
@@ -159,11 +175,14 @@ def create_api(rt: Runtime) -> FastAPI:
         description="Smart and bidirectional EV charging: OCPP CSMS REST API",
     )
     app.state.runtime = rt
-    app.include_router(router)
-    app.include_router(smart_router)
-    app.include_router(schedule_router)
-    app.include_router(v2x_router)
-    app.include_router(monitoring_router)
+    guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
+    for r in (router, smart_router, schedule_router, v2x_router, monitoring_router):
+        app.include_router(r, dependencies=guarded)
+    app.include_router(web.router)
+    app.include_router(web.auth_router)
+    app.include_router(driver.router)
+    app.include_router(web.pages)
+    app.mount("/static", StaticFiles(directory=str(web.STATIC_DIR)), name="static")
 
     @app.get("/api/v1/health", tags=["system"])
     async def health() -> dict:
@@ -174,15 +193,5 @@ def create_api(rt: Runtime) -> FastAPI:
             "writer_batches": rt.writer.batches,
             "writer_jobs": rt.writer.jobs,
         }
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return (
-            "<!doctype html><title>evflex</title><h1>evflex</h1>"
-            f"<p>{len(rt.ocpp.connections)} stations connected.</p>"
-            '<p><a href="/docs">API documentation</a> · '
-            '<a href="/api/v1/stations">stations</a> · '
-            '<a href="/api/v1/transactions?active=true">active transactions</a></p>'
-        )
 
     return app

@@ -20,8 +20,12 @@ app = typer.Typer(
 station_app = typer.Typer(help="Manage registered charging stations.", no_args_is_help=True)
 token_app = typer.Typer(help="Manage id tokens (RFID cards, app ids).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: print a table, write JSON.", no_args_is_help=True)
+user_app = typer.Typer(help="Dashboard accounts (password + TOTP).", no_args_is_help=True)
+api_token_app = typer.Typer(help="API tokens for machines (Bearer).", no_args_is_help=True)
 app.add_typer(station_app, name="station")
 app.add_typer(token_app, name="id-token")
+app.add_typer(user_app, name="user")
+app.add_typer(api_token_app, name="token")
 app.add_typer(bench_app, name="bench")
 
 console = Console()
@@ -72,6 +76,8 @@ def serve(
         await rt.start()
         console.print(
             f"[bold green]evflex[/] OCPP  ws://{settings.host}:{rt.ocpp_port}/ocpp/{{station_id}}\n"
+            f"       dashboard http://{settings.host}:{rt.http_port}/  "
+            "(accounts: evflex user add; API tokens: evflex token create)\n"
             f"       API   http://{settings.host}:{rt.http_port}/api/v1  "
             f"(docs: http://{settings.host}:{rt.http_port}/docs)\n"
             f"       store {settings.database_url}"
@@ -186,6 +192,109 @@ def id_token_add(
     console.print(f"id token '{id_token}' is {status}")
 
 
+RoleOpt = Annotated[str, typer.Option(help="viewer, operator or admin")]
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="Login name")],
+    role: RoleOpt = "operator",
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="EVFLEX_USER_PASSWORD",
+            help="At least 10 characters (asked for when not given)",
+        ),
+    ] = ...,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create a dashboard account; prints the TOTP secret for the authenticator app."""
+    from evflex.web.auth import add_user, totp_uri
+
+    settings = load_settings(config, database_url=database_url)
+
+    async def fn(s):
+        return (await add_user(s, username, password, role)).totp_secret
+
+    try:
+        secret = asyncio.run(_with_store(settings, fn))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"user '{username}' ({role}) created. Add this key to an authenticator app:")
+    console.print(f"  TOTP secret: [bold]{secret}[/]")
+    console.print(f"  or the URI:  {totp_uri(secret, username)}", soft_wrap=True)
+
+
+@user_app.command("list")
+def user_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """List dashboard accounts."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from evflex.store.tables import User
+
+    settings = load_settings(config, database_url=database_url)
+
+    async def fn(s):
+        return list((await s.execute(select(User).order_by(User.username))).scalars())
+
+    table = Table("user", "role", "disabled", "last login")
+    for u in asyncio.run(_with_store(settings, fn)):
+        table.add_row(u.username, u.role, "yes" if u.disabled else "", str(u.last_login_at or ""))
+    console.print(table)
+
+
+@api_token_app.command("create")
+def api_token_create(
+    role: RoleOpt = "viewer",
+    name: Annotated[str | None, typer.Option(help="What the token is for")] = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create an API token; it is printed once, on the last line (only its hash is kept)."""
+    from evflex.web.auth import add_token
+
+    settings = load_settings(config, database_url=database_url)
+    try:
+        token = asyncio.run(_with_store(settings, lambda s: add_token(s, role, name)))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"API token with role {role} (send it as 'Authorization: Bearer <token>'):")
+    print(token)
+
+
+@api_token_app.command("revoke")
+def api_token_revoke(
+    token: Annotated[str, typer.Argument(help="The token to revoke")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Revoke an API token."""
+    from sqlalchemy import update
+
+    from evflex.store.tables import ApiToken
+    from evflex.web.auth import sha256
+
+    settings = load_settings(config, database_url=database_url)
+
+    async def fn(s):
+        r = await s.execute(
+            update(ApiToken).where(ApiToken.token_sha256 == sha256(token)).values(revoked=True)
+        )
+        return r.rowcount
+
+    if not asyncio.run(_with_store(settings, fn)):
+        console.print("[red]no such token[/]")
+        raise typer.Exit(1)
+    console.print("token revoked")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
@@ -220,7 +329,7 @@ def demo(
     from rich.table import Table
 
     from evflex.app import Runtime
-    from evflex.demo import demo_clock, demo_settings, run_demo
+    from evflex.demo import create_demo_admin, demo_clock, demo_settings, run_demo
 
     logging.basicConfig(level="ERROR")
 
@@ -228,9 +337,17 @@ def demo(
         rt = Runtime(demo_settings(db, host, ocpp_port, http_port), demo_clock(hours, speed))
         await rt.start()
         try:
+            login = await create_demo_admin(rt)
             console.print(
-                f"[bold green]evflex[/] CSMS up: API http://{host}:{rt.http_port}/docs"
+                f"[bold green]evflex[/] CSMS up: dashboard http://{host}:{rt.http_port}/"
+                f" · API docs http://{host}:{rt.http_port}/docs"
                 f" · OCPP ws://{host}:{rt.ocpp_port}/ocpp/{{id}} · store {db}"
+            )
+            console.print(
+                f"Dashboard login: user [bold]{login.username}[/], password "
+                f"[bold]{login.password}[/], TOTP secret [bold]{login.totp_secret}[/] "
+                f"(add it to an authenticator app; the code now is {login.code_now()})",
+                soft_wrap=True,
             )
             with Progress(
                 TextColumn("simulating {task.fields[hours]:g} h"),
@@ -294,10 +411,7 @@ def demo(
                 )
             for e in res.error_samples:
                 console.print(f"  [yellow]error:[/] {e}")
-            console.print(
-                f"Dashboard/API: {res.api_url}/  ·  docs {res.api_url}/docs  ·  "
-                f"stations {res.api_url}/api/v1/stations"
-            )
+            console.print(f"Dashboard: {res.api_url}/  ·  API docs {res.api_url}/docs")
             if keep_running:
                 console.print("CSMS keeps running (Ctrl-C to stop).")
                 await asyncio.Event().wait()

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
         default_factory=list, description="Circuits to create at start ([[circuits]] tables)"
     )
 
+    # Dashboard and API access
+    site_sample_s: float = Field(
+        60.0, description="Store each site's import/export/PV/load every N s (0: off)"
+    )
+    session_hours: float = Field(12.0, description="A dashboard login lasts this long (h)")
+    secure_cookies: bool | None = Field(
+        None, description="Mark the login cookie Secure; unset: when the request is HTTPS"
+    )
+
     toml_file: ClassVar[Path | None] = None
 
     @classmethod

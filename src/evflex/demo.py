@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import pyotp
 from sqlalchemy import func, select
 
 from evflex.app import Runtime
@@ -21,6 +23,7 @@ from evflex.sim.runner import station_ids
 from evflex.smartcharging.mpc import Forecast
 from evflex.store import repo
 from evflex.store.tables import IdToken, MeterValue, Station, Transaction
+from evflex.web.auth import add_user
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,25 @@ class DemoResult:
 
 
 DEMO_TOKENS = [f"DEMO-{i:04d}" for i in range(1, 41)]
+DEMO_ADMIN = "demo-admin"
+
+
+@dataclass
+class DemoLogin:
+    username: str
+    password: str
+    totp_secret: str
+
+    def code_now(self) -> str:
+        return pyotp.TOTP(self.totp_secret).now()
+
+
+async def create_demo_admin(rt: Runtime) -> DemoLogin:
+    """An admin account with a fresh random password and TOTP secret, for the dashboard."""
+    password = secrets.token_urlsafe(12)
+    async with rt.sessionmaker() as s, s.begin():
+        user = await add_user(s, DEMO_ADMIN, password, "admin")
+    return DemoLogin(DEMO_ADMIN, password, user.totp_secret)
 
 
 def demo_clock(hours: float, speed: float | None = None) -> AcceleratedClock:

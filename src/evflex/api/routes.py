@@ -317,13 +317,13 @@ async def _tx_out(s, txs: list[Transaction]) -> list[sc.TransactionOut]:
             v2x_allowed=bool(t.v2x_allowed),
             bidirectional="BPT" in (t.energy_transfer or ""),
             operation_mode=t.operation_mode,
-            v2x_state=_v2x_state(t),
+            v2x_state=v2x_state(t),
         )
         for t in txs
     ]
 
 
-def _v2x_state(t: Transaction) -> str | None:
+def v2x_state(t: Transaction) -> str | None:
     """charging / discharging / idle from the signed power (50 W dead band)."""
     if t.state != "active" or t.power_w is None:
         return None

@@ -150,6 +150,7 @@ async def patch_site(site_id: str, body: sc.SitePatch, rt: Rt):
     if not await rt.writer.submit(job):
         raise HTTPException(404, f"site '{site_id}' does not exist")
     await rt.lm.rebalance_now(site_id, only_site_row=True)
+    rt.bus.publish("site.changed", None, site_id=site_id, fields=sorted(fields))
     return await _site_out(rt, site_id)
 
 
@@ -558,6 +559,11 @@ async def _tx(rt: Runtime, tx_pk: int) -> Transaction:
 )
 async def put_preferences(tx_pk: int, body: sc.PreferencesIn, rt: Rt):
     """A driver's departure time and energy; the answer says whether the site can deliver."""
+    return await apply_preferences(rt, tx_pk, body)
+
+
+async def apply_preferences(rt: Runtime, tx_pk: int, body: sc.PreferencesIn) -> sc.PreferencesOut:
+    """Store a driver's needs on the session and tell whether the site can meet them."""
     tx = await _tx(rt, tx_pk)
     now = rt.clock.now()
     if body.departure_time is not None and body.departure_time <= now:
@@ -668,7 +674,7 @@ async def _preferences_answer(rt: Runtime, tx_pk: int, requested_kwh: float | No
 )
 async def set_priority(tx_pk: int, rt: Rt):
     """Priority charging: the session gets the most the site allows, before all others."""
-    return await _priority(rt, tx_pk, True)
+    return await apply_priority(rt, tx_pk, True)
 
 
 @router.delete(
@@ -677,10 +683,11 @@ async def set_priority(tx_pk: int, rt: Rt):
     tags=["smart charging"],
 )
 async def clear_priority(tx_pk: int, rt: Rt):
-    return await _priority(rt, tx_pk, False)
+    return await apply_priority(rt, tx_pk, False)
 
 
-async def _priority(rt: Runtime, tx_pk: int, on: bool):
+async def apply_priority(rt: Runtime, tx_pk: int, on: bool) -> sc.PreferencesOut:
+    """Priority charging on or off for a running session (2.1 stations are told too)."""
     tx = await _tx(rt, tx_pk)
     now = rt.clock.now()
     if tx.state == "active" and rt.ocpp.is_connected(tx.station_id):

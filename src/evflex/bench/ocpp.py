@@ -82,6 +82,7 @@ class OcppBenchConfig:
     out: Path | None = None
     server_url: str | None = None
     api_url: str | None = None
+    api_token: str | None = None
     clients: int = 1
     window_minutes: float = 60.0
     call_timeout: float = 30.0
@@ -383,8 +384,12 @@ def run_ocpp_bench(
                 say(f"starting evflex serve ({database_kind(db_url)})")
                 server.start()
                 ocpp_url, api_url = server.ocpp_url, server.api_url
+                api_token = server.api_token
             else:
                 ocpp_url, api_url = ocpp_base_url(config.server_url), config.api_url
+                api_token = config.api_token
+            if api_token:
+                client.headers["Authorization"] = f"Bearer {api_token}"
             tokens = _register_tokens(client, api_url) if api_url else 0
 
             settings = LoadSettings(
@@ -752,6 +757,10 @@ def bench_ocpp_command(
         str | None,
         typer.Option(help="REST API of that running server, http://127.0.0.1:PORT/api/v1"),
     ] = None,
+    api_token: Annotated[
+        str | None,
+        typer.Option(envvar="EVFLEX_API_TOKEN", help="Token for that API (evflex token create)"),
+    ] = None,
     clients: Annotated[int, typer.Option(help="Load-generator processes")] = 1,
     window_minutes: Annotated[
         float, typer.Option(help="Minutes of station life the window stands for")
@@ -774,6 +783,7 @@ def bench_ocpp_command(
         out=out,
         server_url=server_url,
         api_url=api_url,
+        api_token=api_token,
         clients=clients,
         window_minutes=window_minutes,
         call_timeout=call_timeout,

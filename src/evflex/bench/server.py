@@ -81,6 +81,7 @@ class ServerProcess:
         self.ocpp_port = free_port(host)
         self.http_port = free_port(host)
         self.proc: subprocess.Popen | None = None
+        self.api_token: str | None = None
         self.ps: psutil.Process | None = None
         self.peak_rss = 0
         self.last_rss = 0
@@ -124,6 +125,7 @@ class ServerProcess:
 
     def start(self, ready_timeout: float = 60.0) -> None:
         """Spawn the server and wait until its health endpoint answers."""
+        self.api_token = self._admin_token()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         # Plain tracebacks in the log (not typer's boxes), wide lines, no colour codes.
         env = dict(
@@ -163,6 +165,15 @@ class ServerProcess:
                         f"evflex serve not healthy after {ready_timeout:.0f} s:\n{self.log_tail()}"
                     )
                 time.sleep(0.1)
+
+    def _admin_token(self) -> str:
+        """``evflex token create --role admin`` on the server's database (last line)."""
+        out = subprocess.run(
+            [sys.executable, "-c", _WRAPPER, "token", "create", "--role", "admin",
+             "--name", "benchmark", "--database-url", self.database_url],
+            capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        return out.stdout.strip().splitlines()[-1]
 
     def _sample(self) -> None:
         while not self._stop_sampling.is_set():
@@ -249,3 +260,12 @@ async def in_process_node(database_url: str | None, prefix: str, **settings):
     rt = Runtime(Settings(**values))
     await rt.start()
     return rt, tmp
+
+
+def api_client(rt, timeout: float):
+    """An HTTP client for the in-process node's API, with an ephemeral admin token."""
+    return httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{rt.http_port}/api/v1",
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {rt.auth.ephemeral_token('admin', 'benchmark')}"},
+    )

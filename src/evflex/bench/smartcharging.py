@@ -146,9 +146,7 @@ def _stations_main(url: str, ids: list[str], evses: int, version: str, conn) -> 
 
 
 async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str, Any]:
-    import httpx
-
-    from evflex.bench.server import in_process_node
+    from evflex.bench.server import api_client, in_process_node
 
     stations = max(1, cfg.evses // cfg.evses_per_station)
     n_evses = stations * cfg.evses_per_station
@@ -160,7 +158,7 @@ async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str,
             acks[(station_id, profile_id)] = time.perf_counter()
 
     rt.dispatcher.on_result(on_result)
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}/api/v1", timeout=120)
+    http = api_client(rt, 120)
     ids = [f"SC{i:05d}" for i in range(stations)]
     # Enough for everyone at full power to start with: 32 A x 3 phases x 230 V.
     full_kw = n_evses * 32 * 3 * 230 / 1000

@@ -381,9 +381,7 @@ async def _recv(conn, proc, timeout: float, what: str):
 
 
 async def run_v2x_bench(cfg: V2xBenchConfig, log=print) -> dict[str, Any]:
-    import httpx
-
-    from evflex.bench.server import in_process_node
+    from evflex.bench.server import api_client, in_process_node
 
     cfg.check()
     plan = fleet_plan(cfg)
@@ -392,7 +390,7 @@ async def run_v2x_bench(cfg: V2xBenchConfig, log=print) -> dict[str, Any]:
     rt, tmp = await in_process_node(
         cfg.database_url, "evflex-bench-v2x-", allow_unknown_stations=True
     )
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}/api/v1", timeout=600)
+    http = api_client(rt, 600)
     # The trace starts now (both processes build it from the seed and this instant).
     trace_start = datetime.now(UTC)
     parent, child = mp.Pipe()

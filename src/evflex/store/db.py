@@ -96,7 +96,14 @@ async def _v4_v2x(conn: AsyncConnection) -> None:
     await _add_missing(conn, "transactions", "sites")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_smart_charging, _v3_scheduling, _v4_v2x]
+async def _v5_web(conn: AsyncConnection) -> None:
+    """Dashboard: users, API tokens, browser sessions, driver tokens, site samples."""
+    await _add_missing(conn)
+
+
+MIGRATIONS: list[Migration] = [
+    _v1_initial, _v2_smart_charging, _v3_scheduling, _v4_v2x, _v5_web,
+]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

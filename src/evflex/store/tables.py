@@ -313,3 +313,75 @@ class StationProfile(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# ------------------------------------------------------------------ web: people and machines
+
+
+class User(Base):
+    """An operator account: Argon2id password hash, TOTP secret, role."""
+
+    __tablename__ = "users"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    totp_secret: Mapped[str] = mapped_column(String(64))
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)  # no code is used twice
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiToken(Base):
+    """A machine's bearer token; only its SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class WebSession(Base):
+    """A logged-in browser: the cookie's SHA-256, its CSRF token and expiry."""
+
+    __tablename__ = "web_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(ForeignKey("users.username", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DriverToken(Base):
+    """The driver page's token: valid for one transaction while it runs."""
+
+    __tablename__ = "driver_tokens"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    transaction_pk: Mapped[int] = mapped_column(BigInteger, unique=True)
+    battery_kwh: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SiteSample(Base):
+    """A site's state at one moment: what the dashboard charts and the KPIs sum."""
+
+    __tablename__ = "site_samples"
+    __table_args__ = (Index("ix_site_samples_site_ts", "site_id", "ts"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    ev_import_w: Mapped[float] = mapped_column(Float)
+    ev_export_w: Mapped[float] = mapped_column(Float)
+    base_load_w: Mapped[float] = mapped_column(Float)
+    pv_w: Mapped[float] = mapped_column(Float)
+    import_limit_w: Mapped[float | None] = mapped_column(Float)
+    export_limit_w: Mapped[float | None] = mapped_column(Float)
+    price: Mapped[float | None] = mapped_column(Float)

@@ -1,0 +1,1 @@
+"""Web dashboard, driver page and access control."""

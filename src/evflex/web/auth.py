@@ -1,0 +1,347 @@
+"""Who may use the API: operators (password + TOTP, cookie) and machines (bearer tokens).
+
+- Passwords are hashed with Argon2id (``argon2-cffi``'s defaults: 64 MiB,
+  3 passes). A failed login for an unknown user costs the same hash, so the
+  answer time does not tell which users exist.
+- The second factor is TOTP (RFC 6238, 30 s steps, SHA-1, six digits: what
+  every authenticator app speaks). One step either side is accepted for clock
+  drift, and no step is accepted twice per user (a seen code cannot be replayed).
+- Failed logins are counted per client address and per user name; after
+  ``max_failures`` within ``window_s`` the next attempts get 429 until the
+  oldest failure leaves the window.
+- A browser gets an opaque session id in an HttpOnly, SameSite=Strict cookie
+  (Secure over HTTPS); only its SHA-256 is stored. Requests that change
+  something with that cookie must repeat the session's CSRF token in
+  ``X-CSRF-Token``.
+- Machines send ``Authorization: Bearer <token>``; only the token's SHA-256
+  is stored. In-process tools get an ephemeral token that lives in memory.
+
+Auth uses wall-clock time throughout, never the simulation clock: the
+authenticator app on a phone does too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import HTTPException, Request
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from evflex.store.tables import ApiToken, User, WebSession
+
+ROLES = ("viewer", "operator", "admin")
+SESSION_COOKIE = "evflex_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOTP_STEP_S = 30
+
+_hasher = PasswordHasher()
+_DUMMY_HASH = _hasher.hash("evflex: no such user")
+
+
+def rank(role: str) -> int:
+    return ROLES.index(role)
+
+
+def sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ------------------------------------------------------------------ what a route needs
+
+API = "/api/v1"
+# Registration of stations, cards, sites and circuits: admins only.
+_ADMIN_ROUTES = {
+    ("POST", f"{API}/stations"),
+    ("PATCH", f"{API}/stations/{{station_id}}"),
+    ("DELETE", f"{API}/stations/{{station_id}}"),
+    ("POST", f"{API}/id-tokens"),
+    ("PUT", f"{API}/id-tokens/{{id_token}}"),
+    ("DELETE", f"{API}/id-tokens/{{id_token}}"),
+    ("POST", f"{API}/sites"),
+    ("DELETE", f"{API}/sites/{{site_id}}"),
+    ("POST", f"{API}/circuits"),
+    ("PATCH", f"{API}/circuits/{{circuit_id}}"),
+    ("DELETE", f"{API}/circuits/{{circuit_id}}"),
+}
+# Card numbers are personal data: not for viewers.
+_OPERATOR_READS = {f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}"}
+# Day-to-day station commands an operator may send; the rest (configuration,
+# local lists, data transfer, monitoring set-up ...) are for admins.
+OPERATOR_COMMANDS = frozenset({
+    "reset", "change-availability", "remote-start", "remote-stop", "trigger-message",
+    "unlock-connector", "reserve-now", "cancel-reservation", "get-configuration",
+    "get-variables", "get-composite-schedule", "get-charging-profiles",
+    "get-local-list-version", "use-priority-charging",
+})  # fmt: skip
+_COMMAND_ROUTE = f"{API}/stations/{{station_id}}/commands/{{command}}"
+
+
+def required_role(method: str, route_path: str, path_params: dict) -> str:
+    """The least role that may call ``method route_path``."""
+    if method in SAFE_METHODS:
+        return "operator" if route_path in _OPERATOR_READS else "viewer"
+    if (method, route_path) in _ADMIN_ROUTES:
+        return "admin"
+    if route_path == _COMMAND_ROUTE:
+        return "operator" if path_params.get("command") in OPERATOR_COMMANDS else "admin"
+    return "operator"
+
+
+# ------------------------------------------------------------------ principals
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: str  # "session" or "token"
+    name: str
+    role: str
+    csrf_token: str | None = None
+
+
+class LoginRefused(Exception):
+    def __init__(self, status: int, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class LoginLimiter:
+    """Failures per key in a sliding window; a key over the limit is refused."""
+
+    def __init__(self, max_failures: int = 5, window_s: float = 300.0) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        q = self._failures[key]
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        return q
+
+    def retry_after(self, keys: list[str], now: float | None = None) -> int | None:
+        """Seconds until the first of ``keys`` may try again; None if none is blocked."""
+        now = time.monotonic() if now is None else now
+        waits = [
+            q[0] + self.window_s - now
+            for q in (self._recent(k, now) for k in keys)
+            if len(q) >= self.max_failures
+        ]
+        return max(1, int(max(waits)) + 1) if waits else None
+
+    def fail(self, keys: list[str], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for k in keys:
+            self._recent(k, now).append(now)
+
+    def clear(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+def new_totp_secret() -> str:
+    return pyotp.random_base32()
+
+
+def totp_uri(secret: str, username: str, issuer: str = "evflex") -> str:
+    return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=issuer)
+
+
+def totp_step(secret: str, code: str, now: float, last_step: int | None) -> int | None:
+    """The step ``code`` belongs to (now, or one either side), if it was not used before."""
+    code = code.strip().replace(" ", "")
+    if not (code.isdigit() and len(code) == 6):
+        return None
+    totp = pyotp.TOTP(secret)
+    here = int(now // TOTP_STEP_S)
+    for step in (here, here - 1, here + 1):
+        if hmac.compare_digest(totp.at(step * TOTP_STEP_S), code):
+            return step if last_step is None or step > last_step else None
+    return None
+
+
+def new_token() -> str:
+    return "evf_" + secrets.token_urlsafe(32)
+
+
+# ------------------------------------------------------------------ store operations
+
+
+async def add_user(
+    s: AsyncSession, username: str, password: str, role: str, totp_secret: str | None = None
+) -> User:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if len(password) < 10:
+        raise ValueError("the password must have at least 10 characters")
+    if await s.get(User, username) is not None:
+        raise ValueError(f"user '{username}' exists")
+    user = User(
+        username=username,
+        password_hash=_hasher.hash(password),
+        totp_secret=totp_secret or new_totp_secret(),
+        role=role,
+        disabled=False,
+        created_at=utcnow(),
+    )
+    s.add(user)
+    return user
+
+
+async def add_token(s: AsyncSession, role: str, name: str | None = None) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    token = new_token()
+    s.add(ApiToken(token_sha256=sha256(token), role=role, name=name, created_at=utcnow()))
+    return token
+
+
+class AuthService:
+    """Checks credentials against the store; keeps the login limiter and ephemeral tokens."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        session_hours: float = 12.0,
+        limiter: LoginLimiter | None = None,
+        secure_cookies: bool | None = None,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.session_s = session_hours * 3600.0
+        self.limiter = limiter or LoginLimiter()
+        self.secure_cookies = secure_cookies
+        self._ephemeral: dict[str, Principal] = {}
+
+    def ephemeral_token(self, role: str = "admin", name: str = "in-process") -> str:
+        """A token valid while this process runs; nothing is stored."""
+        token = new_token()
+        self._ephemeral[sha256(token)] = Principal("token", name, role)
+        return token
+
+    async def principal(self, request: Request) -> Principal | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return await self._bearer(value.strip())
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            return await self._session(cookie)
+        return None
+
+    async def _bearer(self, token: str) -> Principal | None:
+        digest = sha256(token)
+        if digest in self._ephemeral:
+            return self._ephemeral[digest]
+        async with self.sessionmaker() as s:
+            row = (
+                await s.execute(select(ApiToken).where(ApiToken.token_sha256 == digest))
+            ).scalar_one_or_none()
+        if row is None or row.revoked:
+            return None
+        return Principal("token", row.name or f"token {row.id}", row.role)
+
+    async def _session(self, cookie: str) -> Principal | None:
+        async with self.sessionmaker() as s:
+            ws = await s.get(WebSession, sha256(cookie))
+            if ws is None or ws.expires_at <= utcnow():
+                return None
+            user = await s.get(User, ws.username)
+        if user is None or user.disabled:
+            return None
+        return Principal("session", user.username, user.role, ws.csrf_token)
+
+    async def login(
+        self, username: str, password: str, code: str, client: str
+    ) -> tuple[str, Principal]:
+        """A new session id (for the cookie) and who logged in, or :class:`LoginRefused`."""
+        keys = [f"ip:{client}", f"user:{username.lower()}"]
+        wait = self.limiter.retry_after(keys)
+        if wait is not None:
+            raise LoginRefused(429, f"too many failed logins; try again in {wait} s", wait)
+        async with self.sessionmaker() as s, s.begin():
+            user = await s.get(User, username)
+            ok = _verify(user.password_hash if user else _DUMMY_HASH, password)
+            step = None
+            if ok and user is not None and not user.disabled:
+                step = totp_step(user.totp_secret, code, time.time(), user.totp_last_step)
+            if step is None or user is None:
+                self.limiter.fail(keys)
+                # one answer for every failure: which factor was wrong is not told
+                raise LoginRefused(401, "wrong user name, password or one-time code")
+            self.limiter.clear(keys[1])
+            now = utcnow()
+            user.totp_last_step = step
+            user.last_login_at = now
+            sid = secrets.token_urlsafe(32)
+            principal = Principal("session", user.username, user.role, secrets.token_urlsafe(24))
+            await s.execute(delete(WebSession).where(WebSession.expires_at <= now))
+            s.add(
+                WebSession(
+                    id_sha256=sha256(sid),
+                    username=user.username,
+                    csrf_token=principal.csrf_token,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=self.session_s),
+                )
+            )
+        return sid, principal
+
+    async def logout(self, cookie: str | None) -> None:
+        if not cookie:
+            return
+        async with self.sessionmaker() as s, s.begin():
+            await s.execute(delete(WebSession).where(WebSession.id_sha256 == sha256(cookie)))
+
+    def cookie_secure(self, request: Request) -> bool:
+        if self.secure_cookies is not None:
+            return self.secure_cookies
+        proto = request.headers.get("x-forwarded-proto", request.url.scheme)
+        return proto == "https"
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def authorize(request: Request) -> Principal:
+    """FastAPI dependency of every ``/api/v1`` route: 401 without credentials, 403 below role."""
+    auth: AuthService = request.app.state.runtime.auth
+    principal = await auth.principal(request)
+    if principal is None:
+        raise HTTPException(
+            401,
+            "authentication required: a session cookie (log in at /login) or "
+            "'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    need = required_role(request.method, path, request.path_params)
+    if rank(principal.role) < rank(need):
+        raise HTTPException(
+            403, f"role '{principal.role}' may not {request.method} {path}: needs '{need}'"
+        )
+    if principal.kind == "session" and request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not (principal.csrf_token and hmac.compare_digest(sent, principal.csrf_token)):
+            raise HTTPException(403, "missing or wrong X-CSRF-Token header")
+    request.state.principal = principal
+    return principal
