@@ -116,7 +116,8 @@ async def _tx(node: Node, station_id: str) -> dict:
 
 
 async def test_operator_dashboard_live(site, browser):
-    node, (st201, st21) = site
+    node, stations = site
+    st201, st21 = stations
     base = f"http://127.0.0.1:{node.rt.http_port}"
     login = await create_demo_admin(node.rt)
     page = await browser.new_page(viewport={"width": 1280, "height": 860})
@@ -131,6 +132,15 @@ async def test_operator_dashboard_live(site, browser):
     await expect(row201.locator(".conn-state")).to_have_text("online")
     await expect(row201.locator(".ocpp-version")).to_contain_text("2.0.1")
     await expect(page.locator('tr[data-station="WEB-21"] .ocpp-version')).to_contain_text("2.1")
+    # a station that connects while we watch appears without a reload; going away, it
+    # is marked offline
+    late = SimStation(StationSpec(id="WEB-16", ocpp_version="1.6"), node.ocpp_url, node.rt.clock)
+    stations.append(late)
+    await late.start(timeout=10)
+    row16 = page.locator('tr[data-station="WEB-16"]')
+    await expect(row16.locator(".conn-state")).to_have_text("online")
+    await late.stop()
+    await expect(row16.locator(".conn-state")).to_have_text("offline")
 
     # a car arrives while we watch: it appears live, charging at its full 11 kW
     await page.click('a[href="#/sessions"]')
