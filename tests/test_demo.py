@@ -6,6 +6,8 @@ import pytest
 
 from evflex.app import Runtime
 from evflex.demo import demo_clock, demo_settings, run_demo
+from evflex.smartcharging.mpc import Forecast
+from evflex.store import repo
 
 
 async def test_demo_runs_a_mixed_site_and_the_store_agrees(tmp_path):
@@ -59,6 +61,11 @@ async def test_demo_v2x_runs_a_v2g_site_that_imports_and_exports(tmp_path):
     try:
         res = await run_demo(rt, stations=6, hours=24, seed=11, site_limit_kw=60, v2x=True,
                              sessions_per_evse_per_day=1.5)
+        async with rt.sessionmaker() as s:
+            site = await repo.get_site(s, "demo-site")
+        # the price day reached the store (it was once dropped on the way)
+        prices = Forecast.from_json(site.forecast).import_price
+        assert max(prices) == 0.42 and min(prices) == 0.12
     finally:
         await rt.stop()
     assert res.errors == 0, res.error_samples

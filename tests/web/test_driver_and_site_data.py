@@ -234,3 +234,19 @@ def test_kpis_count_a_running_session_as_charging_flat_out():
     assert k.peak_uncontrolled_kw == pytest.approx(11.04)  # not the 0.5 kWh it has so far
     assert k.peak_reduction_pct == pytest.approx(100 * (1 - 2 / 11.04), abs=0.1)
     assert k.cost is None and k.drivers_with_needs == 0  # no prices, nothing ended yet
+
+
+async def test_a_site_value_the_store_does_not_know_is_refused(tmp_path):
+    from evflex.store import repo
+    from evflex.store.db import make_engine, make_sessionmaker, migrate
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    await migrate(engine)
+    try:
+        async with make_sessionmaker(engine)() as s:
+            with pytest.raises(ValueError, match="not site fields: colour"):
+                await repo.upsert_site(
+                    s, "s", {"import_limit_w": 1.0, "colour": "red"}, datetime.now(UTC)
+                )
+    finally:
+        await engine.dispose()

@@ -634,12 +634,16 @@ SITE_FIELDS = (
     "phases",
     "voltage",
     "policy",
+    "forecast",
 )
 CIRCUIT_FIELDS = ("site_id", "parent_id", "name", "max_current_a", "max_power_w")
 
 
 async def upsert_site(session: AsyncSession, site_id: str, values: dict, now: datetime) -> bool:
     """Create or update a site from ``values`` (SITE_FIELDS); True if it was created."""
+    unknown = set(values) - set(SITE_FIELDS)
+    if unknown:  # a value that would be dropped silently is a bug of the caller
+        raise ValueError(f"not site fields: {', '.join(sorted(unknown))}")
     site = await get_site(session, site_id)
     created = site is None
     if site is None:
