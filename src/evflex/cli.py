@@ -249,6 +249,30 @@ def user_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
     console.print(table)
 
 
+@user_app.command("disable")
+def user_disable(
+    username: Annotated[str, typer.Argument(help="Login name")],
+    enable: Annotated[bool, typer.Option("--enable", help="Enable the account again")] = False,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Lock an account out (its browser sessions end at once), or let it in again."""
+    from evflex.store.tables import User
+
+    settings = load_settings(config, database_url=database_url)
+
+    async def fn(s):
+        user = await s.get(User, username)
+        if user is not None:
+            user.disabled = not enable
+        return user is not None
+
+    if not asyncio.run(_with_store(settings, fn)):
+        console.print(f"[red]no user '{username}'[/]")
+        raise typer.Exit(1)
+    console.print(f"user '{username}' " + ("enabled" if enable else "disabled"))
+
+
 @api_token_app.command("create")
 def api_token_create(
     role: RoleOpt = "viewer",

@@ -250,3 +250,27 @@ def test_limiter_counts_per_key_and_forgets():
 )
 def test_required_roles(method, path, params, role):
     assert required_role(method, path, params) == role
+
+
+async def test_user_cli_adds_an_account_that_logs_in_and_disables_it(node, database_url):
+    def cli(*args: str):
+        out = CliRunner().invoke(app, [*args, "--database-url", database_url])
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    text = await asyncio.to_thread(
+        cli, "user", "add", "carol", "--role", "operator", "--password", PASSWORD
+    )
+    secret = text.split("TOTP secret:")[1].split()[0]
+    assert f"secret={secret}" in text.replace("\n", "")  # the otpauth:// URI for a QR code
+    async with _client(node) as web:
+        body = {"username": "carol", "password": PASSWORD, "totp": pyotp.TOTP(secret).now()}
+        r = await web.post("/api/v1/auth/login", json=body)
+        assert r.status_code == 200 and r.json()["role"] == "operator"
+        await asyncio.to_thread(cli, "user", "disable", "carol")
+        assert (await web.get("/api/v1/auth/me")).status_code == 401  # at once
+    bad = await asyncio.to_thread(
+        CliRunner().invoke, app, ["user", "add", "dave", "--role", "root", "--password", PASSWORD,
+                                  "--database-url", database_url],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "role must be one of" in bad.output
