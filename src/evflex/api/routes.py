@@ -315,12 +315,17 @@ async def _tx_out(s, txs: list[Transaction]) -> list[sc.TransactionOut]:
             needs_source=t.needs_source,
             priority=bool(t.priority),
             v2x_allowed=bool(t.v2x_allowed),
-            bidirectional="BPT" in (t.energy_transfer or ""),
+            bidirectional=bidirectional(t),
             operation_mode=t.operation_mode,
             v2x_state=v2x_state(t),
         )
         for t in txs
     ]
+
+
+def bidirectional(t: Transaction) -> bool:
+    """The EV asked for bidirectional power transfer (AC_BPT / DC_BPT)."""
+    return "BPT" in (t.energy_transfer or "")
 
 
 def v2x_state(t: Transaction) -> str | None:

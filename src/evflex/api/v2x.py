@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from evflex.api.routes import bidirectional
 from evflex.csms import commands
 from evflex.csms.monitoring import set_reporting_interval
 from evflex.smartcharging import profiles as pf
@@ -168,7 +169,7 @@ async def _enrol(rt: Runtime, ctrl: FrequencyController, ref: EvseRef):
         return "no transaction runs on this EVSE", None
     if not tx.v2x_allowed:
         return "the driver has not allowed discharging", None
-    if "BPT" not in (tx.energy_transfer or ""):
+    if not bidirectional(tx):
         return "the EV did not ask for bidirectional transfer", None
     voltage = 230.0
     phases = st.phases or 3

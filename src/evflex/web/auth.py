@@ -28,7 +28,7 @@ import secrets
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pyotp
 from argon2 import PasswordHasher
@@ -37,6 +37,7 @@ from fastapi import HTTPException, Request
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from evflex.clock import utcnow
 from evflex.store.tables import ApiToken, User, WebSession
 
 ROLES = ("viewer", "operator", "admin")
@@ -55,10 +56,6 @@ def rank(role: str) -> int:
 
 def sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # ------------------------------------------------------------------ what a route needs

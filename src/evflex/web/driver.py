@@ -18,12 +18,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from sqlalchemy import select
 
 from evflex.api import schemas as sc
-from evflex.api.routes import v2x_state
+from evflex.api.routes import bidirectional, v2x_state
 from evflex.api.smart import KW, Rt, apply_preferences, apply_priority
+from evflex.clock import utcnow
 from evflex.smartcharging.planner import evse_key
 from evflex.store import repo
 from evflex.store.tables import DriverToken, Transaction
-from evflex.web.auth import sha256, utcnow
+from evflex.web.auth import sha256
 
 if TYPE_CHECKING:
     from evflex.app import Runtime
@@ -92,19 +93,21 @@ class DriverSession(BaseModel):
     message: str
 
 
+def _refused(detail: str) -> HTTPException:
+    return HTTPException(401, detail, {"WWW-Authenticate": "Bearer"})
+
+
 async def _claimed(rt: Runtime, request: Request) -> tuple[Transaction, DriverToken]:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(
-            401, "this page needs its session token", {"WWW-Authenticate": "Bearer"}
-        )
+        raise _refused("this page needs its session token")
     async with rt.sessionmaker() as s:
         row = await s.get(DriverToken, sha256(token.strip()))
         tx = await s.get(Transaction, row.transaction_pk) if row is not None else None
     if row is None or tx is None:
-        raise HTTPException(401, "unknown session token", {"WWW-Authenticate": "Bearer"})
+        raise _refused("unknown session token")
     if tx.state != "active":
-        raise HTTPException(401, "this charging session has ended", {"WWW-Authenticate": "Bearer"})
+        raise _refused("this charging session has ended")
     return tx, row
 
 
@@ -238,7 +241,7 @@ async def driver_view(
         energy_target_kwh=None if tx.energy_target_wh is None else tx.energy_target_wh / KW,
         battery_kwh=battery_kwh,
         allow_discharge=bool(tx.v2x_allowed),
-        can_discharge="BPT" in (tx.energy_transfer or ""),
+        can_discharge=bidirectional(tx),
         priority=bool(tx.priority),
         v2x_state=v2x_state(tx),
         status="NO_NEEDS",
