@@ -101,8 +101,13 @@ async def _v5_web(conn: AsyncConnection) -> None:
     await _add_missing(conn)
 
 
+async def _v6_operations(conn: AsyncConnection) -> None:
+    """EV phases, station clocks, remote starts, steerability, config-managed site values."""
+    await _add_missing(conn, *(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__))
+
+
 MIGRATIONS: list[Migration] = [
-    _v1_initial, _v2_smart_charging, _v3_scheduling, _v4_v2x, _v5_web,
+    _v1_initial, _v2_smart_charging, _v3_scheduling, _v4_v2x, _v5_web, _v6_operations,
 ]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 

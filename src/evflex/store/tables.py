@@ -179,6 +179,10 @@ class Transaction(Base):
     control_mode: Mapped[str | None] = mapped_column(String(24))
     mobility_needs_mode: Mapped[str | None] = mapped_column(String(16))
     operation_mode: Mapped[str | None] = mapped_column(String(24))
+    # Schema 6: how many phases the EV draws on (1..3), from its charging needs
+    # (2.x requestedEnergyTransfer) or learned from per-phase meter values.
+    # Unknown (None): the station's phases are assumed.
+    ev_phases: Mapped[int | None] = mapped_column(Integer)
 
 
 class MeterValue(Base):
