@@ -18,7 +18,7 @@ from evflex.api.schedule import router as schedule_router
 from evflex.api.smart import router as smart_router
 from evflex.api.v2x import router as v2x_router
 from evflex.clock import Clock, SystemClock
-from evflex.config import Settings
+from evflex.config import ConfigError, Settings
 from evflex.csms.server import OcppServer
 from evflex.csms.service import CsmsService
 from evflex.events import EventBus
@@ -97,7 +97,12 @@ class Runtime:
         """Migrate the schema, then open the OCPP and HTTP ports."""
         await migrate(self.engine)
         self.writer.start()
-        await self._configured_sites()
+        try:
+            await self._configured_sites()
+        except ConfigError:
+            await self.writer.stop()
+            await self.engine.dispose()
+            raise
         await self.dispatcher.load(self.sessionmaker)
         await self.lm.start()
         self.sampler.start()
@@ -128,20 +133,35 @@ class Runtime:
         return self._http.servers[0].sockets[0].getsockname()[1]
 
     async def _configured_sites(self) -> None:
-        """Create or update the sites and circuits listed in the configuration."""
-        if not self.settings.sites and not self.settings.circuits:
-            return
+        """Apply the sites and circuits of the configuration file.
+
+        The fields a ``[[sites]]`` table writes are managed by the file: they
+        are applied at every start and the API refuses to change them (409).
+        Fields it does not write belong to the API and are never overwritten;
+        a site that left the file gives all its fields back to the API.
+        """
         now = self.clock.now()
-        # Checked like the bodies of POST /api/v1/sites and /circuits.
-        sites = [schemas.SiteIn.model_validate(x) for x in self.settings.sites]
-        circuits = [schemas.CircuitIn.model_validate(x) for x in self.settings.circuits]
+        sites, circuits = self.settings.sites, self.settings.circuits  # checked by Settings
 
         async def job(s) -> None:
+            configured = {x.id for x in sites}
+            for row in await repo.list_sites(s):
+                if row.config_fields and row.id not in configured:
+                    row.config_fields = None
             for site in sites:
-                await repo.upsert_site(s, site.id, schemas.body_values(site), now)
+                fields = site.model_fields_set - {"id"}
+                await repo.upsert_site(s, site.id, schemas.body_values(site, fields), now)
+                await s.flush()
+                (await repo.get_site(s, site.id)).config_fields = sorted(fields)
             await s.flush()
             for circuit in circuits:
-                await repo.upsert_circuit(s, circuit.id, schemas.body_values(circuit), now)
+                if await repo.get_site(s, circuit.site_id) is None:
+                    raise ConfigError([
+                        f"[[circuits]] '{circuit.id}': site '{circuit.site_id}' does not exist "
+                        "(neither in [[sites]] nor created through the API)"
+                    ])  # fmt: skip
+                fields = circuit.model_fields_set - {"id"}
+                await repo.upsert_circuit(s, circuit.id, schemas.body_values(circuit, fields), now)
 
         await self.writer.submit(job)
 

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from evflex.config import Settings, load_settings
+from evflex.config import ConfigError, Settings
+from evflex.config import load_settings as _load_settings
 
 app = typer.Typer(
     help="evflex: smart and bidirectional EV charging platform.",
@@ -32,6 +33,16 @@ console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
 DbOpt = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL")]
+
+
+def load_settings(config: Path | None = None, **overrides) -> Settings:
+    """The settings, or exit 2 with one line per problem of the configuration."""
+    try:
+        return _load_settings(config, **overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        for line in str(exc).splitlines():
+            typer.echo(line, err=True)
+        raise typer.Exit(2) from None
 
 
 def _logging(level: str) -> None:
@@ -91,6 +102,10 @@ def serve(
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # what only the database can tell (a circuit's unknown site)
+        for line in exc.problems:
+            typer.echo(line, err=True)
+        raise typer.Exit(2) from None
 
 
 async def _with_store(settings: Settings, fn):

@@ -1,11 +1,20 @@
-"""Settings: defaults < TOML file (``--config``) < environment (``EVFLEX_*``) < CLI flags."""
+"""Settings: defaults < TOML file (``--config``) < environment (``EVFLEX_*``) < CLI flags.
+
+The whole configuration is checked before anything else happens: an unknown
+key (a typo such as ``heartbeat_intervall``), a bad value or a bad
+``[[sites]]`` / ``[[circuits]]`` entry is refused with one line per problem
+(:class:`ConfigError`), naming the nearest valid key where there is one.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
+import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -13,9 +22,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from evflex.api.schemas import CircuitIn, SiteIn
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EVFLEX_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EVFLEX_", extra="forbid")
 
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all)")
     ocpp_port: int = Field(9000, description="OCPP WebSocket port: ws://HOST:PORT/ocpp/{id}")
@@ -49,12 +60,12 @@ class Settings(BaseSettings):
         30.0, description="Re-plan every site at least this often (deadlines, boosts)"
     )
     profile_retry_max_s: float = Field(60.0, description="Longest backoff between profile retries")
-    sites: list[dict[str, Any]] = Field(
+    sites: list[SiteIn] = Field(
         default_factory=list,
         description="Sites to create at start ([[sites]] tables in the TOML config), "
-        "same fields as POST /api/v1/sites",
+        "same fields as POST /api/v1/sites; the fields written there are managed by the file",
     )
-    circuits: list[dict[str, Any]] = Field(
+    circuits: list[CircuitIn] = Field(
         default_factory=list, description="Circuits to create at start ([[circuits]] tables)"
     )
 
@@ -68,6 +79,15 @@ class Settings(BaseSettings):
     )
 
     toml_file: ClassVar[Path | None] = None
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Settings:
+        for name in ("sites", "circuits"):
+            ids = [x.id for x in getattr(self, name)]
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            if twice:
+                raise ValueError(f"[[{name}]]: id '{twice[0]}' is given more than once")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -85,13 +105,102 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+class ConfigError(ValueError):
+    """The configuration is wrong; ``problems`` has one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_TABLES: dict[str, type[BaseModel]] = {"sites": SiteIn, "circuits": CircuitIn}
+
+
+def _nearest(key: str, valid: Any) -> str | None:
+    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+def _problems(exc: ValidationError, origin: Any, entries: dict[str, list]) -> list[str]:
+    """One line per error: where it came from, which key, what is wrong."""
+    errors = exc.errors(include_url=False)
+    # A misspelt required key is one mistake: its "Field required" is not told again.
+    meant = {
+        (*e["loc"][:-1], _nearest(str(e["loc"][-1]), _TABLES[e["loc"][0]].model_fields))
+        for e in errors
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 3 and e["loc"][0] in _TABLES
+    }
+    lines = []
+    for err in errors:
+        if err["type"] == "missing" and tuple(err["loc"]) in meant:
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = [str(x) for x in err["loc"]]
+        if not loc:  # a check across fields
+            lines.append(f"{origin(None)}: {msg}")
+            continue
+        where, key, rest = origin(loc[0]), loc[0], loc[1:]
+        unknown = err["type"] == "extra_forbidden"
+        if key in _TABLES and rest and rest[0].isdigit():
+            n = int(rest[0])
+            entry = entries.get(key, [])
+            ident = entry[n].get("id") if n < len(entry) and isinstance(entry[n], dict) else None
+            where += f": [[{key}]] entry {n + 1}" + (f" (id '{ident}')" if ident else "")
+            rest = rest[1:]
+            if unknown and len(rest) == 1:
+                near = _nearest(rest[0], _TABLES[key].model_fields)
+                hint = f" (did you mean '{near}'?)" if near else ""
+                lines.append(f"{where}: unknown key '{rest[0]}'{hint}")
+                continue
+            lines.append(f"{where}: {'.'.join(rest)}: {msg}" if rest else f"{where}: {msg}")
+        elif unknown and not rest:
+            near = _nearest(key, Settings.model_fields)
+            in_site = _nearest(key, SiteIn.model_fields)
+            hint = (
+                f" (did you mean '{near}'?)"
+                if near
+                else f" (did you mean '{in_site}' in a [[sites]] table?)"
+                if in_site
+                else ""
+            )
+            lines.append(f"{where}: unknown key '{key}'{hint}")
+        else:
+            lines.append(f"{where}: {'.'.join(loc)}: {msg}")
+    return lines
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings; ``overrides`` with value None are ignored (flag not given)."""
+    """Build settings; ``overrides`` with value None are ignored (flag not given).
+
+    Raises :class:`ConfigError` with one line per problem, before anything is
+    opened or created.
+    """
     if config is not None and not Path(config).is_file():
         raise FileNotFoundError(f"config file not found: {config}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data: dict[str, Any] = {}
+    if config is not None:
+        try:
+            data = tomllib.loads(Path(config).read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{Path(config).name}: not valid TOML: {exc}"]) from None
+
+    def origin(key: str | None) -> str:
+        if key is None:
+            return Path(config).name if config is not None else "settings"
+        if key in given:
+            return "--" + key.replace("_", "-")
+        env = f"EVFLEX_{key}".upper()
+        if any(k.upper() == env for k in os.environ):
+            return env
+        return Path(config).name if config is not None and key in data else "settings"
 
     class _Settings(Settings):
         toml_file = config
 
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings.model_validate(_Settings(**given).model_dump())
+    entries = {k: v for k, v in data.items() if k in _TABLES and isinstance(v, list)}
+    try:
+        # exclude_unset keeps which fields each [[sites]] entry really wrote
+        return Settings.model_validate(_Settings(**given).model_dump(exclude_unset=True))
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, origin, entries)) from None

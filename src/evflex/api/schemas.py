@@ -266,6 +266,9 @@ class SiteOut(BaseModel):
     stations: list[str] = []
     circuits: list[str] = []
     plan: PlanOut | None = None
+    managed_by_config: list[str] = Field(
+        [], description="Fields set by the configuration file's [[sites]] table: read-only here"
+    )
 
 
 class CircuitIn(BaseModel):

@@ -101,6 +101,17 @@ async def _site_out(rt: Runtime, site_id: str) -> sc.SiteOut:
         stations=stations,
         circuits=circuits,
         plan=_plan_out(rt, site_id),
+        managed_by_config=site.config_fields or [],
+    )
+
+
+def _config_managed(site_id: str, fields: list[str]) -> HTTPException:
+    one = len(fields) == 1
+    return HTTPException(
+        409,
+        f"site '{site_id}': {', '.join(fields)} {'is' if one else 'are'} managed by the "
+        f"configuration file ([[sites]] table); change {'it' if one else 'them'} there "
+        "and restart evflex",
     )
 
 
@@ -142,13 +153,20 @@ async def patch_site(site_id: str, body: sc.SitePatch, rt: Rt):
     values = sc.body_values(body, fields)
 
     async def job(s):
-        if await repo.get_site(s, site_id) is None:
+        site = await repo.get_site(s, site_id)
+        if site is None:
             return False
+        managed = sorted(fields & set(site.config_fields or ()))
+        if managed:
+            return managed
         await repo.upsert_site(s, site_id, values, now)
         return True
 
-    if not await rt.writer.submit(job):
+    done = await rt.writer.submit(job)
+    if not done:
         raise HTTPException(404, f"site '{site_id}' does not exist")
+    if isinstance(done, list):
+        raise _config_managed(site_id, done)
     await rt.lm.rebalance_now(site_id, only_site_row=True)
     rt.bus.publish("site.changed", None, site_id=site_id, fields=sorted(fields))
     return await _site_out(rt, site_id)
@@ -160,14 +178,23 @@ async def delete_site(site_id: str, rt: Rt):
         site = await repo.get_site(s, site_id)
         if site is None:
             return False
+        if site.config_fields:
+            return site.config_fields
         for st in await repo.stations_of_site(s, site_id):
             st.site_id = None
             st.circuit_id = None
         await s.delete(site)
         return True
 
-    if not await rt.writer.submit(job):
+    done = await rt.writer.submit(job)
+    if not done:
         raise HTTPException(404, f"site '{site_id}' does not exist")
+    if isinstance(done, list):
+        raise HTTPException(
+            409,
+            f"site '{site_id}' is defined in the configuration file ([[sites]] table); "
+            "remove it there and restart evflex first",
+        )
     await rt.lm.reload()
     return Response(status_code=204)
 

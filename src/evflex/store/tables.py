@@ -278,6 +278,9 @@ class Site(Base):
     export_tariff_per_kwh: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Schema 6: the fields (API names, e.g. "import_limit_kw") a [[sites]] table
+    # of the configuration file sets; the API refuses to change them.
+    config_fields: Mapped[list | None] = mapped_column(JSON)
 
 
 class Circuit(Base):
@@ -348,6 +351,7 @@ class ApiToken(Base):
     name: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # schema 6, to a minute
 
 
 class WebSession(Base):
