@@ -150,6 +150,83 @@ def test_no_discharge_without_consent():
     assert min(s.vehicles["a"].power_w) >= 0
 
 
+def _v2g_driver(**tariffs) -> Vehicle:
+    """30 kWh in a 60 kWh battery (floor 12 kWh), 10 kWh more by the end, 10 kW each way."""
+    return ev(
+        kw=10,
+        kwh=10,
+        battery_wh=60_000,
+        soc=0.5,
+        min_soc=0.2,
+        max_discharge_w=10_000,
+        v2x_allowed=True,
+        **tariffs,
+    )
+
+
+# Dear in hour 1 (the site sells at 0.36), cheap after: a kWh out in hour 1 and
+# back in hour 2 or 3 gains the site 0.36 - 0.12 = 0.24.
+PEAK = {"import_price": [0.24, 0.42, 0.12, 0.12], "export_price": [0.05, 0.36, 0.05, 0.05]}
+
+
+@pytest.mark.parametrize(
+    ("export_tariff", "why"),
+    [(0.25, "the driver would get 0.25 for a kWh that costs 0.30 to buy back"),
+     (0.60, "the driver's 0.30 per kWh is more than the site's 0.24 gain")],
+)  # fmt: skip
+def test_no_discharge_when_the_site_gain_does_not_pay_the_driver(export_tariff, why):
+    # without tariffs the site sells 10 kWh in the peak and buys them back
+    free = solve(hourly(vehicles=[_v2g_driver()], **PEAK)).vehicles["a"]
+    assert kw(free.power_w)[1] == -10 and free.driver_v2x_net is None
+    v = _v2g_driver(driver_import_price=0.30, driver_export_price=export_tariff)
+    a = solve(hourly(vehicles=[v], **PEAK)).vehicles["a"]
+    assert a.discharged_wh == 0, why
+    assert min(a.power_w) >= 0 and a.feasible
+    assert a.driver_v2x_net == 0
+
+
+def test_discharge_in_the_peak_when_it_pays_the_driver():
+    v = _v2g_driver(driver_import_price=0.30, driver_export_price=0.40)
+    s = solve(hourly(vehicles=[v], **PEAK))
+    a = s.vehicles["a"]
+    # 10 kWh out in the peak, 20 kWh in at 0.12 (the 10 sold plus the 10 needed)
+    assert kw(a.power_w) == [0, -10, 10, 10]
+    assert a.feasible and a.energy_wh == pytest.approx(10_000)
+    # the driver's bill by hand: 20 kWh x 0.30 - 10 kWh x 0.40 = 2.00, against
+    # 10 kWh x 0.30 = 3.00 without discharging: 1.00 better off
+    assert a.driver_v2x_net == pytest.approx(1.00)
+    assert 20 * 0.30 - 10 * 0.40 == pytest.approx(10 * 0.30 - a.driver_v2x_net)
+    # the site: sells 10 kWh at 0.36, buys 20 at 0.12, pays the driver's 1.00
+    assert s.kpis.energy_cost == pytest.approx(20 * 0.12 - 10 * 0.36)
+
+
+def test_driver_net_never_negative_with_a_peak_only_reward():
+    # The site would like to sell in hours 0 and 1, but only hour 1 pays the driver
+    # (0.45 - 0.30 = +0.15 per kWh; hour 0: 0.25 - 0.30 = -0.05): at most 3 kWh
+    # in hour 0 per kWh in hour 1. 10 kWh can go out in all (two cheap hours refill
+    # 20 kWh, 10 of them needed): 7.5 kWh in hour 0, 2.5 kWh in hour 1.
+    v = _v2g_driver(driver_import_price=0.30, driver_export_price=[0.25, 0.45, 0.25, 0.25])
+    prices = {"import_price": [0.42, 0.42, 0.12, 0.12], "export_price": [0.36, 0.36, 0.05, 0.05]}
+    a = solve(hourly(vehicles=[v], **prices)).vehicles["a"]
+    assert kw(a.power_w) == [-7.5, -2.5, 10, 10]
+    assert a.driver_v2x_net == pytest.approx(-0.05 * 7.5 + 0.15 * 2.5, abs=1e-6)
+    assert a.driver_v2x_net >= -1e-9
+
+
+def test_driver_margin_counts_the_round_trip_losses():
+    # 0.9 x 0.9: a kWh out costs 1 / 0.81 kWh bought back at 0.30 = 0.370
+    v = _v2g_driver(
+        driver_import_price=0.30, driver_export_price=0.36, eta_charge=0.9, eta_discharge=0.9
+    )
+    assert solve(hourly(vehicles=[v], **PEAK)).vehicles["a"].discharged_wh == 0
+    v = _v2g_driver(
+        driver_import_price=0.30, driver_export_price=0.38, eta_charge=0.9, eta_discharge=0.9
+    )
+    a = solve(hourly(vehicles=[v], **PEAK)).vehicles["a"]
+    assert a.discharged_wh > 0
+    assert a.driver_v2x_net == pytest.approx(a.discharged_wh / 1000 * (0.38 - 0.30 / 0.81))
+
+
 def test_daily_discharge_cap():
     v = ev(
         end=24,
@@ -265,3 +342,34 @@ def test_interior_point_and_simplex_agree():
     a, b = solve(p, method="simplex"), solve(p, method="ipm")
     assert a.objective_value == pytest.approx(b.objective_value, rel=1e-6)
     assert a.kpis.energy_cost == pytest.approx(b.kpis.energy_cost, rel=1e-5)
+
+
+_SILENT_SOLVE = """
+from datetime import UTC, datetime, timedelta
+from evflex.scheduling import Problem, Vehicle, solve
+from evflex.scheduling.flex import flexibility
+t0 = datetime(2026, 3, 2, tzinfo=UTC)
+v = Vehicle("a", t0, t0 + timedelta(hours=4), 11_000, energy_wh=20_000)
+p = Problem(start=t0, slots=4, slot_s=3600, vehicles=[v], import_price=[0.3, 0.4, 0.1, 0.2])
+for method in ("simplex", "ipm"):
+    s = solve(p, method=method)
+flexibility(p, s)
+"""
+
+
+def test_the_solver_prints_nothing():
+    # HiGHS writes from C (its banner, its log), past sys.stdout: a fresh process
+    # (the banner comes once per process) and its file descriptors tell.
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _SILENT_SOLVE], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "" and out.stderr == ""
+
+
+def test_a_solve_in_process_writes_nothing_to_the_file_descriptors(capfd):
+    solve(hourly(vehicles=[ev(kwh=20)], import_price=[0.3, 0.4, 0.1, 0.2]), method="ipm")
+    assert capfd.readouterr() == ("", "")

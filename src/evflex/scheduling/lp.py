@@ -20,6 +20,10 @@ Rows:
 - energy per EV: charge-only ``sum eta_c c dt + u = need`` (so never more
   than asked); with discharge ``e[t] = e[t-1] + (eta_c c - d / eta_d) dt``,
   ``e[last] + u >= e0 + need``, SoC bounds on ``e``, and the daily V2X cap;
+- the driver must not lose, per EV with driver tariffs: ``sum m[t] d[t] dt >=
+  0`` where ``m`` is what a kWh out earns the driver net of buying it back
+  (:func:`driver_margin`); the site pays that margin (a cost on ``d``), so it
+  discharges only where its own gain covers the driver's;
 - per circuit (and the site's phase fuse), phase and slot: the current of
   everything below it within +/- the limit (rows that can never bind are
   left out);
@@ -46,15 +50,31 @@ from evflex.scheduling.problem import (
     Schedule,
     Series,
     StoragePlan,
+    Vehicle,
     VehiclePlan,
 )
 
 INF = math.inf
+_Highs = getattr(highspy, "_Highs", highspy.Highs)  # the C++ class, without the Python extras
 _TINY_DISCHARGE = 1e-6  # per kWh: never charge and discharge at once for nothing
 
 
 class SchedulingError(ValueError):
     """The problem is malformed (unknown circuit, negative size, ...)."""
+
+
+def driver_margin(v: Vehicle, n: int) -> np.ndarray | None:
+    """Per slot: what one kWh discharged earns the driver, net of buying it back.
+
+    The driver receives ``driver_export_price`` for the kWh and pays
+    ``driver_import_price`` for the ``1 / (eta_charge * eta_discharge)`` kWh
+    that put it back into the battery. None when the EV has no tariffs.
+    """
+    if v.driver_import_price is None and v.driver_export_price is None:
+        return None
+    out = series(v.driver_export_price or 0.0, n, f"vehicle {v.id!r}: driver_export_price")
+    back = (v.driver_import_price or 0.0) / (v.eta_charge * v.eta_discharge)
+    return out - back
 
 
 def series(value: Series, n: int, name: str) -> np.ndarray:
@@ -262,11 +282,15 @@ class Model:
     size: dict[str, int]
 
 
-def new_highs(method: str, time_limit_s: float | None = None) -> highspy.Highs:
+def new_highs(method: str, time_limit_s: float | None = None) -> highspy._Highs:
     if method not in ("auto", "simplex", "ipm"):
         raise SchedulingError(f"unknown method {method!r}")
-    h = highspy.Highs()
+    # highspy.Highs() enables its callbacks in its constructor, and HiGHS prints
+    # its banner from C at the first such call, before any option can be set:
+    # build the bare solver, silence it, then use it.
+    h = _Highs()
     h.setOptionValue("output_flag", False)
+    h.setOptionValue("log_to_console", False)
     if time_limit_s is not None:
         h.setOptionValue("time_limit", float(time_limit_s))
     if method == "ipm":
@@ -275,7 +299,7 @@ def new_highs(method: str, time_limit_s: float | None = None) -> highspy.Highs:
     return h
 
 
-def run(h: highspy.Highs, model: Model) -> tuple[np.ndarray, float, str]:
+def run(h: highspy._Highs, model: Model) -> tuple[np.ndarray, float, str]:
     """Solve what ``h`` holds; the point (clipped to the bounds), seconds, status."""
     t = time.perf_counter()
     h.run()
@@ -384,8 +408,20 @@ def build(problem: Problem) -> Model:
             continue
         dmax = v.max_discharge_w / 1000.0 * fr
         deg = (w.degradation * problem.degradation_per_kwh + _TINY_DISCHARGE) * dt
-        dc = b.cols(np.zeros(n), dmax, np.full(n, deg))
+        margin = driver_margin(v, T)
+        d_cost = np.full(n, deg)
+        if margin is not None:
+            # the site pays what the driver nets, so it discharges only where its gain
+            # covers the driver's; and the driver never ends up paying for V2X
+            m = margin[ts]
+            d_cost = d_cost + w.energy_cost * m * dt
+            if (m < 0).all():
+                dmax = np.zeros(n)  # no slot pays the driver: no discharge at all
+        dc = b.cols(np.zeros(n), dmax, d_cost)
         b.entries(bal[ts], dc, 1.0)
+        if margin is not None and (margin[ts] < 0).any():
+            r = b.rows(np.zeros(1), np.array([INF]))
+            b.entries(np.full(n, r[0]), dc, margin[ts] * dt)
         need = needs[i]
         if v.battery_wh is not None and v.soc is not None:
             e0 = v.soc * v.battery_wh / 1000.0
@@ -590,6 +626,8 @@ def read(model: Model, x: np.ndarray, obj: float, status: str, solve_s: float) -
             soc = (v.soc + np.cumsum(into) * 1000.0 / v.battery_wh).tolist()
         disch = float(dis.sum() * dt) * 1000.0
         discharged_total += disch
+        margin = driver_margin(v, T)
+        net = None if margin is None else float((margin * dis).sum() * dt)
         vplans[v.id] = VehiclePlan(
             id=v.id,
             power_w=((charge - dis) * 1000.0).tolist(),
@@ -600,6 +638,7 @@ def read(model: Model, x: np.ndarray, obj: float, status: str, solve_s: float) -
             max_deliverable_wh=max_deliv,
             soc=soc,
             discharged_wh=disch,
+            driver_v2x_net=net,
         )
     splans: dict[str, StoragePlan] = {}
     for s, (sc, sd, se) in zip(problem.storages, st_cols, strict=True):

@@ -107,6 +107,11 @@ class Vehicle:
     node: str = SITE
     phases: tuple[int, ...] = (1, 2, 3)
     priority: float = 1.0  # multiplies the unmet-energy penalty
+    #: The driver's tariffs per kWh: paid for charging, received for discharging
+    #: (the latter flat or per slot). When either is given, discharging this EV
+    #: must not cost its driver money (``lp.driver_margin``).
+    driver_import_price: float | None = None
+    driver_export_price: Series | None = None
 
     def need_wh(self) -> float | None:
         if self.battery_wh is not None and self.soc is not None and self.target_soc is not None:
@@ -210,6 +215,9 @@ class VehiclePlan:
     max_deliverable_wh: float | None  # when not feasible: the most it could get with priority
     soc: list[float] | None  # at the end of every slot (None without a battery size)
     discharged_wh: float = 0.0
+    #: With driver tariffs: what discharging earns the driver net of buying that
+    #: energy back (>= 0 in every plan); None without tariffs.
+    driver_v2x_net: float | None = None
 
 
 @dataclass(slots=True)
