@@ -105,8 +105,10 @@ async def test_driver_claims_session_sets_needs_and_charges_fast(site_node):
             want = (80 - soc) / 100 * 60
             assert s["energy_target_kwh"] == pytest.approx(want + s["energy_kwh"], abs=0.3)
             assert s["expected_soc_at_departure"] == pytest.approx(80, abs=1.0)
-            assert s["plan"] and sum(p["power_kw"] for p in s["plan"]) * 0.25 == pytest.approx(
-                want, abs=0.5
+            # the plan is a step series of total power; it brings what the verdict expects
+            assert s["plan"] and _plan_kwh(s) == pytest.approx(want, abs=0.5)
+            assert s["expected_kwh_at_departure"] == pytest.approx(
+                s["energy_kwh"] + _plan_kwh(s), abs=0.05
             )
             assert s["battery_kwh"] == 60  # kept for the next visit of the page
 
@@ -141,6 +143,18 @@ async def test_driver_claims_session_sets_needs_and_charges_fast(site_node):
             assert r.status_code == 401 and "ended" in r.json()["detail"]
     finally:
         await st.stop()
+
+
+def _plan_kwh(s: dict) -> float:
+    """Energy of the driver page's plan: each step holds until the next one (or plan_end)."""
+    steps = s["plan"]
+    ends = [x["start"] for x in steps[1:]] + [s["plan_end"]]
+    return sum(
+        x["power_kw"]
+        * (datetime.fromisoformat(end) - datetime.fromisoformat(x["start"])).total_seconds()
+        / 3600
+        for x, end in zip(steps, ends, strict=True)
+    )
 
 
 async def _soc(drv) -> float | None:

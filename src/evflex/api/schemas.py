@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class StationTopology(BaseModel):
@@ -76,6 +76,10 @@ class StationOut(BaseModel):
     heartbeat_age_s: float | None = None
     last_connected_at: datetime | None = None
     last_disconnected_at: datetime | None = None
+    clock_offset_s: float | None = Field(
+        None, description="How far the station's clock is ahead of ours (s; negative: behind)"
+    )
+    clock_skewed: bool = Field(False, description="The offset is beyond clock_tolerance_s")
     connectors: list[ConnectorOut] = []
 
 
@@ -326,7 +330,7 @@ class ProfileOut(BaseModel):
 class PreferencesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    departure_time: datetime | None = None
+    departure_time: AwareDatetime | None = Field(None, description="With a time zone")
     energy_kwh: float | None = Field(None, gt=0, le=1000, description="Energy still wanted (kWh)")
     allow_discharge: bool | None = Field(
         None, description="The driver's consent to V2X discharging (default: no)"
@@ -348,6 +352,9 @@ class PreferencesOut(BaseModel):
     limit_a: float | None = None
     priority: bool = False
     allow_discharge: bool = False
+    need_status: Literal["ACCEPTED", "NOT_POSSIBLE", "NO_NEEDS"] = Field(
+        "NO_NEEDS", description="The verdict on the stated need (NOT_POSSIBLE: at risk)"
+    )
 
 
 def kw_to_w(values: dict) -> dict:

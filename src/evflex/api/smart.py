@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from evflex.api import schemas as sc
@@ -17,7 +18,9 @@ from evflex.domain.model import ChargingNeeds
 from evflex.smartcharging import profiles as pf
 from evflex.smartcharging.composite import CompositeSchedule, InstalledProfile, composite_schedule
 from evflex.smartcharging.manager import is_lm_profile
-from evflex.smartcharging.planner import best_case_a, deliverable_wh, evse_key
+from evflex.smartcharging.planner import evse_key
+from evflex.smartcharging.planner import plan as plan_site
+from evflex.smartcharging.verdict import Verdict, session_verdict
 from evflex.store import repo
 from evflex.store.tables import Circuit, Station, Transaction
 
@@ -609,7 +612,7 @@ async def apply_preferences(rt: Runtime, tx_pk: int, body: sc.PreferencesIn) -> 
         repo.set_transaction_needs(row, needs)
 
     await rt.writer.submit(job)
-    return await _preferences_answer(rt, tx_pk, body.energy_kwh)
+    return await _preferences_answer(rt, tx_pk, request="needs")
 
 
 @router.get("/transactions/{tx_pk}/bill", response_model=sc.BillOut, tags=["smart charging"])
@@ -639,10 +642,82 @@ async def bill(tx_pk: int, rt: Rt):
     )
 
 
-async def _preferences_answer(rt: Runtime, tx_pk: int, requested_kwh: float | None):
+class VerdictOut(BaseModel):
+    """The verdict on a session's need (one computation: ``smartcharging.verdict``)."""
+
+    transaction: int
+    station_id: str
+    evse_id: int
+    status: Literal["ACCEPTED", "NOT_POSSIBLE", "NO_NEEDS"]
+    at_risk: bool = Field(description="A stated need the plan does not meet by departure")
+    departure: datetime | None = None
+    need_kwh: float | None = Field(None, description="Energy still wanted from now")
+    expected_kwh: float | None = Field(None, description="What the plan brings by departure")
+    best_kwh: float | None = Field(None, description="The most reachable by departure")
+    priority: bool = False
+    source: str = Field(description="schedule (policy optimal), allocation, or none")
+
+
+def verdict_out(tx: Transaction, v: Verdict) -> VerdictOut:
+    def kwh(wh: float | None) -> float | None:
+        return None if wh is None else round(wh / KW, 3)
+
+    return VerdictOut(
+        transaction=tx.id,
+        station_id=tx.station_id,
+        evse_id=tx.evse_id or 0,
+        status=v.status,
+        at_risk=v.at_risk,
+        departure=v.departure,
+        need_kwh=kwh(v.need_wh),
+        expected_kwh=kwh(v.expected_wh),
+        best_kwh=kwh(v.best_wh),
+        priority=v.priority,
+        source=v.source,
+    )
+
+
+async def site_verdicts(rt: Runtime, site_id: str) -> dict[str, Verdict]:
+    """The verdict of every session of a site (evse key -> verdict), from the applied plan."""
+    model, _ = await rt.lm.load_model(site_id)
+    if model is None:
+        return {}
+    now = rt.clock.now()
+    st = rt.lm.status.get(site_id)
+    current = st.plan if st is not None else None
+    if current is None:
+        current = plan_site(model, now, initial_full_power_s=0.0)
+    mpc = st.mpc if st is not None else None
+    return {
+        key: session_verdict(model, key, now, targets=current.targets, mpc=mpc)
+        for key, ev in model.evses.items()
+        if ev.session is not None
+    }
+
+
+async def tx_verdict(rt: Runtime, tx: Transaction) -> Verdict:
+    """The verdict on one session's need (a session off any site: no limit, nothing at risk)."""
+    site_id = rt.lm.site_of(tx.station_id)
+    if site_id is None:
+        async with rt.sessionmaker() as s:
+            st = await repo.get_station(s, tx.station_id)
+        site_id = st.site_id if st is not None else None
+    found = await site_verdicts(rt, site_id) if site_id is not None else {}
+    v = found.get(evse_key(tx.station_id, tx.evse_id or 0))
+    if v is not None:
+        return v
+    return Verdict(
+        status="NO_NEEDS" if tx.departure_at is None or tx.energy_target_wh is None else "ACCEPTED",
+        at=rt.clock.now(),
+        departure=tx.departure_at,
+        priority=bool(tx.priority),
+    )
+
+
+async def _preferences_answer(rt: Runtime, tx_pk: int, *, request: str):
+    """The answer to a change of needs (``request="needs"``) or of priority charging."""
     tx = await _tx(rt, tx_pk)
     site_id = rt.lm.site_of(tx.station_id)
-    key = evse_key(tx.station_id, tx.evse_id or 0)
     out = sc.PreferencesOut(
         transaction=tx_pk,
         accepted=True,
@@ -652,44 +727,29 @@ async def _preferences_answer(rt: Runtime, tx_pk: int, requested_kwh: float | No
     if site_id is None:
         out.reason = "station is not on a site: no limit applies, it charges at full power"
         return out
-    plan = await rt.lm.rebalance_now(site_id)
-    model, _ = await rt.lm.load_model(site_id)
-    if plan is None or model is None or key not in model.evses:
-        out.reason = "no plan for this EVSE yet"
+    current = await rt.lm.rebalance_now(site_id)
+    tx = await _tx(rt, tx_pk)
+    out.priority = bool(tx.priority)
+    key = evse_key(tx.station_id, tx.evse_id or 0)
+    if current is not None:
+        out.limit_a = current.targets.get(key, current.pinned.get(key))
+    v = await tx_verdict(rt, tx)
+    out.need_status = v.status
+    if v.status == "NO_NEEDS":
         return out
-    now = rt.clock.now()
-    limit = plan.targets.get(key, plan.pinned.get(key, 0.0))
-    ev = model.evses[key]
-    s = ev.session
-    out.limit_a = limit
-    out.priority = bool(s and s.priority)
-    need = s.energy_needed_wh if s else None
-    if need is None or s is None or s.departure is None:
-        return out
-    out.requested_kwh = need / KW
-    mpc = rt.lm.status[site_id].mpc
-    if mpc is not None and key in mpc.schedule.vehicles:
-        # policy "optimal": the scheduler's own feasibility check
-        vp = mpc.schedule.vehicles[key]
-        planned = min(vp.energy_wh, need)
-        if key in mpc.stated:
-            deliverable = need if vp.feasible else (vp.max_deliverable_wh or vp.energy_wh)
-        else:  # in priority charging: the plan already gives it the most it can get
-            deliverable = vp.energy_wh
-        how = "with priority, within the site's limits and the EV's power"
-    else:
-        best = best_case_a(model, key, now)
-        deliverable = deliverable_wh(model, key, now, best) or 0.0
-        planned = deliverable_wh(model, key, now, limit) or 0.0
-        how = f"at {best:g} A, the most this site and EV allow"
-    out.deliverable_kwh = round(deliverable / KW, 3)
-    out.planned_kwh = round(min(planned, need) / KW, 3)
-    if deliverable + 1.0 < need:
-        out.accepted = False
+    out.requested_kwh = round(v.need_wh / KW, 3)
+    out.planned_kwh = round(v.expected_wh / KW, 3)
+    out.deliverable_kwh = round(v.best_wh / KW, 3)
+    by = v.departure.isoformat()
+    if v.at_risk:
         out.reason = (
-            f"{need / KW:.2f} kWh cannot be delivered by {s.departure.isoformat()}: "
-            f"at most {deliverable / KW:.2f} kWh ({how})"
+            f"{v.need_wh / KW:.2f} kWh cannot be delivered by {by}: the plan brings "
+            f"{v.expected_wh / KW:.2f} kWh, at most {v.best_wh / KW:.2f} kWh is reachable"
         )
+        if request == "needs":
+            out.accepted = False  # the need is stored all the same
+    else:
+        out.reason = f"{v.need_wh / KW:.2f} kWh by {by}: the plan brings it"
     out.status = "ACCEPTED" if out.accepted else "NOT_POSSIBLE"
     return out
 
@@ -734,4 +794,4 @@ async def apply_priority(rt: Runtime, tx_pk: int, on: bool) -> sc.PreferencesOut
         row.updated_at = now
 
     await rt.writer.submit(job)
-    return await _preferences_answer(rt, tx_pk, None)
+    return await _preferences_answer(rt, tx_pk, request="priority")

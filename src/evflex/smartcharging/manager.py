@@ -518,6 +518,10 @@ class LoadManager:
         self.dispatcher.put(ev.station_id, ev.evse_id, profile, "load-manager")
 
     async def _switch_to_priority(self, model: SiteModel, txs: dict, keys: list[str]) -> None:
+        # priority False (not None) was turned off by a person: it is not turned back on
+        rows = self._rows.get(model.id, ((), (), (), ()))[3]
+        off = {evse_key(t.station_id, t.evse_id) for t in rows if t.priority is False}
+        keys = [k for k in keys if k not in off]
         now = self.clock.now()
         pks = [txs[k] for k in keys if k in txs]
         for key in keys:

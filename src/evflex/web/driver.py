@@ -19,11 +19,10 @@ from sqlalchemy import select
 
 from evflex.api import schemas as sc
 from evflex.api.routes import bidirectional, v2x_state
-from evflex.api.smart import KW, Rt, apply_preferences, apply_priority
+from evflex.api.smart import KW, Rt, apply_preferences, apply_priority, tx_verdict
 from evflex.clock import utcnow
-from evflex.smartcharging.planner import evse_key
 from evflex.store import repo
-from evflex.store.tables import DriverToken, Transaction
+from evflex.store.tables import Connector, DriverToken, Transaction
 from evflex.web.auth import sha256
 
 if TYPE_CHECKING:
@@ -61,8 +60,10 @@ class DriverPrefsIn(BaseModel):
 
 
 class PlanSlot(BaseModel):
+    """A step of the plan: from ``start`` until the next step (or ``plan_end``)."""
+
     start: datetime
-    power_kw: float
+    power_kw: float = Field(description="Total power of the EVSE (all phases)")
 
 
 class DriverSession(BaseModel):
@@ -83,7 +84,14 @@ class DriverSession(BaseModel):
     priority: bool = False
     v2x_state: str | None = None
     plan: list[PlanSlot] = []
-    expected_kwh_at_departure: float | None = None
+    plan_end: datetime | None = Field(None, description="The plan's last step ends here")
+    need_kwh: float | None = Field(None, description="Energy still wanted from now")
+    expected_kwh_at_departure: float | None = Field(
+        None, description="Net energy of the session by departure, as planned"
+    )
+    best_kwh_at_departure: float | None = Field(
+        None, description="The most the session can reach by departure (priority charging)"
+    )
     expected_soc_at_departure: float | None = None
     import_price_per_kwh: float | None = None
     export_price_per_kwh: float | None = None
@@ -111,6 +119,30 @@ async def _claimed(rt: Runtime, request: Request) -> tuple[Transaction, DriverTo
     return tx, row
 
 
+NO_SUCH_CHARGER = "no such charger"
+
+
+async def _known_charger(rt: Runtime, station_id: str, evse_id: int) -> None:
+    """404 "no such charger: ..." unless the station is registered and has this EVSE."""
+    async with rt.sessionmaker() as s:
+        station = await repo.get_station(s, station_id)
+        if station is None:
+            raise HTTPException(404, f"{NO_SUCH_CHARGER}: '{station_id}' is not registered here")
+        seen = await s.scalar(
+            select(Connector.evse_id)
+            .where(Connector.station_id == station_id, Connector.evse_id == evse_id)
+            .limit(1)
+        )
+        if seen is None:
+            seen = await s.scalar(
+                select(Transaction.id)
+                .where(Transaction.station_id == station_id, Transaction.evse_id == evse_id)
+                .limit(1)
+            )
+    if seen is None:
+        raise HTTPException(404, f"{NO_SUCH_CHARGER}: '{station_id}' has no point {evse_id}")
+
+
 @router.post("/sessions", response_model=ClaimOut, status_code=201)
 async def claim(body: ClaimIn, rt: Rt):
     """A token for the session running on this EVSE (first device only)."""
@@ -131,6 +163,7 @@ async def claim(body: ClaimIn, rt: Rt):
             .first()
         )
     if tx is None:
+        await _known_charger(rt, body.station_id, body.evse_id)
         raise HTTPException(404, "no charging session on this charger")
     token = "drv_" + secrets.token_urlsafe(24)
 
@@ -179,7 +212,7 @@ async def put_preferences(body: DriverPrefsIn, request: Request, rt: Rt):
             r.battery_kwh = body.battery_kwh
 
         await rt.writer.submit(keep_battery)
-    answer = await apply_preferences(
+    await apply_preferences(
         rt,
         tx.id,
         sc.PreferencesIn(
@@ -190,7 +223,7 @@ async def put_preferences(body: DriverPrefsIn, request: Request, rt: Rt):
     )
     async with rt.sessionmaker() as s:
         tx = await s.get(Transaction, tx.id)
-    return await driver_view(rt, tx, battery, answer)
+    return await driver_view(rt, tx, battery)
 
 
 @router.post("/session/fast", response_model=DriverSession)
@@ -212,17 +245,16 @@ async def _fast(rt: Runtime, request: Request, on: bool) -> DriverSession:
     return await driver_view(rt, tx, row.battery_kwh)
 
 
-def _hhmm(t: datetime) -> str:
-    return t.strftime("%H:%M UTC on %d %b")
-
-
 async def driver_view(
     rt: Runtime,
     tx: Transaction,
     battery_kwh: float | None,
-    answer: sc.PreferencesOut | None = None,
 ) -> DriverSession:
-    """What the driver page shows: the session, its plan, the price and a plain verdict."""
+    """What the driver page shows: the session, its plan, the price and the verdict.
+
+    The verdict, the expected energy and the plan all come from one computation
+    (``smartcharging.verdict``), the same the API and the dashboard use.
+    """
     async with rt.sessionmaker() as s:
         st = await repo.get_station(s, tx.station_id)
         site = await repo.get_site(s, st.site_id) if st is not None and st.site_id else None
@@ -258,70 +290,40 @@ async def driver_view(
             out.reward_so_far = round(
                 (tx.energy_exported_wh or 0) / KW * site.export_tariff_per_kwh, 2
             )
-    key = evse_key(tx.station_id, tx.evse_id or 0)
-    planned_wh = None
-    feasible = None
-    deliverable_wh = None
-    if site is not None and tx.departure_at is not None:
-        mpc = rt.lm.status[site.id].mpc if site.id in rt.lm.status else None
-        if mpc is None or key not in mpc.schedule.vehicles:
-            mpc, _ = await rt.lm.plan_ahead(site.id)
-        if mpc is not None and key in mpc.schedule.vehicles:
-            vp = mpc.schedule.vehicles[key]
-            p = mpc.problem
-            out.plan = [
-                PlanSlot(start=p.slot_start(t), power_kw=round(w / KW, 2))
-                for t, w in enumerate(vp.power_w)
-                if p.slot_start(t) < tx.departure_at
-            ]
-            planned_wh = vp.energy_wh
-            feasible = vp.feasible
-            deliverable_wh = vp.max_deliverable_wh
-    if planned_wh is not None:
-        expected = net_kwh + planned_wh / KW
-        out.expected_kwh_at_departure = round(expected, 2)
+    v = await tx_verdict(rt, tx)
+    out.status = v.status
+    out.plan = [PlanSlot(start=x.start, power_kw=round(x.power_w / KW, 3)) for x in v.plan]
+    out.plan_end = v.plan_end
+    if v.need_wh is not None:
+        out.need_kwh = round(v.need_wh / KW, 3)
+    if v.expected_wh is not None:
+        out.expected_kwh_at_departure = round(net_kwh + v.expected_wh / KW, 2)
         if battery_kwh and tx.soc_percent is not None:
             out.expected_soc_at_departure = round(
-                min(100.0, tx.soc_percent + planned_wh / KW / battery_kwh * 100.0), 1
+                min(100.0, tx.soc_percent + v.expected_wh / KW / battery_kwh * 100.0), 1
             )
-    _verdict(out, tx, answer, feasible, deliverable_wh)
+    if v.best_wh is not None:
+        out.best_kwh_at_departure = round(net_kwh + v.best_wh / KW, 2)
+    out.message = _message(out)
     return out
 
 
-def _verdict(
-    out: DriverSession,
-    tx: Transaction,
-    answer: sc.PreferencesOut | None,
-    feasible: bool | None,
-    deliverable_wh: float | None,
-) -> None:
-    """Status and a sentence a driver understands."""
-    need = out.energy_target_kwh
-    if tx.departure_at is None or need is None:
-        out.status = "NO_NEEDS"
-        out.message = (
+def _message(out: DriverSession) -> str:
+    """A sentence a driver understands (no clock times: the page shows them in local time)."""
+    if out.status == "NO_NEEDS":
+        return (
             "Tell us when you leave and how much energy you need, and we plan your charging. "
             "Until then your car charges with the power the site can give."
         )
-        return
-    if answer is not None:
-        possible = answer.accepted
-        most = answer.deliverable_kwh
-    else:
-        possible = feasible is not False
-        most = None if deliverable_wh is None else deliverable_wh / KW
-    when = _hhmm(tx.departure_at)
-    if possible:
-        out.status = "ACCEPTED"
-        out.message = f"You will have what you asked for by {when}."
+    if out.status == "ACCEPTED":
+        text = "You will have what you asked for by your departure."
         if out.allow_discharge and out.can_discharge:
-            out.message += " Your car may give energy back to the grid meanwhile."
+            text += " Your car may give energy back to the grid meanwhile."
         if out.priority:
-            out.message += " It charges as fast as it can now."
-    else:
-        out.status = "NOT_POSSIBLE"
-        got = f"at most about {most:.1f} kWh" if most is not None else "less than you asked for"
-        out.message = (
-            f"This cannot be met: by {when} the car can get {got}, not what you asked for. "
-            "Leave later, ask for less, or press “Charge as fast as possible”."
-        )
+            text += " It charges as fast as it can now."
+        return text
+    return (
+        f"This cannot be met: by your departure the car can get at most about "
+        f"{out.best_kwh_at_departure:.1f} kWh of the {out.energy_target_kwh:.1f} kWh you asked "
+        "for. Leave later, ask for less, or press “Charge as fast as possible”."
+    )

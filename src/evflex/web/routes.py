@@ -11,10 +11,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 
-from evflex.api.smart import Rt
+from evflex.api.smart import Rt, VerdictOut, site_verdicts, tx_verdict, verdict_out
 from evflex.smartcharging import sitelog
+from evflex.smartcharging.planner import evse_key
 from evflex.store import repo
+from evflex.store.tables import Station, Transaction
 from evflex.web.auth import SESSION_COOKIE, LoginRefused, Principal, authorize
 
 STATIC_DIR = files("evflex.web") / "static"
@@ -146,6 +149,28 @@ async def site_kpis(site_id: str, rt: Rt, period: Literal["day", "week", "month"
     return k.to_json()
 
 
+@router.get("/needs", response_model=list[VerdictOut], tags=["dashboard"])
+async def needs(rt: Rt, site_id: str | None = None) -> list[VerdictOut]:
+    """The verdict on every active session's need: the same the driver page and the
+    preferences API give (``NOT_POSSIBLE`` = at risk)."""
+    async with rt.sessionmaker() as s:
+        q = select(Transaction).where(Transaction.state == "active").order_by(Transaction.id)
+        txs = list((await s.execute(q)).scalars())
+        stations = {x.id: x.site_id for x in (await s.execute(select(Station))).scalars()}
+    if site_id is not None:
+        await _site(rt, site_id)
+        txs = [t for t in txs if stations.get(t.station_id) == site_id]
+    by_site: dict[str, dict] = {}
+    out = []
+    for tx in txs:
+        site = stations.get(tx.station_id)
+        if site is not None and site not in by_site:
+            by_site[site] = await site_verdicts(rt, site)
+        v = (by_site.get(site) or {}).get(evse_key(tx.station_id, tx.evse_id or 0))
+        out.append(verdict_out(tx, v if v is not None else await tx_verdict(rt, tx)))
+    return out
+
+
 # ------------------------------------------------------------------ pages
 
 pages = APIRouter(include_in_schema=False)
@@ -153,6 +178,15 @@ pages = APIRouter(include_in_schema=False)
 
 def _page(name: str) -> FileResponse:
     return FileResponse(str(STATIC_DIR / name), headers={"Cache-Control": "no-cache"})
+
+
+@pages.get("/favicon.ico")
+async def favicon():
+    return FileResponse(
+        str(STATIC_DIR / "favicon.ico"),
+        media_type="image/x-icon",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 @pages.get("/")
