@@ -47,7 +47,12 @@ class Runtime:
         self.writer = GroupCommitWriter(self.sessionmaker)
         self.bus = EventBus()
         self.service = CsmsService(
-            self.sessionmaker, self.writer, self.clock, self.bus, settings.heartbeat_interval
+            self.sessionmaker,
+            self.writer,
+            self.clock,
+            self.bus,
+            settings.heartbeat_interval,
+            clock_tolerance_s=settings.clock_tolerance_s,
         )
         self.ocpp = OcppServer(
             self.service,

@@ -71,6 +71,38 @@ class AcceleratedClock:
         await asyncio.sleep(max(0.0, seconds) / self.speed)
 
 
+class DeviceClock:
+    """A device's own clock: a base clock plus an offset, which can be set.
+
+    A charging station keeps time with its own real-time clock: it may start
+    wrong (``offset_s``), and it is corrected by setting it (``set``), as a
+    station does with the CSMS's ``currentTime`` or a ClockCtrlr.DateTime
+    SetVariables. Durations (``sleep``) run at the base clock's pace.
+    """
+
+    def __init__(self, base: Clock, offset_s: float = 0.0) -> None:
+        self.base = base
+        self.offset_s = float(offset_s)
+
+    @property
+    def speed(self) -> float:
+        return getattr(self.base, "speed", 1.0)
+
+    def now(self) -> datetime:
+        return self.base.now() + timedelta(seconds=self.offset_s)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.base.sleep(seconds)
+
+    def set(self, now: datetime) -> float:
+        """Set the clock to ``now``; returns the step taken (s, positive: forward)."""
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        step = (now - self.now()).total_seconds()
+        self.offset_s += step
+        return step
+
+
 def isoformat(ts: datetime) -> str:
     """OCPP date-time text: UTC with a ``Z`` suffix and millisecond precision."""
     if ts.tzinfo is None:

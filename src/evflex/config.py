@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         False, description="Register unknown station ids on first connect instead of 404"
     )
     heartbeat_interval: int = Field(300, description="Heartbeat interval given at boot (s)")
+    clock_tolerance_s: float = Field(
+        60.0, gt=0, description="Flag and correct a station clock further off ours than this (s)"
+    )
     response_timeout: float = Field(30.0, description="Wait for a station's answer (s)")
     max_frame_bytes: int = Field(1_048_576, description="Larger frames close with 1009")
     ws_ping_interval: float | None = Field(120.0, description="WebSocket ping interval (s)")

@@ -245,6 +245,7 @@ async def _run(data, events) -> None:
                     evse_id=b + 1,
                     transaction_id=f"T{world.n}",
                     started_at=clock.now(),
+                    csms_started_at=clock.now(),
                     departure_at=None,
                     energy_target_wh=None,
                     energy_imported_wh=0.0,

@@ -60,6 +60,8 @@ def _station_out(rt: Runtime, st: Station, connectors: list[Connector]) -> sc.St
         else None,
         last_connected_at=st.last_connected_at,
         last_disconnected_at=st.last_disconnected_at,
+        clock_offset_s=_clock_offset(rt, st.id),
+        clock_skewed=_clock_skewed(rt, st.id),
         connectors=[
             sc.ConnectorOut(
                 evse_id=c.evse_id,
@@ -73,6 +75,16 @@ def _station_out(rt: Runtime, st: Station, connectors: list[Connector]) -> sc.St
             for c in sorted(connectors, key=lambda c: (c.evse_id, c.connector_id))
         ],
     )
+
+
+def _clock_offset(rt: Runtime, station_id: str) -> float | None:
+    offset = rt.service.clocks.offset(station_id)
+    return None if offset is None else round(offset, 3)
+
+
+def _clock_skewed(rt: Runtime, station_id: str) -> bool:
+    state = rt.service.clocks.state(station_id)
+    return state is not None and state.skewed
 
 
 @router.get("/stations", response_model=list[sc.StationOut], tags=["stations"])

@@ -21,9 +21,11 @@ from pydantic import BaseModel
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from evflex.clock import isoformat
 from evflex.csms import commands, v16, v21, v201
 from evflex.csms.connection import StationConnection
 from evflex.csms.service import CsmsService
+from evflex.domain.model import StationEvent
 from evflex.security import parse_basic_auth, verify_password
 from evflex.store import repo
 
@@ -62,6 +64,7 @@ class OcppServer:
         self.connections: dict[str, StationConnection] = {}
         self._verified: dict[str, bytes] = {}  # station id -> sha256(password) seen valid
         self._server: Server | None = None
+        service.clocks.fixer = self.offer_time
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,6 +223,44 @@ class OcppServer:
         result = await conn.call(action, payload)
         await self._after_command(station_id, conn.version, name, body, payload, result)
         return result
+
+    async def offer_time(self, station_id: str) -> None:
+        """Give a station whose clock is off our time: 2.x sets ClockCtrlr.DateTime;
+        1.6 has no clock-set command, so a triggered Heartbeat brings it currentTime."""
+        conn = self.connections.get(station_id)
+        if conn is None:
+            return
+        if conn.version == "1.6":
+            name = "trigger-message"
+            body: BaseModel = commands.TriggerMessageBody(message="Heartbeat")
+        else:
+            name = "set-variables"
+            value = isoformat(self.service.clock.now())
+            body = commands.SetVariablesBody(
+                variables=[
+                    commands.VariableValue(component="ClockCtrlr", variable="DateTime", value=value)
+                ]
+            )
+        try:
+            result = await self.send_command(station_id, name, body)
+        except Exception as exc:  # not connected, timeout, CALLERROR: logged, retried later
+            result = {"error": type(exc).__name__}
+        if name == "set-variables":
+            results = result.get("setVariableResult") or [{}]
+            status = results[0].get("attributeStatus", result.get("error", "?"))
+            if status == "Accepted":
+                self.service.clocks.time_offered(station_id)
+        else:
+            status = result.get("status", result.get("error", "?"))
+        await self.service.record_event(
+            StationEvent(
+                station_id,
+                "clock",
+                self.service.clock.now(),
+                "ClockSet" if name == "set-variables" else "HeartbeatTriggered",
+                {"command": name, "status": status},
+            )
+        )
 
     async def _after_command(self, station_id, version, name, body, payload, result) -> None:
         if name == "reserve-now":

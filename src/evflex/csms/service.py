@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evflex.clock import Clock
+from evflex.csms.clocksync import ClockWatch
 from evflex.csms.commands import LocalListEntry
 from evflex.domain.model import (
     AuthorizationStatus,
@@ -48,12 +49,16 @@ class CsmsService:
         clock: Clock,
         bus: EventBus,
         heartbeat_interval: int = 300,
+        clock_tolerance_s: float = 60.0,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.writer = writer
         self.clock = clock
         self.bus = bus
         self.heartbeat_interval = heartbeat_interval
+        #: Each station's clock offset; skew is flagged and corrected on our clock.
+        self.clocks = ClockWatch(clock, clock_tolerance_s)
+        self._clock_tasks: set[asyncio.Task] = set()
         self._report_queues: dict[tuple[str, int], asyncio.Queue] = {}
         # (station, profile id) -> the last UpdateDynamicSchedule values sent (2.1).
         self._dynamic: dict[tuple[str, int], dict] = {}
@@ -102,6 +107,7 @@ class CsmsService:
 
         await self.writer.submit(job)
         self.bus.publish("station.booted", station_id, vendor=info.vendor, model=info.model)
+        self.clocks.time_offered(station_id)  # the answer carries our currentTime
         return now
 
     async def heartbeat(self, station_id: str) -> datetime:
@@ -111,10 +117,13 @@ class CsmsService:
             await repo.touch_heartbeat(s, station_id, now)
 
         await self.writer.submit(job)
+        self.clocks.time_offered(station_id)  # the answer carries our currentTime
         return now
 
-    async def status(self, station_id: str, report: StatusReport) -> None:
+    async def status(self, station_id: str, report: StatusReport, live: bool | None = None) -> None:
+        """``live``: see :meth:`station_time` (False: the timestamp is ours, not the station's)."""
         now = self.clock.now()
+        await self.station_time(station_id, report.timestamp, live)
 
         async def job(s: AsyncSession) -> None:
             await repo.record_status(s, station_id, report, now)
@@ -160,9 +169,11 @@ class CsmsService:
     async def start_transaction_assigning_id(self, upd: TransactionUpdate) -> int:
         """1.6 StartTransaction; returns the transactionId we assign (idempotent)."""
         now = self.clock.now()
+        await self.station_time(upd.station_id, upd.timestamp, None)  # may be a replay
 
         async def job(s: AsyncSession) -> int:
             tx = await repo.start_transaction_assigning_id(s, upd, now)
+            self._note_start(tx, upd, now, None)
             return tx.id
 
         tx_id = await self.writer.submit(job)
@@ -175,14 +186,21 @@ class CsmsService:
         )
         return tx_id
 
-    async def transaction_update(self, upd: TransactionUpdate, create: bool = True) -> bool:
-        """Apply a transaction account; False if it names an unknown transaction."""
+    async def transaction_update(
+        self, upd: TransactionUpdate, create: bool = True, live: bool | None = None
+    ) -> bool:
+        """Apply a transaction account; False if it names an unknown transaction.
+
+        ``live``: True if sent as it happened, False if it waited in the station's
+        offline queue, None if nobody knows (see :meth:`station_time`)."""
         now = self.clock.now()
+        await self.station_time(upd.station_id, upd.timestamp, live)
 
         async def job(s: AsyncSession):
             tx = await repo.apply_transaction_update(s, upd, now, create=create)
             if tx is None:
                 return None
+            self._note_start(tx, upd, now, live)
             return (
                 tx.state,
                 tx.charging_state,
@@ -213,6 +231,8 @@ class CsmsService:
 
     async def meter_values(self, station_id: str, evse_id: int, samples: list[MeterSample]):
         """Samples outside a transaction (station meter, connector 0, idle EVSE)."""
+        if samples:
+            await self.station_time(station_id, max(x.timestamp for x in samples), None)
 
         async def job(s: AsyncSession) -> None:
             await repo.insert_samples(s, station_id, evse_id, None, samples)
@@ -220,10 +240,74 @@ class CsmsService:
         await self.writer.submit(job)
         self.bus.publish("meter.values", station_id, evse_id=evse_id, count=len(samples))
 
+    def _note_start(
+        self, tx, upd: TransactionUpdate, received: datetime, live: bool | None
+    ) -> None:
+        """Record when the transaction started on our clock (``started_at`` stays the
+        station's stamp). A live Started event: when we received it; otherwise the
+        station's stamp less its clock offset (never later than the receipt)."""
+        if tx.started_at is None:
+            return
+        arrived = upd.event == "started" and upd.timestamp == tx.started_at
+        if tx.csms_started_at is not None and not arrived:
+            return
+        if live and arrived:
+            seen = received
+        else:
+            seen = self.clocks.to_csms(upd.station_id, tx.started_at, received)
+        if tx.csms_started_at is None or seen < tx.csms_started_at:
+            tx.csms_started_at = seen
+
     async def transaction_id_for_evse(self, station_id: str, evse_id: int) -> str | None:
         async with self.sessionmaker() as s:
             tx = await repo.active_transaction_for_evse(s, station_id, evse_id)
         return tx.transaction_id if tx else None
+
+    # ------------------------------------------------------------ station clocks
+
+    async def station_time(self, station_id: str, ts: datetime, live: bool | None) -> None:
+        """A timestamp of the station, received now: checks the station's clock.
+
+        ``live`` True: sent as it happened (2.x live events); None: may have waited
+        in a queue (1.6 transaction messages); False: queued or not the station's
+        stamp, ignored. Leaving the tolerance and coming back are logged once each;
+        while out, the station is offered our time (see :mod:`evflex.csms.clocksync`).
+        """
+        if live is False:
+            return
+        verdict = self.clocks.observe(station_id, ts, live)
+        if verdict.changed is not None:
+            skewed = verdict.changed == "skewed"
+            detail = {
+                "offset_s": round(verdict.offset_s or 0.0, 3),
+                "tolerance_s": self.clocks.tolerance_s,
+                "station_time": ts.isoformat(),
+            }
+            await self.record_event(
+                StationEvent(
+                    station_id,
+                    "clock",
+                    self.clock.now(),
+                    "ClockSkew" if skewed else "ClockInTolerance",
+                    detail,
+                ),
+                f"station clock {verdict.offset_s:+.1f} s off the CSMS's"
+                + (
+                    f" (tolerance {self.clocks.tolerance_s:g} s)"
+                    if skewed
+                    else ", back in tolerance"
+                ),
+            )
+        if verdict.fix and self.clocks.fixer is not None:
+            task = asyncio.create_task(self._fix_clock(station_id))
+            self._clock_tasks.add(task)
+            task.add_done_callback(self._clock_tasks.discard)
+
+    async def _fix_clock(self, station_id: str) -> None:
+        try:
+            await self.clocks.fixer(station_id)
+        except Exception as exc:  # the station may be gone or refuse; we try again later
+            log.info("%s: offering the time failed: %r", station_id, exc)
 
     # ------------------------------------------------------------ other
 
@@ -266,7 +350,12 @@ class CsmsService:
     # ------------------------------------------------------------ smart charging
 
     async def ev_charging_needs(self, needs: ChargingNeeds) -> str | None:
-        """Store needs on the EVSE's running transaction; returns its id (None: no transaction)."""
+        """Store needs on the EVSE's running transaction; returns its id (None: no transaction).
+
+        The EV's departure time is on the station's clock; it is kept on ours."""
+        offset = self.clocks.offset(needs.station_id)
+        if needs.source == "ev" and needs.departure is not None and offset:
+            needs.departure -= timedelta(seconds=offset)
 
         async def job(s: AsyncSession) -> str | None:
             tx = await repo.active_transaction_for_evse(s, needs.station_id, needs.evse_id)

@@ -110,7 +110,8 @@ class V16Handlers:
 
     async def status_notification(self, p: dict) -> dict:
         connector = p["connectorId"]
-        ts = parse_datetime(p["timestamp"]) if p.get("timestamp") else self.service.clock.now()
+        stamped = bool(p.get("timestamp"))
+        ts = parse_datetime(p["timestamp"]) if stamped else self.service.clock.now()
         await self.service.status(
             self.station_id,
             StatusReport(
@@ -122,6 +123,7 @@ class V16Handlers:
                 info=p.get("info"),
                 vendor_error_code=p.get("vendorErrorCode"),
             ),
+            live=None if stamped else False,  # a 1.6 status may report an older change
         )
         return {}
 

@@ -120,6 +120,7 @@ class V201Handlers:
                 status=ConnectorStatus(p["connectorStatus"]),
                 timestamp=parse_datetime(p["timestamp"]),
             ),
+            live=None,  # after a reconnect it may report a change of the past
         )
         return {}
 
@@ -139,7 +140,7 @@ class V201Handlers:
 
     async def transaction_event(self, p: dict) -> dict:
         upd = self._transaction_update(p)
-        await self.service.transaction_update(upd)
+        await self.service.transaction_update(upd, live=not upd.offline)
         token = p.get("idToken")
         if token:
             return {"idTokenInfo": await self._id_token_info(token)}

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from evflex.clock import parse_datetime
 from evflex.sim.model import SUPPORTED_MEASURANDS
 
 # ---------------------------------------------------------------------------
@@ -448,6 +449,12 @@ class DeviceModel:
             if allowed and any(item not in allowed for item in items):
                 return None
             return ",".join(items)
+        if kind == "dateTime":
+            try:
+                parse_datetime(text)
+            except ValueError:
+                return None
+            return text
         return value if len(value) <= 2500 else None
 
     def report(self, report_base: str) -> list[dict[str, Any]]:
@@ -806,14 +813,8 @@ def build_device_model(
 
     add("ReservationCtrlr", "Enabled", "true", data_type="boolean", mutability=READ_ONLY)
     add("ReservationCtrlr", "NonEvseSpecific", "true", data_type="boolean", mutability=READ_ONLY)
-    add(
-        "ClockCtrlr",
-        "DateTime",
-        data_type="dateTime",
-        mutability=READ_ONLY,
-        persistent=False,
-        getter=now_text,
-    )
+    # Setting DateTime sets the station's clock (the station's on_change does it).
+    add("ClockCtrlr", "DateTime", data_type="dateTime", persistent=False, getter=now_text)
     add(
         "ClockCtrlr",
         "TimeSource",

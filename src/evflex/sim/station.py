@@ -42,7 +42,7 @@ from ocpp.exceptions import NotSupportedError, OCPPError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from evflex.clock import AcceleratedClock, Clock, isoformat
+from evflex.clock import AcceleratedClock, Clock, DeviceClock, isoformat, parse_datetime
 from evflex.csms.rpc import fix_phase_keys
 from evflex.sim.ev import EvBattery, EvSpec
 from evflex.sim.grid import BuildingMeter, Grid
@@ -80,6 +80,15 @@ DEFAULT_BOOT_RETRY_S = 10.0
 MAX_RECONNECT_DELAY_S = 30.0
 #: Default capacity of the transaction message queue of one station.
 DEFAULT_MAX_QUEUE = 10_000
+
+#: A station sets its clock to the CSMS's time when they differ by this much (s).
+CLOCK_SYNC_MIN_STEP_S = 1.0
+#: Where a simulated station takes its time from. ``csms``: BootNotification and
+#: Heartbeat ``currentTime`` and (2.x) SetVariables ClockCtrlr.DateTime, like most
+#: chargers; ``rtc``: its own real-time clock, set only by ClockCtrlr.DateTime;
+#: ``timeline``: the simulation clock's timeline, which nothing sets (an
+#: accelerated simulation is a timeline of its own, not the CSMS's).
+TIME_SOURCES = ("csms", "rtc", "timeline")
 
 #: How far ahead the station looks for the next change of its charging limit (clock-seconds).
 LIMIT_HORIZON_S = 86_400
@@ -311,6 +320,8 @@ class SimStation:
         max_queue: int = DEFAULT_MAX_QUEUE,
         grid: Grid | None = None,
         building: BuildingMeter | None = None,
+        clock_skew_s: float = 0.0,
+        time_source: str | None = None,
     ) -> None:
         self.spec = spec
         #: Frequency and voltage at the grid connection (None: nominal values).
@@ -319,7 +330,18 @@ class SimStation:
         self.building = building
         self.base_url = url.rstrip("/")
         self.url = f"{self.base_url}/{spec.id}"
-        self.clock: Clock = clock if clock is not None else AcceleratedClock(1.0)
+        #: The station's own clock: the simulation clock, ``clock_skew_s`` off at start.
+        self.clock: DeviceClock = DeviceClock(
+            clock if clock is not None else AcceleratedClock(1.0), clock_skew_s
+        )
+        base_speed = self.clock.speed
+        #: Where the station takes its time from (see TIME_SOURCES); by default the
+        #: CSMS's in real time, the simulation's own timeline on an accelerated clock.
+        self.time_source = time_source or ("csms" if base_speed == 1.0 else "timeline")
+        if self.time_source not in TIME_SOURCES:
+            raise ValueError(f"time_source must be one of {', '.join(TIME_SOURCES)}")
+        #: (source, step in s) of every time the clock was set.
+        self.clock_steps: list[tuple[str, float]] = []
         self.on_message = on_message
         self.ev_factory = ev_factory or EvSpec
         self.remote_dwell_s = remote_dwell_s
@@ -638,6 +660,33 @@ class SimStation:
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    def set_clock(self, when: datetime, source: str) -> float:
+        """Set the station's clock to ``when`` (the CSMS's time); returns the step (s).
+
+        What the station measures keeps its pace: the meters integrate from the
+        same instant and a running transaction keeps its age (relative profiles)."""
+        step = self.clock.set(when)
+        if step:
+            shift = timedelta(seconds=step)
+            for evse in self.evses.values():
+                if evse.last_update is not None:
+                    evse.last_update += shift
+                if evse.tx is not None:
+                    evse.tx.started_at += shift
+            self.clock_steps.append((source, step))
+        return step
+
+    def csms_time(self, current_time: str | None, source: str) -> None:
+        """The CSMS's ``currentTime`` (BootNotification, Heartbeat): synchronise to it."""
+        if self.time_source != "csms" or not current_time:
+            return
+        try:
+            when = parse_datetime(current_time)
+        except ValueError:
+            return
+        if abs((when - self.clock.now()).total_seconds()) >= CLOCK_SYNC_MIN_STEP_S:
+            self.set_clock(when, source)
 
     def now_text(self) -> str:
         return isoformat(self.clock.now())
@@ -992,6 +1041,7 @@ class SimStation:
                 await asyncio.sleep(DEFAULT_BOOT_RETRY_S)
                 continue
             if result.status == "Accepted":
+                self.csms_time(result.current_time, "BootNotification")
                 if result.interval and result.interval > 0:
                     self._set_heartbeat_interval(int(result.interval))
                 return
@@ -1002,6 +1052,8 @@ class SimStation:
     async def send_boot_notification(self) -> None:
         """Send a BootNotification on the registered link (triggered by the CSMS)."""
         result = await self.send(self._boot_payload())
+        if result is not None and result.status == "Accepted":
+            self.csms_time(result.current_time, "BootNotification")
         if result is not None and result.status == "Accepted" and result.interval > 0:
             self._set_heartbeat_interval(int(result.interval))
             self._restart_heartbeat()
@@ -1026,10 +1078,13 @@ class SimStation:
                 await asyncio.sleep(interval)
             first = False
             with contextlib.suppress(OCPPError, TimeoutError):
-                await link.request(self._heartbeat_payload())
+                result = await link.request(self._heartbeat_payload())
+                self.csms_time(getattr(result, "current_time", None), "Heartbeat")
 
     async def send_heartbeat(self) -> None:
-        await self.send(self._heartbeat_payload())
+        result = await self.send(self._heartbeat_payload())
+        if result is not None:
+            self.csms_time(getattr(result, "current_time", None), "Heartbeat")
 
     async def _back_online_after(self, duration_s: float) -> None:
         await self.clock.sleep(duration_s)

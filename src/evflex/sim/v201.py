@@ -12,7 +12,7 @@ from ocpp.v201 import call, call_result
 from ocpp.v201.enums import Action
 
 from evflex.clock import isoformat, parse_datetime
-from evflex.sim.devicemodel import Variable, build_device_model
+from evflex.sim.devicemodel import READ_ONLY, Variable, build_device_model
 from evflex.sim.ev import EvBattery, EvSpec
 from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
 from evflex.sim.monitoring import MonitorEngine, evse_power_w, grid_frequency_hz, grid_voltage_v
@@ -421,6 +421,14 @@ class Station201(SimStation):
             grid_frequency=lambda: grid_frequency_hz(self),
         )
         self.dm.on_change = self._variable_changed
+        clock_var = self.dm.find("ClockCtrlr", "DateTime")
+        if self.time_source == "timeline":  # nothing sets the simulation's timeline
+            clock_var.mutability = READ_ONLY
+        self.dm.put(
+            "ClockCtrlr",
+            "TimeSource",
+            "Heartbeat" if self.time_source == "csms" else "RealTimeClock",
+        )
         self.monitoring = MonitorEngine(self, self.dm)
 
     def _availability(self, evse_id: int | None) -> str:
@@ -436,6 +444,8 @@ class Station201(SimStation):
             self.restart_meter_loops()
         elif key in ((ALIGNED, "Interval"), (ALIGNED, "Enabled")):
             self._restart_aligned_loop()
+        elif key == ("ClockCtrlr", "DateTime"):
+            self.set_clock(parse_datetime(var.value), "SetVariables")
         elif key == ("SecurityCtrlr", "BasicAuthPassword"):
             self.password = var.value or None
 

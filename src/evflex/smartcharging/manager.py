@@ -639,7 +639,7 @@ class LoadManager:
                 if tx is not None:
                     ev.session = SessionModel(
                         transaction_id=tx.transaction_id,
-                        started_at=tx.started_at,
+                        started_at=tx.csms_started_at or tx.started_at,  # on our clock
                         departure=tx.departure_at,
                         energy_target_wh=tx.energy_target_wh,
                         energy_delivered_wh=repo.net_energy_wh(tx),

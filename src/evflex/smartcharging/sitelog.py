@@ -5,6 +5,11 @@ per site every ``interval_s`` clock-seconds and publishes it as
 ``site.sample`` on the event bus: the dashboard's live chart follows these,
 and :func:`site_kpis` sums them over a period.
 
+Everything here runs on the CSMS's clock: samples are stamped with it, and a
+session counts from when it started on it (``Transaction.csms_started_at``),
+not from the station's own stamp, which may be minutes off (a drifting clock,
+a simulator on an accelerated timeline).
+
 The "uncontrolled" reference of the KPIs is the usual one of the smart
 charging literature: every session charges at its EVSE's full power from the
 moment it starts until it has its energy, with no discharging, on top of the
@@ -20,7 +25,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evflex.clock import Clock
@@ -208,6 +213,11 @@ def uncontrolled_ev_w(sessions: list[tuple[datetime, float, float]], at: datetim
     return total
 
 
+def started_on_our_clock(tx: Transaction) -> datetime | None:
+    """When a session started on the CSMS's clock (the station's stamp for old rows)."""
+    return tx.csms_started_at or tx.started_at
+
+
 def site_kpis(
     site: Site,
     samples: list[SiteSample],
@@ -219,7 +229,8 @@ def site_kpis(
     hours = _durations_h([x.ts for x in samples], end)
     sessions = []
     for tx, st in txs:
-        if tx.started_at is None:
+        started = started_on_our_clock(tx)
+        if started is None:
             continue
         amps = min(
             st.evse_max_current_a or DEFAULT_EVSE_A,
@@ -229,7 +240,7 @@ def site_kpis(
         energy = tx.energy_imported_wh or 0.0
         if tx.state == "active":  # still plugged in: uncontrolled, it would still be charging
             energy = max(energy, tx.energy_target_wh or float("inf"))
-        sessions.append((tx.started_at, energy, max_w))
+        sessions.append((started, energy, max_w))
     cost = cost_unc = 0.0
     priced = bool(samples) and all(x.price is not None for x in samples)
     peak = peak_unc = None
@@ -283,13 +294,10 @@ def site_kpis(
 
 async def load_kpis(s: AsyncSession, site: Site, start: datetime, end: datetime) -> SiteKpis:
     samples = await history(s, site.id, start, end)
+    started = func.coalesce(Transaction.csms_started_at, Transaction.started_at)
     rows = await s.execute(
         select(Transaction, Station)
         .join(Station, Transaction.station_id == Station.id)
-        .where(
-            Station.site_id == site.id,
-            Transaction.started_at >= start,
-            Transaction.started_at < end,
-        )
+        .where(Station.site_id == site.id, started >= start, started < end)
     )
     return site_kpis(site, samples, [(tx, st) for tx, st in rows], start, end)

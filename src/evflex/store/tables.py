@@ -183,6 +183,9 @@ class Transaction(Base):
     # (2.x requestedEnergyTransfer) or learned from per-phase meter values.
     # Unknown (None): the station's phases are assumed.
     ev_phases: Mapped[int | None] = mapped_column(Integer)
+    # Schema 6: when the transaction started on the CSMS's clock (started_at is
+    # the station's stamp, kept as reported); control and KPIs use this one.
+    csms_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class MeterValue(Base):
