@@ -196,7 +196,13 @@ async def run_demo(
     # served if it got what it asked for, or as much as the car could have
     # taken alone at full power in its stay (5 % allowed for the battery taper).
     due = [t for t in needs if t.departure_at <= sim_end]
-    served = [t for t in due if (t.energy_imported_wh or 0) >= 0.95 * _feasible_wh(t) - 100]
+    async with rt.sessionmaker() as s:
+        phases = await phases_metered(s, [t.id for t in due])
+    served = [
+        t
+        for t in due
+        if (t.energy_imported_wh or 0) >= 0.95 * deliverable_wh(t, phases.get(t.id, 3)) - 100
+    ]
     return DemoResult(
         api_url=api_url,
         ocpp_url=ocpp_url,
@@ -295,12 +301,41 @@ def _consent_job(pk: int):
     return job
 
 
-def _feasible_wh(tx: Transaction) -> float:
-    """The energy asked for, capped by the car's own maximum over its stay."""
+#: The demo's EVSEs (32 A) and the single-phase rule of its site (16 A per car).
+DEMO_EVSE_MAX_A = 32.0
+SINGLE_PHASE_MAX_A = 16.0
+
+
+def deliverable_wh(tx: Transaction, phases: int, voltage: float = 230.0) -> float:
+    """The energy asked for, capped by what the car could take alone in its stay.
+
+    The car's full power is its own current limit (and the EVSE's) on the
+    phases it really drew on; a single-phase car is held to the site's
+    single-phase limit.
+    """
     asked = tx.energy_target_wh
     hours = max(0.0, (tx.departure_at - tx.started_at).total_seconds() / 3600)
-    full_power_w = (tx.ev_max_current_a or 32.0) * 230.0 * 3
-    return min(asked, full_power_w * hours)
+    amps = min(tx.ev_max_current_a or DEMO_EVSE_MAX_A, DEMO_EVSE_MAX_A)
+    if phases == 1:
+        amps = min(amps, SINGLE_PHASE_MAX_A)
+    return min(asked, amps * voltage * phases * hours)
+
+
+async def phases_metered(s, tx_pks: list[int]) -> dict[int, int]:
+    """Transaction -> how many phases it drew on, from its per-phase current samples."""
+    if not tx_pks:
+        return {}
+    rows = await s.execute(
+        select(MeterValue.transaction_pk, func.count(func.distinct(MeterValue.phase)))
+        .where(
+            MeterValue.transaction_pk.in_(tx_pks),
+            MeterValue.measurand == "Current.Import",
+            MeterValue.phase.in_(("L1", "L2", "L3")),
+            MeterValue.value >= 1.0,
+        )
+        .group_by(MeterValue.transaction_pk)
+    )
+    return {pk: n for pk, n in rows.all()}
 
 
 async def _sample_peak(sim: Simulation, peak: dict) -> None:

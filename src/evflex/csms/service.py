@@ -209,12 +209,13 @@ class CsmsService:
                 tx.energy_exported_wh,
                 tx.soc_percent,
                 tx.evse_id,
+                tx.ev_phases,
             )
 
         result = await self.writer.submit(job)
         if result is None:
             return False
-        state, charging_state, power, e_in, e_out, soc, evse_id = result
+        state, charging_state, power, e_in, e_out, soc, evse_id, ev_phases = result
         self.bus.publish(
             f"transaction.{upd.event}",
             upd.station_id,
@@ -226,6 +227,7 @@ class CsmsService:
             energy_imported_wh=e_in,
             energy_exported_wh=e_out,
             soc_percent=soc,
+            ev_phases=ev_phases,
         )
         return True
 

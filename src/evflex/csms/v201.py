@@ -27,6 +27,9 @@ from evflex.domain.model import (
 )
 from evflex.smartcharging import profiles as sc_profiles
 
+#: Phases an AC car draws on, by its requested energy transfer mode.
+AC_PHASES = {"AC_single_phase": 1, "AC_two_phase": 2, "AC_three_phase": 3}
+
 log = logging.getLogger(__name__)
 
 _EVENT = {"Started": "started", "Updated": "updated", "Ended": "ended"}
@@ -283,7 +286,7 @@ class V201Handlers:
             ev_min_current_a=ac.get("evMinCurrent"),
             ev_max_current_a=ac.get("evMaxCurrent") or dc.get("evMaxCurrent"),
             ev_max_power_w=dc.get("evMaxPower"),
-            phases=1 if transfer == "AC_single_phase" else 3 if transfer.startswith("AC") else None,
+            phases=AC_PHASES.get(transfer),  # AC_BPT and DC: learned from meter values
             source="ev",
         )
 

@@ -14,6 +14,7 @@ Plain typed objects, no protocol library imports. Conventions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -211,6 +212,34 @@ def register_value(samples: list[MeterSample], measurand: str) -> float | None:
                 return s.value
             best = s.value if best is None else best
     return best
+
+
+#: Per-phase current below this (A) counts as "not drawing on that phase".
+PHASE_DRAW_MIN_A = 1.0
+
+
+def phases_drawn(samples: list[MeterSample], voltage: float = 230.0) -> int | None:
+    """How many phases the EV draws on, from one sample set (None: cannot tell).
+
+    The per-phase ``Current.Import`` values name the phases in use. A station
+    that reports only some phases' currents must not make a three-phase car
+    look single-phase (that would undercount the load on the other phases):
+    the total power, where reported, gives a floor, ``P / (V * I_max)``.
+    """
+    per_phase = {
+        s.phase[:2]: s.value
+        for s in samples
+        if s.measurand == "Current.Import" and s.phase and s.phase[:2] in ("L1", "L2", "L3")
+    }
+    drawing = [a for a in per_phase.values() if a >= PHASE_DRAW_MIN_A]
+    if not drawing:
+        return None
+    n = len(drawing)
+    power = signed_power_w(samples)
+    if power is not None and power > 0:
+        floor = power / (voltage * max(drawing))
+        n = max(n, min(3, math.ceil(floor - 0.15)))  # 15 % for voltage and rounding
+    return n
 
 
 def soc_percent(samples: list[MeterSample]) -> float | None:

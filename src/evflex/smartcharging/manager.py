@@ -252,7 +252,15 @@ class LoadManager:
                 if mem is not None and mem.wanted_profile == tx_profile_id(evse):
                     mem.wanted_profile = None
         elif topic == "transaction.updated":
-            if data.get("charging_state") not in ("SuspendedEV", "EVConnected", "Idle"):
+            evse = data.get("evse_id")
+            phases = data.get("ev_phases")
+            known = self._phases.get(evse_key(station_id, evse)) if evse is not None else None
+            new_phases = phases is not None and known is not None and len(known) != phases
+            if not new_phases and data.get("charging_state") not in (
+                "SuspendedEV",
+                "EVConnected",
+                "Idle",
+            ):
                 return  # meter values alone do not change the plan; the ticker catches up
         elif topic == "charging_limit":
             key = (station_id, int(data.get("evse_id") or 0))
@@ -617,7 +625,7 @@ class LoadManager:
             parent = circuit_node(stn.circuit_id) if stn.circuit_id in known else SITE_NODE
             node = station_node(stn.id)
             nodes.append(Node(node, parent, max_current_a=stn.max_current_a))
-            phases = (stn.phase_rotation or 1,) if (stn.phases or 3) == 1 else (1, 2, 3)
+            station_phases = (stn.phase_rotation or 1,) if (stn.phases or 3) == 1 else (1, 2, 3)
             evse_ids = {e for (sid, e) in status if sid == stn.id}
             evse_ids |= {e for (sid, e) in by_evse if sid == stn.id}
             online = self.is_connected(stn.id)
@@ -627,6 +635,8 @@ class LoadManager:
                 ev = EvseModel(
                     station_id=stn.id,
                     evse_id=e,
+                tx = by_evse.get((stn.id, e))
+                phases = ev_phases(station_phases, stn, tx)
                     phases=phases,
                     max_current_a=stn.evse_max_current_a or 32.0,
                     online=online,
@@ -635,7 +645,6 @@ class LoadManager:
                     commanded_a=mem.commanded_a,
                     external_limit_a=self._external_limit(stn.id, e, model, len(phases)),
                 )
-                tx = by_evse.get((stn.id, e))
                 if tx is not None:
                     ev.session = SessionModel(
                         transaction_id=tx.transaction_id,
@@ -672,6 +681,23 @@ class LoadManager:
 
 #: Periods of the plan ahead a CentralSetpoint profile carries (2.x stations take >= 24).
 SETPOINT_PERIODS = 24
+
+def ev_phases(station_phases: tuple[int, ...], stn, tx) -> tuple[int, ...]:
+    """The grid phases an EVSE loads: the station's, narrowed to what its car draws on.
+
+    A single-phase car on a three-phase station loads one phase only (the
+    station's L1, which is grid phase ``phase_rotation``); planning it as three
+    phases would promise it three times the energy it can take. The car's
+    phase count comes from its charging needs or its per-phase meter values;
+    until one is known the station's phases are assumed (the safe side for
+    the limits).
+    """
+    n = getattr(tx, "ev_phases", None) if tx is not None else None
+    if not n or n >= len(station_phases):
+        return station_phases
+    first = (getattr(stn, "phase_rotation", None) or 1) - 1
+    return tuple(sorted((first + i) % 3 + 1 for i in range(n)))
+
 
 
 def _charging_amps(profile: ChargingProfile, phases: int, voltage: float = 230.0) -> float:

@@ -25,6 +25,7 @@ from evflex.domain.model import (
     StatusReport,
     TransactionState,
     TransactionUpdate,
+    phases_drawn,
     signed_power_w,
     soc_percent,
 )
@@ -328,6 +329,9 @@ async def _apply(session: AsyncSession, tx: Transaction, upd: TransactionUpdate,
             soc = soc_percent(current)
             if soc is not None:
                 tx.soc_percent = soc
+            phases = phases_drawn(current)
+            if phases is not None:
+                tx.ev_phases = phases
             tx.last_meter_at = latest
         await insert_samples(session, upd.station_id, tx.evse_id or 0, tx.id, upd.samples)
     if upd.charging_state and newest:
@@ -526,6 +530,8 @@ def set_transaction_needs(tx: Transaction, needs: ChargingNeeds) -> Transaction:
         tx.ev_min_current_a = needs.ev_min_current_a
     if needs.ev_max_current_a is not None:
         tx.ev_max_current_a = needs.ev_max_current_a
+    if needs.phases is not None:
+        tx.ev_phases = needs.phases
     for name in V2X_NEEDS:
         value = getattr(needs, name)
         if value is not None:
