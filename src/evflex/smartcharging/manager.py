@@ -632,11 +632,11 @@ class LoadManager:
             for e in sorted(evse_ids):
                 key = evse_key(stn.id, e)
                 mem = self._memory.get(key) or _EvseMemory()
+                tx = by_evse.get((stn.id, e))
+                phases = ev_phases(station_phases, stn, tx)
                 ev = EvseModel(
                     station_id=stn.id,
                     evse_id=e,
-                tx = by_evse.get((stn.id, e))
-                phases = ev_phases(station_phases, stn, tx)
                     phases=phases,
                     max_current_a=stn.evse_max_current_a or 32.0,
                     online=online,
@@ -679,9 +679,6 @@ class LoadManager:
         return min(found) if found else None
 
 
-#: Periods of the plan ahead a CentralSetpoint profile carries (2.x stations take >= 24).
-SETPOINT_PERIODS = 24
-
 def ev_phases(station_phases: tuple[int, ...], stn, tx) -> tuple[int, ...]:
     """The grid phases an EVSE loads: the station's, narrowed to what its car draws on.
 
@@ -698,6 +695,9 @@ def ev_phases(station_phases: tuple[int, ...], stn, tx) -> tuple[int, ...]:
     first = (getattr(stn, "phase_rotation", None) or 1) - 1
     return tuple(sorted((first + i) % 3 + 1 for i in range(n)))
 
+
+#: Periods of the plan ahead a CentralSetpoint profile carries (2.x stations take >= 24).
+SETPOINT_PERIODS = 24
 
 
 def _charging_amps(profile: ChargingProfile, phases: int, voltage: float = 230.0) -> float:
