@@ -63,7 +63,7 @@ async def test_meter_values_query_validation(node):
     assert r.status_code == 422
     assert (await node.http.get("/docs")).status_code == 200
     spec = (await node.http.get("/openapi.json")).json()
-    assert "/api/v1/stations/{station_id}/commands/{command}" in spec["paths"]
+    assert "/api/v1/stations/{station_id}/commands/reset" in spec["paths"]
 
 
 def test_settings_precedence(tmp_path, monkeypatch):

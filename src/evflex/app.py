@@ -8,12 +8,15 @@ from contextlib import suppress
 
 import uvicorn
 from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from evflex import __version__
 from evflex.api import schemas
 from evflex.api.monitoring import router as monitoring_router
-from evflex.api.routes import router
+from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.schedule import router as schedule_router
 from evflex.api.smart import router as smart_router
 from evflex.api.v2x import router as v2x_router
@@ -34,6 +37,8 @@ from evflex.web import routes as web
 from evflex.web.auth import AuthService, authorize
 
 log = logging.getLogger(__name__)
+
+SWAGGER = "/static/vendor/swagger-ui"  # swagger-ui-dist, vendored (see its VERSION)
 
 
 class Runtime:
@@ -198,6 +203,8 @@ def create_api(rt: Runtime) -> FastAPI:
         title="evflex",
         version=__version__,
         description="Smart and bidirectional EV charging: OCPP CSMS REST API",
+        docs_url=None,  # served below from the package: /docs works without internet
+        redoc_url=None,
     )
     app.state.runtime = rt
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
@@ -208,6 +215,32 @@ def create_api(rt: Runtime) -> FastAPI:
     app.include_router(driver.router)
     app.include_router(web.pages)
     app.mount("/static", StaticFiles(directory=str(web.STATIC_DIR)), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="evflex API",
+            swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png",
+        )
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in COMMAND_SCHEMAS.items():  # the command bodies
+                schemas.setdefault(name, schema)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.get("/api/v1/health", tags=["system"])
     async def health() -> dict:

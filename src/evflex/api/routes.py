@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 from sqlalchemy import select, tuple_
 
 from evflex.api import schemas as sc
@@ -17,6 +18,7 @@ from evflex.csms.server import StationNotConnected
 from evflex.security import hash_password
 from evflex.store import repo
 from evflex.store.tables import Connector, EventLog, IdToken, MeterValue, Station, Transaction
+from evflex.web.auth import OPERATOR_COMMANDS
 
 if TYPE_CHECKING:
     from evflex.app import Runtime
@@ -454,13 +456,8 @@ async def station_command(rt: Runtime, station_id: str, name: str, body) -> dict
         raise HTTPException(400, f"cannot build a valid OCPP message: {exc}") from None
 
 
-@router.post(
-    "/stations/{station_id}/commands/{command}",
-    response_model=sc.CommandResult,
-    tags=["commands"],
-    description="Commands: " + ", ".join(commands.COMMAND_BODIES),
-)
-async def run_command(station_id: str, command: str, request: Request, rt: Rt):
+async def run_command(station_id: str, command: str, request: Request, rt: Runtime):
+    """Check the body against the command's model, send it, answer with the station's reply."""
     model = commands.COMMAND_BODIES.get(command)
     if model is None:
         raise HTTPException(
@@ -485,3 +482,58 @@ async def run_command(station_id: str, command: str, request: Request, rt: Rt):
     return sc.CommandResult(
         station_id=station_id, command=command, ocpp_version=conn.version, response=response
     )
+
+
+# One route per command, so that the OpenAPI shows each command's body. The body
+# is read by run_command (an empty body is {}; bad JSON is 400, a bad body 422),
+# and its schema is published through the components below.
+_SCHEMA_REF = "#/components/schemas/{model}"
+_, _defs = models_json_schema(
+    [(m, "validation") for m in dict.fromkeys(commands.COMMAND_BODIES.values())],
+    ref_template=_SCHEMA_REF,
+)
+COMMAND_SCHEMAS: dict[str, dict] = _defs.get("$defs", {})  # merged into the OpenAPI components
+
+
+def _add_command_route(command: str, model: type[BaseModel]) -> None:
+    async def endpoint(station_id: str, request: Request, rt: Rt):
+        return await run_command(station_id, command, request, rt)
+
+    role = "operator" if command in OPERATOR_COMMANDS else "admin"
+    required = bool(model.model_json_schema().get("required"))
+    router.add_api_route(
+        f"/stations/{{station_id}}/commands/{command}",
+        endpoint,
+        methods=["POST"],
+        name=f"command_{command.replace('-', '_')}",
+        summary=f"Command {command}",
+        description=f"Send {command} to a connected station (role {role}). The body is "
+        f"{model.__name__}"
+        + ("" if required else "; an empty body takes the defaults")
+        + ". Answers 422 with the reasons when the body does not fit.",
+        response_model=sc.CommandResult,
+        tags=["commands"],
+        openapi_extra={
+            "requestBody": {
+                "required": required,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": _SCHEMA_REF.format(model=model.__name__)}
+                    }
+                },
+            }
+        },
+    )
+
+
+for _command, _model in commands.COMMAND_BODIES.items():
+    _add_command_route(_command, _model)
+
+
+@router.post(
+    "/stations/{station_id}/commands/{command}", response_model=sc.CommandResult,
+    include_in_schema=False,
+)  # fmt: skip
+async def unknown_command(station_id: str, command: str, request: Request, rt: Rt):
+    """The 404 of an unknown command (each known one has its own route above)."""
+    return await run_command(station_id, command, request, rt)

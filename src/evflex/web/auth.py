@@ -29,11 +29,13 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Annotated
 
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -85,7 +87,7 @@ OPERATOR_COMMANDS = frozenset({
     "get-variables", "get-composite-schedule", "get-charging-profiles",
     "get-local-list-version", "use-priority-charging",
 })  # fmt: skip
-_COMMAND_ROUTE = f"{API}/stations/{{station_id}}/commands/{{command}}"
+_COMMAND_ROUTES = f"{API}/stations/{{station_id}}/commands/"  # + {command} or its name
 
 
 def required_role(method: str, route_path: str, path_params: dict) -> str:
@@ -94,8 +96,9 @@ def required_role(method: str, route_path: str, path_params: dict) -> str:
         return "operator" if route_path in _OPERATOR_READS else "viewer"
     if (method, route_path) in _ADMIN_ROUTES:
         return "admin"
-    if route_path == _COMMAND_ROUTE:
-        return "operator" if path_params.get("command") in OPERATOR_COMMANDS else "admin"
+    if route_path.startswith(_COMMAND_ROUTES):
+        command = path_params.get("command") or route_path.removeprefix(_COMMAND_ROUTES)
+        return "operator" if command in OPERATOR_COMMANDS else "admin"
     return "operator"
 
 
@@ -318,7 +321,26 @@ def _verify(password_hash: str, password: str) -> bool:
         return False
 
 
-async def authorize(request: Request) -> Principal:
+# The two ways in, declared for the OpenAPI (Swagger's "Authorize"); authorize() checks them.
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer",
+    description="An API token: `evflex token create --role viewer|operator|admin`",
+    auto_error=False,
+)
+session_scheme = APIKeyCookie(
+    name=SESSION_COOKIE,
+    scheme_name="session",
+    description="The dashboard's login cookie (POST /api/v1/auth/login); requests that change "
+    "something also send the session's CSRF token in X-CSRF-Token",
+    auto_error=False,
+)
+
+
+async def authorize(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+    _session: Annotated[str | None, Depends(session_scheme)] = None,
+) -> Principal:
     """FastAPI dependency of every ``/api/v1`` route: 401 without credentials, 403 below role."""
     auth: AuthService = request.app.state.runtime.auth
     principal = await auth.principal(request)
