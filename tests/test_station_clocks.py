@@ -105,3 +105,187 @@ def test_a_device_clock_is_set_and_keeps_its_pace():
     assert dev.set(T0) == pytest.approx(-300)
     base.tick(10)
     assert dev.now() == T0 + timedelta(seconds=10)
+
+
+# ------------------------------------------------------------------ against a live CSMS
+
+
+def _station(node: Node, version: str, skew_s: float, time_source: str) -> SimStation:
+    spec = StationSpec(id=f"CLK{version[0]}-{next(_ids)}", ocpp_version=version)
+    return SimStation(
+        spec, node.ocpp_url, node.rt.clock, meter_interval_s=1.0, seed=1,
+        clock_skew_s=skew_s, time_source=time_source,
+    )  # fmt: skip
+
+
+async def _clock_events(node: Node, station_id: str) -> list[dict]:
+    r = await node.http.get("/api/v1/events", params={"station_id": station_id, "kind": "clock"})
+    assert r.status_code == 200, r.text
+    return sorted(r.json(), key=lambda e: e["timestamp"])
+
+
+async def _tx_row(node: Node, station_id: str) -> Transaction | None:
+    async with node.rt.sessionmaker() as s:
+        q = select(Transaction).where(Transaction.station_id == station_id)
+        return (await s.execute(q)).scalars().first()
+
+
+@pytest.mark.parametrize("skew_s", [SKEW_S, -SKEW_S])
+async def test_201_skew_is_flagged_once_set_by_setvariables_and_stamps_kept(node, skew_s):
+    st = _station(node, "2.0.1", skew_s, "rtc")
+    await node.http.post("/api/v1/id-tokens", json={"id_token": "TOK", "status": "Accepted"})
+    await st.start(timeout=10)
+    try:
+        if skew_s > 0:  # ahead: seen in the boot's statuses already, set before the session
+            await node.wait_for(lambda: st.clock_steps, timeout=10)
+        # behind: only a live stamp (the transaction's) tells, the session starts skewed
+        skew_at_start = 0.0 if skew_s > 0 else skew_s
+        before = node.rt.clock.now()
+        assert await st.plug_in(1, EvSpec(battery_kwh=60, soc=0.2), "TOK")
+        after = node.rt.clock.now()
+
+        async def settled():
+            types = [e["type"] for e in await _clock_events(node, st.id)]
+            return types if "ClockInTolerance" in types else None
+
+        types = await node.wait_for(settled, timeout=15)
+        assert types == ["ClockSkew", "ClockSet", "ClockInTolerance"], types
+        events = await _clock_events(node, st.id)
+        assert events[0]["detail"]["offset_s"] == pytest.approx(skew_s, abs=2)
+        assert events[1]["detail"] == {"command": "set-variables", "status": "Accepted"}
+        assert st.received.count("SetVariables") == 1
+        assert [src for src, _ in st.clock_steps] == ["SetVariables"]
+        assert st.clock_steps[0][1] == pytest.approx(-skew_s, abs=2)
+        assert abs((st.now() - node.rt.clock.now()).total_seconds()) < 2
+        info = await node.station(st.id)
+        assert abs(info["clock_offset_s"]) < 2 and info["clock_skewed"] is False
+
+        tx = await _tx_row(node, st.id)
+        # the station's stamp as reported; the start on our clock when we received it
+        assert before <= tx.csms_started_at <= after
+        assert (tx.started_at - tx.csms_started_at).total_seconds() == pytest.approx(
+            skew_at_start, abs=2
+        )
+        async with node.rt.sessionmaker() as s:
+            first = await s.scalar(
+                select(func.min(MeterValue.timestamp)).where(MeterValue.station_id == st.id)
+            )
+        assert first == tx.started_at  # meter values stored with the station's stamps
+    finally:
+        await st.stop()
+
+
+@pytest.mark.parametrize("skew_s", [SKEW_S, -SKEW_S])
+async def test_16_skew_is_flagged_once_and_a_heartbeat_triggered(node, skew_s):
+    st = _station(node, "1.6", skew_s, "rtc")  # keeps its wrong clock whatever it is told
+    await node.http.post("/api/v1/id-tokens", json={"id_token": "TOK", "status": "Accepted"})
+    await st.start(timeout=10)
+    try:
+        assert await st.plug_in(1, EvSpec(battery_kwh=60, soc=0.2), "TOK")
+
+        async def triggered():
+            types = [e["type"] for e in await _clock_events(node, st.id)]
+            return types if "HeartbeatTriggered" in types else None
+
+        assert await node.wait_for(triggered, timeout=20) == ["ClockSkew", "HeartbeatTriggered"]
+        await node.wait_for(lambda: st.stats and "TriggerMessage" in st.received)
+        await asyncio.sleep(2.0)  # more meter values: still skewed, nothing new
+        events = await _clock_events(node, st.id)
+        assert [e["type"] for e in events] == ["ClockSkew", "HeartbeatTriggered"]
+        assert events[1]["detail"] == {"command": "trigger-message", "status": "Accepted"}
+        assert st.received.count("TriggerMessage") == 1 and st.clock_steps == []
+        info = await node.station(st.id)
+        assert info["clock_offset_s"] == pytest.approx(skew_s, abs=2) and info["clock_skewed"]
+        tx = await _tx_row(node, st.id)
+        assert (tx.started_at - tx.csms_started_at).total_seconds() == pytest.approx(skew_s, abs=2)
+    finally:
+        await st.stop()
+
+
+async def test_a_station_taking_the_csms_time_is_never_flagged(node):
+    st = _station(node, "1.6", SKEW_S, "csms")
+    await st.start(timeout=10)
+    try:
+        assert [src for src, _ in st.clock_steps] == ["BootNotification"]
+        assert abs((st.now() - node.rt.clock.now()).total_seconds()) < 2
+        await node.wait_for(lambda: node.rt.service.clocks.offset(st.id) is not None)
+        assert await _clock_events(node, st.id) == []
+    finally:
+        await st.stop()
+
+
+@pytest.fixture
+async def site_node(database_url):
+    rt, http = await start_node(
+        database_url, allow_unknown_stations=True, site_sample_s=1.0, initial_full_power_s=30.0
+    )
+    try:
+        yield Node(rt, http)
+    finally:
+        await http.aclose()
+        await rt.stop()
+
+
+async def test_kpis_and_boost_window_on_the_csms_clock_with_skewed_stations(site_node):
+    """One station 5 min ahead, one 5 min behind, both on their own timeline (the
+    clock-set is refused): KPIs come out of what they report, on our clock."""
+    node = site_node
+    r = await node.http.post("/api/v1/sites", json={"id": "depot", "import_limit_kw": 100})
+    assert r.status_code == 201, r.text
+    await node.http.post("/api/v1/id-tokens", json={"id_token": "TOK", "status": "Accepted"})
+    stations = [_station(node, "2.0.1", s, "timeline") for s in (SKEW_S, -SKEW_S)]
+    try:
+        for st in stations:
+            await st.start(timeout=10)
+            r = await node.http.patch(f"/api/v1/stations/{st.id}", json={"site_id": "depot"})
+            assert r.status_code == 200, r.text
+        for st in stations:
+            assert await st.plug_in(1, EvSpec(battery_kwh=60, soc=0.2), "TOK")
+
+        async def charging_samples():
+            h = (await node.http.get("/api/v1/sites/depot/history", params={"hours": 1})).json()
+            both = [x for x in h["samples"] if x["ev_import_kw"] > 15]
+            return both if len(both) >= 3 else None
+
+        await node.wait_for(charging_samples, timeout=20)
+        txs = [await _tx_row(node, st.id) for st in stations]
+        for st, tx in zip(stations, txs, strict=True):
+            assert (tx.started_at - tx.csms_started_at).total_seconds() == pytest.approx(
+                st.clock.offset_s, abs=2
+            )
+            kinds = [e["type"] for e in await _clock_events(node, st.id)]
+            assert kinds == ["ClockSkew", "ClockSet"], kinds  # the station refused: no repeat
+        # the load manager's boost window starts when we saw the session start
+        model, _ = await node.rt.lm.load_model("depot")
+        starts = {ev.station_id: ev.session.started_at for ev in model.evses.values() if ev.session}
+        assert starts == {tx.station_id: tx.csms_started_at for tx in txs}
+
+        k = (await node.http.get("/api/v1/sites/depot/kpis", params={"period": "day"})).json()
+        assert k["sessions"] == 2 and k["peak_kw"] > 15
+        # uncontrolled, both sessions run flat out from when they started on our clock
+        max_w = sum(min(32.0, tx.ev_max_current_a or 32.0) * 3 * 230.0 for tx in txs)
+        assert k["peak_uncontrolled_kw"] == pytest.approx(max_w / 1000, abs=0.01)
+        assert k["peak_reduction_pct"] >= 0
+
+        for st in stations:
+            await st.plug_out(1)
+        await node.wait_for(lambda: _all_ended(node, [st.id for st in stations]), timeout=10)
+        k = (await node.http.get("/api/v1/sites/depot/kpis", params={"period": "day"})).json()
+        async with node.rt.sessionmaker() as s:  # energy from the meter data itself
+            register = MeterValue.measurand == "Energy.Active.Import.Register"
+            rows = await s.execute(
+                select(func.max(MeterValue.value) - func.min(MeterValue.value))
+                .where(register, MeterValue.transaction_pk.in_([tx.id for tx in txs]))
+                .group_by(MeterValue.transaction_pk)
+            )
+            energy_wh = sum(v for (v,) in rows)
+        assert energy_wh > 0
+        assert k["sessions"] == 2
+        assert k["energy_imported_kwh"] == pytest.approx(energy_wh / 1000, abs=0.002)
+    finally:
+        await asyncio.gather(*(st.stop() for st in stations))
+
+
+async def _all_ended(node: Node, station_ids: list[str]) -> bool:
+    txs = await node.transactions(active="true")
+    return not any(t["station_id"] in station_ids for t in txs)
