@@ -12,6 +12,7 @@ import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -266,3 +267,153 @@ async def test_driver_page_on_a_phone(site, browser):
     await other.goto(f"{base}/charge/WEB-201/1")
     await expect(other.locator("body")).to_contain_text("another device")
     await ctx.close()
+
+
+def _overlap(a: dict | None, b: dict | None) -> bool:
+    if not a or not b:
+        return False
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
+async def test_operator_actions_answers_and_toasts(site, browser):
+    """Availability for the whole station with its answer and a way back; the Now tile
+    follows an applied limit; toasts never cover the controls; a favicon; needs at risk."""
+    node, (st201, _) = site
+    base = f"http://127.0.0.1:{node.rt.http_port}"
+    login = await create_demo_admin(node.rt)
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    missing: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    await _login(page, base, login)
+    await expect(page.locator("#live-status")).to_have_text("live")
+    assert await st201.plug_in(1, EvSpec(battery_kwh=60, soc=0.3), "CARD1")
+    tx = await _tx(node, "WEB-201")
+
+    # a station with a charging and an idle EVSE: inoperative as a whole, scheduled
+    await page.click('a[href="#/fleet"]')
+    row = page.locator('tr[data-station="WEB-201"]')
+    await expect(row.locator(".connector").first).to_contain_text("1: Occupied")
+    await row.locator(".btn-inoperative").click()
+    await page.click("#confirm-ok")
+    toast = page.locator("#toast .toast-item").first
+    await expect(toast).to_contain_text("Scheduled")
+    await expect(toast).to_contain_text("takes effect when the session ends")
+    assert st201.station_operative is False  # EVSE 0: the station, not one connector
+    await expect(row.locator(".btn-operative")).to_have_text("Set operative")
+    await expect(row.locator(".avail-pending")).to_be_visible()
+    await toast.locator(".toast-close").click()  # dismissable
+    await expect(page.locator("#toast .toast-item")).to_have_count(0)
+    await row.locator(".btn-operative").click()
+    await page.click("#confirm-ok")
+    await expect(page.locator("#toast .toast-item").first).to_contain_text("Accepted")
+    assert st201.station_operative is True
+    await expect(row.locator(".btn-inoperative")).to_be_visible()
+    await expect(row.locator(".btn-operative")).to_have_count(0)
+
+    # the site page without the live stream: the Now tile takes the limit from the answer
+    await page.route("**/api/v1/stream", lambda route: route.abort())
+    await page.goto(f"{base}/#/sites/depot")
+    now_limit = page.locator('[data-now="import_limit_kw"]')
+    await expect(now_limit).to_have_text("40.0 kW")
+    for limit, block in (("30", "end"), ("20", "start")):
+        await page.fill("#limit-input", limit)
+        # the Apply button at the bottom, then at the top of the window
+        await page.evaluate(
+            f"document.querySelector('#limit-apply').scrollIntoView({{block: '{block}'}})"
+        )
+        await page.click("#limit-apply")
+        await page.click("#confirm-ok")
+        await expect(now_limit).to_have_text(f"{limit}.0 kW")
+        item = page.locator("#toast .toast-item").first
+        await expect(item).to_contain_text(f"{limit}.0 kW")
+        box = await item.bounding_box()
+        for control in ("#limit-apply", "#limit-input", "#kpi-period"):
+            assert not _overlap(box, await page.locator(control).bounding_box()), (block, control)
+        await item.locator(".toast-close").click()
+    await page.unroute("**/api/v1/stream")
+
+    # a need the site cannot meet: at risk in the sessions view, as for the driver
+    departure = datetime.now(UTC) + timedelta(hours=3)
+    r = await node.http.put(
+        f"/api/v1/transactions/{tx['id']}/preferences",
+        json={"departure_time": departure.isoformat(), "energy_kwh": 501.9},
+    )
+    assert r.status_code == 200 and r.json()["status"] == "NOT_POSSIBLE", r.text
+    await page.goto(f"{base}/#/sessions")
+    txrow = page.locator(f'tr[data-tx="{tx["id"]}"]')
+    await expect(txrow.locator(".need-flag")).to_have_text("at risk")
+    await expect(page.locator("#sessions-summary li.bad .summary-value")).to_have_text("1")
+
+    # the favicon is served and linked from every page
+    r = await page.request.get(f"{base}/favicon.ico")
+    assert r.status == 200 and r.headers["content-type"] == "image/x-icon"
+    for path in ("/", "/login", "/charge/WEB-201/1"):
+        await page.goto(base + path)
+        href = await page.locator('link[rel="icon"]').first.get_attribute("href")
+        assert (await page.request.get(base + href)).status == 200
+    assert not [u for u in missing if "favicon" in u], missing
+    assert not errors, errors
+
+
+async def test_driver_page_one_verdict_in_local_time(site, browser):
+    node, (st201, _) = site
+    base = f"http://127.0.0.1:{node.rt.http_port}"
+    ctx = await browser.new_context(
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        locale="en-US",
+        timezone_id="America/New_York",
+    )
+    page = await ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(f"{base}/charge/NOPE/9")
+    await expect(page.locator("#session-state")).to_have_text("No such charger")
+    await page.goto(f"{base}/charge/WEB-201/9")
+    await expect(page.locator("#session-state")).to_have_text("No such charger")
+
+    assert await st201.plug_in(1, EvSpec(battery_kwh=60, soc=0.3), "CARD1")
+    await _tx(node, "WEB-201")
+    await page.goto(f"{base}/charge/WEB-201/1")
+    await expect(page.locator("#session-state")).to_contain_text("Charging")
+    ny = ZoneInfo("America/New_York")
+    leave = datetime.now(ny).replace(second=0, microsecond=0) + timedelta(hours=4)
+    await page.fill("#departure", leave.strftime("%Y-%m-%dT%H:%M"))
+    await page.fill("#energy-kwh", "300")
+    await page.click("#save-prefs")
+    result = page.locator("#prefs-result")
+    await expect(result).to_have_class(re.compile("not-possible"))
+    text = await result.text_content()
+    # times in the browser's zone, never UTC
+    assert "UTC" not in text and leave.strftime("%I:%M") in text, text
+    expected = await page.locator("#expected-soc").text_content()
+    assert leave.strftime("%I:%M") in expected, expected
+    # one computation: the most reachable is what the plan brings when it cannot be met
+    most = float(re.search(r"at most about ([\d.]+) kWh", text).group(1))
+    charged = float(re.search(r"([\d.]+) kWh charged", expected).group(1))
+    assert most == pytest.approx(charged, abs=0.15), (text, expected)
+    assert most < 300
+
+    # the plan the page draws is the EVSE's total power, as the car draws it now
+    token = await page.evaluate("localStorage.getItem('evflex-driver:WEB-201:1')")
+    s = (
+        await node.http.get("/api/v1/driver/session", headers={"Authorization": f"Bearer {token}"})
+    ).json()
+    assert s["plan"] and s["plan_end"]
+    await node.wait_for(lambda: _drawing(node, "WEB-201"), timeout=10)
+    drawn = (await _tx(node, "WEB-201"))["power_w"] / 1000
+    assert s["plan"][0]["power_kw"] == pytest.approx(drawn, rel=0.05), (s["plan"], drawn)
+    await expect(page.locator("#plan-chart .u-legend")).to_contain_text("Planned power")
+    assert not errors, errors
+    await ctx.close()
+
+
+async def _drawing(node: Node, station_id: str) -> bool:
+    return ((await _tx(node, station_id))["power_w"] or 0) > 1000

@@ -11,7 +11,8 @@
   const S = {
     me: null, csrf: "", view: null, params: [], gen: 0,
     stations: [], stationsAt: 0,
-    txs: [], vehicles: new Map(), notices: [], plansStale: true, plansAt: 0,
+    txs: [], needs: new Map(), notices: [], plansStale: true, plansAt: 0,
+    availPending: new Map(), // station id -> "inoperative" while the station has it scheduled
     sites: [], events: [], kinds: new Set(["security"]), eventsKind: "",
     site: null, plan: null, hist: [], chart: null, chartKey: "", nowX: null, kpiPeriod: "day",
   };
@@ -63,8 +64,28 @@
     item.append(msg, close);
     box.prepend(item);
     while (box.children.length > 4) box.lastElementChild.remove();
+    placeToasts();
     setTimeout(() => item.remove(), kind === "error" ? 15000 : 7000);
   }
+
+  /** Toasts sit top-right just below the header; if they would cover the control in use
+   * (or the site's limit form) they move to the bottom-right corner. */
+  function placeToasts() {
+    const box = $("#toast");
+    const bar = $(".topbar");
+    const below = bar ? bar.getBoundingClientRect().bottom : 0;
+    box.style.top = Math.max(8, below + 8) + "px";
+    box.classList.remove("toast-low");
+    const overlaps = (el) => {
+      if (!el || !el.getBoundingClientRect || el === document.body) return false;
+      const a = box.getBoundingClientRect();
+      const b = el.getBoundingClientRect();
+      return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+    };
+    const guarded = [document.activeElement, ...main.querySelectorAll("form button, form input")];
+    if (guarded.some(overlaps)) box.classList.add("toast-low");
+  }
+  window.addEventListener("resize", () => placeToasts());
 
   /** A station answer or another API result as one readable phrase, plus a toast kind. */
   function describe(r) {
@@ -72,11 +93,13 @@
       const { status, ...rest } = r.response || {};
       const more = Object.keys(rest).length ? " " + JSON.stringify(rest).slice(0, 200) : "";
       const ok = !status || /^(accepted|scheduled)$/i.test(status);
-      return [status ? `station answered ${status}${more}` : `station answered${more || " (no status)"}`, ok ? "ok" : "warn"];
+      const when = /^scheduled$/i.test(status || "") ? ": takes effect when the session ends" : "";
+      return [status ? `station answered ${status}${when}${more}` : `station answered${more || " (no status)"}`, ok ? "ok" : "warn"];
     }
     if (r && typeof r === "object") {
       const text = [r.status, r.message || r.reason].filter(Boolean).join(": ") || "done";
-      return [text, r.accepted === false || r.status === "NOT_POSSIBLE" ? "warn" : "ok"];
+      const risk = r.accepted === false || r.status === "NOT_POSSIBLE" || r.need_status === "NOT_POSSIBLE";
+      return [text, risk ? "warn" : "ok"];
     }
     return ["done", "ok"];
   }
@@ -156,10 +179,16 @@
   const hasError = (c) => !!c.error_code && c.error_code !== "NoError";
   const isFaulted = (c) => c.status === "Faulted" || hasError(c);
   const evseConnectors = (s) => (s.connectors || []).filter((c) => c.evse_id !== 0);
-  const isInoperative = (s) => {
+  const OFF = new Set(["Unavailable", "Inoperative"]);
+  /** What the station's availability is: some/all connectors out of service, or a change
+   * to inoperative the station has scheduled (a session still runs). */
+  function availability(s) {
     const cs = evseConnectors(s);
-    return cs.length > 0 && cs.every((c) => c.status === "Unavailable");
-  };
+    const all = [...cs, ...(s.connectors || []).filter((c) => c.evse_id === 0)];
+    const allOff = cs.length > 0 && cs.every((c) => OFF.has(c.status));
+    if (allOff) S.availPending.delete(String(s.id)); // the scheduled change took effect
+    return { anyOff: all.some((c) => OFF.has(c.status)), allOff, pending: S.availPending.has(String(s.id)) };
+  }
   const findStation = (id) => S.stations.find((s) => String(s.id) === String(id));
 
   function connectorBadge(c, multi) {
@@ -179,6 +208,7 @@
     conns.forEach((c) => { perEvse[c.evse_id] = (perEvse[c.evse_id] || 0) + 1; });
     const multi = Object.values(perEvse).some((n) => n > 1);
     const offline = s.connected ? "" : "station is offline";
+    const av = availability(s);
     const reg = s.registration_status && s.registration_status !== "Accepted"
       ? `<div class="sub">registration ${esc(s.registration_status)}</div>` : "";
     return `<tr data-station="${esc(s.id)}">
@@ -188,8 +218,11 @@
       <td>${esc(s.firmware_version || DASH)}</td>
       <td class="conn-state"><span class="badge ${s.connected ? "badge-ok" : "badge-off"}">${s.connected ? "online" : "offline"}</span></td>
       <td class="hb-age" data-age="${esc(s.heartbeat_age_s ?? "")}" title="${esc(s.last_heartbeat_at ? dateTime(s.last_heartbeat_at) : "")}">${ago(s.heartbeat_age_s)}</td>
-      <td><div class="connectors">${conns.map((c) => connectorBadge(c, multi)).join("") || DASH}</div></td>
-      <td class="actions"><div class="btns">${btn("reset", "Reset", "btn-reset", offline)}${btn("availability", isInoperative(s) ? "Set operative" : "Set inoperative", "btn-availability", offline)}${btn("start", "Remote start", "btn-start", offline)}</div></td>
+      <td><div class="connectors">${conns.map((c) => connectorBadge(c, multi)).join("") || DASH}${av.pending
+        ? '<span class="connector st-busy avail-pending" title="the station sets itself inoperative when its session ends">inoperative when the session ends</span>' : ""}</div></td>
+      <td class="actions"><div class="btns">${btn("reset", "Reset", "btn-reset", offline)}${av.anyOff || av.pending
+        ? btn("operative", "Set operative", "btn-operative", offline) : ""}${!av.allOff && !av.pending
+        ? btn("inoperative", "Set inoperative", "btn-inoperative", offline) : ""}${btn("start", "Remote start", "btn-start", offline)}</div></td>
     </tr>`;
   }
 
@@ -227,14 +260,23 @@
     return p > 50 ? "charging" : p < -50 ? "discharging" : "idle";
   }
 
+  /** The verdict on a need as the dashboard shows it (the same one the driver page gets). */
+  function needFlag(v) {
+    if (!v || v.status === "NO_NEEDS") return [DASH, "need-none"];
+    return v.status === "NOT_POSSIBLE" ? ["at risk", "need-risk"] : ["on track", "need-ok"];
+  }
+  const needTip = (v) => (v && v.status !== "NO_NEEDS"
+    ? `still wanted ${kwh(v.need_kwh)}, the plan brings ${kwh(v.expected_kwh)} by departure` +
+      (v.status === "NOT_POSSIBLE" ? `, at most ${kwh(v.best_kwh)} reachable` : "")
+    : "no stated need");
+
   function needsCell(t) {
-    const v = S.vehicles.get(`${t.station_id}|${t.evse_id}`);
-    const [flag, cls] = !v || !v.stated_need ? [DASH, "need-none"]
-      : v.feasible ? ["on track", "need-ok"] : ["at risk", "need-risk"];
+    const v = S.needs.get(String(t.id));
+    const [flag, cls] = needFlag(v);
     const target = t.energy_target_wh != null ? kwh(t.energy_target_wh / 1000) : "";
     const what = target || t.departure_at
       ? `${target || "?"}${t.departure_at ? " by " + time(t.departure_at) : ""}` : "";
-    const tip = v ? `need ${kwh(v.need_kwh)}, planned ${kwh(v.planned_kwh)}` : "not in the site plan";
+    const tip = needTip(v);
     return `<td class="needs" title="${esc(tip)}">${what ? `<span>${esc(what)}</span> ` : ""}` +
       `<span class="need-flag ${cls}">${esc(flag)}</span></td>`;
   }
@@ -261,8 +303,8 @@
     const txs = S.txs;
     const power = txs.reduce((a, t) => a + (t.power_w || 0), 0) / 1000;
     const risk = txs.filter((t) => {
-      const v = S.vehicles.get(`${t.station_id}|${t.evse_id}`);
-      return v && v.stated_need && !v.feasible;
+      const v = S.needs.get(String(t.id));
+      return !!v && v.status === "NOT_POSSIBLE";
     }).length;
     $("#sessions-summary").innerHTML = summary([
       ["Active sessions", String(txs.length)],
@@ -413,6 +455,7 @@
     ].filter(Boolean).join(" · ");
     const input = $("#limit-input");
     if (input && document.activeElement !== input && !input.dataset.dirty) input.value = s.import_limit_kw ?? "";
+    renderNow(); // the limit in force now is the site's, whether from an answer or an event
   }
 
   function renderNow() {
@@ -423,7 +466,7 @@
       ["EV discharging", kw(p.ev_export_kw), "data-now", "ev_export_kw"],
       ["PV", kw(p.pv_kw), "data-now", "pv_kw"],
       ["Uncontrolled load", kw(p.base_load_kw), "data-now", "base_load_kw"],
-      ["Import limit", kw(p.import_limit_kw ?? S.site.import_limit_kw), "data-now", "import_limit_kw"],
+      ["Import limit", kw(S.site.import_limit_kw ?? p.import_limit_kw), "data-now", "import_limit_kw"],
       ["Price", perKwh(p.price), "data-now", "price"],
     ]);
     $("#site-now-at").textContent = p.at ? "as of " + dateTime(p.at) : "no measurements yet";
@@ -436,9 +479,9 @@
     $("#plan-vehicles-body").innerHTML = `<p class="muted small">${esc(planAt)}</p>` +
       table("plan-vehicles", "Vehicles in the site plan", ["Station / EVSE", "Need", "Planned", "Status"],
         vs.map((v) => {
-          const [flag, cls] = !v.stated_need ? [DASH, "need-none"]
-            : v.feasible ? ["on track", "need-ok"] : ["at risk", "need-risk"];
-          return `<tr><th scope="row">${esc(v.station_id)} / ${esc(v.evse_id)}</th>
+          const verdict = (S.siteNeeds || new Map()).get(`${v.station_id}|${v.evse_id}`);
+          const [flag, cls] = needFlag(verdict);
+          return `<tr title="${esc(needTip(verdict))}"><th scope="row">${esc(v.station_id)} / ${esc(v.evse_id)}</th>
             <td class="num">${kwh(v.need_kwh)}${v.stated_need ? "" : ' <span class="sub">estimated</span>'}</td>
             <td class="num">${kwh(v.planned_kwh)}</td>
             <td><span class="need-flag ${cls}">${esc(flag)}</span></td></tr>`;
@@ -525,8 +568,10 @@
     const site = S.site;
     if (view !== views.site || !site) return;
     try {
-      const [sites, plan] = await Promise.all([api("/api/v1/sites"), planOrError(site.id)]);
+      const [sites, plan, needs] = await Promise.all([api("/api/v1/sites"), planOrError(site.id),
+        api(`/api/v1/needs?site_id=${enc(site.id)}`).catch(() => [])]);
       if (S.view !== view || S.site !== site) return;
+      S.siteNeeds = new Map(needs.map((v) => [`${v.station_id}|${v.evse_id}`, v]));
       S.sites = sites;
       S.site = sites.find((s) => String(s.id) === String(site.id)) || site;
       S.plan = plan;
@@ -578,20 +623,14 @@
       skeleton: () => '<h1>Active sessions</h1><ul class="summary" id="sessions-summary"></ul><div id="sessions-body"></div>',
       async load() {
         const txs = await api("/api/v1/transactions?active=true");
-        // Plans are computed on request: fetch them again only after events that change them.
+        // Verdicts come from the plans: fetch them again only after events that change them.
         if (S.plansStale || Date.now() - S.plansAt > PLAN_MAX_AGE_MS) {
-          const sites = await api("/api/v1/sites");
-          const siteOf = new Map();
-          sites.forEach((s) => (s.stations || []).forEach((id) => siteOf.set(String(id), s.id)));
-          const ids = [...new Set(txs.map((t) => siteOf.get(String(t.station_id))).filter((id) => id != null))];
           const notices = [];
-          const plans = await Promise.all(ids.map((id) => getPlan(id).catch((e) => {
-            notices.push(`Plan of site ${id} unavailable (${e.detail || e.message}); needs status not shown.`);
-            return null;
-          })));
-          S.vehicles = new Map();
-          plans.forEach((p) => p && (p.vehicles || []).forEach((v) => S.vehicles.set(`${v.station_id}|${v.evse_id}`, v)));
-          S.sites = sites;
+          const needs = await api("/api/v1/needs").catch((e) => {
+            notices.push(`Needs status unavailable (${e.detail || e.message}).`);
+            return [];
+          });
+          S.needs = new Map(needs.map((v) => [String(v.transaction), v]));
           S.notices = notices;
           S.plansStale = false;
           S.plansAt = Date.now();
@@ -653,8 +692,10 @@
         $("#limit-input").addEventListener("input", (e) => { e.target.dataset.dirty = "1"; });
       },
       async load(id) {
-        const [sites, hist, plan] = await Promise.all([
-          api("/api/v1/sites"), api(`/api/v1/sites/${enc(id)}/history?hours=24`), planOrError(id)]);
+        const [sites, hist, plan, needs] = await Promise.all([
+          api("/api/v1/sites"), api(`/api/v1/sites/${enc(id)}/history?hours=24`), planOrError(id),
+          api(`/api/v1/needs?site_id=${enc(id)}`).catch(() => [])]);
+        S.siteNeeds = new Map(needs.map((v) => [`${v.station_id}|${v.evse_id}`, v]));
         const site = sites.find((s) => String(s.id) === String(id));
         if (!site) throw new EV.ApiError(404, `Site ${id} not found.`);
         const first = !S.site || String(S.site.id) !== String(site.id);
@@ -666,7 +707,6 @@
       },
       render() {
         renderSiteInfo();
-        renderNow();
         renderChart();
         renderVehicles();
       },
@@ -742,6 +782,24 @@
     if (b && !b.disabled && row && ACTIONS[b.dataset.action]) ACTIONS[b.dataset.action](row.dataset);
   });
 
+  /** ChangeAvailability for the whole station (EVSE 0); "Scheduled" is remembered until the
+   * station's connectors report the change (or it is undone). */
+  async function setAvailability(station, operative) {
+    const ok = await confirmDialog(operative
+      ? `Set station ${station} operative? It will accept new charging sessions again.`
+      : `Set station ${station} inoperative? It will not accept new charging sessions; a running session ends first.`,
+    "", operative ? "Set operative" : "Set inoperative");
+    if (!ok) return;
+    await run(`Set ${station} ${operative ? "operative" : "inoperative"}`, async () => {
+      const r = await command(station, "change-availability", { operative, evse: 0 });
+      const status = (r && r.response && r.response.status) || "";
+      if (!operative && /^scheduled$/i.test(status)) S.availPending.set(String(station), "inoperative");
+      else if (/^(accepted|scheduled)$/i.test(status)) S.availPending.delete(String(station));
+      return r;
+    }, () => { renderIfFleet(); views.fleet.refresh(); });
+  }
+  const renderIfFleet = () => { if (S.view === views.fleet) renderFleet(); };
+
   const ACTIONS = {
     async reset({ station }) {
       const f = await confirmDialog(`Reset station ${station}?`, `
@@ -753,17 +811,8 @@
       const type = f.get("type");
       await run(`Reset (${type}) ${station}`, () => command(station, "reset", { type }), views.fleet.refresh);
     },
-    async availability({ station }) {
-      const s = findStation(station);
-      const operative = !!s && isInoperative(s);
-      const ok = await confirmDialog(operative
-        ? `Set station ${station} operative? It will accept new charging sessions again.`
-        : `Set station ${station} inoperative? It will not accept new charging sessions.`,
-      "", operative ? "Set operative" : "Set inoperative");
-      if (!ok) return;
-      await run(`Set ${station} ${operative ? "operative" : "inoperative"}`,
-        () => command(station, "change-availability", { operative }), views.fleet.refresh);
-    },
+    operative: ({ station }) => setAvailability(station, true),
+    inoperative: ({ station }) => setAvailability(station, false),
     async start({ station }) {
       const s = findStation(station);
       const evses = s ? [...new Set(evseConnectors(s).map((c) => c.evse_id))].sort((a, b) => a - b) : [];

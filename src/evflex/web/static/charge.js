@@ -90,39 +90,42 @@
     return `${s.departure_at ? "By " + time(s.departure_at) : "By departure"}: ${parts.join(", ")}.`;
   }
 
+  /** The plan as a step line of the EVSE's total power (kW): each step holds until the next
+   * one, the last until plan_end (departure). */
+  function planData(s) {
+    const tsec = (iso) => { const d = EV.toDate(iso); return d ? d.getTime() / 1000 : null; };
+    const steps = (s.plan || []).map((p) => [tsec(p.start), p.power_kw ?? 0])
+      .filter((p) => p[0] != null).sort((a, b) => a[0] - b[0]);
+    if (!steps.length) return null;
+    const last = steps[steps.length - 1];
+    const end = tsec(s.plan_end);
+    const xs = steps.map((p) => p[0]);
+    const ys = steps.map((p) => p[1]);
+    if (end != null && end > last[0]) { xs.push(end); ys.push(last[1]); }
+    return [xs, ys];
+  }
+
   function renderPlan(s) {
     const el = $("plan-chart");
-    const tsec = (iso) => { const d = EV.toDate(iso); return d ? d.getTime() / 1000 : null; };
-    const plan = (s.plan || []).map((p) => [tsec(p.start), p.power_kw ?? 0])
-      .filter((p) => p[0] != null).sort((a, b) => a[0] - b[0]);
-    if (!plan.length) {
+    const data = planData(s);
+    if (!data) {
       if (chart) { chart.destroy(); chart = null; }
       el.innerHTML = '<p class="muted">No plan yet.</p>';
       return;
     }
-    const last = plan[plan.length - 1][0];
-    const step = plan.length > 1 ? plan[1][0] - plan[0][0] : 900;
-    const dep = tsec(s.departure_at);
-    const end = dep && dep > last ? Math.min(dep, last + step) : last + step;
-    const data = [
-      [...plan.map((p) => p[0]), end],
-      [...plan.map((p) => (p[1] > 0 ? p[1] : null)), null],
-      [...plan.map((p) => (p[1] < 0 ? p[1] : null)), null],
-    ];
     if (chart) { chart.setData(data); return; }
     el.textContent = "";
-    const bars = uPlot.paths.bars({ align: 1, size: [0.92, Infinity], gap: 1 });
-    const series = (label, color) => {
-      const c = EV.cssVar(color);
-      return { label, stroke: c, fill: c + "b3", width: 1, paths: bars, points: { show: false },
-        value: (u, v) => (v == null ? DASH : kw(v)) };
-    };
+    const c = EV.cssVar("--c-ev-in");
     chart = EV.chart(el, {
       height: 200,
       cursor: { drag: { x: false, y: false } },
       legend: { live: false },
       scales: { x: { time: true }, kW: { range: (u, min, max) => [Math.min(0, min), Math.max(1, max) * 1.1] } },
-      series: [{}, { ...series("Charging", "--c-ev-in"), scale: "kW" }, { ...series("Giving back", "--c-ev-out"), scale: "kW" }],
+      series: [{}, {
+        label: "Planned power", scale: "kW", stroke: c, fill: c + "40", width: 2,
+        paths: uPlot.paths.stepped({ align: 1 }), points: { show: false },
+        value: (u, v) => (v == null ? DASH : kw(v)),
+      }],
       axes: [EV.axis(), EV.axis({ scale: "kW", label: "kW", size: 44 })],
     }, data);
   }
@@ -130,9 +133,26 @@
   function fillForm(s) {
     if (dirty) return;
     $("departure").value = EV.toLocalInput(s.departure_at);
-    $("energy-kwh").value = s.energy_target_kwh != null ? Number(s.energy_target_kwh.toFixed(1)) : "";
+    $("energy-kwh").value = s.need_kwh != null ? Number(s.need_kwh.toFixed(1)) : "";
     $("battery-kwh").value = s.battery_kwh ?? "";
     $("allow-discharge").checked = !!s.allow_discharge && !!s.can_discharge;
+  }
+
+  /** The verdict as a sentence, with times in the browser's time zone. */
+  function verdictText(s) {
+    const by = s.departure_at ? time(s.departure_at) : "your departure";
+    if (s.status === "ACCEPTED") {
+      let text = `You will have what you asked for by ${by}.`;
+      if (s.allow_discharge && s.can_discharge) text += " Your car may give energy back to the grid meanwhile.";
+      if (s.priority) text += " It charges as fast as it can now.";
+      return text;
+    }
+    if (s.status === "NOT_POSSIBLE") {
+      return `This cannot be met: by ${by} the car can get at most about ${kwh(s.best_kwh_at_departure)}` +
+        ` of the ${kwh(s.energy_target_kwh)} you asked for. Leave later, ask for less, or press` +
+        " \u201cCharge as fast as possible\u201d.";
+    }
+    return s.message || "";
   }
 
   function render(s) {
@@ -175,13 +195,21 @@
     fillForm(s);
 
     const out = $("prefs-result");
-    const text = s.message || "";
+    const text = verdictText(s);
     if (out.textContent !== text) out.textContent = text;
     out.className = "form-result " + ({ ACCEPTED: "accepted", NOT_POSSIBLE: "not-possible", NO_NEEDS: "no-needs" }[s.status] || "");
   }
 
+  let gone = false; // no such charger: stop asking
+
   function handleError(e, out) {
-    if (e.status === 404) {
+    if (e.status === 404 && /^no such charger/i.test(e.detail || "")) {
+      token = null;
+      store.drop();
+      gone = true;
+      showMissing("No such charger", "Check the code on the charger, or ask the operator.");
+      $("where").textContent = "";
+    } else if (e.status === 404) {
       token = null;
       store.drop();
       showMissing("No charging session on this charger",
@@ -197,7 +225,7 @@
   }
 
   async function refresh() {
-    if (loading) return;
+    if (loading || gone) return;
     loading = true;
     try {
       render(await dapi("/api/v1/driver/session"));
@@ -273,7 +301,7 @@
   /* ---------- start ---------- */
 
   if (!stationId || !Number.isFinite(evseId)) {
-    showMissing("No charging session on this charger", "This link does not name a charging point.");
+    showMissing("No such charger", "This link does not name a charging point.");
     return;
   }
   $("where").textContent = `Charger ${stationId} · point ${num(evseId, 0)}`;
