@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from evflex.sim.runner import SimConfig, SimSummary, Simulation
+from evflex.sim.station import TIME_SOURCES
 
 DEFAULT_TOKENS = ",".join(f"TOKEN{i}" for i in range(1, 11))
 
@@ -54,6 +55,24 @@ def sim_command(
     speed: Annotated[
         float, typer.Option("--speed", min=0.001, help="Simulated seconds per real second.")
     ] = 60.0,
+    clock_skew: Annotated[
+        float,
+        typer.Option(
+            "--clock-skew",
+            help="Start every station's clock this many seconds off (negative: behind). "
+            "In real time (--speed 1) the stations take the CSMS's time like real chargers; "
+            "accelerated, they keep the simulation's timeline.",
+        ),
+    ] = 0.0,
+    time_source: Annotated[
+        str | None,
+        typer.Option(
+            "--time-source",
+            help="csms: take the CSMS's time (currentTime, ClockCtrlr.DateTime); rtc: keep "
+            "the own clock until the CSMS sets ClockCtrlr.DateTime; timeline: nothing sets it. "
+            "Default: csms at --speed 1, timeline otherwise.",
+        ),
+    ] = None,
     hours: Annotated[
         float, typer.Option("--hours", min=0.0, help="Simulated hours to run.")
     ] = 24.0,
@@ -88,6 +107,8 @@ def sim_command(
     prefix: Annotated[str, typer.Option("--prefix", help="Station id prefix.")] = "SIM",
 ) -> None:
     """Simulate charging stations and EV sessions against a CSMS (OCPP 1.6-J, 2.0.1, 2.1)."""
+    if time_source not in (None, *TIME_SOURCES):
+        raise typer.BadParameter(f"--time-source must be one of {', '.join(TIME_SOURCES)}")
     if v201_share + v21_share > 1.0 + 1e-9:
         raise typer.BadParameter("--v201-share + --v21-share must not exceed 1")
     config = SimConfig(
@@ -99,6 +120,8 @@ def sim_command(
         synthetic_grid=grid,
         evses_per_station=evses,
         speed=speed,
+        clock_skew_s=clock_skew,
+        time_source=time_source,
         duration_s=hours * 3600.0,
         meter_interval_s=meter_interval,
         sessions_per_evse_per_day=sessions_per_day,

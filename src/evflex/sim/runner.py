@@ -31,7 +31,15 @@ class SimConfig:
     #: Share of OCPP 2.1 stations (of all stations; ``v201_share + v21_share <= 1``).
     v21_share: float = 0.0
     evses_per_station: int = 2
+    #: Clock-seconds per real second. Above 1 the fleet lives on a timeline of its
+    #: own (a simulated day in real minutes): its stations keep their own time and
+    #: a real-time CSMS sees their clocks run away (it flags them, and decides on
+    #: its own clock anyway).
     speed: float = 60.0
+    #: Every station's clock starts this far off (s; negative: behind).
+    clock_skew_s: float = 0.0
+    #: Where the stations take their time from (sim.station.TIME_SOURCES; None: by speed).
+    time_source: str | None = None
     duration_s: float = 86_400.0
     meter_interval_s: float = 60.0
     sessions_per_evse_per_day: float = 3.0
@@ -196,6 +204,8 @@ class Simulation:
                     ),
                     response_timeout_s=config.response_timeout_s,
                     validate_messages=config.validate_messages,
+                    clock_skew_s=config.clock_skew_s,
+                    time_source=config.time_source,
                     grid=self.grid,
                     building=BuildingMeter(noise_w=300.0, seed=f"{config.seed}:{station_id}")
                     if config.synthetic_grid
