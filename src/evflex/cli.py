@@ -208,29 +208,40 @@ def id_token_add(
 
 
 RoleOpt = Annotated[str, typer.Option(help="viewer, operator or admin")]
+PasswordOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="EVFLEX_USER_PASSWORD",
+        help="At least 10 characters; asked for (hidden, twice) when not given",
+        show_default=False,
+    ),
+]
+
+
+def _ask_password() -> str:
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _print_totp(username: str, secret: str) -> None:
+    from evflex.web.auth import totp_uri
+
+    console.print(f"  TOTP secret: [bold]{secret}[/]")
+    console.print(f"  or the URI:  {totp_uri(secret, username)}", soft_wrap=True)
 
 
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Argument(help="Login name")],
     role: RoleOpt = "operator",
-    password: Annotated[
-        str,
-        typer.Option(
-            prompt=True,
-            hide_input=True,
-            confirmation_prompt=True,
-            envvar="EVFLEX_USER_PASSWORD",
-            help="At least 10 characters (asked for when not given)",
-        ),
-    ] = ...,
+    password: PasswordOpt = None,
     config: ConfigOpt = None,
     database_url: DbOpt = None,
 ) -> None:
     """Create a dashboard account; prints the TOTP secret for the authenticator app."""
-    from evflex.web.auth import add_user, totp_uri
+    from evflex.web.auth import add_user
 
     settings = load_settings(config, database_url=database_url)
+    password = password or _ask_password()
 
     async def fn(s):
         return (await add_user(s, username, password, role)).totp_secret
@@ -241,8 +252,7 @@ def user_add(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
     console.print(f"user '{username}' ({role}) created. Add this key to an authenticator app:")
-    console.print(f"  TOTP secret: [bold]{secret}[/]")
-    console.print(f"  or the URI:  {totp_uri(secret, username)}", soft_wrap=True)
+    _print_totp(username, secret)
 
 
 @user_app.command("list")
@@ -288,6 +298,47 @@ def user_disable(
     console.print(f"user '{username}' " + ("enabled" if enable else "disabled"))
 
 
+@user_app.command("reset-password")
+def user_reset_password(
+    username: Annotated[str, typer.Argument(help="Login name")],
+    password: PasswordOpt = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Give an account a new password; its browser sessions end at once."""
+    from evflex.web.auth import set_password
+
+    settings = load_settings(config, database_url=database_url)
+    password = password or _ask_password()
+    try:
+        found = asyncio.run(_with_store(settings, lambda s: set_password(s, username, password)))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    if not found:
+        console.print(f"[red]no user '{username}'[/]")
+        raise typer.Exit(1)
+    console.print(f"user '{username}': new password set, browser sessions ended")
+
+
+@user_app.command("reset-totp")
+def user_reset_totp(
+    username: Annotated[str, typer.Argument(help="Login name")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Give an account a new TOTP secret (a lost phone); its browser sessions end at once."""
+    from evflex.web.auth import reset_totp
+
+    settings = load_settings(config, database_url=database_url)
+    secret = asyncio.run(_with_store(settings, lambda s: reset_totp(s, username)))
+    if secret is None:
+        console.print(f"[red]no user '{username}'[/]")
+        raise typer.Exit(1)
+    console.print(f"user '{username}': new TOTP key, browser sessions ended. Add it to the app:")
+    _print_totp(username, secret)
+
+
 @api_token_app.command("create")
 def api_token_create(
     role: RoleOpt = "viewer",
@@ -306,6 +357,32 @@ def api_token_create(
         raise typer.Exit(2) from None
     console.print(f"API token with role {role} (send it as 'Authorization: Bearer <token>'):")
     print(token)
+
+
+@api_token_app.command("list")
+def api_token_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """List API tokens: id, name, role, created, last used, revoked (never the token)."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from evflex.store.tables import ApiToken
+
+    settings = load_settings(config, database_url=database_url)
+
+    async def fn(s):
+        return list((await s.execute(select(ApiToken).order_by(ApiToken.id))).scalars())
+
+    table = Table("id", "name", "role", "created", "last used", "revoked")
+    for t in asyncio.run(_with_store(settings, fn)):
+        table.add_row(
+            str(t.id),
+            t.name or "",
+            t.role,
+            f"{t.created_at:%Y-%m-%d %H:%M}",
+            f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
+            "yes" if t.revoked else "",
+        )
+    console.print(table)
 
 
 @api_token_app.command("revoke")

@@ -36,7 +36,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evflex.clock import utcnow
@@ -47,6 +47,7 @@ SESSION_COOKIE = "evflex_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOTP_STEP_S = 30
+LAST_USED_STEP = timedelta(minutes=1)  # an API token's last use is stored this finely
 
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("evflex: no such user")
@@ -187,8 +188,7 @@ async def add_user(
 ) -> User:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    if len(password) < 10:
-        raise ValueError("the password must have at least 10 characters")
+    _check_password(password)
     if await s.get(User, username) is not None:
         raise ValueError(f"user '{username}' exists")
     user = User(
@@ -201,6 +201,37 @@ async def add_user(
     )
     s.add(user)
     return user
+
+
+def _check_password(password: str) -> None:
+    if len(password) < 10:
+        raise ValueError("the password must have at least 10 characters")
+
+
+async def _end_sessions(s: AsyncSession, username: str) -> None:
+    await s.execute(delete(WebSession).where(WebSession.username == username))
+
+
+async def set_password(s: AsyncSession, username: str, password: str) -> bool:
+    """A new password; the user's browser sessions end. False if there is no such user."""
+    _check_password(password)
+    user = await s.get(User, username)
+    if user is None:
+        return False
+    user.password_hash = _hasher.hash(password)
+    await _end_sessions(s, username)
+    return True
+
+
+async def reset_totp(s: AsyncSession, username: str) -> str | None:
+    """A new TOTP secret (returned); the user's browser sessions end. None: no such user."""
+    user = await s.get(User, username)
+    if user is None:
+        return None
+    user.totp_secret = new_totp_secret()
+    user.totp_last_step = None
+    await _end_sessions(s, username)
+    return user.totp_secret
 
 
 async def add_token(s: AsyncSession, role: str, name: str | None = None) -> str:
@@ -253,7 +284,16 @@ class AuthService:
             ).scalar_one_or_none()
         if row is None or row.revoked:
             return None
+        await self._used(row)
         return Principal("token", row.name or f"token {row.id}", row.role)
+
+    async def _used(self, row: ApiToken) -> None:
+        """Note when a token was last used, to the minute (one write a minute at most)."""
+        now = utcnow()
+        if row.last_used_at is not None and now - row.last_used_at < LAST_USED_STEP:
+            return
+        async with self.sessionmaker() as s, s.begin():
+            await s.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
 
     async def _session(self, cookie: str) -> Principal | None:
         async with self.sessionmaker() as s:
