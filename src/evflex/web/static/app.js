@@ -453,8 +453,7 @@
       `tariff ${esc(perKwh(s.import_tariff_per_kwh))} import / ${esc(perKwh(s.export_tariff_per_kwh))} export`,
       `${(s.stations || []).length} station${(s.stations || []).length === 1 ? "" : "s"}`,
     ].filter(Boolean).join(" · ");
-    const input = $("#limit-input");
-    if (input && document.activeElement !== input && !input.dataset.dirty) input.value = s.import_limit_kw ?? "";
+    renderLimitForm(s);
     renderNow(); // the limit in force now is the site's, whether from an answer or an event
   }
 
@@ -522,6 +521,19 @@
     } finally {
       box.removeAttribute("aria-busy");
     }
+  }
+
+  function renderLimitForm(s) {
+    const input = $("#limit-input");
+    if (!input) return;
+    // a limit written in the configuration file ([[sites]]) is changed there, not here
+    const managed = (s.managed_by_config || []).includes("import_limit_kw");
+    $("#limit-managed").hidden = !managed;
+    input.disabled = managed;
+    const apply = $("#limit-apply");
+    apply.disabled = managed || !canAct();
+    apply.title = managed ? "set in the configuration file" : canAct() ? "" : "needs operator role";
+    if (document.activeElement !== input && !input.dataset.dirty) input.value = s.import_limit_kw ?? "";
   }
 
   async function applyLimit(ev) {
@@ -677,6 +689,8 @@
                 ${canAct() ? '<button id="limit-apply" class="btn btn-primary" type="submit">Apply</button>'
                   : '<button id="limit-apply" class="btn btn-primary" type="submit" disabled title="needs operator role">Apply</button>'}
               </div>
+              <p id="limit-managed" class="form-result" hidden>Set in the configuration file
+                (<code>[[sites]]</code>): change it there and restart evflex.</p>
               <p id="limit-result" class="form-result" role="status"></p>
             </form>
           </section>
