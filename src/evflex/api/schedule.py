@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from evflex.api.smart import KW, Rt
 from evflex.scheduling.flex import flexibility
 from evflex.scheduling.lp import series
-from evflex.smartcharging.mpc import Forecast, MpcResult
+from evflex.smartcharging.mpc import DEFAULT, Forecast, MpcResult
 from evflex.store import repo
 
 if TYPE_CHECKING:
@@ -24,8 +24,16 @@ MAX_FORECAST_SLOTS = 7 * 24 * 4 * 4  # a week of 3.75-min slots is plenty
 
 
 class ForecastIn(BaseModel):
-    """Step series from ``start``, one value per slot; the last value holds on."""
+    """Step series from ``start``, one value per slot, all of the same length.
 
+    Nothing is extrapolated: after the last slot the site's defaults hold (its
+    import tariff for the price, no feed-in price, no PV, its measured base
+    load). Slots that ended before now are dropped (the answer's ``warnings``
+    says so); a forecast that ends before now is refused.
+    """
+
+    # NaN and infinity are let through to be refused in the route with a reason:
+    # pydantic's own error would echo the value, which JSON cannot carry.
     model_config = ConfigDict(extra="forbid")
 
     start: AwareDatetime
@@ -60,6 +68,10 @@ class ForecastIn(BaseModel):
 
 class SlotOut(BaseModel):
     start: datetime
+    source: Literal["forecast", "default"] = Field(
+        description="Where the slot's price, PV and load come from: the forecast, or the "
+        "site's defaults (outside the forecast's horizon)"
+    )
     import_kw: float
     export_kw: float
     import_limit_kw: float | None
@@ -88,9 +100,14 @@ class PlanAheadOut(BaseModel):
     objective: str
     slot_s: float
     solve_ms: float
+    forecast_end: datetime | None = Field(
+        description="The end of the forecast's horizon (none stored: null); the site's "
+        "defaults hold after it"
+    )
     slots: list[SlotOut]
     vehicles: list[VehicleOut]
     kpis: dict[str, float | int | None]
+    warnings: list[str] = Field([], description="What was odd in the input and how it was taken")
 
 
 class FlexSlotOut(BaseModel):
@@ -106,14 +123,18 @@ def _finite_kw(w: float) -> float | None:
     return None if w == float("inf") else w / KW
 
 
-def plan_out(site_id: str, r: MpcResult, applied: bool) -> PlanAheadOut:
+def plan_out(
+    site_id: str, r: MpcResult, applied: bool, warnings: list[str] | None = None
+) -> PlanAheadOut:
     p, s = r.problem, r.schedule
+    sources = r.sources if len(r.sources) == p.slots else [DEFAULT] * p.slots
     base = series(p.base_load_w, p.slots, "base_load_w").tolist()
     pv = series(p.pv_w, p.slots, "pv_w").tolist()
     price = series(p.import_price, p.slots, "import_price").tolist()
     slots = [
         SlotOut(
             start=p.slot_start(t),
+            source=sources[t],
             import_kw=s.import_w[t] / KW,
             export_kw=s.export_w[t] / KW,
             import_limit_kw=_finite_kw(s.import_limit_w[t]),
@@ -151,9 +172,11 @@ def plan_out(site_id: str, r: MpcResult, applied: bool) -> PlanAheadOut:
         objective=str(p.objective),
         slot_s=p.slot_s,
         solve_ms=s.solve_s * 1000,
+        forecast_end=r.forecast_end,
         slots=slots,
         vehicles=vehicles,
         kpis={name: getattr(k, name) for name in k.__dataclass_fields__},
+        warnings=warnings or [],
     )
 
 
@@ -180,7 +203,13 @@ async def get_plan(site_id: str, rt: Rt):
 
 @router.put("/sites/{site_id}/forecast", response_model=PlanAheadOut)
 async def put_forecast(site_id: str, body: ForecastIn, rt: Rt):
-    """Prices, PV and uncontrolled load ahead; the site is planned again at once."""
+    """Prices, PV and uncontrolled load ahead; the site is planned again at once.
+
+    422 with the reason for what cannot be right (series of unequal length, a
+    slot length <= 0, a time without zone, a value that is not a number,
+    negative PV or load, a forecast that ends before now); a forecast that
+    starts in the past is taken from now on, and ``warnings`` says so.
+    """
     forecast = Forecast(
         start=body.start,
         slot_s=body.slot_minutes * 60,
@@ -189,6 +218,12 @@ async def put_forecast(site_id: str, body: ForecastIn, rt: Rt):
         pv_w=tuple(x * KW for x in body.pv_kw),
         base_load_w=tuple(x * KW for x in body.base_load_kw),
     )
+    if problems := forecast.problems():
+        raise HTTPException(422, "; ".join(problems))
+    try:
+        forecast, warnings = forecast.from_now(rt.clock.now())
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
 
     async def job(s):
         site = await repo.get_site(s, site_id)
@@ -202,7 +237,7 @@ async def put_forecast(site_id: str, body: ForecastIn, rt: Rt):
         raise HTTPException(404, f"site '{site_id}' does not exist")
     await rt.lm.rebalance_now(site_id, only_site_row=True)
     result, applied = await _plan(rt, site_id)
-    return plan_out(site_id, result, applied)
+    return plan_out(site_id, result, applied, warnings)
 
 
 @router.get("/sites/{site_id}/flexibility", response_model=list[FlexSlotOut])

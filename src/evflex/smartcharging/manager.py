@@ -615,6 +615,9 @@ class LoadManager:
             capacity_tariff_per_kw=getattr(site, "capacity_tariff_per_kw", None) or 0.0,
             export_limit_w=getattr(site, "export_limit_w", None),
             forecast=Forecast.from_json(getattr(site, "forecast", None)),
+            default_import_price=getattr(site, "import_tariff_per_kwh", None) or 0.0,
+            driver_import_tariff=getattr(site, "import_tariff_per_kwh", None),
+            driver_export_tariff=getattr(site, "export_tariff_per_kwh", None),
         )
         status: dict[tuple[str, int], str] = {}
         for c in conns:

@@ -12,11 +12,15 @@ What the model does not know is filled in plainly: a session without a
 departure is assumed to stay ``default_dwell_h``; a session without an energy
 need, or in priority charging, needs "full power until departure", which is
 the brief's fallback. EVSEs the CSMS cannot steer count as uncontrolled load
-at the most they may draw. Pure code: time and settings are arguments.
+at the most they may draw. A forecast is never stretched past its horizon:
+outside it the site's defaults hold (its tariff for the price, no feed-in
+price, no PV, the measured base load), and every slot of the result says which
+it used. Pure code: time and settings are arguments.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,13 +29,15 @@ from evflex.scheduling import SITE, Circuit, Objective, Problem, Schedule, Vehic
 from evflex.scheduling.wire import WireRules, wire_currents
 from evflex.smartcharging.planner import SITE_NODE, SiteModel
 
+log = logging.getLogger(__name__)
+
 MAX_HORIZON_H = 72.0
 PRIORITY_WEIGHT = 100.0
 
 
 @dataclass(frozen=True, slots=True)
 class Forecast:
-    """Step series from ``start``, one value per ``slot_s``; the last value holds on."""
+    """Step series from ``start``, one value per ``slot_s``, up to :attr:`end` and no further."""
 
     start: datetime
     slot_s: float
@@ -40,22 +46,88 @@ class Forecast:
     pv_w: tuple[float, ...] = ()
     base_load_w: tuple[float, ...] = ()
 
+    @property
+    def slots(self) -> int:
+        return max((len(getattr(self, k)) for k in _SERIES), default=0)
+
+    @property
+    def end(self) -> datetime:
+        """The end of the horizon: no value is known from here on."""
+        return self.start + timedelta(seconds=self.slots * self.slot_s)
+
+    def covers(self, t: datetime) -> bool:
+        return self.start <= t < self.end
+
     def at(self, name: str, t: datetime) -> float | None:
+        """The value of series ``name`` at ``t``; None outside the series (never extrapolated)."""
         values = getattr(self, name)
         if not values or t < self.start:
             return None
         i = int((t - self.start).total_seconds() // self.slot_s)
-        return values[min(i, len(values) - 1)]
+        return values[i] if i < len(values) else None
+
+    def problems(self) -> list[str]:
+        """What makes this forecast unusable (empty when it is fine)."""
+        out = []
+        if self.start.tzinfo is None or self.start.utcoffset() is None:
+            out.append("start must have a time zone")
+        if not (math.isfinite(self.slot_s) and self.slot_s > 0):
+            out.append("the slot length must be > 0")
+        lengths = {k: len(getattr(self, k)) for k in _SERIES if getattr(self, k)}
+        if not lengths:
+            out.append("give at least one series")
+        elif len(set(lengths.values())) > 1:
+            out.append(f"series must have the same length, got {lengths}")
+        for k in _SERIES:
+            values = getattr(self, k)
+            if not all(math.isfinite(x) for x in values):
+                out.append(f"{k}: every value must be a finite number")
+            elif k in _NON_NEGATIVE and any(x < 0 for x in values):
+                out.append(f"{k}: values must be >= 0")
+        return out
+
+    def from_now(self, now: datetime) -> tuple[Forecast, list[str]]:
+        """This forecast for use at ``now``: the slots that ended before now dropped.
+
+        Raises ``ValueError`` when nothing of it is left (it ends at or before
+        now); the list says what was dropped.
+        """
+        if self.end <= now:
+            raise ValueError(
+                f"the forecast ends at {self.end.isoformat()}, not after now ({now.isoformat()})"
+            )
+        gone = int((now - self.start).total_seconds() // self.slot_s) if now > self.start else 0
+        if gone <= 0:
+            return self, []
+        start = self.start + timedelta(seconds=gone * self.slot_s)
+        kept = Forecast(
+            start=start,
+            slot_s=self.slot_s,
+            **{k: getattr(self, k)[gone:] for k in _SERIES},
+        )
+        return kept, [
+            f"the forecast starts in the past ({self.start.isoformat()}): its first {gone} "
+            f"slot(s) ended before now and were dropped; it is used from {start.isoformat()}"
+        ]
 
     @classmethod
     def from_json(cls, data: dict | None) -> Forecast | None:
+        """The stored forecast; None (the site's defaults) for one that cannot be used."""
         if not data:
             return None
-        return cls(
-            start=datetime.fromisoformat(data["start"]),
-            slot_s=float(data["slot_s"]),
-            **{k: tuple(data.get(k) or ()) for k in _SERIES},
-        )
+        try:
+            f = cls(
+                start=datetime.fromisoformat(data["start"]),
+                slot_s=float(data["slot_s"]),
+                **{k: tuple(float(x) for x in data.get(k) or ()) for k in _SERIES},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("stored forecast ignored: %s", exc)
+            return None
+        if problems := f.problems():
+            log.warning("stored forecast ignored: %s", "; ".join(problems))
+            return None
+        return f
 
     def to_json(self) -> dict:
         out: dict = {"start": self.start.isoformat(), "slot_s": self.slot_s}
@@ -64,6 +136,8 @@ class Forecast:
 
 
 _SERIES = ("import_price", "export_price", "pv_w", "base_load_w")
+_NON_NEGATIVE = ("pv_w", "base_load_w")
+FORECAST, DEFAULT = "forecast", "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +150,12 @@ class MpcSettings:
     export_limit_w: float | None = None
     forecast: Forecast | None = None
     peak_so_far_w: float = 0.0
+    #: Per kWh outside the forecast's horizon (the site's tariff; feed-in earns nothing)
+    default_import_price: float = 0.0
+    #: What drivers pay per kWh charged and get per kWh discharged (the site's
+    #: tariffs): with either, a V2X session is never planned at its driver's loss
+    driver_import_tariff: float | None = None
+    driver_export_tariff: float | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +168,9 @@ class MpcResult:
     setpoints: dict[str, list[float]] = field(default_factory=dict)
     infeasible: list[str] = field(default_factory=list)  # stated needs the site cannot meet
     stated: set[str] = field(default_factory=set)  # sessions with departure and energy
+    #: per slot: FORECAST when the forecast covers it, DEFAULT when the site's defaults held
+    sources: list[str] = field(default_factory=list)
+    forecast_end: datetime | None = None  # where the forecast's horizon ends
 
 
 def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Problem, set[str]]:
@@ -174,6 +257,8 @@ def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Pro
                 v2x_allowed=s.v2x and not s.priority,
                 max_discharge_w=min(s.max_discharge_w, ev.max_current_a * volt * nph),
                 v2x_floor_wh=s.v2x_floor_wh if s.v2x_floor_wh is not None else 0.0,
+                driver_import_price=cfg.driver_import_tariff,
+                driver_export_price=cfg.driver_export_tariff,
             )
         )
 
@@ -200,7 +285,7 @@ def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Pro
         voltage=volt,
         base_load_w=base,
         pv_w=series("pv_w", 0.0),
-        import_price=series("import_price", 0.0),
+        import_price=series("import_price", cfg.default_import_price),
         export_price=series("export_price", 0.0),
         capacity_tariff_per_kw=cfg.capacity_tariff_per_kw,
         peak_so_far_w=cfg.peak_so_far_w,
@@ -226,6 +311,7 @@ def mpc_step(
             # the first slot as wired: whole amps, the minimum current, every limit kept
             watts[0] = amps.get(v.id, 0.0) * problem.voltage * len(v.phases)
             setpoints[v.id] = watts
+    f = cfg.forecast
     return MpcResult(
         at=now,
         problem=problem,
@@ -234,4 +320,14 @@ def mpc_step(
         infeasible=infeasible,
         stated=stated,
         setpoints=setpoints,
+        sources=slot_sources(problem, f),
+        forecast_end=f.end if f is not None else None,
     )
+
+
+def slot_sources(problem: Problem, forecast: Forecast | None) -> list[str]:
+    """Per slot of ``problem``: FORECAST if the forecast covers its start, else DEFAULT."""
+    return [
+        FORECAST if forecast is not None and forecast.covers(problem.slot_start(t)) else DEFAULT
+        for t in range(problem.slots)
+    ]
