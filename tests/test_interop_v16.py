@@ -118,6 +118,8 @@ async def test_a2_firmware_security_datatransfer(node):
 
 
 async def test_a2_commands_reach_a_16_station(node):
+    # a remote start names a card the CSMS accepts (others are refused before sending)
+    await node.http.post("/api/v1/id-tokens", json={"id_token": "CARD1", "status": "Accepted"})
     async with connected(Lib16, node.ocpp_url, "LIB16D", "ocpp1.6") as cp:
         await boot(cp)
         cases = [
@@ -158,7 +160,8 @@ async def test_a2_commands_reach_a_16_station(node):
         sent = cp.received[-1][1]
         assert sent["list_version"] == 4 and sent["update_type"] == "Full"
         assert {e["id_tag"]: e["id_tag_info"]["status"]
-                for e in sent["local_authorization_list"]} == {"T1": "Accepted", "T2": "Blocked"}
+                for e in sent["local_authorization_list"]} == {
+            "CARD1": "Accepted", "T1": "Accepted", "T2": "Blocked"}
 
         r = await node.command("LIB16D", "get-configuration", {})
         keys = {k["key"] for k in r.json()["response"]["configurationKey"]}

@@ -58,6 +58,7 @@ class Runtime:
             self.bus,
             settings.heartbeat_interval,
             clock_tolerance_s=settings.clock_tolerance_s,
+            remote_start_timeout_s=settings.remote_start_timeout_s,
         )
         self.ocpp = OcppServer(
             self.service,
@@ -183,6 +184,7 @@ class Runtime:
         await self.lm.stop()
         await self.dispatcher.close()
         await self.ocpp.stop()
+        await self.service.close()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             with suppress(asyncio.CancelledError):

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Flag and correct a station clock further off ours than this (s)"
     )
     response_timeout: float = Field(30.0, description="Wait for a station's answer (s)")
+    remote_start_timeout_s: float = Field(
+        120.0, gt=0, description="A remote start with no transaction by then is reported failed (s)"
+    )
     max_frame_bytes: int = Field(1_048_576, description="Larger frames close with 1009")
     ws_ping_interval: float | None = Field(120.0, description="WebSocket ping interval (s)")
     validate_responses: bool = Field(True, description="Check our own answers against schemas")

@@ -478,9 +478,28 @@ async def run_command(station_id: str, command: str, request: Request, rt: Runti
         if not known:
             raise HTTPException(404, f"station '{station_id}' is not registered")
         raise HTTPException(409, f"station '{station_id}' is not connected")
+    if command == "remote-start":
+        return await _remote_start(rt, station_id, body, conn.version)
     response = await station_command(rt, station_id, command, body)
     return sc.CommandResult(
         station_id=station_id, command=command, ocpp_version=conn.version, response=response
+    )
+
+
+async def _remote_start(rt: Runtime, station_id: str, body, version: str):
+    """A card the CSMS would refuse is not sent (409); an accepted start is followed up."""
+    refusal = await rt.service.remote_start_refusal(station_id, body.id_token)
+    if refusal is not None:
+        raise HTTPException(409, refusal)
+    answered = await rt.service.watch_remote_start(station_id, body.evse, body.id_token)
+    try:
+        response = await station_command(rt, station_id, "remote-start", body)
+    except BaseException:
+        answered(False)
+        raise
+    answered(response.get("status") == "Accepted")
+    return sc.CommandResult(
+        station_id=station_id, command="remote-start", ocpp_version=version, response=response
     )
 
 

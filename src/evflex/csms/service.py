@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -50,6 +51,7 @@ class CsmsService:
         bus: EventBus,
         heartbeat_interval: int = 300,
         clock_tolerance_s: float = 60.0,
+        remote_start_timeout_s: float = 120.0,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.writer = writer
@@ -59,9 +61,18 @@ class CsmsService:
         #: Each station's clock offset; skew is flagged and corrected on our clock.
         self.clocks = ClockWatch(clock, clock_tolerance_s)
         self._clock_tasks: set[asyncio.Task] = set()
+        self.remote_start_timeout_s = remote_start_timeout_s
+        self._remote_starts: set[asyncio.Task] = set()
         self._report_queues: dict[tuple[str, int], asyncio.Queue] = {}
         # (station, profile id) -> the last UpdateDynamicSchedule values sent (2.1).
         self._dynamic: dict[tuple[str, int], dict] = {}
+
+    async def close(self) -> None:
+        """End the background work (clock corrections, remote starts being followed)."""
+        tasks = [*self._clock_tasks, *self._remote_starts]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------ connection
 
@@ -343,6 +354,81 @@ class CsmsService:
             await repo.set_reservation_status(s, reservation_id, status)
 
         await self.writer.submit(job)
+
+    async def remote_start_refusal(self, station_id: str, id_token: str) -> str | None:
+        """Why a remote start with ``id_token`` must not be sent (None: send it).
+
+        The CSMS answers the station's own authorization of that card: a card it
+        would refuse gives, at best, a station that says Accepted and then starts
+        nothing (its EVSE left occupied without a transaction).
+        """
+        auth = await self.authorize(station_id, id_token)
+        if auth.status is AuthorizationStatus.ACCEPTED:
+            return None
+        return (
+            f"id token '{id_token}' is {auth.status.value} at this CSMS: "
+            "the station would start no transaction"
+        )
+
+    async def watch_remote_start(
+        self, station_id: str, evse_id: int | None, id_token: str
+    ) -> Callable[[bool], None]:
+        """Follow a remote start about to be sent; call the result with the station's yes/no.
+
+        Accepted but no transaction on that EVSE within ``remote_start_timeout_s``
+        (CSMS clock): a ``RemoteStartFailed`` event for the operator.
+        """
+        ready = asyncio.Event()
+        sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            self._follow_remote_start(station_id, evse_id, id_token, ready, sent),
+            name=f"remote-start-{station_id}",
+        )
+        self._remote_starts.add(task)
+        task.add_done_callback(self._remote_starts.discard)
+        await ready.wait()  # subscribed before the command leaves: no start is missed
+
+        def answered(accepted: bool) -> None:
+            if not sent.done():
+                sent.set_result(accepted)
+
+        return answered
+
+    async def _follow_remote_start(
+        self,
+        station_id: str,
+        evse_id: int | None,
+        id_token: str,
+        ready: asyncio.Event,
+        sent: asyncio.Future[bool],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        real_s = self.remote_start_timeout_s / getattr(self.clock, "speed", 1.0)
+        async with self.bus.subscribe() as q:
+            ready.set()
+            if not await sent:
+                return
+            deadline = loop.time() + real_s
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    ev = await asyncio.wait_for(q.get(), left)
+                except TimeoutError:
+                    break
+                if (
+                    ev.topic == "transaction.started"
+                    and ev.station_id == station_id
+                    and (evse_id is None or ev.data.get("evse_id") in (None, evse_id))
+                ):
+                    return
+        detail = {
+            "evse_id": evse_id,
+            "id_token": id_token,
+            "reason": f"accepted, but no transaction within {self.remote_start_timeout_s:g} s",
+        }
+        log.warning("station %s: remote start failed: %s", station_id, detail["reason"])
+        await self.record_event(
+            StationEvent(station_id, "command", self.clock.now(), "RemoteStartFailed", detail)
+        )
 
     async def id_token_table(self) -> list[LocalListEntry]:
         async with self.sessionmaker() as s:

@@ -35,6 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evflex.clock import Clock
+from evflex.domain.model import StationEvent
 from evflex.events import EventBus
 from evflex.scheduling import Objective
 from evflex.smartcharging.allocation import Node, Policy, SetpointShaper, ShaperConfig
@@ -153,6 +154,9 @@ class LoadManager:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._mpc_cfg: dict[str, MpcSettings] = {}
         self._peak: dict[str, tuple[str, float]] = {}  # site -> (month, planned peak W)
+        # Transactions a station said it does not know (TxNotFound): they hold no
+        # capacity and get no TxProfile until the station reports them again.
+        self._ghosts: set[tuple[str, str]] = set()
         dispatcher.on_result(self._on_profile_result)
 
     # ------------------------------------------------------------- lifecycle
@@ -252,6 +256,10 @@ class LoadManager:
                 if mem is not None and mem.wanted_profile == tx_profile_id(evse):
                     mem.wanted_profile = None
         elif topic == "transaction.updated":
+            if (station_id, str(data.get("transaction_id"))) in self._ghosts:
+                self._ghosts.discard((station_id, str(data.get("transaction_id"))))
+                self.mark_dirty(site)  # the station knows it after all
+                return
             evse = data.get("evse_id")
             phases = data.get("ev_phases")
             known = self._phases.get(evse_key(station_id, evse)) if evse is not None else None
@@ -284,6 +292,9 @@ class LoadManager:
             return
         key = evse_key(station_id, w.evse_id)
         mem = self._memory.setdefault(key, _EvseMemory())
+        if w.status == "rejected" and "TxNotFound" in (w.error or "") and w.profile.transaction_id:
+            self._ghost(station_id, w, mem)
+            return
         before = mem.steerable
         if w.status == "accepted":
             mem.commanded_a = _charging_amps(w.profile, len(self._phases.get(key, (1, 2, 3))))
@@ -292,6 +303,33 @@ class LoadManager:
             mem.steerable = False
         if before != mem.steerable:
             self.mark_dirty(self._station_site.get(station_id))
+
+    def _ghost(self, station_id: str, w: Wanted, mem: _EvseMemory) -> None:
+        """The station does not know the transaction we limit: release what it holds.
+
+        Retrying the TxProfile would fail forever and keep capacity pinned for a
+        session that does not exist. The EVSE is planned as idle (TxDefault) and
+        the operator is told; an update from the station about that transaction
+        brings it back.
+        """
+        tx_id = str(w.profile.transaction_id)
+        self._ghosts.add((station_id, tx_id))
+        self.dispatcher.forget(station_id, w.profile.id)
+        mem.wanted_profile = None
+        mem.steerable = True
+        self._stale.add(self._station_site.get(station_id) or "")
+        log.warning("station %s: transaction %s not known by the station", station_id, tx_id)
+        now = self.clock.now()
+        detail = {"transaction_id": tx_id, "evse_id": w.evse_id, "error": w.error}
+
+        async def job(s: AsyncSession) -> None:
+            await repo.log_event(
+                s, StationEvent(station_id, "smart_charging", now, "TxNotFound", detail)
+            )
+
+        self.writer.submit_nowait(job)
+        self.bus.publish("station.smart_charging", station_id, type="TxNotFound")
+        self.mark_dirty(self._station_site.get(station_id))
 
     async def _ticker(self) -> None:
         while True:
@@ -648,7 +686,7 @@ class LoadManager:
                     commanded_a=mem.commanded_a,
                     external_limit_a=self._external_limit(stn.id, e, model, len(phases)),
                 )
-                if tx is not None:
+                if tx is not None and (stn.id, str(tx.transaction_id)) not in self._ghosts:
                     ev.session = SessionModel(
                         transaction_id=tx.transaction_id,
                         started_at=tx.csms_started_at or tx.started_at,  # on our clock
