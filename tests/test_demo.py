@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import pytest
+from sqlalchemy import select
 
 from evflex.app import Runtime
-from evflex.demo import demo_clock, demo_settings, run_demo
+from evflex.demo import (
+    CURRENCY,
+    EXPORT_TARIFF,
+    IMPORT_TARIFF,
+    demo_clock,
+    demo_settings,
+    run_demo,
+    v2g_saving,
+    v2x_summary,
+)
 from evflex.smartcharging.mpc import Forecast
 from evflex.store import repo
+from evflex.store.tables import MeterValue, Transaction
 
 
 async def test_demo_runs_a_mixed_site_and_the_store_agrees(tmp_path):
@@ -65,7 +79,11 @@ async def test_demo_v2x_runs_a_v2g_site_that_imports_and_exports(tmp_path):
             site = await repo.get_site(s, "demo-site")
         # the price day reached the store (it was once dropped on the way)
         prices = Forecast.from_json(site.forecast).import_price
-        assert max(prices) == 0.42 and min(prices) == 0.12
+        assert max(prices) == 0.48 and min(prices) == 0.12
+        # what the summary prints, recomputed here from the database
+        text = v2x_summary(res)
+        facts = await _v2x_facts(rt)
+        no_v2g = await v2g_saving_without_consent(rt)
     finally:
         await rt.stop()
     assert res.errors == 0, res.error_samples
@@ -74,3 +92,82 @@ async def test_demo_v2x_runs_a_v2g_site_that_imports_and_exports(tmp_path):
     assert res.csms_exported_kwh > 0, res
     assert res.site_peak_kw <= 60.0
     assert res.export_reward > 0 and res.import_cost > res.export_reward
+    printed = _figures(text)
+    assert printed["imported"] == pytest.approx(facts["imported"], abs=0.05)
+    assert printed["exported"] == pytest.approx(facts["exported"], abs=0.05)
+    # the exported kWh by hour: inside and outside the peak add up to the registers
+    assert printed["peak"] == pytest.approx(facts["peak"], abs=0.05)
+    assert printed["outside"] == pytest.approx(facts["outside"], abs=0.05)
+    assert facts["peak"] + facts["outside"] == pytest.approx(facts["exported"], abs=0.05)
+    assert printed["pay"] == pytest.approx(facts["imported"] * IMPORT_TARIFF, abs=0.01)
+    assert printed["get"] == pytest.approx(facts["exported"] * EXPORT_TARIFF, abs=0.01)
+    # drivers earn on V2G: a kWh out pays more than buying it back costs
+    assert EXPORT_TARIFF > IMPORT_TARIFF
+    assert printed["saved"] == pytest.approx(res.v2g_saving, abs=0.005)
+    # discharging is a choice the plan may leave out: it never costs the site more
+    assert res.v2g_saving >= -0.005
+    assert no_v2g == 0  # with nobody allowed to discharge, V2G saved nothing
+    assert text.count(CURRENCY) == 3
+
+
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+
+
+def _figures(text: str) -> dict[str, float]:
+    patterns = {
+        "imported": rf"imported {_NUMBER} kWh",
+        "exported": rf"exported {_NUMBER} kWh",
+        "peak": rf"{_NUMBER} kWh in the 17:00-21:00 peak",
+        "outside": rf"{_NUMBER} kWh outside it",
+        "pay": rf"drivers pay {_NUMBER} EUR",
+        "get": rf"get {_NUMBER} EUR",
+        "saved": rf"saved the site {_NUMBER} EUR",
+    }
+    out = {}
+    for name, pattern in patterns.items():
+        m = re.search(pattern, text)
+        assert m, (name, text)
+        out[name] = float(m.group(1))
+    return out
+
+
+async def _v2x_facts(rt) -> dict[str, float]:
+    """Imported and exported kWh from the transactions, exported kWh by hour from the
+    raw export register samples (each rise counted at the later sample's hour)."""
+    async with rt.sessionmaker() as s:
+        txs = list((await s.execute(select(Transaction))).scalars())
+        samples = (
+            await s.execute(
+                select(MeterValue.transaction_pk, MeterValue.timestamp, MeterValue.value).where(
+                    MeterValue.measurand == "Energy.Active.Export.Register",
+                    MeterValue.phase == "",
+                )
+            )
+        ).all()
+    by_tx: dict[int, list] = {}
+    for pk, ts, wh in samples:
+        by_tx.setdefault(pk, []).append((ts, wh))
+    peak = outside = 0.0
+    for series in by_tx.values():
+        series.sort()
+        for (_, a), (ts, b) in itertools.pairwise(series):
+            if b > a:
+                if 17 <= ts.hour < 21:
+                    peak += b - a
+                else:
+                    outside += b - a
+    return {
+        "imported": sum(t.energy_imported_wh or 0 for t in txs) / 1000,
+        "exported": sum(t.energy_exported_wh or 0 for t in txs) / 1000,
+        "peak": peak / 1000,
+        "outside": outside / 1000,
+    }
+
+
+async def v2g_saving_without_consent(rt) -> float:
+    """The saving computed on the same day with every driver's consent taken back."""
+    async with rt.sessionmaker() as s, s.begin():
+        for t in (await s.execute(select(Transaction))).scalars():
+            t.v2x_allowed = False
+    async with rt.sessionmaker() as s:
+        return await v2g_saving(s, "demo-site", 60_000)

@@ -445,7 +445,7 @@ def demo(
     from rich.table import Table
 
     from evflex.app import Runtime
-    from evflex.demo import create_demo_admin, demo_clock, demo_settings, run_demo
+    from evflex.demo import create_demo_admin, demo_clock, demo_settings, run_demo, v2x_summary
 
     logging.basicConfig(level="ERROR")
 
@@ -520,17 +520,22 @@ def demo(
                 f"and departure and got their energy by departure: {share}"
             )
             if res.v2x:
-                console.print(
-                    f"V2G: imported {res.csms_energy_kwh:.1f} kWh, exported "
-                    f"{res.csms_exported_kwh:.1f} kWh · drivers pay {res.import_cost:.2f} and "
-                    f"get {res.export_reward:.2f} back for feeding in the evening peak"
-                )
+                console.print(v2x_summary(res))
             for e in res.error_samples:
                 console.print(f"  [yellow]error:[/] {e}")
-            console.print(f"Dashboard: {res.api_url}/  ·  API docs {res.api_url}/docs")
             if keep_running:
-                console.print("CSMS keeps running (Ctrl-C to stop).")
+                console.print(
+                    f"Dashboard: {res.api_url}/  ·  API docs {res.api_url}/docs  ·  "
+                    "the CSMS keeps running (Ctrl-C to stop)."
+                )
                 await asyncio.Event().wait()
+            else:
+                console.print(
+                    f"The CSMS has stopped. Its database is {db}; to look at the day in the "
+                    f"dashboard: evflex serve --database-url sqlite+aiosqlite:///{db.resolve()} "
+                    f"(or run the demo with --keep-running)",
+                    soft_wrap=True,
+                )
             ok = res.errors == 0 and res.stations_booted == res.stations
             return 0 if ok and res.site_peak_kw <= res.site_limit_kw else 1
         finally:

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyotp
@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from evflex.app import Runtime
 from evflex.clock import AcceleratedClock
 from evflex.config import Settings
+from evflex.scheduling import Objective, Problem, Vehicle, solve
 from evflex.sim import SimConfig, Simulation
 from evflex.sim.runner import station_ids
 from evflex.smartcharging.mpc import Forecast
@@ -57,6 +58,11 @@ class DemoResult:
     csms_exported_kwh: float = 0.0
     import_cost: float = 0.0
     export_reward: float = 0.0
+    #: exported kWh by when they went out (the meters' export registers, hour by hour)
+    exported_peak_kwh: float = 0.0  # inside the evening peak (PEAK_HOURS)
+    exported_off_peak_kwh: float = 0.0
+    #: what discharging saved the site that day (see :func:`v2g_saving`)
+    v2g_saving: float = 0.0
 
 
 DEMO_TOKENS = [f"DEMO-{i:04d}" for i in range(1, 41)]
@@ -203,6 +209,11 @@ async def run_demo(
         for t in due
         if (t.energy_imported_wh or 0) >= 0.95 * deliverable_wh(t, phases.get(t.id, 3)) - 100
     ]
+    peak_kwh = off_peak_kwh = saving = 0.0
+    if v2x:
+        async with rt.sessionmaker() as s:
+            peak_kwh, off_peak_kwh = await exported_by_peak(s)
+            saving = await v2g_saving(s, "demo-site", site_limit_kw * 1000)
     return DemoResult(
         api_url=api_url,
         ocpp_url=ocpp_url,
@@ -230,12 +241,23 @@ async def run_demo(
         csms_exported_kwh=x_wh / 1000.0,
         import_cost=e_wh / 1000.0 * IMPORT_TARIFF if v2x else 0.0,
         export_reward=x_wh / 1000.0 * EXPORT_TARIFF if v2x else 0.0,
+        exported_peak_kwh=peak_kwh,
+        exported_off_peak_kwh=off_peak_kwh,
+        v2g_saving=saving,
     )
 
 
-#: The V2G demo's tariffs per kWh: what drivers pay, and what they get for feeding back.
+#: The V2G demo's tariffs per kWh (EUR): what drivers pay, and what they get for feeding
+#: back. A kWh fed back must earn the driver more than buying it back costs, or no
+#: driver should agree (and the planner does not discharge): 0.45 > 0.30. At 0.45 the
+#: site gains only where discharging saves more than 0.45 - 0.30 per kWh: in the
+#: evening peak (0.48 to buy or 0.44 to sell, 0.12 or 0.24 to buy back), not at
+#: 0.24 with 0.12 to buy back.
+CURRENCY = "EUR"
 IMPORT_TARIFF = 0.30
-EXPORT_TARIFF = 0.25
+EXPORT_TARIFF = 0.45
+#: The evening peak of the demo's price day (UTC hours, [start, end))
+PEAK_HOURS = (17, 21)
 
 
 def v2x_site(now: datetime, hours: float) -> dict:
@@ -243,7 +265,8 @@ def v2x_site(now: datetime, hours: float) -> dict:
 
     Energy is cheap at night and around noon and dear from 17:00 to 21:00, when
     the grid pays almost as much for energy fed back: cars that may discharge
-    give some back in the peak and charge it again later, within their needs.
+    give some back in the peak and charge it again later, within their needs,
+    and their drivers earn on it (``EXPORT_TARIFF`` vs ``IMPORT_TARIFF``).
     """
     slot = 3600.0
     start = now.replace(minute=0, second=0, microsecond=0)
@@ -251,11 +274,11 @@ def v2x_site(now: datetime, hours: float) -> dict:
     price, feed_in = [], []
     for i in range(n):
         hour = (start.hour + i) % 24
-        peak = 17 <= hour < 21
+        peak = PEAK_HOURS[0] <= hour < PEAK_HOURS[1]
         cheap = hour < 6 or 11 <= hour < 15
-        p = 0.42 if peak else 0.12 if cheap else 0.24
+        p = 0.48 if peak else 0.12 if cheap else 0.24
         price.append(p)
-        feed_in.append(0.36 if peak else 0.05)
+        feed_in.append(0.44 if peak else 0.05)
     forecast = Forecast(start, slot, tuple(price), tuple(feed_in))
     return {
         "policy": "optimal",
@@ -336,6 +359,130 @@ async def phases_metered(s, tx_pks: list[int]) -> dict[int, int]:
         .group_by(MeterValue.transaction_pk)
     )
     return {pk: n for pk, n in rows.all()}
+
+
+def v2x_summary(res: DemoResult) -> str:
+    """The V2G demo's closing figures, each one from the store (see tests/test_demo.py)."""
+    a, b = PEAK_HOURS
+    return (
+        f"V2G: imported {res.csms_energy_kwh:.1f} kWh, exported {res.csms_exported_kwh:.1f} kWh"
+        f" ({res.exported_peak_kwh:.1f} kWh in the {a}:00-{b}:00 peak, "
+        f"{res.exported_off_peak_kwh:.1f} kWh outside it) · drivers pay "
+        f"{res.import_cost:.2f} {CURRENCY} for charging and get {res.export_reward:.2f} "
+        f"{CURRENCY} for what they fed back · V2G saved the site {res.v2g_saving:.2f} "
+        f"{CURRENCY} (the day's sessions planned twice, with and without discharging)"
+    )
+
+
+EXPORT_REGISTER = "Energy.Active.Export.Register"
+
+
+async def exported_by_peak(s) -> tuple[float, float]:
+    """kWh fed back inside and outside the evening peak, from the stored meter values.
+
+    Each rise of a transaction's export register between two samples is counted
+    in the hour of the later sample (samples are 5 clock-minutes apart).
+    """
+    rows = (
+        await s.execute(
+            select(MeterValue.transaction_pk, MeterValue.timestamp, MeterValue.value)
+            .where(
+                MeterValue.measurand == EXPORT_REGISTER,
+                MeterValue.phase == "",
+                MeterValue.transaction_pk.is_not(None),
+            )
+            .order_by(MeterValue.transaction_pk, MeterValue.timestamp)
+        )
+    ).all()
+    peak = off = 0.0
+    last: dict[int, float] = {}
+    for pk, ts, wh in rows:
+        before = last.get(pk)
+        last[pk] = wh if before is None else max(before, wh)
+        if before is None or wh <= before:
+            continue
+        if PEAK_HOURS[0] <= ts.hour < PEAK_HOURS[1]:
+            peak += wh - before
+        else:
+            off += wh - before
+    return peak / 1000.0, off / 1000.0
+
+
+async def v2g_saving(s, site_id: str, limit_w: float) -> float:
+    """What discharging saved the site on the stored day, in the site's currency.
+
+    Two LP solves of the same day: every stored session (plug-in to plug-out,
+    the energy it really took net of what it fed back, its car's power on the
+    phases it drew on, the energy its car offered to give back) under the
+    site's limit and price day, once with the
+    drivers who allowed it discharging and once with nobody discharging. The
+    saving is the difference of the site's energy cost, counting what the site
+    pays the drivers beyond what they pay to charge the energy back.
+    """
+    site = await repo.get_site(s, site_id)
+    forecast = Forecast.from_json(site.forecast) if site is not None else None
+    txs = list(
+        (
+            await s.execute(
+                select(Transaction).where(
+                    Transaction.started_at.is_not(None), Transaction.stopped_at.is_not(None)
+                )
+            )
+        ).scalars()
+    )
+    if site is None or forecast is None or not txs:
+        return 0.0
+    phases = await phases_metered(s, [t.id for t in txs])
+    start = forecast.start
+    end = max(t.stopped_at for t in txs)
+    slots = max(1, min(forecast.slots, -int(-(end - start).total_seconds() // forecast.slot_s)))
+    horizon_end = start + timedelta(seconds=slots * forecast.slot_s)
+
+    def problem(discharge: bool) -> Problem:
+        vehicles = []
+        for t in txs:
+            arrival = max(t.started_at, start)
+            departure = min(t.stopped_at, horizon_end)
+            net_wh = (t.energy_imported_wh or 0.0) - (t.energy_exported_wh or 0.0)
+            if departure <= arrival or net_wh <= 0:
+                continue
+            n = phases.get(t.id, 3)
+            amps = min(t.ev_max_current_a or DEMO_EVSE_MAX_A, DEMO_EVSE_MAX_A)
+            if n == 1:
+                amps = min(amps, SINGLE_PHASE_MAX_A)
+            max_w = amps * 230.0 * n
+            vehicles.append(
+                Vehicle(
+                    id=str(t.id),
+                    arrival=arrival,
+                    departure=departure,
+                    max_charge_w=max_w,
+                    energy_wh=net_wh,
+                    v2x_allowed=discharge and bool(t.v2x_allowed),
+                    max_discharge_w=min(t.ev_max_discharge_w or max_w, max_w),
+                    # what the car offered to give back at plug-in (its V2X window)
+                    v2x_floor_wh=min(0.0, t.v2x_min_energy_wh or 0.0),
+                    driver_import_price=site.import_tariff_per_kwh,
+                    driver_export_price=site.export_tariff_per_kwh,
+                )
+            )
+        return Problem(
+            start=start,
+            slots=slots,
+            slot_s=forecast.slot_s,
+            vehicles=vehicles,
+            import_limit_w=limit_w,
+            import_price=list(forecast.import_price[:slots]),
+            export_price=list(forecast.export_price[:slots]),
+            objective=Objective.COST,
+        )
+
+    def cost(discharge: bool) -> float:
+        plan = solve(problem(discharge))
+        drivers = sum(v.driver_v2x_net or 0.0 for v in plan.vehicles.values())
+        return plan.kpis.energy_cost + drivers
+
+    return await asyncio.to_thread(lambda: cost(False) - cost(True))
 
 
 async def _sample_peak(sim: Simulation, peak: dict) -> None:
