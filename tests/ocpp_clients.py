@@ -24,8 +24,11 @@ class Lib16(CP16):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.received: list[tuple[str, dict]] = []
-        self.config = {"HeartbeatInterval": "300", "MeterValueSampleInterval": "60",
-                       "NumberOfConnectors": "2"}
+        self.config = {
+            "HeartbeatInterval": "300",
+            "MeterValueSampleInterval": "60",
+            "NumberOfConnectors": "2",
+        }
 
     @on("Reset")
     def on_reset(self, **kw):
@@ -41,8 +44,11 @@ class Lib16(CP16):
     def on_get_configuration(self, key=None, **kw):
         self.received.append(("GetConfiguration", {"key": key}))
         keys = key or list(self.config)
-        known = [{"key": k, "readonly": k == "NumberOfConnectors", "value": self.config[k]}
-                 for k in keys if k in self.config]
+        known = [
+            {"key": k, "readonly": k == "NumberOfConnectors", "value": self.config[k]}
+            for k in keys
+            if k in self.config
+        ]
         unknown = [k for k in keys if k not in self.config]
         return r16.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
 
@@ -117,11 +123,22 @@ class Lib201(CP201):
         for item in get_variable_data:
             key = (item["component"]["name"], item["variable"]["name"])
             if key in self.variables:
-                out.append({"attribute_status": "Accepted", "attribute_value": self.variables[key],
-                            "component": item["component"], "variable": item["variable"]})
+                out.append(
+                    {
+                        "attribute_status": "Accepted",
+                        "attribute_value": self.variables[key],
+                        "component": item["component"],
+                        "variable": item["variable"],
+                    }
+                )
             else:
-                out.append({"attribute_status": "UnknownVariable",
-                            "component": item["component"], "variable": item["variable"]})
+                out.append(
+                    {
+                        "attribute_status": "UnknownVariable",
+                        "component": item["component"],
+                        "variable": item["variable"],
+                    }
+                )
         return r201.GetVariables(get_variable_result=out)
 
     @on("SetVariables")
@@ -133,8 +150,13 @@ class Lib201(CP201):
             status = "Accepted" if key in self.variables else "UnknownVariable"
             if status == "Accepted":
                 self.variables[key] = item["attribute_value"]
-            out.append({"attribute_status": status, "component": item["component"],
-                        "variable": item["variable"]})
+            out.append(
+                {
+                    "attribute_status": status,
+                    "component": item["component"],
+                    "variable": item["variable"],
+                }
+            )
         return r201.SetVariables(set_variable_result=out)
 
     @on("GetBaseReport")
@@ -197,3 +219,19 @@ async def connected(cls, url: str, station_id: str, subprotocol: str, headers=No
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+class GhostStation(Lib201):
+    """Knows only the transactions in ``known``; refuses TxProfiles for others."""
+
+    known: set[str] = set()
+
+    @on("SetChargingProfile")
+    def on_set_charging_profile(self, evse_id, charging_profile, **kw):
+        self.received.append(("SetChargingProfile", {"evse_id": evse_id, **charging_profile}))
+        tx = charging_profile.get("transaction_id")
+        if charging_profile["charging_profile_purpose"] == "TxProfile" and tx not in self.known:
+            return r201.SetChargingProfile(
+                status="Rejected", status_info={"reason_code": "TxNotFound"}
+            )
+        return r201.SetChargingProfile(status="Accepted")

@@ -12,29 +12,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ocpp.routing import on
 from ocpp.v201 import call
-from ocpp.v201 import call_result as r201
 
 from conftest import Node, start_node
 from evflex.smartcharging.manager import default_profile_id, tx_profile_id
-from ocpp_clients import Lib201, connected
-
-
-class GhostStation(Lib201):
-    """Knows only the transactions in ``known``; refuses TxProfiles for others."""
-
-    known: set[str] = set()
-
-    @on("SetChargingProfile")
-    def on_set_charging_profile(self, evse_id, charging_profile, **kw):
-        self.received.append(("SetChargingProfile", {"evse_id": evse_id, **charging_profile}))
-        tx = charging_profile.get("transaction_id")
-        if charging_profile["charging_profile_purpose"] == "TxProfile" and tx not in self.known:
-            return r201.SetChargingProfile(
-                status="Rejected", status_info={"reason_code": "TxNotFound"}
-            )
-        return r201.SetChargingProfile(status="Accepted")
+from ocpp_clients import GhostStation, connected
 
 
 async def _boot(cp) -> None:
