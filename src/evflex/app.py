@@ -22,6 +22,7 @@ from evflex.api.smart import router as smart_router
 from evflex.api.v2x import router as v2x_router
 from evflex.clock import Clock, SystemClock
 from evflex.config import ConfigError, Settings
+from evflex.csms import commands
 from evflex.csms.server import OcppServer
 from evflex.csms.service import CsmsService
 from evflex.events import EventBus
@@ -90,7 +91,11 @@ class Runtime:
             priority_stack_level=settings.priority_stack_level,
             rebalance_interval_s=settings.rebalance_interval_s,
             settle_timeout_s=settings.response_timeout + 1,
+            stop_session=self._remote_stop,
         )
+        # New sessions at stations that refuse charging profiles pass the load
+        # manager's admission rule (the service only knows the callable).
+        self.service.admission = self.lm.admission
         self.sampler = SiteSampler(
             self.sessionmaker, self.writer, self.bus, self.clock, settings.site_sample_s
         )
@@ -103,6 +108,10 @@ class Runtime:
         self.api = create_api(self)
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
+
+    async def _remote_stop(self, station_id: str, transaction_id: str) -> dict:
+        body = commands.RemoteStopBody(transaction_id=transaction_id)
+        return await self.ocpp.send_command(station_id, "remote-stop", body)
 
     async def start(self) -> None:
         """Migrate the schema, then open the OCPP and HTTP ports."""

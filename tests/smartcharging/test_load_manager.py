@@ -166,10 +166,15 @@ def make_manager(world: World, stations: Stations, clock: FixedClock) -> LoadMan
 
 
 def physical(world: World, stations: Stations) -> dict[str, float]:
-    return {
-        evse_key(c.station_id, c.evse_id): stations.may_draw(c.station_id, c.evse_id, 32.0)
-        for c in world.conns
-    }
+    """What each EVSE may draw. Idle at an online station that refuses profiles it
+    draws nothing: a car there must first pass admission (not modelled here)."""
+    out = {}
+    for c in world.conns:
+        key = evse_key(c.station_id, c.evse_id)
+        refusing = c.station_id in stations.rejecting and c.station_id in stations.online
+        idle = key not in stations.sessions
+        out[key] = 0.0 if refusing and idle else stations.may_draw(c.station_id, c.evse_id, 32.0)
+    return out
 
 
 station_row = st.tuples(

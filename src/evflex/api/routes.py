@@ -64,6 +64,8 @@ def _station_out(rt: Runtime, st: Station, connectors: list[Connector]) -> sc.St
         last_disconnected_at=st.last_disconnected_at,
         clock_offset_s=_clock_offset(rt, st.id),
         clock_skewed=_clock_skewed(rt, st.id),
+        steerable=rt.lm.steerability(st.id)[0],
+        not_steerable_reason=rt.lm.steerability(st.id)[1],
         connectors=[
             sc.ConnectorOut(
                 evse_id=c.evse_id,
@@ -488,7 +490,7 @@ async def run_command(station_id: str, command: str, request: Request, rt: Runti
 
 async def _remote_start(rt: Runtime, station_id: str, body, version: str):
     """A card the CSMS would refuse is not sent (409); an accepted start is followed up."""
-    refusal = await rt.service.remote_start_refusal(station_id, body.id_token)
+    refusal = await rt.service.remote_start_refusal(station_id, body.id_token, body.evse)
     if refusal is not None:
         raise HTTPException(409, refusal)
     answered = await rt.service.watch_remote_start(station_id, body.evse, body.id_token)

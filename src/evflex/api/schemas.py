@@ -80,6 +80,12 @@ class StationOut(BaseModel):
         None, description="How far the station's clock is ahead of ours (s; negative: behind)"
     )
     clock_skewed: bool = Field(False, description="The offset is beyond clock_tolerance_s")
+    steerable: bool = Field(
+        True, description="False once the station refuses charging profiles (see admission)"
+    )
+    not_steerable_reason: str | None = Field(
+        None, description="Why not steerable: the station's last refusal of a profile"
+    )
     connectors: list[ConnectorOut] = []
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,6 +42,10 @@ class AuthResult:
         self.parent_id_token = parent_id_token
 
 
+#: Why a new session at (station, evse or None) must be refused now; None: admit it.
+Admission = Callable[[str, int | None], Awaitable[str | None]]
+
+
 class CsmsService:
     def __init__(
         self,
@@ -66,6 +70,9 @@ class CsmsService:
         self._report_queues: dict[tuple[str, int], asyncio.Queue] = {}
         # (station, profile id) -> the last UpdateDynamicSchedule values sent (2.1).
         self._dynamic: dict[tuple[str, int], dict] = {}
+        #: Admission of new sessions (the load manager's rule, wired by the app):
+        #: a refusal answers the authorization NotAtThisTime (1.6: Blocked).
+        self.admission: Admission | None = None
 
     async def close(self) -> None:
         """End the background work (clock corrections, remote starts being followed)."""
@@ -165,7 +172,22 @@ class CsmsService:
             error_code=report.error_code,
         )
 
-    async def authorize(self, station_id: str, id_token: str) -> AuthResult:
+    async def authorize(
+        self,
+        station_id: str,
+        id_token: str,
+        evse_id: int | None = None,
+        *,
+        new_session: bool = True,
+    ) -> AuthResult:
+        """The answer to a card at ``station_id``.
+
+        ``new_session``: the card starts a session (Authorize, 1.6
+        StartTransaction, a 2.x TransactionEvent that starts or authorizes
+        one). Such a session must also pass :attr:`admission`; if refused, the
+        answer is NotAtThisTime (no expiry: the card itself stays good) and an
+        ``AdmissionRefused`` event is logged.
+        """
         async with self.sessionmaker() as s:
             row = await repo.get_id_token(s, id_token)
         if row is None:
@@ -173,6 +195,20 @@ class CsmsService:
         status = AuthorizationStatus(row.status)
         if status is AuthorizationStatus.ACCEPTED and row.expiry and row.expiry <= self.clock.now():
             status = AuthorizationStatus.EXPIRED
+        if status is AuthorizationStatus.ACCEPTED and new_session and self.admission is not None:
+            reason = await self.admission(station_id, evse_id)
+            if reason is not None:
+                log.warning("station %s: session refused: %s", station_id, reason)
+                detail = {"evse_id": evse_id, "id_token": id_token, "reason": reason}
+                await self.record_event(
+                    StationEvent(
+                        station_id, "smart_charging", self.clock.now(), "AdmissionRefused", detail
+                    )
+                )
+                self.bus.publish(
+                    "station.smart_charging", station_id, type="AdmissionRefused", **detail
+                )
+                return AuthResult(AuthorizationStatus.NOT_AT_THIS_TIME)
         return AuthResult(status, row.expiry, row.parent_id_token)
 
     # ------------------------------------------------------------ transactions
@@ -271,6 +307,11 @@ class CsmsService:
         if tx.csms_started_at is None or seen < tx.csms_started_at:
             tx.csms_started_at = seen
 
+    async def evse_of_transaction(self, station_id: str, transaction_id: str) -> int | None:
+        async with self.sessionmaker() as s:
+            tx = await repo.find_transaction(s, station_id, transaction_id)
+        return tx.evse_id if tx else None
+
     async def transaction_id_for_evse(self, station_id: str, evse_id: int) -> str | None:
         async with self.sessionmaker() as s:
             tx = await repo.active_transaction_for_evse(s, station_id, evse_id)
@@ -355,14 +396,16 @@ class CsmsService:
 
         await self.writer.submit(job)
 
-    async def remote_start_refusal(self, station_id: str, id_token: str) -> str | None:
+    async def remote_start_refusal(
+        self, station_id: str, id_token: str, evse_id: int | None = None
+    ) -> str | None:
         """Why a remote start with ``id_token`` must not be sent (None: send it).
 
         The CSMS answers the station's own authorization of that card: a card it
         would refuse gives, at best, a station that says Accepted and then starts
         nothing (its EVSE left occupied without a transaction).
         """
-        auth = await self.authorize(station_id, id_token)
+        auth = await self.authorize(station_id, id_token, evse_id)
         if auth.status is AuthorizationStatus.ACCEPTED:
             return None
         return (

@@ -127,9 +127,16 @@ class V16Handlers:
         )
         return {}
 
-    async def _id_tag_info(self, id_tag: str) -> dict:
-        auth = await self.service.authorize(self.station_id, id_tag)
-        info: dict[str, Any] = {"status": _auth_status_16(auth.status.value)}
+    async def _id_tag_info(
+        self, id_tag: str, evse_id: int | None = None, new_session: bool = True
+    ) -> dict:
+        auth = await self.service.authorize(
+            self.station_id, id_tag, evse_id, new_session=new_session
+        )
+        status = auth.status.value
+        if status == "NotAtThisTime":  # a session refused by admission: 1.6 has no such status
+            status = "Blocked"
+        info: dict[str, Any] = {"status": _auth_status_16(status)}
         if auth.expiry:
             info["expiryDate"] = isoformat(auth.expiry)
         if auth.parent_id_token:
@@ -162,7 +169,7 @@ class V16Handlers:
                 )
             ],
         )
-        id_tag_info = await self._id_tag_info(p["idTag"])
+        id_tag_info = await self._id_tag_info(p["idTag"], p["connectorId"] or None)
         tx_id = await self.service.start_transaction_assigning_id(upd)
         return {"transactionId": tx_id, "idTagInfo": id_tag_info}
 
@@ -205,7 +212,7 @@ class V16Handlers:
                 )
             )
         if p.get("idTag"):
-            return {"idTagInfo": await self._id_tag_info(p["idTag"])}
+            return {"idTagInfo": await self._id_tag_info(p["idTag"], new_session=False)}
         return {}
 
     async def meter_values(self, p: dict) -> dict:

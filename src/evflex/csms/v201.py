@@ -127,10 +127,14 @@ class V201Handlers:
         )
         return {}
 
-    async def _id_token_info(self, token: dict) -> dict:
+    async def _id_token_info(
+        self, token: dict, evse_id: int | None = None, new_session: bool = True
+    ) -> dict:
         if token.get("type") == "NoAuthorization":
             return {"status": "Accepted"}
-        auth = await self.service.authorize(self.station_id, token["idToken"])
+        auth = await self.service.authorize(
+            self.station_id, token["idToken"], evse_id, new_session=new_session
+        )
         info: dict[str, Any] = {"status": auth.status.value}
         if auth.expiry:
             info["cacheExpiryDateTime"] = isoformat(auth.expiry)
@@ -146,7 +150,16 @@ class V201Handlers:
         await self.service.transaction_update(upd, live=not upd.offline)
         token = p.get("idToken")
         if token:
-            return {"idTokenInfo": await self._id_token_info(token)}
+            # A card that starts or authorizes a session must pass admission too.
+            new = not upd.offline and (
+                p["eventType"] == "Started" or p["triggerReason"] == "Authorized"
+            )
+            evse_id = upd.evse_id
+            if new and evse_id is None:  # later events name the EVSE no more
+                evse_id = await self.service.evse_of_transaction(
+                    self.station_id, upd.transaction_id
+                )
+            return {"idTokenInfo": await self._id_token_info(token, evse_id, new)}
         return {}
 
     def _transaction_update(self, p: dict) -> TransactionUpdate:

@@ -19,6 +19,21 @@ A site whose policy is ``optimal`` is also planned ahead: each rebalance
 solves the site scheduler from now (:mod:`evflex.smartcharging.mpc`) and the
 first slot of its plan caps each session (model-predictive control). The
 site is rebalanced at least at every slot boundary.
+
+Stations that refuse charging profiles (a CALLERROR NotImplemented /
+NotSupported, or a Rejected that is not TxNotFound) are *not steerable*:
+logged once per change (``NotSteerable`` / ``Steerable``), shown on the
+station, and their EVSEs count at full power while they have a session.
+The site is kept safe by **admission** (:meth:`LoadManager.admission`): a new
+session at such a station is admitted only if the site can carry that EVSE
+at its full power on top of what it cannot steer already plus the minimum
+current of every steerable session; otherwise the CSMS refuses the driver's
+authorization (``AdmissionRefused``). When the load it cannot steer is over
+the site's limits all the same (sessions that were running when the station
+stopped taking profiles), ``SiteOverLimit`` is logged once per excursion and,
+as a last resort, once it has lasted ``remote_stop_grace_s``, the newest
+session on such a station is remote-stopped (one per rebalance, at most one
+per ``remote_stop_cooldown_s``; ``RemoteStopForLimit``).
 """
 
 from __future__ import annotations
@@ -27,7 +42,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -47,10 +62,13 @@ from evflex.smartcharging.planner import (
     Plan,
     SessionModel,
     SiteModel,
+    admission_candidate,
+    admission_problems,
     circuit_node,
     evse_key,
     plan,
     station_node,
+    unsteerable_problems,
 )
 from evflex.smartcharging.profiles import (
     ChargingProfile,
@@ -124,6 +142,9 @@ class LoadManager:
         rebalance_interval_s: float = 30.0,
         settle_timeout_s: float = 10.0,
         debounce_s: float = 0.02,
+        stop_session: Callable[[str, str], Awaitable[object]] | None = None,
+        remote_stop_cooldown_s: float = 60.0,
+        remote_stop_grace_s: float = 30.0,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.writer = writer
@@ -139,6 +160,11 @@ class LoadManager:
         self.rebalance_interval_s = rebalance_interval_s
         self.settle_timeout_s = settle_timeout_s
         self.debounce_s = debounce_s
+        #: Remote-stops a session (station id, transaction id): the last resort
+        #: when the load the site cannot steer stays over its limits.
+        self.stop_session = stop_session
+        self.remote_stop_cooldown_s = remote_stop_cooldown_s
+        self.remote_stop_grace_s = remote_stop_grace_s
         self.status: dict[str, SiteStatus] = {}
         self._station_site: dict[str, str] = {}
         self._memory: dict[str, _EvseMemory] = {}
@@ -157,6 +183,12 @@ class LoadManager:
         # Transactions a station said it does not know (TxNotFound): they hold no
         # capacity and get no TxProfile until the station reports them again.
         self._ghosts: set[tuple[str, str]] = set()
+        # Stations that refuse our profiles -> why (the last error).
+        self._refusing: dict[str, str] = {}
+        # sites whose unsteerable load is over a limit -> since when (CSMS clock)
+        self._over: dict[str, datetime] = {}
+        self._last_stop: dict[str, datetime] = {}  # site -> last remote stop for the limit
+        self._stops: set[asyncio.Task] = set()
         dispatcher.on_result(self._on_profile_result)
 
     # ------------------------------------------------------------- lifecycle
@@ -169,9 +201,11 @@ class LoadManager:
         await ready.wait()
 
     async def stop(self) -> None:
-        for t in [*self._tasks, *self._loops.values()]:
+        for t in [*self._tasks, *self._loops.values(), *self._stops]:
             t.cancel()
-        await asyncio.gather(*self._tasks, *self._loops.values(), return_exceptions=True)
+        await asyncio.gather(
+            *self._tasks, *self._loops.values(), *self._stops, return_exceptions=True
+        )
         for h in self._timers.values():
             h.cancel()
         self._tasks.clear()
@@ -299,10 +333,153 @@ class LoadManager:
         if w.status == "accepted":
             mem.commanded_a = _charging_amps(w.profile, len(self._phases.get(key, (1, 2, 3))))
             mem.steerable = True
+            if is_lm_profile(profile_id):
+                self._set_refusing(station_id, None)
         else:
             mem.steerable = False
+            reason = refusal(w)
+            if reason is not None and is_lm_profile(profile_id):
+                self._set_refusing(station_id, reason)
         if before != mem.steerable:
             self.mark_dirty(self._station_site.get(station_id))
+
+    # ------------------------------------------------------------- steerability
+
+    def steerability(self, station_id: str) -> tuple[bool, str | None]:
+        """(steerable, why not): False once the station refuses our charging profiles."""
+        reason = self._refusing.get(station_id)
+        return reason is None, reason
+
+    def _set_refusing(self, station_id: str, reason: str | None) -> None:
+        was = station_id in self._refusing
+        if reason is None:
+            if not was:
+                return
+            del self._refusing[station_id]
+            type_, detail = "Steerable", {"reason": "the station accepts charging profiles again"}
+            log.info("station %s: steerable again", station_id)
+        else:
+            self._refusing[station_id] = reason
+            if was:
+                return
+            type_, detail = "NotSteerable", {"reason": reason}
+            log.warning("station %s: not steerable (%s)", station_id, reason)
+        self._site_event(station_id, type_, detail)
+        site = self._station_site.get(station_id)
+        if site is not None:
+            self._stale.add(site)
+        self.mark_dirty(site)
+
+    def _site_event(self, station_id: str, type_: str, detail: dict) -> None:
+        now = self.clock.now()
+        event = StationEvent(station_id, "smart_charging", now, type_, detail)
+
+        async def job(s: AsyncSession) -> None:
+            await repo.log_event(s, event)
+
+        if self.writer is not None:
+            self.writer.submit_nowait(job)
+        if self.bus is not None:
+            self.bus.publish("station.smart_charging", station_id, type=type_, **detail)
+
+    async def admission(self, station_id: str, evse_id: int | None = None) -> str | None:
+        """Why a new session at ``station_id`` must be refused now (None: admit it).
+
+        Only stations that refuse charging profiles are checked: the site must
+        carry the EVSE at its full power on top of what it cannot steer already
+        plus the minimum current of every steerable session
+        (:func:`~evflex.smartcharging.planner.admission_problems`).
+        """
+        why = self._refusing.get(station_id)
+        site_id = self._station_site.get(station_id)
+        if why is None or site_id is None:
+            return None
+        self._stale.add(site_id)  # the sessions as they are now
+        model, _ = await self.load_model(site_id)
+        if model is None:
+            return None
+        key = admission_candidate(model, station_id, evse_id)
+        if key is None:
+            return None
+        problems = admission_problems(model, key)
+        if not problems:
+            return None
+        ev = model.evses[key]
+        kw = ev.max_current_a * model.voltage * len(ev.phases) / 1000
+        return (
+            f"site {site_id} cannot carry {kw:.1f} kW more at EVSE {ev.evse_id}: the station "
+            f"does not take charging limits ({why}); {problems[0]}"
+        )
+
+    def _guard_unsteerable(self, model: SiteModel, result: Plan, now: datetime) -> None:
+        """The load the site cannot steer over its limits: tell, and stop the newest session."""
+        problems = unsteerable_problems(model, result.pinned)
+        if not problems:
+            self._over.pop(model.id, None)
+            return
+        held = [
+            ev
+            for key, ev in model.evses.items()
+            if key in result.pinned
+            and ev.refuses_profiles
+            and ev.online
+            and ev.session is not None
+            and ev.session.authorized
+        ]
+        held.sort(key=lambda ev: ev.session.started_at or now if ev.session else now)
+        first = next(iter(result.pinned))
+        witness = held[-1].station_id if held else model.evses[first].station_id
+        if model.id not in self._over:
+            self._over[model.id] = now
+            site = next(n for n in model.nodes if n.id == SITE_NODE)
+            detail = {
+                "site_id": model.id,
+                "unsteerable_kw": round(
+                    sum(
+                        a * model.voltage * len(model.evses[k].phases)
+                        for k, a in result.pinned.items()
+                    )
+                    / 1000,
+                    2,
+                ),
+                "import_limit_kw": None if site.max_power_w is None else site.max_power_w / 1000,
+                "max_current_a": site.max_current_a,
+                "pinned": {k: round(a, 1) for k, a in result.pinned.items() if a > 0},
+                "problems": problems[:3],
+            }
+            log.error("site %s: load it cannot steer is over its limits: %s", model.id, problems)
+            self._site_event(witness, "SiteOverLimit", detail)
+        last = self._last_stop.get(model.id)
+        if (
+            not held
+            or self.stop_session is None
+            or (now - self._over[model.id]).total_seconds() < self.remote_stop_grace_s
+            or (last is not None and (now - last).total_seconds() < self.remote_stop_cooldown_s)
+        ):
+            return
+        ev = held[-1]
+        assert ev.session is not None
+        self._last_stop[model.id] = now
+        tx_id = ev.session.transaction_id
+        detail = {
+            "site_id": model.id,
+            "evse_id": ev.evse_id,
+            "transaction_id": tx_id,
+            "reason": f"the load site {model.id} cannot steer is over its limits: {problems[0]}",
+        }
+        log.warning("site %s: remote stop of %s/%s for the limit", model.id, ev.key, tx_id)
+        self._site_event(ev.station_id, "RemoteStopForLimit", detail)
+        stop = self.stop_session
+
+        async def run() -> None:
+            try:
+                await stop(ev.station_id, tx_id)
+            except Exception as exc:  # offline, refused: the next rebalance tries again
+                log.warning("station %s: remote stop of %s failed: %s", ev.station_id, tx_id, exc)
+
+        task = asyncio.create_task(run(), name=f"lm-stop-{ev.station_id}")
+        self._stops.add(task)
+        task.add_done_callback(self._stops.discard)
 
     def _ghost(self, station_id: str, w: Wanted, mem: _EvseMemory) -> None:
         """The station does not know the transaction we limit: release what it holds.
@@ -383,6 +560,7 @@ class LoadManager:
         st.load_s = t1 - t0
         st.plan = result
         st.rebalances += 1
+        self._guard_unsteerable(model, result, now)
         if result.problems:
             log.error("site %s: plan breaks limits, not sent: %s", site_id, result.problems[:3])
             return
@@ -670,6 +848,7 @@ class LoadManager:
             evse_ids = {e for (sid, e) in status if sid == stn.id}
             evse_ids |= {e for (sid, e) in by_evse if sid == stn.id}
             online = self.is_connected(stn.id)
+            refuses = stn.id in self._refusing
             for e in sorted(evse_ids):
                 key = evse_key(stn.id, e)
                 mem = self._memory.get(key) or _EvseMemory()
@@ -681,7 +860,8 @@ class LoadManager:
                     phases=phases,
                     max_current_a=stn.evse_max_current_a or 32.0,
                     online=online,
-                    steerable=mem.steerable,
+                    steerable=mem.steerable and not refuses,
+                    refuses_profiles=refuses,
                     wanted_a=mem.wanted_a,
                     commanded_a=mem.commanded_a,
                     external_limit_a=self._external_limit(stn.id, e, model, len(phases)),
@@ -698,6 +878,7 @@ class LoadManager:
                         ev_min_current_a=tx.ev_min_current_a,
                         finished=status.get((stn.id, e)) == "SuspendedEV"
                         or tx.charging_state == "SuspendedEV",
+                        authorized=_authorized(tx),
                         **_v2x_session(stn, tx, ev, model.voltage),
                     )
                 model.evses[key] = ev
@@ -718,6 +899,28 @@ class LoadManager:
                 if limit is not None:
                     found.append(convert(limit, sched.rate_unit, RateUnit.A, phases, model.voltage))
         return min(found) if found else None
+
+
+def refusal(w: Wanted) -> str | None:
+    """Why a profile's answer says the station does not take profiles (None: it may).
+
+    A CALLERROR NotImplemented / NotSupported, or a Rejected that is not
+    TxNotFound (that one is about the transaction, see ``_ghost``). No answer
+    or a closed link say nothing about the station's support.
+    """
+    err = w.error or ""
+    if w.status == "rejected":
+        return None if "TxNotFound" in err else err or "rejected"
+    if w.status == "failed" and any(c in err for c in ("NotImplemented", "NotSupported")):
+        return err
+    return None
+
+
+def _authorized(tx) -> bool:
+    """False for a car plugged in and waiting for its authorization (it draws nothing)."""
+    if getattr(tx, "id_token", None) is not None:
+        return True
+    return getattr(tx, "charging_state", None) not in (None, "EVConnected", "Idle")
 
 
 def ev_phases(station_phases: tuple[int, ...], stn, tx) -> tuple[int, ...]:

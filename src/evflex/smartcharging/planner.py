@@ -6,7 +6,10 @@ target current per EVSE:
 
 1. EVSEs the CSMS cannot steer right now (station offline, or a profile it
    has not accepted) are *pinned*: they count as uncontrolled load at the
-   highest limit they may still be using.
+   highest limit they may still be using. An EVSE of a station that refuses
+   charging profiles counts at its full power while it has an authorized
+   session, and as nothing while it is idle and online: a session there must
+   first pass admission (:func:`admission_problems`).
 2. EVSEs with a session share what is left by the site's policy (equal,
    priority classes, or least-laxity-first). A session in its first seconds
    or in priority charging is boosted: it is served first.
@@ -59,6 +62,7 @@ class SessionModel:
     ev_max_current_a: float | None = None
     ev_min_current_a: float | None = None
     finished: bool = False  # the EV stopped drawing (SuspendedEV / target reached)
+    authorized: bool = True  # False: a car plugged in, waiting for its authorization (2.x)
     # V2X: discharging needs all of the driver's consent, a bidirectional EV
     # and an OCPP 2.1 station; the plan then sends CentralSetpoint profiles.
     v2x: bool = False
@@ -81,6 +85,7 @@ class EvseModel:
     min_current_a: float = 6.0
     online: bool = True
     steerable: bool = True  # False: the station did not accept our last profile
+    refuses_profiles: bool = False  # the station refuses charging profiles altogether
     session: SessionModel | None = None
     external_limit_a: float | None = None  # a limit set at the station (NotifyChargingLimit)
     wanted_a: float | None = None  # what we last asked for
@@ -96,6 +101,12 @@ class EvseModel:
 
     def pinned_load_a(self) -> float:
         """The most this EVSE may be drawing while we cannot steer it."""
+        if self.refuses_profiles:
+            # No limit of ours holds there: its hardware decides. Idle and online
+            # (or a car still waiting for its authorization) it draws nothing; a new
+            # session there passes admission first.
+            drawing = self.session is not None and self.session.authorized
+            return self.max_current_a if drawing or not self.online else 0.0
         known = [v for v in (self.commanded_a, self.wanted_a) if v is not None]
         return max(known) if known else self.max_current_a
 
@@ -336,3 +347,50 @@ def best_case_a(site: SiteModel, key: str, now: datetime) -> float:
         single_phase_max_a=site.single_phase_max_a,
     )
     return plan(trial, now, initial_full_power_s=0).targets.get(key, 0.0)
+
+
+def unsteerable_problems(site: SiteModel, pinned: dict[str, float]) -> list[str]:
+    """Broken limits from the pinned EVSEs alone (the load the CSMS cannot steer)."""
+    return check_commanded(site, {k: pinned.get(k, 0.0) for k in site.evses})
+
+
+def admission_candidate(site: SiteModel, station_id: str, evse_id: int | None) -> str | None:
+    """The EVSE a new session at ``station_id`` takes (``evse_id`` None: not said yet).
+
+    Without an EVSE (an Authorize): the EVSE with a car waiting for its
+    authorization, else the largest free one.
+    """
+    if evse_id is not None:
+        return evse_key(station_id, evse_id)
+    keys = [k for k, ev in site.evses.items() if ev.station_id == station_id]
+    waiting = [k for k in keys if (s := site.evses[k].session) is not None and not s.authorized]
+    free = [k for k in keys if site.evses[k].session is None]
+    pool = waiting or free or keys
+    return max(pool, key=lambda k: site.evses[k].max_current_a) if pool else None
+
+
+def admission_problems(site: SiteModel, key: str) -> list[str]:
+    """Broken limits if a new session at EVSE ``key`` (one we cannot steer) is admitted.
+
+    The rule: the site must carry that EVSE at its full power on top of what
+    it cannot steer already (the other pinned EVSEs with an authorized
+    session, or offline) plus the minimum current of every steerable session
+    (steerable sessions can be turned down to their minimum, no further).
+    Idle EVSEs and cars still waiting for authorization count as nothing.
+    """
+    ev_new = site.evses.get(key)
+    if ev_new is None:
+        return []
+    commanded: dict[str, float] = {}
+    for k, ev in site.evses.items():
+        s = ev.session
+        if k == key:
+            commanded[k] = ev.max_current_a
+        elif ev.pinned:
+            carried = not ev.online or (s is not None and s.authorized)
+            commanded[k] = ev.pinned_load_a() if carried else 0.0
+        elif s is not None and s.authorized:
+            commanded[k] = max(ev.min_current_a, s.ev_min_current_a or 0.0)
+        else:
+            commanded[k] = 0.0
+    return check_commanded(site, commanded)

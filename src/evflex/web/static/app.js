@@ -216,7 +216,8 @@
       <td class="ocpp-version">${esc(s.ocpp_version || DASH)}</td>
       <td>${esc([s.vendor, s.model].filter(Boolean).join(" ") || DASH)}${s.serial_number ? `<div class="sub">SN ${esc(s.serial_number)}</div>` : ""}</td>
       <td>${esc(s.firmware_version || DASH)}</td>
-      <td class="conn-state"><span class="badge ${s.connected ? "badge-ok" : "badge-off"}">${s.connected ? "online" : "offline"}</span></td>
+      <td class="conn-state"><span class="badge ${s.connected ? "badge-ok" : "badge-off"}">${s.connected ? "online" : "offline"}</span>${s.steerable === false
+        ? `<span class="badge badge-bad not-steerable" title="${esc(s.not_steerable_reason || "refuses charging profiles")}">not steerable</span>` : ""}</td>
       <td class="hb-age" data-age="${esc(s.heartbeat_age_s ?? "")}" title="${esc(s.last_heartbeat_at ? dateTime(s.last_heartbeat_at) : "")}">${ago(s.heartbeat_age_s)}</td>
       <td><div class="connectors">${conns.map((c) => connectorBadge(c, multi)).join("") || DASH}${av.pending
         ? '<span class="connector st-busy avail-pending" title="the station sets itself inoperative when its session ends">inoperative when the session ends</span>' : ""}</div></td>
