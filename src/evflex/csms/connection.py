@@ -192,6 +192,12 @@ class StationConnection:
                 raise ConnectionError("station disconnected") from exc
             finally:
                 self._pending.pop(message_id, None)
+                if not fut.done():
+                    fut.cancel()
+                elif not fut.cancelled():
+                    # the socket closed while we were sending: serve() failed the future
+                    # and nobody awaits it any more; mark its exception as seen
+                    fut.exception()
         if frame.type_id == CALLERROR:
             raise CallErrorReceived(
                 frame.error_code or "", frame.error_description or "", frame.error_details
