@@ -517,7 +517,8 @@ def demo(
             console.print(
                 f"Site limit {res.site_limit_kw:g} kW · peak of the EVs' draw "
                 f"{res.site_peak_kw:.1f} kW ({verdict} the limit) · drivers who stated energy "
-                f"and departure and got their energy by departure: {share}"
+                f"and departure and got it by departure, or all their car could take in its "
+                f"stay (single-phase cars at 16 A): {share}"
             )
             if res.v2x:
                 console.print(v2x_summary(res))
