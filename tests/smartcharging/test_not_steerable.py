@@ -10,17 +10,19 @@ there that the site cannot carry (``AdmissionRefused``; 2.x NotAtThisTime,
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from ocpp.v201 import call
 
-from conftest import Node
+from conftest import Node, start_node
 from evflex.clock import AcceleratedClock
 from evflex.sim import EvSpec, SimStation, StationSpec
 from evflex.smartcharging.allocation import Node as TreeNode
 from evflex.smartcharging.dispatcher import Wanted
-from evflex.smartcharging.manager import refusal
+from evflex.smartcharging.manager import LoadManager, refusal
 from evflex.smartcharging.planner import (
     SITE_NODE,
     EvseModel,
@@ -30,10 +32,12 @@ from evflex.smartcharging.planner import (
     admission_problems,
     check_commanded,
     evse_key,
+    plan,
     station_node,
     unsteerable_problems,
 )
 from evflex.smartcharging.profiles import Purpose, RateUnit, simple_profile
+from ocpp_clients import Lib201, connected
 
 _ids = itertools.count(1)
 T0 = datetime(2026, 1, 1, 8, tzinfo=UTC)
@@ -180,3 +184,92 @@ async def test_unsteerable_station_is_flagged_and_admission_keeps_the_site_safe(
     finally:
         await bad.stop()
         await good.stop()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def now(self) -> datetime:
+        return self.t
+
+
+class _Dispatcher:
+    def on_result(self, listener) -> None:
+        pass
+
+
+async def test_unsteerable_load_over_the_limit_stops_the_newest_session_as_last_resort():
+    """Sessions that ran before their station stopped taking profiles: over the limit
+    they are told once, and after the grace the newest is stopped, one a cooldown."""
+    stopped: list[tuple[str, str]] = []
+
+    async def stop(station_id: str, tx_id: str) -> None:
+        stopped.append((station_id, tx_id))
+
+    clock = _Clock()
+    lm = LoadManager(None, None, None, clock, _Dispatcher(), lambda _: True, stop_session=stop)
+    site = _site()
+    u1, u2 = evse_key("U", 1), evse_key("U", 2)
+    site.evses[u1].session = SessionModel("old", started_at=T0)
+    site.evses[u2].session = SessionModel("new", started_at=T0 + timedelta(minutes=5))
+    result = plan(site, T0)
+    assert result.pinned == {u1: 16.0, u2: 16.0}  # 22.08 kW > 22 kW
+
+    async def at(seconds: float) -> list:
+        clock.t = T0 + timedelta(seconds=seconds)
+        lm._guard_unsteerable(site, result, clock.t)
+        await asyncio.sleep(0)
+        return list(stopped)
+
+    assert await at(0) == [] and "x" in lm._over  # SiteOverLimit, no stop yet
+    assert await at(31) == [("U", "new")]
+    assert await at(60) == [("U", "new")]  # cooldown
+    assert await at(95) == [("U", "new")] * 2  # still over: the newest again
+    site.evses[u2].session = None
+    lm._guard_unsteerable(site, plan(site, clock.t), clock.t)
+    assert "x" not in lm._over  # the excursion is over
+
+
+async def test_a_station_without_smart_charging_answers_notimplemented_and_is_refused(
+    database_url,
+):
+    """The ``ocpp`` library's 2.0.1 ChargePoint has no SetChargingProfile handler: its
+    CALLERROR NotImplemented flags it, and a card the site cannot carry there is
+    answered NotAtThisTime."""
+    rt, http = await start_node(database_url, allow_unknown_stations=True)
+    node = Node(rt, http)
+    try:
+        r = await http.post("/api/v1/sites", json={"id": "ni", "import_limit_kw": 5})
+        assert r.status_code == 201, r.text
+        await http.post("/api/v1/id-tokens", json={"id_token": "GOOD", "status": "Accepted"})
+        async with connected(Lib201, node.ocpp_url, "NI-1", "ocpp2.0.1") as cp:
+            await cp.call(
+                call.BootNotification(
+                    charging_station={"model": "L", "vendor_name": "Lib"}, reason="PowerUp"
+                )
+            )
+            await cp.call(
+                call.StatusNotification(
+                    timestamp=datetime.now(UTC).isoformat(),
+                    connector_status="Available",
+                    evse_id=1,
+                    connector_id=1,
+                )
+            )
+            r = await http.patch("/api/v1/stations/NI-1", json={"site_id": "ni"})
+            assert r.status_code == 200, r.text
+
+            async def flagged():
+                st = await node.station("NI-1")
+                return st if st["steerable"] is False else None
+
+            st = await node.wait_for(flagged, timeout=10)
+            assert "NotImplemented" in st["not_steerable_reason"]
+            res = await cp.call(call.Authorize(id_token={"id_token": "GOOD", "type": "ISO14443"}))
+            assert res.id_token_info["status"] == "NotAtThisTime"
+            refused = await node.wait_for(lambda: _events(node, "NI-1", "AdmissionRefused"))
+            assert "cannot carry" in refused[0]["detail"]["reason"]
+    finally:
+        await http.aclose()
+        await rt.stop()
