@@ -412,8 +412,15 @@ class LoadManager:
         )
 
     def _guard_unsteerable(self, model: SiteModel, result: Plan, now: datetime) -> None:
-        """The load the site cannot steer over its limits: tell, and stop the newest session."""
-        problems = unsteerable_problems(model, result.pinned)
+        """The load the site cannot steer over its limits: tell, and stop the newest session.
+
+        Only EVSEs with a session count here: the planner reserves room for an
+        offline station's EVSEs at full power, but an alarm for a load nobody
+        knows to be there (every site's stations are offline at start) is no
+        alarm an operator can act on.
+        """
+        drawing = {k: a for k, a in result.pinned.items() if model.evses[k].session is not None}
+        problems = unsteerable_problems(model, drawing)
         if not problems:
             self._over.pop(model.id, None)
             return
