@@ -289,3 +289,31 @@ async def test_kpis_and_boost_window_on_the_csms_clock_with_skewed_stations(site
 async def _all_ended(node: Node, station_ids: list[str]) -> bool:
     txs = await node.transactions(active="true")
     return not any(t["station_id"] in station_ids for t in txs)
+
+
+async def test_composite_schedule_is_compared_on_the_csms_clock(node):
+    """B2: a station 5 min ahead on its own timeline reports its composite schedule
+    in its time; evflex compares it with its own on the CSMS's clock."""
+    r = await node.http.post("/api/v1/sites", json={"id": "cs", "import_limit_kw": 11})
+    assert r.status_code == 201, r.text
+    await node.http.post("/api/v1/id-tokens", json={"id_token": "TOK", "status": "Accepted"})
+    st = _station(node, "2.0.1", SKEW_S, "timeline")
+    await st.start(timeout=10)
+    try:
+        r = await node.http.patch(f"/api/v1/stations/{st.id}", json={"site_id": "cs"})
+        assert r.status_code == 200, r.text
+        assert await st.plug_in(1, EvSpec(battery_kwh=60, soc=0.2), "TOK")
+        await node.wait_for(lambda: node.rt.service.clocks.offset(st.id), timeout=10)
+
+        async def compared():
+            r = await node.http.get(
+                f"/api/v1/stations/{st.id}/composite-schedule", params={"evse": 1}
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            return body if body["agree"] else None
+
+        body = await node.wait_for(compared, timeout=15)
+        assert body["station_clock_offset_s"] == pytest.approx(SKEW_S, abs=5)
+    finally:
+        await st.stop()

@@ -528,7 +528,8 @@ async def composite(
         async with rt.sessionmaker() as s:
             tx = await repo.active_transaction_for_evse(s, station_id, evse)
         if tx is not None:
-            tx_id, tx_start = tx.transaction_id, tx.started_at
+            # Relative profiles run from the start as the CSMS saw it (our clock)
+            tx_id, tx_start = tx.transaction_id, tx.csms_started_at or tx.started_at
     ours = composite_schedule(
         installed,
         evse,
@@ -551,6 +552,11 @@ async def composite(
             "chargingSchedule" in raw or "chargingSchedulePeriod" in raw
         ):
             theirs = CompositeSchedule.from_wire(raw, version, evse)
+            # the station stamps its schedule on its own clock: compare on ours
+            offset = rt.service.clocks.offset(station_id) or 0.0
+            if offset:
+                theirs = replace(theirs, start=theirs.start - timedelta(seconds=offset))
+                out["station_clock_offset_s"] = round(offset, 1)
             out["station"] = theirs.to_wire("2.0.1")
             out["agree"] = _same(ours, theirs)
     return out
