@@ -710,8 +710,11 @@ async def tx_verdict(rt: Runtime, tx: Transaction) -> Verdict:
         site_id = st.site_id if st is not None else None
     found = await site_verdicts(rt, site_id) if site_id is not None else {}
     v = found.get(evse_key(tx.station_id, tx.evse_id or 0))
-    if v is not None:
-        return v
+    return v if v is not None else unplanned_verdict(rt, tx)
+
+
+def unplanned_verdict(rt: Runtime, tx: Transaction) -> Verdict:
+    """A session no site plans (off any site): no limit applies, nothing is at risk."""
     return Verdict(
         status="NO_NEEDS" if tx.departure_at is None or tx.energy_target_wh is None else "ACCEPTED",
         at=rt.clock.now(),

@@ -200,13 +200,10 @@ class CsmsService:
             if reason is not None:
                 log.warning("station %s: session refused: %s", station_id, reason)
                 detail = {"evse_id": evse_id, "id_token": id_token, "reason": reason}
-                await self.record_event(
+                await self.record_event(  # stored and published on the bus
                     StationEvent(
                         station_id, "smart_charging", self.clock.now(), "AdmissionRefused", detail
                     )
-                )
-                self.bus.publish(
-                    "station.smart_charging", station_id, type="AdmissionRefused", **detail
                 )
                 return AuthResult(AuthorizationStatus.NOT_AT_THIS_TIME)
         return AuthResult(status, row.expiry, row.parent_id_token)

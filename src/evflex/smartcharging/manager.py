@@ -434,7 +434,7 @@ class LoadManager:
             and ev.session.authorized
         ]
         held.sort(key=lambda ev: ev.session.started_at or now if ev.session else now)
-        first = next(iter(result.pinned))
+        first = next(iter(drawing))
         witness = held[-1].station_id if held else model.evses[first].station_id
         if model.id not in self._over:
             self._over[model.id] = now
@@ -444,14 +444,14 @@ class LoadManager:
                 "unsteerable_kw": round(
                     sum(
                         a * model.voltage * len(model.evses[k].phases)
-                        for k, a in result.pinned.items()
+                        for k, a in drawing.items()
                     )
                     / 1000,
                     2,
                 ),
                 "import_limit_kw": None if site.max_power_w is None else site.max_power_w / 1000,
                 "max_current_a": site.max_current_a,
-                "pinned": {k: round(a, 1) for k, a in result.pinned.items() if a > 0},
+                "pinned": {k: round(a, 1) for k, a in drawing.items() if a > 0},
                 "problems": problems[:3],
             }
             log.error("site %s: load it cannot steer is over its limits: %s", model.id, problems)
@@ -501,19 +501,13 @@ class LoadManager:
         self.dispatcher.forget(station_id, w.profile.id)
         mem.wanted_profile = None
         mem.steerable = True
-        self._stale.add(self._station_site.get(station_id) or "")
         log.warning("station %s: transaction %s not known by the station", station_id, tx_id)
-        now = self.clock.now()
         detail = {"transaction_id": tx_id, "evse_id": w.evse_id, "error": w.error}
-
-        async def job(s: AsyncSession) -> None:
-            await repo.log_event(
-                s, StationEvent(station_id, "smart_charging", now, "TxNotFound", detail)
-            )
-
-        self.writer.submit_nowait(job)
-        self.bus.publish("station.smart_charging", station_id, type="TxNotFound")
-        self.mark_dirty(self._station_site.get(station_id))
+        self._site_event(station_id, "TxNotFound", detail)
+        site = self._station_site.get(station_id)
+        if site is not None:
+            self._stale.add(site)
+        self.mark_dirty(site)
 
     async def _ticker(self) -> None:
         while True:

@@ -313,12 +313,17 @@ def _priority_due(site: SiteModel, targets: dict[str, float], now: datetime) -> 
         if not need:
             continue
         left_h = (s.departure - now).total_seconds() / 3600
-        rate_w = targets.get(key, 0.0) * site.voltage * len(ev.phases)
+        rate_w = power_w(site, key, targets.get(key, 0.0))
         if left_h <= 0:
             continue
         if rate_w <= 0 or need / rate_w >= left_h:
             due.append(key)
     return due
+
+
+def power_w(site: SiteModel, key: str, amps: float) -> float:
+    """W an EVSE draws at ``amps`` per phase: on the phases its car really uses."""
+    return amps * site.voltage * len(site.evses[key].phases)
 
 
 def deliverable_wh(site: SiteModel, key: str, now: datetime, amps: float) -> float | None:
@@ -328,7 +333,7 @@ def deliverable_wh(site: SiteModel, key: str, now: datetime, amps: float) -> flo
     if s is None or s.departure is None:
         return None
     hours = max(0.0, (s.departure - now).total_seconds() / 3600)
-    return amps * site.voltage * len(ev.phases) * hours
+    return power_w(site, key, amps) * hours
 
 
 def best_case_a(site: SiteModel, key: str, now: datetime) -> float:

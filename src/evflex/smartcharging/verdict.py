@@ -18,12 +18,12 @@ Pure code: time, the site model and the plans are arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
 from evflex.smartcharging.mpc import MpcResult
-from evflex.smartcharging.planner import EvseModel, SiteModel, best_case_a, deliverable_wh
+from evflex.smartcharging.planner import SiteModel, best_case_a, deliverable_wh, power_w
 
 Status = Literal["ACCEPTED", "NOT_POSSIBLE", "NO_NEEDS"]
 
@@ -55,29 +55,6 @@ class Verdict:
     @property
     def at_risk(self) -> bool:
         return self.status == "NOT_POSSIBLE"
-
-
-def _power_w(site: SiteModel, key: str, now: datetime, amps: float) -> float:
-    """W the EVSE draws at ``amps`` per phase (the planner's own energy rule, over 1 h)."""
-    ev = site.evses[key]
-    s = ev.session
-    if s is None or amps <= 0:
-        return 0.0
-    probe = now + timedelta(hours=1)
-    trial = SiteModel(
-        id=site.id,
-        nodes=site.nodes,
-        evses={key: _with_departure(ev, probe)},
-        node_of=site.node_of,
-        voltage=site.voltage,
-        policy=site.policy,
-        single_phase_max_a=site.single_phase_max_a,
-    )
-    return deliverable_wh(trial, key, now, amps) or 0.0
-
-
-def _with_departure(ev: EvseModel, departure: datetime) -> EvseModel:
-    return replace(ev, session=replace(ev.session, departure=departure))
 
 
 def _cut(steps: list[Step], end: datetime, need_wh: float) -> tuple[list[Step], float]:
@@ -156,13 +133,14 @@ def session_verdict(
     else:
         out.source = "allocation"
         amps = (targets or {}).get(key, 0.0)
-        steps = [Step(now, _power_w(site, key, now, amps))] if not ev.pinned else []
+        watts = power_w(site, key, amps) if amps > 0 else 0.0
+        steps = [Step(now, watts)] if not ev.pinned else []
     plan, expected = _cut(steps, s.departure, need)
     out.plan = plan
     out.plan_end = s.departure
     out.expected_wh = max(0.0, expected)
-    if best is None:
-        best = deliverable_wh(site, key, now, best_case_a(site, key, now)) or 0.0
-    out.best_wh = max(min(best, need), out.expected_wh)
     out.status = "ACCEPTED" if out.expected_wh + TOLERANCE_WH >= need else "NOT_POSSIBLE"
+    if best is None and out.status == "NOT_POSSIBLE":  # a trial plan only when it can matter
+        best = deliverable_wh(site, key, now, best_case_a(site, key, now)) or 0.0
+    out.best_wh = max(min(best if best is not None else need, need), out.expected_wh)
     return out

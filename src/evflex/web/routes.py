@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Stre
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from evflex.api.smart import Rt, VerdictOut, site_verdicts, tx_verdict, verdict_out
+from evflex.api.smart import Rt, VerdictOut, site_verdicts, unplanned_verdict, verdict_out
 from evflex.smartcharging import sitelog
 from evflex.smartcharging.planner import evse_key
 from evflex.store import repo
@@ -167,7 +167,7 @@ async def needs(rt: Rt, site_id: str | None = None) -> list[VerdictOut]:
         if site is not None and site not in by_site:
             by_site[site] = await site_verdicts(rt, site)
         v = (by_site.get(site) or {}).get(evse_key(tx.station_id, tx.evse_id or 0))
-        out.append(verdict_out(tx, v if v is not None else await tx_verdict(rt, tx)))
+        out.append(verdict_out(tx, v if v is not None else unplanned_verdict(rt, tx)))
     return out
 
 
