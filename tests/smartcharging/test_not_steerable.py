@@ -44,15 +44,24 @@ T0 = datetime(2026, 1, 1, 8, tzinfo=UTC)
 SITE_W = 22_000.0
 
 
-def _wanted(status: str, error: str | None) -> Wanted:
-    return Wanted(1, simple_profile(1, Purpose.TX_DEFAULT, 6.0, RateUnit.A), "x", status, 1, error)
+def _wanted(status: str, error: str | None, code: str | None = None) -> Wanted:
+    profile = simple_profile(1, Purpose.TX_DEFAULT, 6.0, RateUnit.A)
+    return Wanted(1, profile, "x", status, 1, error, code=code)
 
 
 def test_what_counts_as_refusing_profiles():
     assert refusal(_wanted("rejected", "station answered Rejected")) is not None
-    assert refusal(_wanted("rejected", "station answered Rejected (TxNotFound)")) is None
-    assert refusal(_wanted("failed", "CallErrorReceived: NotImplemented: no")) is not None
-    assert refusal(_wanted("failed", "CallErrorReceived: NotSupported: no")) is not None
+    assert (
+        refusal(_wanted("rejected", "station answered Rejected (TxNotFound)", "TxNotFound")) is None
+    )
+    assert (
+        refusal(_wanted("failed", "CallErrorReceived: NotImplemented: no", "NotImplemented"))
+        is not None
+    )
+    assert (
+        refusal(_wanted("failed", "CallErrorReceived: NotSupported: no", "NotSupported"))
+        is not None
+    )
     assert refusal(_wanted("failed", "no answer")) is None  # says nothing about support
     assert refusal(_wanted("accepted", None)) is None
 

@@ -23,6 +23,7 @@ from datetime import datetime
 
 from evflex.clock import Clock
 from evflex.csms import commands
+from evflex.csms.connection import CallErrorReceived
 from evflex.smartcharging.profiles import NEUTRAL, ChargingProfile, from_wire, to_wire
 from evflex.store import repo
 from evflex.store.writer import GroupCommitWriter
@@ -41,6 +42,9 @@ class Wanted:
     status: str = "pending"  # pending, sending, accepted, rejected, failed
     attempts: int = 0
     error: str | None = None
+    #: The station's reason in one word: its statusInfo reasonCode (e.g. TxNotFound)
+    #: or the CALLERROR code (e.g. NotImplemented); None when it gave none.
+    code: str | None = None
     version: int = 0  # bumped on every change; a result applies only to its version
     acked_at: datetime | None = None
 
@@ -184,11 +188,11 @@ class ProfileDispatcher:
                 return  # station_connected() restarts us
             w.status = "sending"
             version = w.version
-            status, error = await self._send_one(station_id, w)
+            status, error, code = await self._send_one(station_id, w)
             if slot.wanted is not w or w.version != version:
                 continue  # changed meanwhile: send the newer one
             w.attempts += 1
-            w.status, w.error = status, error
+            w.status, w.error, w.code = status, error, code
             if status == "accepted":
                 w.acked_at = self._clock.now()
                 slot.failures = 0
@@ -206,24 +210,28 @@ class ProfileDispatcher:
             except TimeoutError:
                 pass
 
-    async def _send_one(self, station_id: str, w: Wanted) -> tuple[str, str | None]:
+    async def _send_one(self, station_id: str, w: Wanted) -> tuple[str, str | None, str | None]:
         body = commands.SetChargingProfileBody(evse=w.evse_id, profile=to_wire(w.profile, NEUTRAL))
         try:
             result = await self._send(station_id, "set-charging-profile", body)
         except TimeoutError:
-            return "failed", "no answer"
+            return "failed", "no answer", None
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # not connected, CALLERROR, closed socket, build error
-            return "failed", f"{type(exc).__name__}: {exc}"
+        except CallErrorReceived as exc:
+            return "failed", f"{type(exc).__name__}: {exc}", exc.code
+        except Exception as exc:  # not connected, closed socket, build error
+            return "failed", f"{type(exc).__name__}: {exc}", None
         status = result.get("status")
         if status == "Accepted":
-            return "accepted", None
+            return "accepted", None, None
         info = result.get("statusInfo") or {}
-        reason = info.get("reasonCode") or ""
+        code = info.get("reasonCode") or None
+        reason = code or ""
         if info.get("additionalInfo"):
             reason = f"{reason}: {info['additionalInfo']}" if reason else info["additionalInfo"]
-        return "rejected", f"station answered {status}" + (f" ({reason})" if reason else "")
+        error = f"station answered {status}" + (f" ({reason})" if reason else "")
+        return "rejected", error, code
 
     def _persist(self, station_id: str, w: Wanted) -> None:
         p = w.profile

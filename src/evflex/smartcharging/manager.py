@@ -326,7 +326,7 @@ class LoadManager:
             return
         key = evse_key(station_id, w.evse_id)
         mem = self._memory.setdefault(key, _EvseMemory())
-        if w.status == "rejected" and "TxNotFound" in (w.error or "") and w.profile.transaction_id:
+        if w.status == "rejected" and w.code == "TxNotFound" and w.profile.transaction_id:
             self._ghost(station_id, w, mem)
             return
         before = mem.steerable
@@ -909,11 +909,10 @@ def refusal(w: Wanted) -> str | None:
     TxNotFound (that one is about the transaction, see ``_ghost``). No answer
     or a closed link say nothing about the station's support.
     """
-    err = w.error or ""
     if w.status == "rejected":
-        return None if "TxNotFound" in err else err or "rejected"
-    if w.status == "failed" and any(c in err for c in ("NotImplemented", "NotSupported")):
-        return err
+        return None if w.code == "TxNotFound" else w.error or "rejected"
+    if w.status == "failed" and w.code in ("NotImplemented", "NotSupported"):
+        return w.error
     return None
 
 
