@@ -55,6 +55,8 @@ async def test_demo_runs_a_mixed_site_and_the_store_agrees(tmp_path):
     assert res.csms_stations == 4
     assert res.sessions_started > 0
     assert res.csms_transactions >= res.sessions_started
+    # every stored transaction is a session the simulator started, or a refused card's
+    assert res.csms_transactions - res.csms_refused_transactions == res.sessions_started
     assert res.sim_energy_kwh > 0
     # the energy the CSMS derived from meter registers matches what the EVs took
     assert res.csms_energy_kwh == pytest.approx(res.sim_energy_kwh, rel=0.02)

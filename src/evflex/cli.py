@@ -494,7 +494,12 @@ def demo(
             table.add_row(
                 "sessions started / transactions stored",
                 str(res.sessions_started),
-                str(res.csms_transactions),
+                str(res.csms_transactions)
+                + (
+                    f" ({res.csms_refused_transactions} refused card)"
+                    if res.csms_refused_transactions
+                    else ""
+                ),
             )
             table.add_row("sessions completed", str(res.sessions_completed), "")
             table.add_row("sessions refused (unknown card)", str(res.sessions_rejected), "")

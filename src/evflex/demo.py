@@ -45,6 +45,7 @@ class DemoResult:
     csms_energy_kwh: float
     csms_meter_samples: int
     errors: int
+    csms_refused_transactions: int = 0  # ended at once for a refused card (2.x)
     error_samples: list[str] = field(default_factory=list)
     sim_hours: float = 0.0
     real_seconds: float = 0.0
@@ -175,6 +176,15 @@ async def run_demo(
     async with rt.sessionmaker() as s:
         n_st = (await s.execute(select(func.count()).select_from(Station))).scalar_one()
         n_tx = (await s.execute(select(func.count()).select_from(Transaction))).scalar_one()
+        # a 2.x station opens a transaction before the card is checked; a refused card
+        # ends it at once (DeAuthorized): stored, but no session the simulator counts
+        n_deauth = (
+            await s.execute(
+                select(func.count())
+                .select_from(Transaction)
+                .where(Transaction.stop_reason == "DeAuthorized")
+            )
+        ).scalar_one()
         e_wh = (
             await s.execute(select(func.coalesce(func.sum(Transaction.energy_imported_wh), 0.0)))
         ).scalar_one()
@@ -226,6 +236,7 @@ async def run_demo(
         sim_energy_kwh=summary.energy_wh / 1000.0,
         csms_stations=n_st,
         csms_transactions=n_tx,
+        csms_refused_transactions=n_deauth,
         csms_energy_kwh=e_wh / 1000.0,
         csms_meter_samples=n_mv,
         errors=summary.errors,
