@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from evflex.demo import (
     v2x_summary,
 )
 from evflex.smartcharging.mpc import Forecast
+from evflex.smartcharging.sitelog import load_kpis
 from evflex.store import repo
 from evflex.store.tables import EventLog, MeterValue, Transaction
 
@@ -31,6 +33,10 @@ async def test_demo_runs_a_mixed_site_and_the_store_agrees(tmp_path):
     try:
         res = await run_demo(rt, stations=4, hours=12, seed=6, progress=fractions.append)
         shortfalls = await _deliverable_needs_missed(rt)
+        async with rt.sessionmaker() as s:  # the dashboard's KPI counts drivers the same way
+            site = await repo.get_site(s, "demo-site")
+            now = rt.clock.now()
+            kpis = await load_kpis(s, site, now - timedelta(days=2), now)
         async with rt.sessionmaker() as s:  # every station takes limits: no false alarm
             alarms = (
                 (
@@ -51,6 +57,10 @@ async def test_demo_runs_a_mixed_site_and_the_store_agrees(tmp_path):
     assert shortfalls == [], shortfalls
     assert alarms == []
     assert res.sessions_with_needs > 0 and res.sessions_served == res.sessions_with_needs
+    assert (kpis.drivers_with_needs, kpis.drivers_served) == (
+        res.sessions_with_needs,
+        res.sessions_served,
+    )
     assert res.stations_booted == res.stations == 4
     assert res.csms_stations == 4
     assert res.sessions_started > 0

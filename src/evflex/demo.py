@@ -22,6 +22,7 @@ from evflex.scheduling import Objective, Problem, Vehicle, solve
 from evflex.sim import SimConfig, Simulation
 from evflex.sim.runner import station_ids
 from evflex.smartcharging.mpc import Forecast
+from evflex.smartcharging.sitelog import ev_charge_w, need_served
 from evflex.store import repo
 from evflex.store.tables import IdToken, MeterValue, Station, Transaction
 from evflex.web.auth import add_user
@@ -171,7 +172,6 @@ async def run_demo(
         if drivers is not None:
             drivers.cancel()
     real = time.monotonic() - t0
-    sim_end = rt.clock.now()  # the shared clock: departures are in the same time
     await asyncio.sleep(0.2)  # let the last answers' writes settle
     async with rt.sessionmaker() as s:
         n_st = (await s.execute(select(func.count()).select_from(Station))).scalar_one()
@@ -208,16 +208,13 @@ async def run_demo(
                 )
             ).scalars()
         )
-    # A session counts if its departure came before the end of the run. It is
-    # served if it got what it asked for, or as much as the car could have
-    # taken alone at full power in its stay (5 % allowed for the battery taper).
-    due = [t for t in needs if t.departure_at <= sim_end]
+    # served by the one rule the dashboard's KPI uses (sitelog.need_served)
+    due = needs
     async with rt.sessionmaker() as s:
-        phases = await phases_metered(s, [t.id for t in due])
+        site = await repo.get_site(s, "demo-site")
+        stations = {x.id: x for x in await repo.stations_of_site(s, "demo-site")}
     served = [
-        t
-        for t in due
-        if (t.energy_imported_wh or 0) >= 0.95 * deliverable_wh(t, phases.get(t.id, 3)) - 100
+        t for t in due if t.station_id in stations and need_served(t, stations[t.station_id], site)
     ]
     peak_kwh = off_peak_kwh = saving = 0.0
     if v2x:
@@ -335,43 +332,6 @@ def _consent_job(pk: int):
     return job
 
 
-#: The demo's EVSEs (32 A) and the single-phase rule of its site (16 A per car).
-DEMO_EVSE_MAX_A = 32.0
-SINGLE_PHASE_MAX_A = 16.0
-
-
-def deliverable_wh(tx: Transaction, phases: int, voltage: float = 230.0) -> float:
-    """The energy asked for, capped by what the car could take alone in its stay.
-
-    The car's full power is its own current limit (and the EVSE's) on the
-    phases it really drew on; a single-phase car is held to the site's
-    single-phase limit.
-    """
-    asked = tx.energy_target_wh
-    hours = max(0.0, (tx.departure_at - tx.started_at).total_seconds() / 3600)
-    amps = min(tx.ev_max_current_a or DEMO_EVSE_MAX_A, DEMO_EVSE_MAX_A)
-    if phases == 1:
-        amps = min(amps, SINGLE_PHASE_MAX_A)
-    return min(asked, amps * voltage * phases * hours)
-
-
-async def phases_metered(s, tx_pks: list[int]) -> dict[int, int]:
-    """Transaction -> how many phases it drew on, from its per-phase current samples."""
-    if not tx_pks:
-        return {}
-    rows = await s.execute(
-        select(MeterValue.transaction_pk, func.count(func.distinct(MeterValue.phase)))
-        .where(
-            MeterValue.transaction_pk.in_(tx_pks),
-            MeterValue.measurand == "Current.Import",
-            MeterValue.phase.in_(("L1", "L2", "L3")),
-            MeterValue.value >= 1.0,
-        )
-        .group_by(MeterValue.transaction_pk)
-    )
-    return {pk: n for pk, n in rows.all()}
-
-
 def v2x_summary(res: DemoResult) -> str:
     """The V2G demo's closing figures, each one from the store (see tests/test_demo.py)."""
     a, b = PEAK_HOURS
@@ -443,7 +403,7 @@ async def v2g_saving(s, site_id: str, limit_w: float) -> float:
     )
     if site is None or forecast is None or not txs:
         return 0.0
-    phases = await phases_metered(s, [t.id for t in txs])
+    stations = {x.id: x for x in await repo.stations_of_site(s, site_id)}
     start = forecast.start
     end = max(t.stopped_at for t in txs)
     slots = max(1, min(forecast.slots, -int(-(end - start).total_seconds() // forecast.slot_s)))
@@ -455,13 +415,9 @@ async def v2g_saving(s, site_id: str, limit_w: float) -> float:
             arrival = max(t.started_at, start)
             departure = min(t.stopped_at, horizon_end)
             net_wh = (t.energy_imported_wh or 0.0) - (t.energy_exported_wh or 0.0)
-            if departure <= arrival or net_wh <= 0:
+            if departure <= arrival or net_wh <= 0 or t.station_id not in stations:
                 continue
-            n = phases.get(t.id, 3)
-            amps = min(t.ev_max_current_a or DEMO_EVSE_MAX_A, DEMO_EVSE_MAX_A)
-            if n == 1:
-                amps = min(amps, SINGLE_PHASE_MAX_A)
-            max_w = amps * 230.0 * n
+            max_w = ev_charge_w(t, stations[t.station_id], site)
             vehicles.append(
                 Vehicle(
                     id=str(t.id),

@@ -87,6 +87,10 @@ class Policy(StrEnum):
     allocation then works as ``deadline`` within those caps."""
 
 
+#: Single-phase charging is held to this current by default (B8: 3.7 kW / 16 A).
+SINGLE_PHASE_MAX_A = 16.0
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     """The site root, a circuit or a station."""
@@ -119,7 +123,7 @@ class SiteConfig:
     nodes: tuple[Node, ...]
     voltage: float = 230.0
     step_a: float = 1.0
-    single_phase_max_a: float = 16.0
+    single_phase_max_a: float = SINGLE_PHASE_MAX_A
 
 
 @dataclass(frozen=True, slots=True)

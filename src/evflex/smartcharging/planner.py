@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from evflex.smartcharging.allocation import (
+    SINGLE_PHASE_MAX_A,
     Allocation,
     Demand,
     Node,
@@ -119,7 +120,7 @@ class SiteModel:
     node_of: dict[str, str] = field(default_factory=dict)  # evse key -> station node
     voltage: float = 230.0
     policy: Policy = Policy.EQUAL
-    single_phase_max_a: float = 16.0
+    single_phase_max_a: float = SINGLE_PHASE_MAX_A
 
     def config(self, extra_base: dict[str, list[float]] | None = None) -> SiteConfig:
         nodes = self.nodes
