@@ -322,8 +322,14 @@ def _message(out: DriverSession) -> str:
         if out.priority:
             text += " It charges as fast as it can now."
         return text
+    # already in priority charging: pressing the button again is no advice
+    advice = (
+        "It already charges as fast as it can. Leave later or ask for less."
+        if out.priority
+        else "Leave later, ask for less, or press “Charge as fast as possible”."
+    )
     return (
         f"This cannot be met: by your departure the car can get at most about "
         f"{out.best_kwh_at_departure:.1f} kWh of the {out.energy_target_kwh:.1f} kWh you asked "
-        "for. Leave later, ask for less, or press “Charge as fast as possible”."
+        f"for. {advice}"
     )

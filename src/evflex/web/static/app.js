@@ -477,13 +477,21 @@
     const planAt = S.plan ? `Plan computed ${dateTime(S.plan.at)}${S.plan.applied === false ? " (not applied: the site's policy does not use it)" : ""}.`
       : S.planError ? `Plan unavailable: ${S.planError}` : "No plan yet.";
     $("#plan-vehicles-body").innerHTML = `<p class="muted small">${esc(planAt)}</p>` +
-      table("plan-vehicles", "Vehicles in the site plan", ["Station / EVSE", "Need", "Planned", "Status"],
+      table("plan-vehicles", "Vehicles in the site plan", ["Station / EVSE", "Still needed", "Planned by departure", "Status"],
         vs.map((v) => {
           const verdict = (S.siteNeeds || new Map()).get(`${v.station_id}|${v.evse_id}`);
           const [flag, cls] = needFlag(verdict);
+          // A stated need shows the verdict's figures (the plan really applied); a plan that
+          // is not applied says nothing about a session without one.
+          const stated = verdict && verdict.status !== "NO_NEEDS";
+          const need = stated ? kwh(verdict.need_kwh)
+            : S.plan.applied === false ? DASH
+            : `${kwh(v.need_kwh)} <span class="sub">estimated</span>`;
+          const planned = stated ? kwh(verdict.expected_kwh)
+            : S.plan.applied === false ? DASH : kwh(v.planned_kwh);
           return `<tr title="${esc(needTip(verdict))}"><th scope="row">${esc(v.station_id)} / ${esc(v.evse_id)}</th>
-            <td class="num">${kwh(v.need_kwh)}${v.stated_need ? "" : ' <span class="sub">estimated</span>'}</td>
-            <td class="num">${kwh(v.planned_kwh)}</td>
+            <td class="num">${need}</td>
+            <td class="num">${planned}</td>
             <td><span class="need-flag ${cls}">${esc(flag)}</span></td></tr>`;
         }), "No vehicles in the plan.");
   }

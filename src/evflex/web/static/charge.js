@@ -148,9 +148,11 @@
       return text;
     }
     if (s.status === "NOT_POSSIBLE") {
+      const advice = s.priority
+        ? "It already charges as fast as it can. Leave later or ask for less."
+        : "Leave later, ask for less, or press \u201cCharge as fast as possible\u201d.";
       return `This cannot be met: by ${by} the car can get at most about ${kwh(s.best_kwh_at_departure)}` +
-        ` of the ${kwh(s.energy_target_kwh)} you asked for. Leave later, ask for less, or press` +
-        " \u201cCharge as fast as possible\u201d.";
+        ` of the ${kwh(s.energy_target_kwh)} you asked for. ${advice}`;
     }
     return s.message || "";
   }
