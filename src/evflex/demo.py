@@ -22,7 +22,7 @@ from evflex.scheduling import Objective, Problem, Vehicle, solve
 from evflex.sim import SimConfig, Simulation
 from evflex.sim.runner import station_ids
 from evflex.smartcharging.mpc import Forecast
-from evflex.smartcharging.sitelog import ev_charge_w, need_served
+from evflex.smartcharging.sitelog import ev_charge_w, need_judged, need_served
 from evflex.store import repo
 from evflex.store.tables import IdToken, MeterValue, Station, Transaction
 from evflex.web.auth import add_user
@@ -52,7 +52,7 @@ class DemoResult:
     real_seconds: float = 0.0
     site_limit_kw: float = 0.0
     site_peak_kw: float = 0.0  # the most the simulated EVs drew at once (sampled)
-    sessions_with_needs: int = 0  # ended sessions whose EV stated energy and departure
+    sessions_with_needs: int = 0  # ended sessions with a stated need, judged (stayed until departure)
     sessions_served: int = 0  # ... that got their energy by departure
     # V2X (--v2x): what the CSMS metered and billed
     v2x: bool = False
@@ -208,8 +208,8 @@ async def run_demo(
                 )
             ).scalars()
         )
-    # served by the one rule the dashboard's KPI uses (sitelog.need_served)
-    due = needs
+    # judged and served by the rules the dashboard's KPI uses (sitelog)
+    due = [t for t in needs if need_judged(t)]
     async with rt.sessionmaker() as s:
         site = await repo.get_site(s, "demo-site")
         stations = {x.id: x for x in await repo.stations_of_site(s, "demo-site")}

@@ -230,8 +230,7 @@ def _phases(tx: Transaction, st: Station, site: Site) -> int:
 
 
 def deliverable_need_wh(tx: Transaction, st: Station, site: Site) -> float:
-    """The stated need, capped by what the car could take alone in its stay (our clock;
-    a car that left before its departure time stayed until it left).
+    """The stated need, capped by what the car could take alone in its stay (our clock).
 
     Its full power: its own current and the EVSE's, on the phases it draws on; a
     single-phase car at the site's single-phase limit (B8).
@@ -239,8 +238,7 @@ def deliverable_need_wh(tx: Transaction, st: Station, site: Site) -> float:
     started = started_on_our_clock(tx)
     stay_h = 0.0
     if started is not None and tx.departure_at is not None:
-        end = min(tx.departure_at, tx.stopped_at or tx.departure_at)
-        stay_h = max(0.0, (end - started).total_seconds() / 3600)
+        stay_h = max(0.0, (tx.departure_at - started).total_seconds() / 3600)
     return min(tx.energy_target_wh or 0.0, ev_charge_w(tx, st, site) * stay_h)
 
 
@@ -252,6 +250,24 @@ def ev_charge_w(tx: Transaction, st: Station, site: Site) -> float:
     if phases == 1:
         amps = min(amps, SINGLE_PHASE_MAX_A)
     return amps * (site.voltage or 230.0) * phases
+
+
+#: A car that leaves this much before its stated departure left early.
+EARLY_LEAVE = timedelta(minutes=5)
+
+
+def need_judged(tx: Transaction) -> bool:
+    """An ended session with a stated need whose car stayed until its departure.
+
+    A car that left early is not judged: the site planned for the time it was
+    told (an optimising site may well have planned the energy for later).
+    """
+    return (
+        tx.state != "active"
+        and bool(tx.energy_target_wh)
+        and tx.departure_at is not None
+        and (tx.stopped_at is None or tx.stopped_at >= tx.departure_at - EARLY_LEAVE)
+    )
 
 
 def need_served(tx: Transaction, st: Station, site: Site) -> bool:
@@ -300,10 +316,7 @@ def site_kpis(
             cost_unc += max(net_unc, 0.0) / KW * h * x.price
         pv_wh += x.pv_w * h
         pv_used_wh += min(x.pv_w, x.ev_import_w + x.base_load_w) * h
-    needs = [
-        (tx, st) for tx, st in txs
-        if tx.state != "active" and tx.energy_target_wh and tx.departure_at is not None
-    ]  # fmt: skip
+    needs = [(tx, st) for tx, st in txs if need_judged(tx)]
     served = sum(1 for tx, st in needs if need_served(tx, st, site))
     return SiteKpis(
         site_id=site.id,
