@@ -13,15 +13,16 @@ import decimal
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import ocpp
-from jsonschema import Draft4Validator
-from jsonschema.exceptions import ValidationError as SchemaValidationError
+import orjson
+from fastjsonschema import JsonSchemaValueException
 from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
-from ocpp.messages import get_validator
 from ocpp.v16.enums import Action as Action16
 from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
@@ -96,8 +97,8 @@ def parse_frame(raw: str | bytes, version: str = "2.0.1") -> Frame:
         except UnicodeDecodeError as exc:
             raise RpcError("RpcFrameworkError", "frame is not UTF-8 text") from exc
     try:
-        msg = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = orjson.loads(raw)
+    except (orjson.JSONDecodeError, RecursionError) as exc:
         raise RpcError("RpcFrameworkError", f"message is not valid JSON: {exc}") from exc
     if not isinstance(msg, list) or len(msg) < 3:
         raise RpcError("RpcFrameworkError", "message is not an OCPP-J array [type, id, ...]")
@@ -138,12 +139,10 @@ def parse_frame(raw: str | bytes, version: str = "2.0.1") -> Frame:
 
 # --------------------------------------------------------------------------- validation
 
-# Fields whose 1.6 schema says "multipleOf: 0.1": validate them as decimals.
-_DECIMAL_16 = {
-    (CALL, "SetChargingProfile"),
-    (CALL, "RemoteStartTransaction"),
-    (CALLRESULT, "GetCompositeSchedule"),
-}
+_SCHEMA_DIRS = {"1.6": "v16", "2.0.1": "v201", "2.1": "v21"}
+# Formats are not checked (as the ``ocpp`` library's validator does not): a
+# timestamp is read by its handler, which says what is wrong with it.
+_NO_FORMATS = {"date-time": lambda _v: True, "uri": lambda _v: True}
 
 _PROPERTY = {
     "enum",
@@ -162,85 +161,101 @@ _PROPERTY = {
 }
 
 
+def schema_path(type_id: int, action: str, version: str) -> Path:
+    """The ``ocpp`` package's JSON schema file of one message (ValueError: none)."""
+    folder = _SCHEMA_DIRS.get(version)
+    if folder is None:
+        raise ValueError(version)
+    if type_id == CALLRESULT:
+        name = f"{action}Response"
+    elif type_id == SEND:
+        if version != "2.1" or action not in SEND_ACTIONS:
+            raise ValueError(action)
+        name = action
+    else:
+        name = action if version == "1.6" else f"{action}Request"
+    path = Path(ocpp.__file__).parent / folder / "schemas" / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(action)
+    return path
+
+
+@functools.cache
+def validator(type_id: int, action: str, version: str) -> Callable[[Any], Any]:
+    """A validator compiled once from the schema the ``ocpp`` package ships.
+
+    Raises ValueError for a message the version does not have.
+    """
+    known = known_actions(version)
+    if action not in known:
+        raise ValueError(action)
+    schema = json.loads(schema_path(type_id, action, version).read_text(encoding="utf-8-sig"))
+    return fastjsonschema.compile(schema, formats=_NO_FORMATS, use_default=False)
+
+
 def validate(type_id: int, action: str, payload: dict, version: str) -> None:
     """Validate against the ``ocpp`` package's JSON schema; raise :class:`RpcError`.
 
     An action without a schema for this version raises NotImplemented.
     """
-    decimal_mode = version == "1.6" and (type_id, action) in _DECIMAL_16
     try:
-        if type_id == SEND:
-            validator = _send_validator(action)
-        else:
-            validator = get_validator(
-                type_id, action, version, parse_float=decimal.Decimal if decimal_mode else float
-            )
+        check = validator(type_id, action, version)
     except (OSError, ValueError) as exc:
         raise RpcError("NotImplemented", f"{action} is not an OCPP {version} action") from exc
-    if decimal_mode:
-        payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
-    error = next(iter(validator.iter_errors(payload)), None)
-    if error is None:
-        return
-    raise schema_error(error)
+    try:
+        check(payload)
+    except JsonSchemaValueException as exc:
+        raise schema_error(exc) from None
 
 
-@functools.cache
-def _send_validator(action: str) -> Draft4Validator:
-    if action not in SEND_ACTIONS:
-        raise ValueError(action)
-    path = Path(ocpp.__file__).parent / "v21" / "schemas" / f"{action}.json"
-    return Draft4Validator(json.loads(path.read_text(encoding="utf-8-sig")))
-
-
-def schema_error(e: SchemaValidationError) -> RpcError:
-    where = "/".join(str(p) for p in e.absolute_path) or "payload"
-    details = {"path": where, "rule": e.validator}
-    if e.validator == "required":
-        return RpcError("OccurrenceConstraintViolation", f"{where}: {e.message}", details)
-    if e.validator == "type":
-        return RpcError("TypeConstraintViolation", f"{where}: {e.message}", details)
-    if e.validator in _PROPERTY:
-        return RpcError("PropertyConstraintViolation", f"{where}: {e.message}", details)
-    return RpcError("FormatViolation", f"{where}: {e.message}", details)
+def schema_error(e: JsonSchemaValueException) -> RpcError:
+    """The CALLERROR for a schema violation: the spec's code for its kind of rule."""
+    parts = [str(p) for p in (e.path or [])[1:]]
+    where = "/".join(parts) or "payload"
+    text = e.message
+    if text.startswith(e.name or "\0"):
+        text = f"{where}{text[len(e.name) :]}"
+    details = {"path": where, "rule": e.rule}
+    if e.rule == "required":
+        return RpcError("OccurrenceConstraintViolation", text, details)
+    if e.rule == "type":
+        return RpcError("TypeConstraintViolation", text, details)
+    if e.rule in _PROPERTY:
+        return RpcError("PropertyConstraintViolation", text, details)
+    return RpcError("FormatViolation", text, details)
 
 
 # --------------------------------------------------------------------------- encoding
 
 
-class _Encoder(json.JSONEncoder):
-    def default(self, o: Any) -> Any:
-        if isinstance(o, decimal.Decimal):
-            return float(o)
-        return super().default(o)
+def _default(o: Any) -> Any:
+    if isinstance(o, decimal.Decimal):
+        return float(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _dumps(frame: list) -> str:
+    return orjson.dumps(frame, default=_default).decode()
 
 
 def encode_call(message_id: str, action: str, payload: dict) -> str:
-    return json.dumps([CALL, message_id, action, payload], separators=(",", ":"), cls=_Encoder)
+    return _dumps([CALL, message_id, action, payload])
 
 
 def encode_result(message_id: str, payload: dict) -> str:
-    return json.dumps([CALLRESULT, message_id, payload], separators=(",", ":"), cls=_Encoder)
+    return _dumps([CALLRESULT, message_id, payload])
 
 
 def encode_error(message_id: str, code: str, description: str, details: dict | None) -> str:
-    return json.dumps(
-        [CALLERROR, message_id, code, description[:255], details or {}],
-        separators=(",", ":"),
-        cls=_Encoder,
-    )
+    return _dumps([CALLERROR, message_id, code, description[:255], details or {}])
 
 
 def encode_send(message_id: str, action: str, payload: dict) -> str:
-    return json.dumps([SEND, message_id, action, payload], separators=(",", ":"), cls=_Encoder)
+    return _dumps([SEND, message_id, action, payload])
 
 
 def encode_result_error(message_id: str, code: str, description: str, details: dict | None) -> str:
-    return json.dumps(
-        [CALLRESULTERROR, message_id, code, description[:255], details or {}],
-        separators=(",", ":"),
-        cls=_Encoder,
-    )
+    return _dumps([CALLRESULTERROR, message_id, code, description[:255], details or {}])
 
 
 def to_payload(message: Any) -> tuple[str, dict]:
