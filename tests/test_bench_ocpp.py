@@ -7,11 +7,15 @@ import random
 
 import pytest
 
+from conftest import PG_URL
+from evflex.bench.baselines import echo_answer
 from evflex.bench.frames import V16, V201, StationModel
 from evflex.bench.loadgen import split_stations
 from evflex.bench.ocpp import (
     REQUIRED_KEYS,
     OcppBenchConfig,
+    PostgresUnavailable,
+    _postgres_execute,
     ocpp_base_url,
     percentile,
     run_ocpp_bench,
@@ -120,3 +124,101 @@ def test_small_run_end_to_end(tmp_path):
     assert set(data["per_action"]) >= {"Heartbeat", "StatusNotification", "TransactionEvent"}
     assert data["server_exit_code"] == 0
     assert result["out"] == str(out)
+
+
+# ---------------------------------------------------------------- --compare, modes
+
+
+def test_light_meter_values_pass_the_schema():
+    m = StationModel("bench-test-00002", V16, random.Random(3))
+    first = m.light_meter_values()
+    second = m.light_meter_values()
+    for action, payload in (first, second):
+        validate(CALL, action, json.loads(json.dumps(payload)), V16)
+        readings = payload["meterValue"][0]["sampledValue"]
+        assert [r["measurand"] for r in readings] == [
+            "Energy.Active.Import.Register",
+            "Power.Active.Import",
+        ]
+    energy = [float(p["meterValue"][0]["sampledValue"][0]["value"]) for _, p in (first, second)]
+    assert energy[0] < energy[1]
+
+
+def test_echo_answers_with_the_message_id():
+    answer = echo_answer('[2,"m-17","Heartbeat",{}]')
+    assert answer is not None
+    frame = json.loads(answer)
+    assert frame[:2] == [3, "m-17"] and frame[2]["status"] == "Accepted"
+    assert echo_answer('[3,"m-17",{}]') is None
+
+
+def test_modes_and_mixes_are_checked():
+    assert OcppBenchConfig(mix="light16", v201_share=0.0).load_mode() == "closed"
+    assert OcppBenchConfig().load_mode() == "paced"
+    assert OcppBenchConfig(stations=20_000).generator_processes() == 4
+    with pytest.raises(ValueError, match="1.6"):
+        OcppBenchConfig(mix="light16", v201_share=0.5).validate()
+    with pytest.raises(ValueError, match="paced"):
+        OcppBenchConfig(mix="light16", v201_share=0.0, mode="paced").validate()
+    with pytest.raises(ValueError, match="servers"):
+        OcppBenchConfig(compare=True, servers=("nginx",)).validate()
+
+
+def _light16(out, **kw) -> OcppBenchConfig:
+    """20 stations of the light 1.6 mix, a 3 s window."""
+    return OcppBenchConfig(
+        stations=20, duration=3.0, mix="light16", v201_share=0.0, out=out, seed=5, **kw
+    )
+
+
+def _compare(tmp_path, servers: tuple[str, ...], **kw) -> dict:
+    out = tmp_path / "compare.json"
+    result = run_ocpp_bench(_light16(out, compare=True, servers=servers, **kw))
+    data = json.loads(out.read_text())
+    assert result["out"] == str(out)
+    assert data["benchmark"] == "ocpp-compare"
+    assert [row["server"] for row in data["rows"]] == list(servers)
+    return data
+
+
+def _check_rows(data: dict) -> None:
+    for row in data["rows"]:
+        detail = row.get("error_detail") or row.get("failure")
+        assert row["msgs_per_s"] > 0, (row["server"], detail)
+        assert row["errors"] == 0, (row["server"], detail)
+        assert row["connected"] == 20 and row["handshakes_failed"] == 0
+        assert row["latency_p99_ms"] > 0 and row["server_peak_rss_mb"] > 0
+        assert isinstance(row["ratio_vs_bare_lib"], float) and row["ratio_vs_bare_lib"] > 0
+
+
+def test_compare_end_to_end_sqlite(tmp_path):
+    data = _compare(tmp_path, ("echo", "ocpp-lib", "evflex-sqlite"))
+    _check_rows(data)
+    assert data["ok"] is True
+    assert data["ratios"]["evflex-sqlite"]["ratio_vs_bare_lib"] > 0
+    assert data["ratios"]["evflex-sqlite"]["ratio_vs_echo"] > 0
+
+
+@pytest.mark.postgres
+def test_compare_end_to_end_postgresql(tmp_path):
+    try:
+        _postgres_execute(PG_URL, "SELECT 1")
+    except PostgresUnavailable:
+        pytest.skip("no PostgreSQL server reachable at " + PG_URL)
+    data = _compare(tmp_path, ("ocpp-lib", "evflex-postgresql"), postgres_url=PG_URL)
+    _check_rows(data)
+    assert data["rows"][1]["database"] == "postgresql"
+    assert data["ratios"]["evflex-postgresql"]["ratio_vs_bare_lib"] > 0
+
+
+def test_open_mode_small(tmp_path):
+    out = tmp_path / "open.json"
+    run_ocpp_bench(_light16(out, mode="open", rate_per_station=2.0))
+    data = json.loads(out.read_text())
+    assert not [k for k in REQUIRED_KEYS if k not in data]
+    assert data["mode"] == "open" and data["rate_per_station"] == 2.0
+    assert data["handshakes_failed"] == 0 and data["connected"] == 20, data["error_detail"]
+    assert data["errors"] == 0, data["error_detail"]
+    assert data["latency_samples"] > 0
+    assert 0 < data["latency_p50_ms"] <= data["latency_p99_ms"]
+    assert data["rss_per_station_kb"] is not None

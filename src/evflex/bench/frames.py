@@ -199,37 +199,13 @@ class StationModel:
             ("Current.Import", "L3", "Outlet", "A", round(amps, 2)),
             ("SoC", None, "EV", "Percent", round(self.soc, 1)),
         )
+        sampled = self._sampled(readings)
         if self.version == V16:
-            sampled = []
-            for measurand, phase, location, unit, value in readings:
-                sv = {
-                    "value": str(value),
-                    "context": "Sample.Periodic",
-                    "format": "Raw",
-                    "measurand": measurand,
-                    "location": location,
-                    "unit": unit,
-                }
-                if phase:
-                    sv["phase"] = phase
-                sampled.append(sv)
             return "MeterValues", {
                 "connectorId": 1,
                 "transactionId": self.tx_id,
                 "meterValue": [{"timestamp": ts, "sampledValue": sampled}],
             }
-        sampled = []
-        for measurand, phase, location, unit, value in readings:
-            sv = {
-                "value": value,
-                "context": "Sample.Periodic",
-                "measurand": measurand,
-                "location": location,
-                "unitOfMeasure": {"unit": unit},
-            }
-            if phase:
-                sv["phase"] = phase
-            sampled.append(sv)
         self.seq_no += 1
         return "TransactionEvent", {
             "eventType": "Updated",
@@ -239,6 +215,48 @@ class StationModel:
             "transactionInfo": {"transactionId": self.tx_id, "chargingState": "Charging"},
             "meterValue": [{"timestamp": ts, "sampledValue": sampled}],
         }
+
+    def light_meter_values(self) -> tuple[str, dict]:
+        """A MeterValues outside any transaction with two readings: energy register and power.
+
+        The meter creeps forward a little at each call, so every reading is new.
+        """
+        self.energy_wh += self.rng.uniform(1.0, 20.0)
+        power = round(self.rng.uniform(3_000.0, 11_000.0), 1)
+        readings = (
+            ("Energy.Active.Import.Register", None, "Outlet", "Wh", round(self.energy_wh, 1)),
+            ("Power.Active.Import", None, "Outlet", "W", power),
+        )
+        meter_value = [{"timestamp": self.timestamp(), "sampledValue": self._sampled(readings)}]
+        if self.version == V16:
+            return "MeterValues", {"connectorId": 1, "meterValue": meter_value}
+        return "MeterValues", {"evseId": 1, "meterValue": meter_value}
+
+    def _sampled(self, readings) -> list[dict]:
+        """(measurand, phase, location, unit, value) rows as this version's sampledValue list."""
+        sampled = []
+        for measurand, phase, location, unit, value in readings:
+            if self.version == V16:
+                sv = {
+                    "value": str(value),
+                    "context": "Sample.Periodic",
+                    "format": "Raw",
+                    "measurand": measurand,
+                    "location": location,
+                    "unit": unit,
+                }
+            else:
+                sv = {
+                    "value": value,
+                    "context": "Sample.Periodic",
+                    "measurand": measurand,
+                    "location": location,
+                    "unitOfMeasure": {"unit": unit},
+                }
+            if phase:
+                sv["phase"] = phase
+            sampled.append(sv)
+        return sampled
 
     def stop_transaction(self) -> tuple[str, dict]:
         """1.6 StopTransaction or 2.0.1 TransactionEvent Ended (the EV was unplugged)."""

@@ -6,6 +6,26 @@ CALLRESULT or CALLERROR, and only then sends the next one, as a real station
 does. A CALL from the CSMS is answered with a CALLERROR ``NotImplemented`` so
 that nothing waits on us.
 
+What a station says is its *mix*:
+
+* ``default``: BootNotification, a StatusNotification per connector, then
+  heartbeats and back-to-back charging sessions with periodic meter values
+  (1.6 or 2.0.1);
+* ``light16``: BootNotification, then heartbeat, StatusNotification and a
+  MeterValues with two readings (energy register, power), over and over.
+
+When it says it is its *mode*:
+
+* ``paced``: on the station's own timers (heartbeat and meter intervals);
+  only with the default mix;
+* ``closed``: exactly one request in flight, the next sent as soon as the
+  answer arrives;
+* ``open``: one message every ``1 / rate_per_station`` seconds on a fixed
+  schedule; latency counts from the scheduled send time, so a server that
+  falls behind cannot hide it (no coordinated omission).
+
+Stations connect and boot, then stay idle until the measurement starts.
+
 A generator process is driven by the orchestrator through a pipe:
 
 * worker -> parent ``("loaded", None)`` once it is up;
@@ -37,6 +57,9 @@ from websockets.typing import Subprotocol
 
 from evflex.bench.frames import ID_TOKEN_COUNT, V16, V201, StationModel
 
+MIXES = ("default", "light16")
+MODES = ("paced", "closed", "open")
+
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -61,6 +84,10 @@ class LoadSettings:
     call_timeout: float = 30.0
     open_timeout: float = 30.0
     seed: int = 1
+    mix: str = "default"  # see MIXES
+    mode: str = "paced"  # see MODES
+    rate_per_station: float = 0.1  # messages per second per station in open mode
+    warmup: float = 0.0  # seconds of load before the window opens
 
 
 class StationGone(Exception):
@@ -148,6 +175,8 @@ class SimStation:
         self.alive = False
         self._next_id = 0
         self._pending: tuple[str, asyncio.Future] | None = None
+        self._scheduled: float | None = None  # open mode: when the next call was due
+        self._session_ok = False
 
     # ------------------------------------------------------------ wire
 
@@ -162,7 +191,8 @@ class SimStation:
         fut = asyncio.get_running_loop().create_future()
         self._pending = (mid, fut)
         self.in_call = True
-        t0 = time.perf_counter()
+        t0 = self._scheduled if self._scheduled is not None else time.perf_counter()
+        self._scheduled = None
         measured = stats.in_window(t0)
         stats.sent += 1
         if measured:
@@ -270,8 +300,9 @@ class SimStation:
                 await self.close()  # a station that is not accepted does not stay connected
                 return False
             stats.connect_ms.append((time.perf_counter() - t0) * 1000.0)
-            for action, payload in self.model.initial_status():
-                await self.call(action, payload)
+            if s.mix == "default":
+                for action, payload in self.model.initial_status():
+                    await self.call(action, payload)
         except StationGone:
             stats.connect_failures["boot: disconnected"] += 1
             return False
@@ -302,7 +333,9 @@ class SimStation:
                 next_heartbeat = now + s.heartbeat_interval
             elif next_plug_in <= now:
                 next_plug_in = math.inf
-                if await self._start_session():
+                async for _ in self._session_start():
+                    pass
+                if self._session_ok:
                     last_meter = loop.time()
                     next_meter = last_meter + s.meter_interval
                     session_end = last_meter + rng.uniform(s.session_min_s, s.session_max_s)
@@ -310,9 +343,8 @@ class SimStation:
                     next_plug_in = loop.time() + s.meter_interval
             elif session_end <= now:
                 model.advance(now - last_meter)
-                await self.call(*model.stop_transaction())
-                await self.call(*model.status(1, "Available"))
-                self.stats.sessions_ended += 1
+                async for _ in self._session_end():
+                    pass
                 next_meter = session_end = math.inf
                 next_plug_in = loop.time() + rng.uniform(0.0, s.gap_max_s)
             elif next_meter <= now:
@@ -323,31 +355,98 @@ class SimStation:
                 if next_meter < loop.time():  # fell behind: skip, do not burst
                     next_meter = loop.time() + s.meter_interval
 
-    async def _start_session(self) -> bool:
+    # A session as steps: each ``yield`` follows exactly one call, so closed and
+    # open modes can pace the station call by call; paced mode runs them through.
+
+    async def _session_start(self):
+        """Authorize (1.6), start the transaction, report Charging; sets ``_session_ok``."""
         model = self.model
+        self._session_ok = False
         model.begin_session(self.rng.randrange(ID_TOKEN_COUNT))
         if model.version == V16:
             answer = await self.call(*model.authorize())
             if answer is not None:
                 self.stats.auth_status[answer.get("idTagInfo", {}).get("status", "?")] += 1
+            yield
             answer = await self.call(*model.start_transaction())
             if answer is None or "transactionId" not in answer:
                 model.abandon_transaction()
-                return False
+                yield
+                return
             model.started(answer["transactionId"])
         else:
             answer = await self.call(*model.start_transaction())
             if answer is None:
                 model.abandon_transaction()
-                return False
+                yield
+                return
             status = answer.get("idTokenInfo", {}).get("status")
             if status:
                 self.stats.auth_status[status] += 1
         self.stats.sessions_started += 1
-        await self.call(*model.status(1, "Charging"))
-        return True
+        self._session_ok = True
+        yield
+        await self.call(*self.model.status(1, "Charging"))
+        yield
 
-    async def run(self, settled: asyncio.Event, total: int) -> None:
+    async def _session_end(self):
+        """Stop the transaction (the EV left) and report the connector Available."""
+        await self.call(*self.model.stop_transaction())
+        yield
+        await self.call(*self.model.status(1, "Available"))
+        self.stats.sessions_ended += 1
+        yield
+
+    async def _steps(self):
+        """The station's mix, one call per step, for closed and open modes."""
+        model = self.model
+        if self.settings.mix == "light16":
+            while True:
+                await self.call(*model.heartbeat())
+                yield
+                await self.call(*model.status(1, "Available"))
+                yield
+                await self.call(*model.light_meter_values())
+                yield
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.call(*model.heartbeat())
+            yield
+            async for _ in self._session_start():
+                yield
+            if not self._session_ok:
+                continue
+            last = loop.time()
+            for _ in range(self.rng.randint(3, 12)):
+                model.advance(loop.time() - last)
+                last = loop.time()
+                await self.call(*model.meter_values())
+                yield
+            model.advance(loop.time() - last)
+            async for _ in self._session_end():
+                yield
+
+    async def closed_loop(self) -> None:
+        steps = self._steps()
+        while not self.stats.stopping:
+            await anext(steps)
+
+    async def open_loop(self) -> None:
+        """One step every period on a fixed schedule; a late step is still timed from its slot."""
+        period = 1.0 / self.settings.rate_per_station
+        due = time.perf_counter() + self.rng.uniform(0.0, period)
+        steps = self._steps()
+        while not self.stats.stopping:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.stats.stopping:
+                return
+            self._scheduled = due
+            await anext(steps)
+            due += period
+
+    async def run(self, settled: asyncio.Event, total: int, go: asyncio.Event) -> None:
         try:
             ok = await self.connect_and_boot()
         except Exception as exc:  # a bug of ours: count it, never hang the run
@@ -361,7 +460,13 @@ class SimStation:
         if not ok:
             return
         try:
-            await self.operate()
+            await go.wait()
+            if self.settings.mode == "closed":
+                await self.closed_loop()
+            elif self.settings.mode == "open":
+                await self.open_loop()
+            else:
+                await self.operate()
         except StationGone:
             if not self.stats.stopping:
                 self.stats.disconnects += 1
@@ -451,11 +556,14 @@ async def _drive(
         SimStation(spec, settings, stats, random.Random(rng.getrandbits(64))) for spec in specs
     ]
     tasks: list[asyncio.Task] = []
+    if settings.mix not in MIXES or settings.mode not in MODES:
+        raise ValueError(f"unknown mix {settings.mix!r} or mode {settings.mode!r}")
     try:
         conn.send(("loaded", None))
         if not await control.expect("connect", timeout=300):
             return None
         settled = asyncio.Event()
+        go = asyncio.Event()
         if not stations:
             settled.set()
         loop = asyncio.get_running_loop()
@@ -464,7 +572,7 @@ async def _drive(
             delay = t0 + j / settings.connect_rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(st.run(settled, len(stations))))
+            tasks.append(asyncio.create_task(st.run(settled, len(stations), go)))
         # Every station settles within open_timeout + four call timeouts.
         bound = settings.open_timeout + 4 * settings.call_timeout + 5
         with contextlib.suppress(TimeoutError):
@@ -473,9 +581,10 @@ async def _drive(
         conn.send(("ready", {"connected": stats.connected, "elapsed_s": loop.time() - t0}))
         if not await control.expect("start", timeout=3600):
             return None
-        stats.window_start = time.perf_counter()
+        stats.window_start = time.perf_counter() + settings.warmup
         stats.window_end = stats.window_start + settings.duration
-        await asyncio.sleep(settings.duration)
+        go.set()
+        await asyncio.sleep(settings.warmup + settings.duration)
         # Stop sending; let calls in flight finish (bounded by their timeout).
         stats.stopping = True
         for st, task in zip(stations, tasks, strict=False):

@@ -12,7 +12,18 @@ ones: BootNotification, a StatusNotification per connector, Heartbeats, and
 on EVSE 1 back-to-back charging sessions with periodic meter values. The
 window stands for ``window_minutes`` of station life (an hour by default); a
 session lasts 5 to 20 of those minutes, with up to one minute between the
-EV leaving and the next one plugging in.
+EV leaving and the next one plugging in. Other message mixes and load modes
+(closed loop, open loop on a fixed schedule) are described in
+:mod:`evflex.bench.loadgen`. Stations stay idle between their boot and the
+window; the server's RSS before any connected and with all of them idle
+gives the memory per connected station (``rss_per_station_kb``).
+
+``--compare`` runs the same generator with the same settings against four
+servers in turn, each a child process measured the same way: a raw
+websockets echo server (the limit), a bare server on the ``ocpp`` library
+(see :mod:`evflex.bench.baselines`), ``evflex serve`` on SQLite and on
+PostgreSQL (a fresh database per run, skipped when no server answers). Each
+row carries its msgs/s as a ratio of the bare library's and of the echo's.
 """
 
 from __future__ import annotations
@@ -44,8 +55,8 @@ import typer
 
 from evflex import __version__
 from evflex.bench.frames import ID_TOKEN_COUNT, id_token
-from evflex.bench.loadgen import LoadSettings, split_stations, worker_main
-from evflex.bench.server import ServerProcess, raise_nofile_limit
+from evflex.bench.loadgen import MIXES, MODES, LoadSettings, split_stations, worker_main
+from evflex.bench.server import BaselineProcess, ChildServer, ServerProcess, raise_nofile_limit
 
 REQUIRED_KEYS = (
     "stations",
@@ -69,6 +80,11 @@ REQUIRED_KEYS = (
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
+BASELINES = ("echo", "ocpp-lib")
+DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+STATIONS_PER_GENERATOR = 5000  # generator processes when --clients is not given
+COMPARE_SERVERS = ("echo", "ocpp-lib", "evflex-sqlite", "evflex-postgresql")
+
 
 @dataclass
 class OcppBenchConfig:
@@ -83,14 +99,54 @@ class OcppBenchConfig:
     server_url: str | None = None
     api_url: str | None = None
     api_token: str | None = None
-    clients: int = 1
+    clients: int | None = None  # generator processes (default: one per 5,000 stations)
     window_minutes: float = 60.0
     call_timeout: float = 30.0
     seed: int | None = None
+    mix: str = "default"
+    mode: str | None = None  # paced for the default mix, closed for light16
+    rate_per_station: float = 0.1
+    warmup: float | None = None
+    compare: bool = False
+    servers: tuple[str, ...] = COMPARE_SERVERS  # what --compare runs, in this order
+    postgres_url: str | None = None  # evflex-postgresql's server (default DEFAULT_POSTGRES_URL)
+
+    def load_mode(self) -> str:
+        if self.mode is not None:
+            return self.mode
+        return "paced" if self.mix == "default" else "closed"
+
+    def warmup_s(self) -> float:
+        """Load before the window opens: none when paced, else up to 5 s."""
+        if self.warmup is not None:
+            return self.warmup
+        return 0.0 if self.load_mode() == "paced" else min(5.0, self.duration / 3)
+
+    def generator_processes(self) -> int:
+        if self.clients is not None:
+            return self.clients
+        return min(self.stations, math.ceil(self.stations / STATIONS_PER_GENERATOR))
 
     def validate(self) -> None:
         if self.stations < 1:
             raise ValueError("stations must be at least 1")
+        if self.mix not in MIXES:
+            raise ValueError(f"mix must be one of {', '.join(MIXES)}")
+        if self.load_mode() not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if self.mix != "default" and self.load_mode() == "paced":
+            raise ValueError("paced mode runs the default mix only (use closed or open)")
+        if self.mix == "light16" and self.v201_share:
+            raise ValueError("the light16 mix is all OCPP 1.6 (v201-share 0)")
+        if not self.rate_per_station > 0:
+            raise ValueError("rate-per-station must be positive")
+        if self.warmup is not None and self.warmup < 0:
+            raise ValueError("warmup must not be negative")
+        if self.compare and self.server_url is not None:
+            raise ValueError("--compare starts its own servers (no --server-url)")
+        unknown = set(self.servers) - set(COMPARE_SERVERS)
+        if unknown or not self.servers:
+            raise ValueError(f"servers: choose from {', '.join(COMPARE_SERVERS)}")
         if not self.duration > 0:
             raise ValueError("duration must be positive")
         if not 0.0 <= self.v201_share <= 1.0:
@@ -99,7 +155,7 @@ class OcppBenchConfig:
             raise ValueError("meter and heartbeat intervals must be positive")
         if not self.connect_rate > 0:
             raise ValueError("connect-rate must be positive")
-        if not 1 <= self.clients <= self.stations:
+        if not 1 <= self.generator_processes() <= self.stations:
             raise ValueError("clients must be between 1 and the number of stations")
         if not (self.window_minutes > 0 and self.call_timeout > 0):
             raise ValueError("window-minutes and call-timeout must be positive")
@@ -343,10 +399,45 @@ def _merge(results: list[dict]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the benchmark
 
 
+@dataclass
+class _Target:
+    """One server a run measures: evflex on a database, a baseline, or a running server."""
+
+    label: str  # evflex-sqlite, evflex-postgresql, echo, ocpp-lib, external
+    kind: str  # evflex, echo, ocpp-lib, external
+    database_url: str | None = None
+
+
+def _single_target(config: OcppBenchConfig) -> _Target:
+    if config.server_url is not None:
+        return _Target("external", "external", config.database_url)
+    url = config.database_url
+    return _Target(f"evflex-{database_kind(url) if url else 'sqlite'}", "evflex", url)
+
+
+@contextlib.contextmanager
+def _on_sigterm_interrupt():
+    """SIGTERM stops a run like Ctrl-C does (servers and generators are cleaned up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_ocpp_bench(
     config: OcppBenchConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Run the benchmark, write the JSON file and return the result dict."""
+    """Run the benchmark against one server, write the JSON file and return the result dict."""
+    if config.compare:
+        return run_ocpp_compare(config, progress)
     say = progress or (lambda _msg: None)
     config.validate()
     raise_nofile_limit()
@@ -354,128 +445,284 @@ def run_ocpp_bench(
     out = Path(config.out) if config.out is not None else default_out(config.stations, started)
     seed = config.seed if config.seed is not None else secrets.randbits(31)
     run_tag = secrets.token_hex(3)
-    minute = config.duration / config.window_minutes
-    groups = split_stations(run_tag, config.stations, config.v201_share, config.clients)
-
-    previous_term = None
-    if threading.current_thread() is threading.main_thread():
-
-        def _on_term(signum, frame):
-            raise KeyboardInterrupt
-
-        previous_term = signal.signal(signal.SIGTERM, _on_term)
-
-    result: dict[str, Any] = {}
-    try:
-        with contextlib.ExitStack() as stack:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evflex-bench-")))
-            client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
-            server: ServerProcess | None = None
-            db_url = config.database_url
-            if config.server_url is None:
-                if db_url is None:
-                    db_url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-                server = ServerProcess(
-                    db_url,
-                    tmp / "server.log",
-                    heartbeat_interval=max(1, round(config.heartbeat_interval)),
-                )
-                stack.callback(server.stop)
-                say(f"starting evflex serve ({database_kind(db_url)})")
-                server.start()
-                ocpp_url, api_url = server.ocpp_url, server.api_url
-                api_token = server.api_token
-            else:
-                ocpp_url, api_url = ocpp_base_url(config.server_url), config.api_url
-                api_token = config.api_token
-            if api_token:
-                client.headers["Authorization"] = f"Bearer {api_token}"
-            tokens = _register_tokens(client, api_url) if api_url else 0
-
-            settings = LoadSettings(
-                server_url=ocpp_url,
-                duration=config.duration,
-                meter_interval=config.meter_interval,
-                heartbeat_interval=config.heartbeat_interval,
-                connect_rate=config.connect_rate / config.clients,
-                session_min_s=5 * minute,
-                session_max_s=20 * minute,
-                gap_max_s=1 * minute,
-                call_timeout=config.call_timeout,
-                open_timeout=config.call_timeout,
-                seed=seed,
-            )
-            say(f"starting {config.clients} load generator process(es)")
-            gens = _Generators(groups, settings)
-            stack.callback(gens.stop)
-            gens.wait_all("loaded", 120)
-
-            say(f"connecting {config.stations} stations at {config.connect_rate:g}/s")
-            per_process = max(len(g) for g in groups)
-            connect_bound = per_process / settings.connect_rate + 5 * config.call_timeout + 30
-            t0 = time.monotonic()
-            gens.send("connect")
-            ready = gens.wait_all("ready", connect_bound)
-            connect_time = time.monotonic() - t0
-            connected = sum(r["connected"] for r in ready)
-
-            say(f"{connected}/{config.stations} connected; measuring {config.duration:g} s")
-            health_start = _health(client, api_url)
-            cpu0 = server.cpu_seconds() if server else None
-            gen_cpu0 = gens.cpu_seconds()
-            host0 = psutil.cpu_times()
-            w0 = time.monotonic()
-            gens.send("start")
-            gens.watch(config.duration)
-            window = time.monotonic() - w0
-            cpu1 = server.cpu_seconds() if server else None
-            gen_cpu1 = gens.cpu_seconds()
-            host1 = psutil.cpu_times()
-            health_end = _health(client, api_url)
-            rss_end = server.last_rss if server else None
-
-            say("window over; collecting results")
-            results = gens.wait_all("result", config.call_timeout + 60)
-            gens.stop()
-            server_alive = server.alive() if server else None
-            exit_code = server.stop() if server else None
-            log = _log_summary(server.log_path.read_text(errors="replace")) if server else None
-            db_size = _sqlite_size_mb(db_url)
-
-            result = _build_result(
-                config=config,
-                started=started,
-                seed=seed,
-                run_tag=run_tag,
-                settings=settings,
-                connect_time=connect_time,
-                connected=connected,
-                merged=_merge(results),
-                window=window,
-                cpu=(cpu0, cpu1),
-                gen_cpu=gen_cpu1 - gen_cpu0,
-                host_busy=_busy_percent(host0, host1),
-                server=server,
-                rss_end=rss_end,
-                health=(health_start, health_end),
-                db_url=db_url,
-                db_size=db_size,
-                tokens=tokens,
-                server_alive=server_alive,
-                exit_code=exit_code,
-                log=log,
-            )
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        # A run that broke down is a result too: record it, then report the error.
-        _write(out, _failure_result(config, started, seed, run_tag, exc))
-        raise
-    finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
-
+    with _on_sigterm_interrupt():
+        try:
+            result = _run_target(config, _single_target(config), say, started, seed, run_tag)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            # A run that broke down is a result too: record it, then report the error.
+            _write(out, _failure_result(config, started, seed, run_tag, exc))
+            raise
     _write(out, result)
     result["out"] = str(out)
     return result
+
+
+def _run_target(
+    config: OcppBenchConfig,
+    target: _Target,
+    say: Callable[[str], None],
+    started: datetime,
+    seed: int,
+    run_tag: str,
+) -> dict[str, Any]:
+    """Start the target's server (unless it runs already), load it, measure, stop it."""
+    minute = config.duration / config.window_minutes
+    clients = config.generator_processes()
+    groups = split_stations(run_tag, config.stations, config.v201_share, clients)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evflex-bench-")))
+        client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
+        server: ChildServer | None = None
+        db_url = target.database_url
+        if target.kind == "evflex":
+            if db_url is None:
+                db_url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+            server = ServerProcess(
+                db_url,
+                tmp / "server.log",
+                heartbeat_interval=max(1, round(config.heartbeat_interval)),
+            )
+            say(f"starting evflex serve ({database_kind(db_url)})")
+        elif target.kind in BASELINES:
+            server = BaselineProcess(target.kind, tmp / "server.log")
+            say(f"starting the {target.kind} baseline server")
+        if server is not None:
+            stack.callback(server.stop)
+        settings = LoadSettings(
+            server_url=server.ocpp_url if server else ocpp_base_url(config.server_url or ""),
+            duration=config.duration,
+            meter_interval=config.meter_interval,
+            heartbeat_interval=config.heartbeat_interval,
+            connect_rate=config.connect_rate / clients,
+            session_min_s=5 * minute,
+            session_max_s=20 * minute,
+            gap_max_s=1 * minute,
+            call_timeout=config.call_timeout,
+            open_timeout=config.call_timeout,
+            seed=seed,
+            mix=config.mix,
+            mode=config.load_mode(),
+            rate_per_station=config.rate_per_station,
+            warmup=config.warmup_s(),
+        )
+        # The generators load their modules while the server starts.
+        say(f"starting {clients} load generator process(es)")
+        gens = _Generators(groups, settings)
+        stack.callback(gens.stop)
+        if server is not None:
+            server.start()
+            api_url, api_token = server.api_url, server.api_token
+        else:
+            api_url, api_token = config.api_url, config.api_token
+        if api_token:
+            client.headers["Authorization"] = f"Bearer {api_token}"
+        # Only the default mix presents RFID cards.
+        tokens = _register_tokens(client, api_url) if api_url and config.mix == "default" else 0
+        gens.wait_all("loaded", 120)
+
+        rss_idle = server.rss_now() if server else None
+        say(f"connecting {config.stations} stations at {config.connect_rate:g}/s")
+        per_process = max(len(g) for g in groups)
+        connect_bound = per_process / settings.connect_rate + 5 * config.call_timeout + 30
+        t0 = time.monotonic()
+        gens.send("connect")
+        ready = gens.wait_all("ready", connect_bound)
+        connect_time = time.monotonic() - t0
+        connected = sum(r["connected"] for r in ready)
+        # The stations are connected and idle until "start": what do they cost at rest?
+        gens.watch(min(2.0, 0.5 + config.stations / 2000))
+        rss_connected = server.rss_now() if server else None
+
+        say(f"{connected}/{config.stations} connected; measuring {config.duration:g} s")
+        gens.send("start")
+        gens.watch(settings.warmup)
+        health_start = _health(client, api_url)
+        cpu0 = server.cpu_seconds() if server else None
+        gen_cpu0 = gens.cpu_seconds()
+        host0 = psutil.cpu_times()
+        w0 = time.monotonic()
+        gens.watch(config.duration)
+        window = time.monotonic() - w0
+        cpu1 = server.cpu_seconds() if server else None
+        gen_cpu1 = gens.cpu_seconds()
+        host1 = psutil.cpu_times()
+        health_end = _health(client, api_url)
+        rss_end = server.last_rss if server else None
+
+        say("window over; collecting results")
+        results = gens.wait_all("result", config.call_timeout + 60)
+        gens.stop()
+        server_alive = server.alive() if server else None
+        exit_code = server.stop() if server else None
+        log = _log_summary(server.log_path.read_text(errors="replace")) if server else None
+        db_size = _sqlite_size_mb(db_url)
+
+        return _build_result(
+            config=config,
+            target=target,
+            started=started,
+            seed=seed,
+            run_tag=run_tag,
+            settings=settings,
+            connect_time=connect_time,
+            connected=connected,
+            merged=_merge(results),
+            window=window,
+            cpu=(cpu0, cpu1),
+            gen_cpu=gen_cpu1 - gen_cpu0,
+            host_busy=_busy_percent(host0, host1),
+            server=server,
+            rss=(rss_idle, rss_connected, rss_end),
+            health=(health_start, health_end),
+            db_url=db_url,
+            db_size=db_size,
+            tokens=tokens,
+            server_alive=server_alive,
+            exit_code=exit_code,
+            log=log,
+        )
+
+
+# ---------------------------------------------------------------- --compare
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL server answered, or it refused a new database."""
+
+
+def _asyncpg_url(url: str) -> str:
+    return urlsplit(url)._replace(scheme="postgresql").geturl()
+
+
+def _postgres_execute(url: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(_asyncpg_url(url), timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(run())
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise PostgresUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(url: str):
+    """A new, empty database on ``url``'s server, for one run; dropped afterwards."""
+    name = f"evflex_bench_{secrets.token_hex(6)}"
+    _postgres_execute(url, f'CREATE DATABASE "{name}"')
+    try:
+        yield urlsplit(url)._replace(path=f"/{name}").geturl()
+    finally:
+        with contextlib.suppress(PostgresUnavailable):
+            _postgres_execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if not value or not reference:
+        return None
+    return round(value / reference, 3)
+
+
+def run_ocpp_compare(
+    config: OcppBenchConfig, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """The same load against each of ``config.servers`` in turn; one JSON file for all."""
+    say = progress or (lambda _msg: None)
+    config.validate()
+    raise_nofile_limit()
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    out = Path(config.out or Path("bench-results") / f"ocpp-compare-{config.stations}-{stamp}.json")
+    seed = config.seed if config.seed is not None else secrets.randbits(31)
+    run_tag = secrets.token_hex(3)
+    pg_url = config.postgres_url or DEFAULT_POSTGRES_URL
+    rows: list[dict[str, Any]] = []
+
+    def measure(target: _Target) -> dict[str, Any]:
+        say(f"[{target.label}]")
+        try:
+            return _run_target(config, target, say, started, seed, run_tag)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            say(f"{target.label} failed: {exc}")
+            return {**_failure_result(config, started, seed, run_tag, exc), "server": target.label}
+
+    with _on_sigterm_interrupt():
+        for label in config.servers:
+            if label in BASELINES:
+                rows.append(measure(_Target(label, label)))
+            elif label == "evflex-sqlite":
+                rows.append(measure(_Target(label, "evflex")))
+            else:
+                try:
+                    with fresh_postgres_database(pg_url) as url:
+                        rows.append(measure(_Target(label, "evflex", url)))
+                except PostgresUnavailable as exc:
+                    where = urlsplit(pg_url)
+                    shown = f"{where.hostname}:{where.port or 5432}"
+                    reason = f"skipped: no PostgreSQL answers at {shown} ({exc})"
+                    say(f"{label} {reason}")
+                    rows.append({"server": label, "skipped": reason, "ok": None})
+
+    result = _compare_result(config, started, seed, run_tag, rows)
+    _write(out, result)
+    result["out"] = str(out)
+    return result
+
+
+def _compare_result(
+    config: OcppBenchConfig, started: datetime, seed: int, run_tag: str, rows: list[dict]
+) -> dict[str, Any]:
+    rate = {row["server"]: row.get("msgs_per_s") for row in rows}
+    for row in rows:
+        if "skipped" not in row:
+            row["ratio_vs_bare_lib"] = _ratio(row.get("msgs_per_s"), rate.get("ocpp-lib"))
+            row["ratio_vs_echo"] = _ratio(row.get("msgs_per_s"), rate.get("echo"))
+    measured = [row for row in rows if "skipped" not in row]
+    cpus = os.cpu_count() or 1
+    return {
+        "benchmark": "ocpp-compare",
+        "timestamp": started.isoformat(timespec="seconds"),
+        "ok": all(row.get("ok") for row in measured),
+        "stations": config.stations,
+        "duration_s": config.duration,
+        "mix": config.mix,
+        "mode": config.load_mode(),
+        "rate_per_station": config.rate_per_station if config.load_mode() == "open" else None,
+        "v201_share": config.v201_share,
+        "clients": config.generator_processes(),
+        "servers": [row["server"] for row in rows],
+        "ratios": {
+            row["server"]: {
+                "ratio_vs_bare_lib": row.get("ratio_vs_bare_lib"),
+                "ratio_vs_echo": row.get("ratio_vs_echo"),
+            }
+            for row in measured
+            if row["server"].startswith("evflex")
+        },
+        "rows": rows,
+        "settings": {
+            "connect_rate_per_s": config.connect_rate,
+            "call_timeout_s": config.call_timeout,
+            "warmup_s": config.warmup_s(),
+            "seed": seed,
+            "run_tag": run_tag,
+        },
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": cpus,
+        "evflex": __version__,
+        "note": (
+            "the same load generator and settings against each server in turn; each server "
+            f"is a child process measured by psutil; generator and server share {cpus} core(s)"
+        ),
+    }
 
 
 def _write(out: Path, result: dict[str, Any]) -> None:
@@ -496,7 +743,9 @@ def _failure_result(
         "duration_s": config.duration,
         "v201_share": config.v201_share,
         "database": database_kind(config.database_url or "sqlite"),
-        "clients": config.clients,
+        "clients": config.generator_processes(),
+        "mix": config.mix,
+        "mode": config.load_mode(),
         "settings": {"seed": seed, "run_tag": run_tag, "connect_rate_per_s": config.connect_rate},
         "python": platform.python_version(),
         "cpu_count": os.cpu_count() or 1,
@@ -506,6 +755,7 @@ def _failure_result(
 def _build_result(
     *,
     config: OcppBenchConfig,
+    target: _Target,
     started: datetime,
     seed: int,
     run_tag: str,
@@ -517,8 +767,8 @@ def _build_result(
     cpu: tuple[float | None, float | None],
     gen_cpu: float,
     host_busy: float | None,
-    server: ServerProcess | None,
-    rss_end: int | None,
+    server: ChildServer | None,
+    rss: tuple[int | None, int | None, int | None],
     health: tuple[dict | None, dict | None],
     db_url: str | None,
     db_size: float | None,
@@ -537,6 +787,13 @@ def _build_result(
     disconnects = merged.get("disconnects", 0)
     bad_frames = merged.get("bad_frames", 0)
     errors = callerrors + timeouts + connect_failures + disconnects + bad_frames
+    handshakes_failed = sum(
+        n for key, n in merged["connect_failures"].items() if key.startswith("handshake")
+    )
+    rss_idle, rss_connected, rss_end = rss
+    per_station_kb = None
+    if rss_idle and rss_connected and connected:
+        per_station_kb = (rss_connected - rss_idle) / connected / 1024.0
     errors_in_window = (
         merged.get("callerrors_in_window", 0)
         + merged.get("timeouts_in_window", 0)
@@ -566,14 +823,22 @@ def _build_result(
             "p99_ms": _r(percentile(samples, 99)),
             "max_ms": _r(samples[-1] if samples else None),
         }
-    db_label = database_kind(db_url) if db_url else "unknown (external server)"
+    if target.kind in BASELINES:
+        db_label = "none"
+    else:
+        db_label = database_kind(db_url) if db_url else "unknown (external server)"
     shown_url = db_url if (config.database_url or config.server_url) else None
     return {
         "benchmark": "ocpp",
+        "server": target.label,
         "timestamp": started.isoformat(timespec="seconds"),
         "ok": connected == config.stations and errors == 0,
         "stations": config.stations,
         "connected": connected,
+        "handshakes_failed": handshakes_failed,
+        "mix": config.mix,
+        "mode": settings.mode,
+        "rate_per_station": settings.rate_per_station if settings.mode == "open" else None,
         "connected_at_end": (h1 or {}).get("stations_connected"),
         "connect_time_s": _r(connect_time, 3),
         "connect_p50_ms": _r(percentile(connect_ms, 50)),
@@ -607,6 +872,9 @@ def _build_result(
         "server_cpu_percent": _r(100.0 * cpu_s / window, 1) if cpu_s is not None else None,
         "server_peak_rss_mb": _r(server.peak_rss / 1e6, 1) if server else None,
         "server_rss_end_mb": _r(rss_end / 1e6, 1) if rss_end else None,
+        "server_rss_idle_mb": _r(rss_idle / 1e6, 1) if rss_idle else None,
+        "server_rss_connected_mb": _r(rss_connected / 1e6, 1) if rss_connected else None,
+        "rss_per_station_kb": _r(per_station_kb, 1),
         "server_alive_after_window": server_alive,
         "server_exit_code": exit_code,
         "server_log": log,
@@ -623,7 +891,7 @@ def _build_result(
         "database": db_label,
         "database_url": shown_url,
         "database_size_mb": db_size,
-        "clients": config.clients,
+        "clients": config.generator_processes(),
         "settings": {
             "meter_interval_s": config.meter_interval,
             "heartbeat_interval_s": config.heartbeat_interval,
@@ -631,6 +899,7 @@ def _build_result(
             "window_minutes": config.window_minutes,
             "session_s": [_r(settings.session_min_s), _r(settings.session_max_s)],
             "call_timeout_s": config.call_timeout,
+            "warmup_s": settings.warmup,
             "seed": seed,
             "run_tag": run_tag,
             "server": "spawned" if server else config.server_url,
@@ -641,7 +910,7 @@ def _build_result(
         "cpu_count": cpus,
         "evflex": __version__,
         "note": (
-            f"load generator ({config.clients} process(es)) and server share the same "
+            f"load generator ({config.generator_processes()} process(es)) and server share the same "
             f"{cpus} CPU core(s) over loopback"
             if server
             else "server runs outside the benchmark: no CPU/RSS figures"
@@ -676,8 +945,11 @@ def render_table(result: dict[str, Any]):
         conn = f"[red]{conn}[/]"
     mix = f"{result['v201_stations']:,} × 2.0.1, {result['stations'] - result['v201_stations']:,} × 1.6"
     rows = [
+        ("server", result.get("server", "evflex")),
         ("stations connected", conn),
+        ("handshakes failed", f"{result.get('handshakes_failed', 0):,}"),
         ("protocol mix", mix),
+        ("message mix / load mode", _load_label(result)),
         ("database", result["database"]),
         ("generator processes", str(result["clients"])),
         ("connect time (all)", num(result["connect_time_s"], "{:,.2f}", " s")),
@@ -696,6 +968,7 @@ def render_table(result: dict[str, Any]):
         ("errors (run / window)", f"{result['errors']:,} / {result['errors_in_window']:,}"),
         ("server CPU", num(result["server_cpu_percent"], "{:,.0f}", " % of one core")),
         ("server peak RSS", num(result["server_peak_rss_mb"], "{:,.0f}", " MB")),
+        ("RSS per connected idle station", num(result.get("rss_per_station_kb"), unit=" KiB")),
         ("load generator CPU", num(result["loadgen_cpu_percent"], "{:,.0f}", " % of one core")),
         (
             f"host CPU busy ({result['cpu_count']} cores)",
@@ -713,6 +986,51 @@ def render_table(result: dict[str, Any]):
     for name, value in rows:
         style = "red" if name.startswith("errors") and result["errors"] else None
         table.add_row(name, value, style=style)
+    return table
+
+
+def _load_label(result: dict[str, Any]) -> str:
+    mode = result.get("mode") or "paced"
+    if mode == "open" and result.get("rate_per_station"):
+        mode = f"open, {result['rate_per_station']:g} msg/s per station"
+    return f"{result.get('mix', 'default')} / {mode}"
+
+
+def render_compare(result: dict[str, Any]):
+    from rich.table import Table
+
+    def num(value, fmt="{:,.1f}"):
+        return "n/a" if value is None else fmt.format(value)
+
+    table = Table(
+        title=f"evflex bench ocpp --compare: {result['stations']:,} stations, "
+        f"{_load_label(result)}, {result['duration_s']:g} s window",
+        caption="CPU % of one core; RSS = peak; hs fail = handshakes failed; "
+        "×lib, ×echo = msg/s against the bare ocpp library's and the echo server's",
+    )
+    table.add_column("server", no_wrap=True)
+    for name in ("msg/s", "p50 ms", "p99 ms", "CPU %", "RSS MB", "errors", "hs fail", "×lib"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("×echo", justify="right", no_wrap=True)
+    for row in result["rows"]:
+        if "skipped" in row:
+            table.add_row(row["server"], f"[yellow]{row['skipped']}[/]")
+            continue
+        if "failure" in row:
+            table.add_row(row["server"], f"[red]failed: {row['failure'][:200]}[/]")
+            continue
+        table.add_row(
+            row["server"],
+            num(row["msgs_per_s"], "{:,.0f}"),
+            num(row["latency_p50_ms"]),
+            num(row["latency_p99_ms"]),
+            num(row["server_cpu_percent"], "{:,.0f}"),
+            num(row["server_peak_rss_mb"], "{:,.0f}"),
+            f"[red]{row['errors']:,}[/]" if row["errors"] else "0",
+            f"{row['handshakes_failed']:,}",
+            num(row.get("ratio_vs_bare_lib"), "{:.2f}"),
+            num(row.get("ratio_vs_echo"), "{:.2f}"),
+        )
     return table
 
 
@@ -737,7 +1055,10 @@ def bench_ocpp_command(
     duration: Annotated[
         float, typer.Option(help="Measurement window (s) after all stations connected")
     ] = 60.0,
-    v201_share: Annotated[float, typer.Option(help="Share of stations speaking OCPP 2.0.1")] = 0.5,
+    v201_share: Annotated[
+        float | None,
+        typer.Option(help="Share of stations speaking OCPP 2.0.1 [default: 0.5; 0 for light16]"),
+    ] = None,
     meter_interval: Annotated[float, typer.Option(help="Meter value interval (s)")] = 10.0,
     heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat interval (s)")] = 60.0,
     connect_rate: Annotated[float, typer.Option(help="New connections per second")] = 500.0,
@@ -761,21 +1082,68 @@ def bench_ocpp_command(
         str | None,
         typer.Option(envvar="EVFLEX_API_TOKEN", help="Token for that API (evflex token create)"),
     ] = None,
-    clients: Annotated[int, typer.Option(help="Load-generator processes")] = 1,
+    clients: Annotated[
+        int | None,
+        typer.Option(help="Load-generator processes [default: one per 5,000 stations]"),
+    ] = None,
     window_minutes: Annotated[
         float, typer.Option(help="Minutes of station life the window stands for")
     ] = 60.0,
     call_timeout: Annotated[float, typer.Option(help="Wait for an answer (s)")] = 30.0,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: random)")] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Run the same load against a raw websockets echo server, a bare server on "
+            "the ocpp library, evflex on SQLite and evflex on PostgreSQL, in turn",
+        ),
+    ] = False,
+    mix: Annotated[
+        str | None,
+        typer.Option(
+            help="Messages: 'default' (boot, status, heartbeats, charging sessions, 1.6 and "
+            "2.0.1) or 'light16' (heartbeat, status, two-reading meter values; all 1.6) "
+            "[default: default; light16 with --compare]"
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="'paced' (station timers, default mix), 'closed' (one request in flight per "
+            "station, back to back) or 'open' (fixed schedule, --rate-per-station) "
+            "[default: paced; closed for light16]"
+        ),
+    ] = None,
+    rate_per_station: Annotated[
+        float, typer.Option(help="Open mode: messages per second per station")
+    ] = 0.1,
+    warmup: Annotated[
+        float | None,
+        typer.Option(help="Load before the window opens (s) [default: 0 paced, else ≤ 5]"),
+    ] = None,
+    servers: Annotated[
+        str,
+        typer.Option(help="With --compare: which servers, comma-separated, in this order"),
+    ] = ",".join(COMPARE_SERVERS),
+    postgres_url: Annotated[
+        str,
+        typer.Option(
+            envvar="EVFLEX_TEST_POSTGRES_URL",
+            help="With --compare: the PostgreSQL server for evflex-postgresql (a fresh "
+            "database is created on it per run and dropped after)",
+        ),
+    ] = DEFAULT_POSTGRES_URL,
 ) -> None:
     """OCPP load: K simulated 1.6/2.0.1 stations against one CSMS process."""
     from rich.console import Console
 
     console = Console()
+    mix = mix or ("light16" if compare else "default")
     config = OcppBenchConfig(
         stations=stations,
         duration=duration,
-        v201_share=v201_share,
+        v201_share=v201_share if v201_share is not None else (0.0 if mix == "light16" else 0.5),
         meter_interval=meter_interval,
         heartbeat_interval=heartbeat_interval,
         connect_rate=connect_rate,
@@ -788,6 +1156,13 @@ def bench_ocpp_command(
         window_minutes=window_minutes,
         call_timeout=call_timeout,
         seed=seed,
+        mix=mix,
+        mode=mode,
+        rate_per_station=rate_per_station,
+        warmup=warmup,
+        compare=compare,
+        servers=tuple(name.strip() for name in servers.split(",") if name.strip()),
+        postgres_url=postgres_url,
     )
     try:
         config.validate()
@@ -802,6 +1177,10 @@ def bench_ocpp_command(
     except (RuntimeError, TimeoutError) as exc:
         console.print(f"[red]benchmark failed: {exc}[/]")
         raise typer.Exit(1) from None
+    if compare:
+        console.print(render_compare(result))
+        console.print(f"results: {result['out']}")
+        return
     console.print(render_table(result))
     if result["per_action"]:
         console.print(render_actions(result))

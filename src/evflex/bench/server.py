@@ -1,4 +1,5 @@
-"""A CSMS under test: ``evflex serve`` in a child process, watched with psutil.
+"""A server under test in a child process, watched with psutil: ``evflex serve``
+or one of the baselines of :mod:`evflex.bench.baselines`.
 
 The child is started through a tiny ``python -c`` wrapper that first raises
 its open-file limit (one socket per station), then runs the normal CLI. Its
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -23,39 +23,23 @@ from pathlib import Path
 import httpx
 import psutil
 
-# Runs in the server process. Self-contained on purpose: importing the
-# benchmark's modules there would add their memory to the measured RSS.
+from evflex.bench.baselines import raise_nofile_limit
+
+__all__ = ["BaselineProcess", "ServerProcess", "free_port", "raise_nofile_limit"]
+
+
+# Runs in the server process. Lean on purpose: importing the benchmark's
+# modules there would add their memory to the measured RSS (the baselines
+# module needs only the standard library and websockets, which serve loads anyway).
 _WRAPPER = """\
-import resource, signal, sys
+import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores it
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-want = hard if hard != resource.RLIM_INFINITY else 1048576
-if soft != resource.RLIM_INFINITY and soft < want:
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ValueError, OSError):
-        pass
+from evflex.bench.baselines import raise_nofile_limit
+raise_nofile_limit()
 from evflex.cli import app
 sys.argv[0] = "evflex"
 app()
 """
-
-
-def raise_nofile_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return soft
-    targets = (hard,) if hard != resource.RLIM_INFINITY else (1_048_576, 65_536)
-    for target in targets:
-        if soft >= target:
-            break
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError):
-            continue
-    return soft
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,24 +48,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """``evflex serve`` on loopback with free ports; use as a context manager."""
+class ChildServer:
+    """An OCPP server in a child process on loopback, sampled with psutil.
 
-    def __init__(
-        self,
-        database_url: str,
-        log_path: Path,
-        heartbeat_interval: int | None = None,
-        host: str = "127.0.0.1",
-    ) -> None:
-        self.database_url = database_url
+    Subclasses say what to run (:meth:`command`) and when it is ready
+    (:meth:`_ready`); everything measured is measured the same way for all.
+    """
+
+    name = "server"
+
+    def __init__(self, log_path: Path, host: str = "127.0.0.1") -> None:
         self.log_path = log_path
-        self.heartbeat_interval = heartbeat_interval
         self.host = host
         self.ocpp_port = free_port(host)
-        self.http_port = free_port(host)
         self.proc: subprocess.Popen | None = None
-        self.api_token: str | None = None
         self.ps: psutil.Process | None = None
         self.peak_rss = 0
         self.last_rss = 0
@@ -94,38 +74,28 @@ class ServerProcess:
         return f"ws://{self.host}:{self.ocpp_port}/ocpp"
 
     @property
-    def api_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}/api/v1"
+    def api_url(self) -> str | None:
+        return None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
     def command(self) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-c",
-            _WRAPPER,
-            "serve",
-            "--host",
-            self.host,
-            "--ocpp-port",
-            str(self.ocpp_port),
-            "--http-port",
-            str(self.http_port),
-            "--database-url",
-            self.database_url,
-            "--allow-unknown-stations",
-            "--log-level",
-            "warning",
-        ]
-        if self.heartbeat_interval is not None:
-            cmd += ["--heartbeat-interval", str(self.heartbeat_interval)]
-        return cmd
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Anything to do before the process starts."""
+
+    def _ready(self, client: httpx.Client) -> bool:
+        """True once the server accepts OCPP connections."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            return s.connect_ex((self.host, self.ocpp_port)) == 0
 
     def start(self, ready_timeout: float = 60.0) -> None:
-        """Spawn the server and wait until its health endpoint answers."""
-        self.api_token = self._admin_token()
+        """Spawn the server and wait until it is ready."""
+        self._prepare()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         # Plain tracebacks in the log (not typer's boxes), wide lines, no colour codes.
         env = dict(
@@ -153,27 +123,18 @@ class ServerProcess:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(
-                        f"evflex serve exited with code {self.proc.returncode}:\n{self.log_tail()}"
+                        f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}"
                     )
                 try:
-                    if client.get(f"{self.api_url}/health").status_code == 200:
+                    if self._ready(client):
                         return
-                except httpx.HTTPError:
+                except (httpx.HTTPError, OSError):
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"evflex serve not healthy after {ready_timeout:.0f} s:\n{self.log_tail()}"
+                        f"{self.name} not ready after {ready_timeout:.0f} s:\n{self.log_tail()}"
                     )
                 time.sleep(0.1)
-
-    def _admin_token(self) -> str:
-        """``evflex token create --role admin`` on the server's database (last line)."""
-        out = subprocess.run(
-            [sys.executable, "-c", _WRAPPER, "token", "create", "--role", "admin",
-             "--name", "benchmark", "--database-url", self.database_url],
-            capture_output=True, text=True, check=True, timeout=120,
-        )  # fmt: skip
-        return out.stdout.strip().splitlines()[-1]
 
     def _sample(self) -> None:
         while not self._stop_sampling.is_set():
@@ -184,6 +145,13 @@ class ServerProcess:
             self.last_rss = rss
             self.peak_rss = max(self.peak_rss, rss)
             self._stop_sampling.wait(0.5)
+
+    def rss_now(self) -> int | None:
+        """The server's resident set size right now (bytes)."""
+        try:
+            return self.ps.memory_info().rss if self.ps is not None else None
+        except psutil.Error:
+            return None
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time the server has used so far (all its threads)."""
@@ -227,11 +195,87 @@ class ServerProcess:
             self._log = None
         return code
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServerProcess(ChildServer):
+    """``evflex serve`` on loopback with free ports; use as a context manager."""
+
+    name = "evflex serve"
+
+    def __init__(
+        self,
+        database_url: str,
+        log_path: Path,
+        heartbeat_interval: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(log_path, host)
+        self.database_url = database_url
+        self.heartbeat_interval = heartbeat_interval
+        self.http_port = free_port(host)
+        self.api_token: str | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}/api/v1"
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-c",
+            _WRAPPER,
+            "serve",
+            "--host",
+            self.host,
+            "--ocpp-port",
+            str(self.ocpp_port),
+            "--http-port",
+            str(self.http_port),
+            "--database-url",
+            self.database_url,
+            "--allow-unknown-stations",
+            "--log-level",
+            "warning",
+        ]
+        if self.heartbeat_interval is not None:
+            cmd += ["--heartbeat-interval", str(self.heartbeat_interval)]
+        return cmd
+
+    def _prepare(self) -> None:
+        self.api_token = self._admin_token()
+
+    def _ready(self, client: httpx.Client) -> bool:
+        return client.get(f"{self.api_url}/health").status_code == 200
+
+    def _admin_token(self) -> str:
+        """``evflex token create --role admin`` on the server's database (last line)."""
+        out = subprocess.run(
+            [sys.executable, "-c", _WRAPPER, "token", "create", "--role", "admin",
+             "--name", "benchmark", "--database-url", self.database_url],
+            capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        return out.stdout.strip().splitlines()[-1]
+
+
+class BaselineProcess(ChildServer):
+    """A baseline server of :mod:`evflex.bench.baselines` (``echo`` or ``ocpp-lib``)."""
+
+    def __init__(self, kind: str, log_path: Path, host: str = "127.0.0.1") -> None:
+        super().__init__(log_path, host)
+        self.kind = kind
+        self.name = f"baseline {kind}"
+        self.api_token = None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "evflex.bench.baselines", self.kind,
+            "--host", self.host, "--port", str(self.ocpp_port),
+        ]  # fmt: skip
 
 
 async def in_process_node(database_url: str | None, prefix: str, **settings):
