@@ -562,9 +562,11 @@ def _register_plugins() -> None:
     from evflex.sim.cli import sim_command
 
     app.command("sim", help="Run simulated stations and EVs against a CSMS.")(sim_command)
-    bench_app.command("ocpp", help="OCPP load benchmark: K stations, message mix, latency.")(
-        bench_ocpp_command
-    )
+    bench_app.command(
+        "ocpp",
+        help="OCPP load benchmark: K stations, message mix, latency; "
+        "--compare against an echo server and a bare ocpp-library server.",
+    )(bench_ocpp_command)
     bench_app.command(
         "smartcharging", help="Site limit change -> every EVSE's new profile acknowledged."
     )(bench_smartcharging_command)

@@ -1057,7 +1057,7 @@ def bench_ocpp_command(
     ] = 60.0,
     v201_share: Annotated[
         float | None,
-        typer.Option(help="Share of stations speaking OCPP 2.0.1 [default: 0.5; 0 for light16]"),
+        typer.Option(help="Share of stations speaking OCPP 2.0.1 (default: 0.5; 0 for light16)"),
     ] = None,
     meter_interval: Annotated[float, typer.Option(help="Meter value interval (s)")] = 10.0,
     heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat interval (s)")] = 60.0,
@@ -1084,7 +1084,7 @@ def bench_ocpp_command(
     ] = None,
     clients: Annotated[
         int | None,
-        typer.Option(help="Load-generator processes [default: one per 5,000 stations]"),
+        typer.Option(help="Load-generator processes (default: one per 5,000 stations)"),
     ] = None,
     window_minutes: Annotated[
         float, typer.Option(help="Minutes of station life the window stands for")
@@ -1104,7 +1104,7 @@ def bench_ocpp_command(
         typer.Option(
             help="Messages: 'default' (boot, status, heartbeats, charging sessions, 1.6 and "
             "2.0.1) or 'light16' (heartbeat, status, two-reading meter values; all 1.6) "
-            "[default: default; light16 with --compare]"
+            "(default: default; light16 with --compare)"
         ),
     ] = None,
     mode: Annotated[
@@ -1112,7 +1112,7 @@ def bench_ocpp_command(
         typer.Option(
             help="'paced' (station timers, default mix), 'closed' (one request in flight per "
             "station, back to back) or 'open' (fixed schedule, --rate-per-station) "
-            "[default: paced; closed for light16]"
+            "(default: paced; closed for light16)"
         ),
     ] = None,
     rate_per_station: Annotated[
@@ -1120,7 +1120,7 @@ def bench_ocpp_command(
     ] = 0.1,
     warmup: Annotated[
         float | None,
-        typer.Option(help="Load before the window opens (s) [default: 0 paced, else ≤ 5]"),
+        typer.Option(help="Load before the window opens (s) (default: 0 paced, else ≤ 5)"),
     ] = None,
     servers: Annotated[
         str,
