@@ -126,32 +126,39 @@ class V21Handlers(v201.V201Handlers):
 
 
 async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
-    profile = sc_profiles.checked(b.profile, b.evse, "2.1")
-    return "SetChargingProfile", {
-        "evseId": b.evse,
-        "chargingProfile": sc_profiles.to_wire(profile, "2.1"),
-    }
+    profile = sc_profiles.from_any_wire(b.profile)
+    return "SetChargingProfile", sc_profiles.set_profile_payload(profile, b.evse, "2.1")
 
 
-def _schedule_update(b: c.DynamicScheduleBody) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, key in (
-        ("limit", "limit"),
-        ("setpoint", "setpoint"),
-        ("discharge_limit", "dischargeLimit"),
-        ("setpoint_reactive", "setpointReactive"),
+def update_dynamic_schedule_payload(
+    profile_id: int,
+    *,
+    limit: float | None = None,
+    setpoint: float | None = None,
+    discharge_limit: float | None = None,
+    setpoint_reactive: float | None = None,
+) -> dict[str, Any]:
+    """The UpdateDynamicSchedule payload: new values for a dynamic profile's running period."""
+    update: dict[str, Any] = {}
+    for key, value in (
+        ("limit", limit),
+        ("setpoint", setpoint),
+        ("dischargeLimit", discharge_limit),
+        ("setpointReactive", setpoint_reactive),
     ):
-        value = getattr(b, name)
         if value is not None:
-            out[key] = round(float(value), 1)
-    return out
+            update[key] = round(float(value), 1)
+    return {"chargingProfileId": profile_id, "scheduleUpdate": update}
 
 
 async def _update_dynamic_schedule(b: c.DynamicScheduleBody, _s):
-    return "UpdateDynamicSchedule", {
-        "chargingProfileId": b.charging_profile_id,
-        "scheduleUpdate": _schedule_update(b),
-    }
+    return "UpdateDynamicSchedule", update_dynamic_schedule_payload(
+        b.charging_profile_id,
+        limit=b.limit,
+        setpoint=b.setpoint,
+        discharge_limit=b.discharge_limit,
+        setpoint_reactive=b.setpoint_reactive,
+    )
 
 
 async def _use_priority_charging(b: c.PriorityChargingBody, _s):

@@ -11,27 +11,57 @@ agree:
 * for one profile id only the newest wanted version matters: a change that
   arrives while an older version is in flight is sent right after it;
 * when a station reconnects, everything wanted for it is sent again.
+
+Every profile has its own sending task, so a plan for thousands of EVSEs
+goes out to all stations at once (OCPP-J allows one CALL in flight per
+connection: EVSEs of one station queue behind each other there, nowhere
+else). With the server's live connections at hand the SetChargingProfile
+payload is built once per profile for the station's version and handed to
+the connection directly. Answers are recorded in memory at once; the
+database copy is written in batches behind, so no send ever waits for a
+write, and a write that fails is retried without touching what the
+stations acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.clock import Clock
 from evflex.csms import commands
 from evflex.csms.connection import CallErrorReceived
-from evflex.smartcharging.profiles import NEUTRAL, ChargingProfile, from_wire, to_wire
+from evflex.smartcharging.profiles import (
+    NEUTRAL,
+    ChargingProfile,
+    from_wire,
+    set_profile_payload,
+    to_wire,
+)
 from evflex.store import repo
+from evflex.store.tables import StationProfile
 from evflex.store.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
 Sender = Callable[[str, str, object], Awaitable[dict]]
 Listener = Callable[[str, int, "Wanted"], None]
+
+
+class Connection:
+    """What the dispatcher needs of a live station connection (``StationConnection``)."""
+
+    version: str
+
+    async def call(self, action: str, payload: dict, timeout: float | None = None) -> dict: ...
 
 
 @dataclass(slots=True)
@@ -47,6 +77,8 @@ class Wanted:
     code: str | None = None
     version: int = 0  # bumped on every change; a result applies only to its version
     acked_at: datetime | None = None
+    #: The SetChargingProfile payload last built, and the OCPP version it is for.
+    payload: tuple[str, dict] | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +98,8 @@ class ProfileDispatcher:
         clock: Clock,
         retry_base_s: float = 2.0,
         retry_max_s: float = 60.0,
+        connections: Mapping[str, Connection] | None = None,
+        write_delay_s: float = 0.05,
     ) -> None:
         self._send = send
         self._is_connected = is_connected
@@ -73,9 +107,13 @@ class ProfileDispatcher:
         self._clock = clock
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        if connections is None:  # a server's send_command: use its live connections
+            connections = getattr(getattr(send, "__self__", None), "connections", None)
+        self._connections = connections
         self._slots: dict[tuple[str, int], _Slot] = {}
         self._listeners: list[Listener] = []
         self._closed = False
+        self.store = ProfileStore(writer, write_delay_s)
 
     # ------------------------------------------------------------- state
 
@@ -132,11 +170,7 @@ class ProfileDispatcher:
         slot = self._slots.pop((station_id, profile_id), None)
         if slot is not None and slot.task is not None:
             slot.task.cancel()
-
-        async def job(s):
-            await repo.delete_profiles(s, station_id, [profile_id])
-
-        self._writer.submit_nowait(job)
+        self.store.delete(station_id, profile_id)
 
     def station_connected(self, station_id: str) -> None:
         """Send everything again: the station may have lost or replaced its profiles."""
@@ -164,6 +198,7 @@ class ProfileDispatcher:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.close()
 
     # ------------------------------------------------------------- sending
 
@@ -211,9 +246,20 @@ class ProfileDispatcher:
                 pass
 
     async def _send_one(self, station_id: str, w: Wanted) -> tuple[str, str | None, str | None]:
-        body = commands.SetChargingProfileBody(evse=w.evse_id, profile=to_wire(w.profile, NEUTRAL))
         try:
-            result = await self._send(station_id, "set-charging-profile", body)
+            conn = self._connections.get(station_id) if self._connections is not None else None
+            if conn is not None:
+                if w.payload is None or w.payload[0] != conn.version:
+                    w.payload = (
+                        conn.version,
+                        set_profile_payload(w.profile, w.evse_id, conn.version),
+                    )
+                result = await conn.call("SetChargingProfile", w.payload[1])
+            else:
+                body = commands.SetChargingProfileBody(
+                    evse=w.evse_id, profile=to_wire(w.profile, NEUTRAL)
+                )
+                result = await self._send(station_id, "set-charging-profile", body)
         except TimeoutError:
             return "failed", "no answer", None
         except asyncio.CancelledError:
@@ -235,23 +281,154 @@ class ProfileDispatcher:
 
     def _persist(self, station_id: str, w: Wanted) -> None:
         p = w.profile
-        now = self._clock.now()
-        status = "pending" if w.status == "sending" else w.status
+        self.store.upsert(
+            station_id,
+            {
+                "station_id": station_id,
+                "profile_id": p.id,
+                "evse_id": w.evse_id,
+                "purpose": p.purpose.value,
+                "stack_level": p.stack_level,
+                "transaction_id": p.transaction_id,
+                # The 2.x payload's profile is the stored (2.1) form already: a 2.0.1
+                # payload exists only for a profile without 2.1 fields, written alike.
+                "body": w.payload[1]["chargingProfile"]
+                if w.payload is not None and w.payload[0] != "1.6"
+                else p,  # to the wire form when written
+                "source": w.source,
+                "status": "pending" if w.status == "sending" else w.status,
+                "last_error": w.error,
+                "updated_at": self._clock.now(),
+            },
+        )
 
-        async def job(s):
-            await repo.upsert_profile(
-                s,
-                station_id,
-                w.evse_id,
-                p.id,
-                p.purpose.value,
-                p.stack_level,
-                p.transaction_id,
-                to_wire(p, NEUTRAL),
-                w.source,
-                status,
-                now,
-                w.error,
+
+class ProfileStore:
+    """The database copy of the wanted profiles, written in batches behind the sending.
+
+    Rows are written once nothing new came for ``delay_s`` (a plan's answers
+    arrive together), or after ``max_wait_s`` at the latest, in one statement;
+    for a profile only its newest row is written. A failed write keeps its
+    rows (newer ones win) and is tried again after ``retry_s``.
+    """
+
+    def __init__(
+        self,
+        writer: GroupCommitWriter,
+        delay_s: float = 0.05,
+        retry_s: float = 1.0,
+        max_wait_s: float = 1.0,
+    ) -> None:
+        self._writer = writer
+        self.delay_s = delay_s
+        self.retry_s = retry_s
+        self.max_wait_s = max_wait_s
+        self._changes = 0
+        # (station, profile id) -> (row, answers it counts) to upsert, or None to delete
+        self._rows: dict[tuple[str, int], tuple[dict[str, Any], int] | None] = {}
+        self._task: asyncio.Task | None = None
+        self.writes = 0
+        self.failures = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def upsert(self, station_id: str, row: dict[str, Any]) -> None:
+        key = (station_id, row["profile_id"])
+        answered = 1 if row["status"] in ("accepted", "rejected", "failed") else 0
+        old = self._rows.get(key)
+        self._rows[key] = (row, answered + (old[1] if old is not None else 0))
+        self._changes += 1
+        self._kick()
+
+    def delete(self, station_id: str, profile_id: int) -> None:
+        self._rows[(station_id, profile_id)] = None
+        self._changes += 1
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="profile-store")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._rows:
+            # Wait for a quiet moment (a plan's answers arrive together), at most max_wait_s.
+            start, seen = loop.time(), -1
+            while seen != self._changes and loop.time() - start < self.max_wait_s:
+                seen = self._changes
+                await asyncio.sleep(self.delay_s)
+            if not await self.flush():
+                await asyncio.sleep(self.retry_s)
+
+    async def flush(self) -> bool:
+        """Write what is pending now; False if the write failed (the rows stay pending)."""
+        rows, self._rows = self._rows, {}
+        if not rows:
+            return True
+        try:
+            await self._writer.submit(_write_profiles(rows))
+        except asyncio.CancelledError:
+            self._restore(rows)
+            raise
+        except Exception:
+            self.failures += 1
+            log.exception("writing %d charging profile rows failed; trying again", len(rows))
+            self._restore(rows)
+            return False
+        self.writes += 1
+        return True
+
+    def _restore(self, rows: dict) -> None:
+        for key, old in rows.items():
+            new = self._rows.get(key, old)
+            if new is not None and old is not None and new is not old:
+                new = (new[0], new[1] + old[1])  # both answers count
+            self._rows[key] = new
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+
+
+def _write_profiles(rows: dict[tuple[str, int], tuple[dict[str, Any], int] | None]):
+    """One write job: upsert and delete charging profile rows, one statement each."""
+    upserts = [
+        dict(v[0], body=_stored_form(v[0]["body"]), attempts=v[1])
+        for v in rows.values()
+        if v is not None
+    ]
+    deletes: dict[str, list[int]] = {}
+    for (station_id, profile_id), v in rows.items():
+        if v is None:
+            deletes.setdefault(station_id, []).append(profile_id)
+
+    async def job(s: AsyncSession) -> None:
+        for station_id, ids in deletes.items():
+            await repo.delete_profiles(s, station_id, ids)
+        if upserts:
+            insert = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
+            ins = insert(StationProfile)
+            stmt = ins.on_conflict_do_update(
+                index_elements=["station_id", "profile_id"],
+                set_={
+                    **{k: ins.excluded[k] for k in upserts[0] if k not in _KEY},
+                    "attempts": StationProfile.attempts + ins.excluded.attempts,
+                },
             )
+            await s.execute(stmt, upserts)
 
-        self._writer.submit_nowait(job)
+    return job
+
+
+_KEY = ("station_id", "profile_id", "attempts")
+
+
+def _stored_form(body: ChargingProfile | dict) -> dict:
+    return to_wire(body, NEUTRAL) if isinstance(body, ChargingProfile) else body

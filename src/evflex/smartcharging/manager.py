@@ -118,6 +118,7 @@ class SiteStatus:
     plan: Plan | None = None
     compute_s: float = 0.0
     load_s: float = 0.0
+    planned_at: float = 0.0  # time.perf_counter() when the last plan was made
     rebalances: int = 0
     sent: int = 0
     last_error: str | None = None
@@ -442,10 +443,7 @@ class LoadManager:
             detail = {
                 "site_id": model.id,
                 "unsteerable_kw": round(
-                    sum(
-                        a * model.voltage * len(model.evses[k].phases)
-                        for k, a in drawing.items()
-                    )
+                    sum(a * model.voltage * len(model.evses[k].phases) for k, a in drawing.items())
                     / 1000,
                     2,
                 ),
@@ -557,7 +555,8 @@ class LoadManager:
             await self._switch_to_priority(model, txs, due)
             caps = await self._schedule(model, now)
             result = plan(model, now, initial_full_power_s=self.initial_full_power_s, caps=caps)
-        st.compute_s = time.perf_counter() - t1
+        st.planned_at = time.perf_counter()
+        st.compute_s = st.planned_at - t1
         st.load_s = t1 - t0
         st.plan = result
         st.rebalances += 1
@@ -837,17 +836,20 @@ class LoadManager:
             driver_export_tariff=getattr(site, "export_tariff_per_kwh", None),
         )
         status: dict[tuple[str, int], str] = {}
+        evses_of: dict[str, set[int]] = {}
         for c in conns:
             if c.evse_id >= 1:
                 status[(c.station_id, c.evse_id)] = c.status
+                evses_of.setdefault(c.station_id, set()).add(c.evse_id)
         by_evse = {(t.station_id, t.evse_id): t for t in txs if t.evse_id}
+        for sid, e in by_evse:
+            evses_of.setdefault(sid, set()).add(e)
         for stn in stations:
             parent = circuit_node(stn.circuit_id) if stn.circuit_id in known else SITE_NODE
             node = station_node(stn.id)
             nodes.append(Node(node, parent, max_current_a=stn.max_current_a))
             station_phases = (stn.phase_rotation or 1,) if (stn.phases or 3) == 1 else (1, 2, 3)
-            evse_ids = {e for (sid, e) in status if sid == stn.id}
-            evse_ids |= {e for (sid, e) in by_evse if sid == stn.id}
+            evse_ids = evses_of.get(stn.id, ())
             online = self.is_connected(stn.id)
             refuses = stn.id in self._refusing
             for e in sorted(evse_ids):

@@ -484,6 +484,17 @@ def to_wire(p: ChargingProfile, version: str) -> dict[str, Any]:
     return out
 
 
+def set_profile_payload(p: ChargingProfile, evse_id: int, version: str) -> dict[str, Any]:
+    """The SetChargingProfile payload that sets ``p`` on ``evse_id`` over ``version``.
+
+    Raises :class:`ProfileError` if the profile may not be set there.
+    """
+    validate(p, evse_id, version)
+    if version == "1.6":
+        return {"connectorId": evse_id, "csChargingProfiles": to_wire(p, version)}
+    return {"evseId": evse_id, "chargingProfile": to_wire(p, version)}
+
+
 def simple_profile(
     profile_id: int,
     purpose: Purpose,
