@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from evflex.clock import SystemClock
 from evflex.smartcharging.frequency import (
@@ -94,3 +94,89 @@ async def test_a_failing_round_does_not_stop_the_service(monkeypatch):
     finally:
         await ctrl.stop()
     assert calls["n"] == 2 and len(sent) == 2
+
+
+class SlowFast:
+    """send_update double: EVSE ("SLOW", 1) answers only when released, the others at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, float]] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, station_id, evse_id, profile_id, setpoint):
+        self.sent.append((station_id, evse_id, setpoint))
+        if station_id == "SLOW":
+            await self.release.wait()
+            self.release.clear()
+        return {"status": "Accepted"}
+
+    def to(self, station_id: str) -> list[float]:
+        return [sp for sid, _, sp in self.sent if sid == station_id]
+
+
+def _slow_fast_controller(send: SlowFast) -> FrequencyController:
+    ctrl = FrequencyController(SystemClock(), send, CURVE)
+    ctrl.enrol(Enrolled("SLOW", 1, "tx-slow", 11_000.0, 11_000.0))
+    ctrl.enrol(Enrolled("FAST", 1, "tx-fast", 11_000.0, 11_000.0))
+    return ctrl
+
+
+async def _release_slow(send: SlowFast, ctrl: FrequencyController) -> None:
+    """Let the slow EVSE answer its update in flight, then the one that was waiting."""
+    send.release.set()
+    await _until(lambda: len(send.to("SLOW")) == 2)
+    send.release.set()
+    await _until(lambda: ctrl.idle)
+
+
+async def _until(cond) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_an_evse_gets_its_next_setpoint_without_waiting_for_a_slow_one():
+    send = SlowFast()
+    ctrl = _slow_fast_controller(send)
+    ctrl.start()
+    try:
+        for k, f in enumerate((49.9, 50.1, 50.2), 1):
+            ctrl.sample(f)
+            await _until(lambda k=k: len(send.to("FAST")) == k)
+        # The fast EVSE followed every sample while the slow one still holds its first.
+        assert send.to("FAST") == [-5000.0, 5000.0, 10_000.0]
+        assert send.to("SLOW") == [-5000.0]
+        assert ctrl.stats.in_flight == 1
+        await _release_slow(send, ctrl)
+    finally:
+        await ctrl.stop()
+    # Released, the slow EVSE got the newest setpoint only: the two between were superseded.
+    assert send.to("SLOW") == [-5000.0, 10_000.0]
+    assert ctrl.stats.superseded == 1 and ctrl.stats.failed == 0
+
+
+async def test_a_superseded_setpoint_is_never_sent_after_a_newer_one():
+    send = SlowFast()
+    ctrl = _slow_fast_controller(send)
+    t0 = datetime.now(UTC)
+    ctrl.start()
+    try:
+        ctrl.sample(49.9, t0)
+        await _until(lambda: len(send.to("SLOW")) == 1)
+        newest = t0.replace(microsecond=0) + timedelta(seconds=2)
+        ctrl.sample(50.2, newest)
+        await _until(lambda: len(send.to("FAST")) == 2)
+        # A measurement older than one already handed on arrives late: dropped.
+        ctrl.sample(49.8, newest - timedelta(seconds=1))
+        await _release_slow(send, ctrl)
+    finally:
+        await ctrl.stop()
+    assert send.to("SLOW") == [-5000.0, 10_000.0]
+    assert send.to("FAST") == [-5000.0, 10_000.0]
+    assert ctrl.stats.stale == 1
+    # Per EVSE, the records follow the measurement times in order.
+    for key in ("SLOW", "FAST"):
+        times = [r.sample_at for r in ctrl.stats.records if r.station_id == key]
+        assert times == sorted(times) and len(set(times)) == len(times)

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from evflex.api.routes import bidirectional
-from evflex.csms import commands
+from evflex.csms import commands, v21
 from evflex.csms.monitoring import set_reporting_interval
+from evflex.csms.server import StationNotConnected
 from evflex.smartcharging import profiles as pf
 from evflex.smartcharging.frequency import (
     FREQUENCY_STACK_LEVEL,
@@ -127,11 +128,12 @@ async def start_frequency_service(body: FrequencyServiceIn, rt: Rt):
         raise HTTPException(409, "a frequency service runs already; DELETE it first")
 
     async def send_update(station_id: str, evse_id: int, profile_id: int, setpoint: float):
-        return await rt.ocpp.send_command(
-            station_id,
-            "update-dynamic-schedule",
-            commands.DynamicScheduleBody(charging_profile_id=profile_id, setpoint=setpoint),
-        )
+        # Straight to the station's connection: one small payload, built once.
+        conn = rt.ocpp.connections.get(station_id)
+        if conn is None:
+            raise StationNotConnected(station_id)
+        payload = v21.update_dynamic_schedule_payload(profile_id, setpoint=setpoint)
+        return await conn.call("UpdateDynamicSchedule", payload)
 
     try:
         ctrl = FrequencyController(rt.clock, send_update, body.curve, body.baseline_w)

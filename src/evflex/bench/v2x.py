@@ -20,10 +20,13 @@ default) or straight into the controller (``--feed direct``); each sample's
 
 What is measured, over the window after ``warmup`` seconds of feeding:
 
-* ``update_rate_hz``: completed setpoint rounds per second (a round sends
-  one sample's setpoints to every EVSE; samples arriving while a round is in
-  flight are coalesced, see ``skipped``), and ``evse_update_rate_hz_p50``:
-  per EVSE, acknowledged (Accepted) updates per second, median over EVSEs;
+* ``update_rate_hz`` (= ``evse_update_rate_hz_p50``): per EVSE, acknowledged
+  (Accepted) updates per second, median over EVSEs (``evse_update_rate_hz_min``:
+  the slowest EVSE). There are no rounds: each EVSE gets the newest setpoint as
+  soon as it acknowledged its previous one, so a sample that arrives while an
+  EVSE's update is in flight supersedes the one waiting for that EVSE.
+  ``samples_sent_per_s``: samples that reached at least one EVSE (``rounds`` of
+  them; ``skipped``: samples that reached none);
 * ``latency_p50_s`` / ``latency_p99_s``: sample measurement time -> the
   station's CALLRESULT received by the CSMS, per EVSE update, from the
   controller's records (CSMS clock); also split by AC and DC EVSEs;
@@ -503,7 +506,6 @@ async def _feed_and_measure(
 ) -> None:
     ctrl = rt.frequency
     assert ctrl is not None
-    n = len(ctrl.evses)
     t_begin = time.time() + 0.5
     t_measure = t_begin + cfg.warmup_s
     t_end = t_measure + cfg.duration_s
@@ -542,11 +544,10 @@ async def _feed_and_measure(
         k += 1
     await asyncio.sleep(max(0.0, t_end - time.time()))
     cpu1, st_cpu1 = _cpu_s(), _cpu_s(proc.pid)
-    # The round in flight at the end finishes (its records count if its sample was in time).
-    s = ctrl.stats
+    # The updates in flight at the end finish (their records count if their sample was in time).
     for _ in range(1200):  # at most 60 s
-        if s.rounds == s.samples - s.skipped and s.updates + s.failed == s.rounds * n:
-            break  # nothing pending, every round's updates answered
+        if ctrl.idle:
+            break  # nothing pending, every update sent answered
         await asyncio.sleep(0.05)
     parent.send(("stop",))
     _, series = await _recv(parent, proc, 120.0, "sending the sampled power")
@@ -557,6 +558,7 @@ async def _feed_and_measure(
     ok = [r for r in records if r.ok]
     dc_keys = {key for key, car in cars.items() if car["dc"]}
     per_evse = Counter((r.station_id, r.evse_id) for r in ok)
+    evse_rates = sorted(per_evse.get(key, 0) / window for key in cars)
     lat = sorted(r.latency_s for r in ok)
     lat_ac = sorted(r.latency_s for r in ok if (r.station_id, r.evse_id) not in dc_keys)
     lat_dc = sorted(r.latency_s for r in ok if (r.station_id, r.evse_id) in dc_keys)
@@ -567,10 +569,12 @@ async def _feed_and_measure(
         samples=len(fed_window),
         samples_per_s=_r(len(fed_window) / window, 3),
         rounds=rounds,
-        update_rate_hz=_r(rounds / window, 3),
-        evse_update_rate_hz_p50=_r(
-            statistics.median([per_evse.get(key, 0) / window for key in cars]), 3
-        ),
+        # Every EVSE is updated on its own as soon as its previous update is answered:
+        # the rate is the acknowledged updates per second of an EVSE (median over EVSEs).
+        update_rate_hz=_r(statistics.median(evse_rates), 3),
+        evse_update_rate_hz_p50=_r(statistics.median(evse_rates), 3),
+        evse_update_rate_hz_min=_r(evse_rates[0], 3),
+        samples_sent_per_s=_r(rounds / window, 3),
         updates=len(ok),
         failed=len(records) - len(ok),
         skipped=max(0, len(fed_window) - rounds),
@@ -582,8 +586,19 @@ async def _feed_and_measure(
         latency_dc_p50_s=_r(percentile(lat_dc, 50), 4),
         latency_dc_p99_s=_r(percentile(lat_dc, 99), 4),
         feed_slip_p99_s=_r(percentile(sorted(slips), 99), 4),
-        controller_totals={k: summary[k] for k in ("samples", "rounds", "skipped", "updates")}
-        | {"failed": summary["failed"]},
+        controller_totals={
+            k: summary[k]
+            for k in (
+                "samples",
+                "rounds",
+                "skipped",
+                "stale",
+                "superseded",
+                "unchanged",
+                "updates",
+                "failed",
+            )
+        },
         csms_process_cpu_pct=_pct(cpu0, cpu1, window),
         csms_cpu_ms_per_update=(
             _r(1000.0 * (cpu1 - cpu0) / len(ok), 2) if cpu0 is not None and cpu1 and ok else None
@@ -734,14 +749,16 @@ def render(result: dict[str, Any]):
     rows = [
         ("samples fed / s", _fmt(result["samples_per_s"]), "frequency samples in the window"),
         (
-            "setpoint rounds / s",
+            "acked updates / s per EVSE",
             _fmt(result["update_rate_hz"]),
-            f"{result['rounds']} rounds, {result['skipped']} samples coalesced",
+            f"median over EVSEs (slowest {_fmt(result['evse_update_rate_hz_min'])}); "
+            f"{result['updates']} ok, {result['failed']} failed",
         ),
         (
-            "acked updates / s per EVSE",
-            _fmt(result["evse_update_rate_hz_p50"]),
-            f"median over EVSEs; {result['updates']} ok, {result['failed']} failed",
+            "samples sent / s",
+            _fmt(result["samples_sent_per_s"]),
+            f"{result['rounds']} samples reached an EVSE, {result['skipped']} none "
+            f"(superseded in every lane)",
         ),
         ("latency p50", _fmt(result["latency_p50_s"], " s"), "sample -> station CALLRESULT"),
         (
