@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import signal
 import tempfile
 import threading
@@ -447,7 +448,9 @@ def run_ocpp_bench(
     run_tag = secrets.token_hex(3)
     with _on_sigterm_interrupt():
         try:
-            result = _run_target(config, _single_target(config), say, started, seed, run_tag)
+            result = _run_target(
+                config, _single_target(config), say, started, seed, run_tag, out.with_suffix("")
+            )
         except (RuntimeError, TimeoutError, OSError) as exc:
             # A run that broke down is a result too: record it, then report the error.
             _write(out, _failure_result(config, started, seed, run_tag, exc))
@@ -464,8 +467,12 @@ def _run_target(
     started: datetime,
     seed: int,
     run_tag: str,
+    keep_log_as: Path | None = None,
 ) -> dict[str, Any]:
-    """Start the target's server (unless it runs already), load it, measure, stop it."""
+    """Start the target's server (unless it runs already), load it, measure, stop it.
+
+    A run with failures keeps the server's log as ``<keep_log_as>.server.log``.
+    """
     minute = config.duration / config.window_minutes
     clients = config.generator_processes()
     groups = split_stations(run_tag, config.stations, config.v201_share, clients)
@@ -557,7 +564,7 @@ def _run_target(
         log = _log_summary(server.log_path.read_text(errors="replace")) if server else None
         db_size = _sqlite_size_mb(db_url)
 
-        return _build_result(
+        result = _build_result(
             config=config,
             target=target,
             started=started,
@@ -581,6 +588,12 @@ def _run_target(
             exit_code=exit_code,
             log=log,
         )
+        if server is not None and keep_log_as is not None and not result["ok"]:
+            kept = keep_log_as.with_name(keep_log_as.name + ".server.log")
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(server.log_path, kept)
+            result["server_log_file"] = str(kept)
+        return result
 
 
 # ---------------------------------------------------------------- --compare
@@ -648,7 +661,8 @@ def run_ocpp_compare(
     def measure(target: _Target) -> dict[str, Any]:
         say(f"[{target.label}]")
         try:
-            return _run_target(config, target, say, started, seed, run_tag)
+            keep = out.with_name(f"{out.stem}-{target.label}")
+            return _run_target(config, target, say, started, seed, run_tag, keep)
         except (RuntimeError, TimeoutError, OSError) as exc:
             say(f"{target.label} failed: {exc}")
             return {**_failure_result(config, started, seed, run_tag, exc), "server": target.label}
@@ -1189,6 +1203,8 @@ def bench_ocpp_command(
         console.print(f"[red]errors: {json.dumps(detail)}[/]", soft_wrap=True)
         for line in result["error_detail"]["samples"][:3]:
             console.print(f"  e.g. {line}", style="red", soft_wrap=True, markup=False)
+        if result.get("server_log_file"):
+            console.print(f"server log: {result['server_log_file']}")
     console.print(f"results: {result['out']}")
 
 
