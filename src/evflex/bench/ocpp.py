@@ -1020,12 +1020,14 @@ def render_compare(result: dict[str, Any]):
         title=f"evflex bench ocpp --compare: {result['stations']:,} stations, "
         f"{_load_label(result)}, {result['duration_s']:g} s window",
         caption="CPU % of one core; RSS = peak; hs fail = handshakes failed; "
-        "×lib, ×echo = msg/s against the bare ocpp library's and the echo server's",
+        "×lib, ×echo = msg/s against the bare ocpp library's and the echo server's; "
+        f"host busy = all {result['cpu_count']} cores over the window, other processes included",
     )
     table.add_column("server", no_wrap=True)
     for name in ("msg/s", "p50 ms", "p99 ms", "CPU %", "RSS MB", "errors", "hs fail", "×lib"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("×echo", justify="right", no_wrap=True)
+    table.add_column("host busy %", justify="right", no_wrap=True)
     for row in result["rows"]:
         if "skipped" in row:
             table.add_row(row["server"], f"[yellow]{row['skipped']}[/]")
@@ -1044,6 +1046,7 @@ def render_compare(result: dict[str, Any]):
             f"{row['handshakes_failed']:,}",
             num(row.get("ratio_vs_bare_lib"), "{:.2f}"),
             num(row.get("ratio_vs_echo"), "{:.2f}"),
+            num(row.get("host_cpu_busy_percent"), "{:,.0f}"),
         )
     return table
 
@@ -1153,6 +1156,8 @@ def bench_ocpp_command(
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal:  # a log file or a pipe: room for the comparison's columns
+        console = Console(width=max(console.width, 132))
     mix = mix or ("light16" if compare else "default")
     config = OcppBenchConfig(
         stations=stations,
