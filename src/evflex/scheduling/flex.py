@@ -50,7 +50,7 @@ def flexibility(
         col = model.u_col[i]
         if col >= 0:
             upper[col] = reference.vehicles[v.id].unmet_wh / 1000.0 + _SLACK_KWH
-    for t in range(problem.slots):  # import above the limit only where the reference had it
+    for t in np.nonzero(model.breach >= 0)[0]:  # import above the limit where the reference had it
         upper[model.breach[t]] = (
             max(0.0, reference.import_w[t] - reference.import_limit_w[t]) / 1000
         )
@@ -62,11 +62,12 @@ def flexibility(
     for t in range(first, last + 1):
         cols = np.array([model.imp[t], model.breach[t], model.exp[t]], dtype=np.int32)
         net = np.array([1.0, 1.0, -1.0])
+        cols, net = cols[cols >= 0], net[cols >= 0]
         found = []
         for sign in (1.0, -1.0):  # minimise, then maximise, the net import in slot t
-            h.changeColsCost(3, cols, sign * net)
+            h.changeColsCost(len(cols), cols, sign * net)
             x, _, _ = run(h, model)
             found.append(float(x[cols] @ net) * 1000.0)
-        h.changeColsCost(3, cols, np.zeros(3))
+        h.changeColsCost(len(cols), cols, np.zeros(len(cols)))
         out.append(SlotFlex(t, reference.import_w[t] - reference.export_w[t], found[0], found[1]))
     return out

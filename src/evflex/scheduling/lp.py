@@ -130,7 +130,8 @@ class _Builder:
         lp = highspy.HighsLp()
         lp.num_col_ = self.ncol
         lp.num_row_ = self.nrow
-        lp.col_cost_ = np.concatenate(self.cost) if self.cost else np.zeros(0)
+        cost = np.concatenate(self.cost) if self.cost else np.zeros(0)
+        lp.col_cost_ = cost * OBJECTIVE_SCALE
         lp.col_lower_ = np.concatenate(self.lo) if self.lo else np.zeros(0)
         lp.col_upper_ = np.concatenate(self.hi) if self.hi else np.zeros(0)
         lp.row_lower_ = np.concatenate(self.rows_lo) if self.rows_lo else np.zeros(0)
@@ -249,11 +250,24 @@ def _check(problem: Problem) -> None:
             raise SchedulingError(f"storage {s.id!r}: need 0 <= min_soc <= soc <= max_soc <= 1")
 
 
-# Measured here (``evflex bench scheduling``): neither HiGHS solver wins
-# everywhere. Dual simplex solves a month of Caltech sessions (115k columns)
-# in 1.2 s against 6.2 s for interior point without crossover, and ties with
-# it on the synthetic 1,000 EV x 96 slot site (1.8 s); interior point was
-# 3-5x faster on a site with random prices per slot. ``auto`` = dual simplex.
+# The objective is handed to HiGHS multiplied by OBJECTIVE_SCALE (and the
+# reported value divided back). The "early" tie-break costs are ~1e-7 per kW
+# and slot, next to HiGHS's absolute dual feasibility tolerance (1e-7): at
+# scale 1 the dual simplex reaches the plan's cost quickly and then spends
+# ~90 % of its time (1,000 EVs x 96 slots: 55 s, 75k iterations) on dual
+# infeasibilities of that size. Scaled by 1e4..1e6 the same LP takes ~4k
+# iterations (1e5 chosen; the solution is the same to 1e-9 relative).
+OBJECTIVE_SCALE = 1e5
+
+# HiGHS options per ``method``. Measured (``evflex bench scheduling``, 1,000 EVs x
+# 96 slots, CPU s): dual simplex 0.8 without presolve, 1.1 with it (it removes
+# nothing from this LP), interior point without crossover 3.2; at 1,000 x 192
+# slots 4.3 against 10.3. ``auto`` = dual simplex without presolve.
+SOLVER_OPTIONS: dict[str, dict[str, str | int]] = {
+    "simplex": {"solver": "simplex", "simplex_strategy": 1, "presolve": "off"},
+    "ipm": {"solver": "ipm", "run_crossover": "off", "presolve": "on"},
+}
+AUTO_METHOD = "simplex"
 
 
 @dataclass
@@ -261,13 +275,13 @@ class Model:
     """A built LP and where each family of variables sits in it."""
 
     problem: Problem
-    lp: highspy.HighsLp
+    lp: highspy.HighsLp  # costs multiplied by OBJECTIVE_SCALE
     pres: _Presence
     c_cols: np.ndarray
     d_cols: dict[int, np.ndarray]
     u_col: np.ndarray  # per EV, -1 when it has no need
     st_cols: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-    imp: np.ndarray
+    imp: np.ndarray  # per slot: column (export, curtailment, breach: -1 where absent)
     exp: np.ndarray
     curt: np.ndarray
     breach: np.ndarray
@@ -282,9 +296,18 @@ class Model:
     size: dict[str, int]
 
 
-def new_highs(method: str, time_limit_s: float | None = None) -> highspy._Highs:
-    if method not in ("auto", "simplex", "ipm"):
+def resolve_method(method: str) -> str:
+    """The method ``method`` stands for: ``auto`` is :data:`AUTO_METHOD`."""
+    if method == "auto":
+        return AUTO_METHOD
+    if method not in SOLVER_OPTIONS:
         raise SchedulingError(f"unknown method {method!r}")
+    return method
+
+
+def new_highs(method: str, time_limit_s: float | None = None) -> highspy._Highs:
+    """A silent HiGHS solver set up for ``method`` (see :data:`SOLVER_OPTIONS`)."""
+    method = resolve_method(method)
     # highspy.Highs() enables its callbacks in its constructor, and HiGHS prints
     # its banner from C at the first such call, before any option can be set:
     # build the bare solver, silence it, then use it.
@@ -293,9 +316,9 @@ def new_highs(method: str, time_limit_s: float | None = None) -> highspy._Highs:
     h.setOptionValue("log_to_console", False)
     if time_limit_s is not None:
         h.setOptionValue("time_limit", float(time_limit_s))
-    if method == "ipm":
-        h.setOptionValue("solver", "ipm")
-        h.setOptionValue("run_crossover", "off")
+    for name, value in SOLVER_OPTIONS[method].items():
+        if h.setOptionValue(name, value) != highspy.HighsStatus.kOk:
+            raise SchedulingError(f"HiGHS rejected option {name}={value!r}")
     return h
 
 
@@ -319,11 +342,13 @@ def solve(problem: Problem, *, method: str = "auto", time_limit_s: float | None 
     forces above the limit as ``kpis.limit_breach_kwh``. ``method``:
     ``"simplex"``, ``"ipm"`` (no crossover) or ``"auto"``.
     """
+    method = resolve_method(method)
     model = build(problem)
     h = new_highs(method, time_limit_s)
     h.passModel(model.lp)
     x, solve_s, status = run(h, model)
-    return read(model, x, h.getInfo().objective_function_value, status, solve_s)
+    obj = h.getInfo().objective_function_value / OBJECTIVE_SCALE
+    return read(model, x, obj, status, solve_s, method)
 
 
 def build(problem: Problem) -> Model:
@@ -484,31 +509,39 @@ def build(problem: Problem) -> Model:
         b.entries(bal, sd, 1.0)
         st_cols.append((sc, sd, se))
 
-    # site variables
+    # site variables: import in every slot; export, curtailment and breach only in
+    # the slots where they can be non-zero (-1 elsewhere)
     imp_cost = (w.energy_cost * price_imp + w.import_kwh) * dt
     exp_cost = (-w.energy_cost * price_exp + w.export_kwh) * dt
     # one meter cannot import and export at once: make doing both strictly worse
     # (when feed-in pays more than import costs, export is valued at the import price)
     exp_cost = np.maximum(exp_cost, -imp_cost + 1e-6 * dt)
-    imp = b.cols(np.zeros(T), imp_lim / 1000.0, imp_cost)
-    exp = b.cols(np.zeros(T), exp_lim / 1000.0, exp_cost)
-    curt = b.cols(np.zeros(T), pv, np.full(T, w.curtail_per_kwh * dt))
-    breach = b.cols(np.zeros(T), np.full(T, INF), np.full(T, w.limit_breach_per_kwh * dt))
-    b.entries(bal, imp, 1.0)
-    b.entries(bal, breach, 1.0)
-    b.entries(bal, exp, -1.0)
-    b.entries(bal, curt, -1.0)
+    every = np.ones(T, dtype=bool)
+    # export needs a source behind the meter: PV, negative load, storage or an EV discharging
+    source = (pv > 0) | (base < 0) | bool(problem.storages)
+    for dc_i in d_cols:
+        source[pres.t[pres.offset[dc_i] : pres.offset[dc_i] + pres.count[dc_i]]] = True
+    # import above the limit only where the uncontrolled load alone exceeds it: every
+    # device can stay idle, so nowhere else is it needed for a plan to exist
+    forced = base - pv > imp_lim / 1000.0
+    imp = _slot_cols(b, bal, every, imp_lim / 1000.0, imp_cost, 1.0)
+    exp = _slot_cols(b, bal, source, exp_lim / 1000.0, exp_cost, -1.0)
+    curt = _slot_cols(b, bal, pv > 0, pv, np.full(T, w.curtail_per_kwh * dt), -1.0)
+    breach = _slot_cols(
+        b, bal, forced, np.full(T, INF), np.full(T, w.limit_breach_per_kwh * dt), 1.0
+    )
     peak_weight = w.capacity * problem.capacity_tariff_per_kw + w.peak_per_kw
-    peak_col = -1
     if peak_weight > 0:
         pk = b.cols(
             np.array([problem.peak_so_far_w / 1000.0]), np.array([INF]), np.array([peak_weight])
         )
-        peak_col = int(pk[0])
-        rows = b.rows(np.zeros(T), np.full(T, INF))
-        b.entries(rows, np.full(T, peak_col), 1.0)
-        b.entries(rows, imp, -1.0)
-        b.entries(rows, breach, -1.0)
+        # a slot whose import cannot pass the peak so far needs no peak row
+        ts = np.nonzero(forced | (imp_lim / 1000.0 > problem.peak_so_far_w / 1000.0))[0]
+        rows = b.rows(np.zeros(len(ts)), np.full(len(ts), INF))
+        b.entries(rows, np.full(len(ts), pk[0]), 1.0)
+        b.entries(rows, imp[ts], -1.0)
+        tb = forced[ts]
+        b.entries(rows[tb], breach[ts][tb], -1.0)
 
     _circuit_rows(problem, b, chains, pres, c_cols, d_cols, st_cols)
     lp = b.lp()
@@ -519,6 +552,22 @@ def build(problem: Problem) -> Model:
         needs=needs, build_s=time.perf_counter() - t_build,
         size={"rows": b.nrow, "cols": b.ncol, "nonzeros": int(lp.a_matrix_.start_[-1])},
     )  # fmt: skip
+
+
+def _slot_cols(
+    b: _Builder, bal: np.ndarray, where: np.ndarray, hi: np.ndarray, cost: np.ndarray, sign: float
+) -> np.ndarray:
+    """One column per slot in ``where`` (bounds 0..hi) in the balance rows; -1 elsewhere."""
+    ts = np.nonzero(where)[0]
+    out = np.full(len(where), -1, dtype=np.int64)
+    out[ts] = b.cols(np.zeros(len(ts)), hi[ts], cost[ts])
+    b.entries(bal[ts], out[ts], sign)
+    return out
+
+
+def at(x: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``x`` at ``cols``, 0 where a column is absent (-1)."""
+    return np.where(cols >= 0, x[np.maximum(cols, 0)], 0.0)
 
 
 def _circuit_rows(
@@ -573,7 +622,9 @@ def _circuit_rows(
                 b.entries(r[m], cols[m], k)
 
 
-def read(model: Model, x: np.ndarray, obj: float, status: str, solve_s: float) -> Schedule:
+def read(
+    model: Model, x: np.ndarray, obj: float, status: str, solve_s: float, method: str = ""
+) -> Schedule:
     """The schedule that the LP point ``x`` stands for."""
     m = model
     problem, pres, c_cols, d_cols, u_col, st_cols = (
@@ -647,9 +698,9 @@ def read(model: Model, x: np.ndarray, obj: float, status: str, solve_s: float) -
         splans[s.id] = StoragePlan(
             id=s.id, power_w=(p * 1000.0).tolist(), soc=(x[se] * 1000.0 / s.capacity_wh).tolist()
         )
-    imp_kw = x[imp] + x[breach]
-    exp_kw = x[exp]
-    curt_kw = x[curt]
+    imp_kw = at(x, imp) + at(x, breach)
+    exp_kw = at(x, exp)
+    curt_kw = at(x, curt)
     pv_kwh = float(pv.sum() * dt)
     pv_used = np.maximum(0.0, pv - curt_kw - exp_kw)
     peak = float(imp_kw.max()) if T else 0.0
@@ -669,7 +720,7 @@ def read(model: Model, x: np.ndarray, obj: float, status: str, solve_s: float) -
         else None,
         curtailed_kwh=float(curt_kw.sum() * dt),
         discharged_kwh=discharged_total / 1000.0,
-        limit_breach_kwh=float(x[breach].sum() * dt),
+        limit_breach_kwh=float(at(x, breach).sum() * dt),
     )
     return Schedule(
         problem=problem,
@@ -686,4 +737,5 @@ def read(model: Model, x: np.ndarray, obj: float, status: str, solve_s: float) -
         solve_s=solve_s,
         build_s=m.build_s,
         size=m.size,
+        method=method,
     )

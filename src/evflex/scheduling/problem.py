@@ -261,6 +261,7 @@ class Schedule:
     solve_s: float
     build_s: float
     size: dict[str, int] = field(default_factory=dict)  # rows, cols, nonzeros
+    method: str = ""  # the solver method used: "simplex" (dual) or "ipm"
 
     def first_slot_w(self) -> dict[str, float]:
         """What every EV should draw now (signed W): the MPC's output."""
