@@ -42,7 +42,7 @@ Algorithms (all on the same sessions):
 * ``offline_optimal``: one LP over the window with every session known in
   advance, same capacity and weights as the MPC: the upper bound on the energy
   delivered. The Caltech month (~0.1 M EV-step columns) solves as one LP in
-  ~1.5 s; windows above ``OFFLINE_SPLIT_COLUMNS`` are split at the times no EV
+  ~3 s; windows above ``OFFLINE_SPLIT_COLUMNS`` are split at the times no EV
   is plugged in (independent sub-problems, exact for the energy; each part's
   peak term sees the earlier parts' peak through ``peak_so_far_w``).
 
@@ -708,7 +708,7 @@ def run_offline(
 
     ``split=None``: split at idle times only when the window has more than
     ``OFFLINE_SPLIT_COLUMNS`` EV-step columns (the Caltech month has ~0.1 M
-    and solves as one LP in ~1.5 s).
+    and solves as one LP in ~3 s).
     """
     weights = weights or default_mpc_weights()
     t_start = time.perf_counter()
@@ -904,6 +904,7 @@ def synthetic_problem(n_ev: int, slots: int, slot_s: float = 900.0, seed: int = 
 
 def time_solve(n_ev: int, slots: int, runs: int, seed: int = 0) -> dict[str, Any]:
     from evflex.scheduling import solve
+    from evflex.scheduling.lp import SOLVER_OPTIONS
 
     problem = synthetic_problem(n_ev, slots, seed=seed)
     solve_s: list[float] = []
@@ -928,6 +929,8 @@ def time_solve(n_ev: int, slots: int, runs: int, seed: int = 0) -> dict[str, Any
         "build_and_solve_s_p50": round(statistics.median(total_s), 5),
         "status": sched.status,
         "size": dict(sched.size),
+        "method": sched.method,
+        "solver_options": dict(SOLVER_OPTIONS[sched.method]),
         "unmet_kwh": round(float(sched.kpis.unmet_kwh), 3),
     }
 
@@ -1058,9 +1061,12 @@ def run_algorithms(
 def solve_timing(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     runs = max(5, cfg.solve_runs)
     main = time_solve(1000, 96, runs)
+    size = main["size"]
     log(
         f"  1000 EVs x 96 slots: solve {main['solve_s_p50']:.3f} s, "
-        f"build+solve {main['build_and_solve_s_p50']:.3f} s (median of {runs})"
+        f"build+solve {main['build_and_solve_s_p50']:.3f} s (median of {runs}); "
+        f"{size['cols']} columns, {size['rows']} rows, {size['nonzeros']} nonzeros, "
+        f"{main['method']}"
     )
     table = []
     for n_ev in (10, 100, 1000):
@@ -1074,6 +1080,8 @@ def solve_timing(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[s
     return {
         "solve_s_1000x96": main["solve_s_p50"],
         "build_and_solve_s_1000x96": main["build_and_solve_s_p50"],
+        "size_1000x96": main["size"],
+        "method_1000x96": main["method"],
         "solve_1000x96": main,
         "solve_size_table": table,
     }
@@ -1372,7 +1380,8 @@ def bench_scheduling_command(
         from rich.table import Table
 
         t = Table(title="LP solve time vs size (synthetic, 15-min slots, median)")
-        for col in ("EVs", "slots", "rows", "cols", "solve s", "build+solve s"):
+        cols = ("EVs", "slots", "rows", "cols", "nonzeros", "method", "solve s", "build+solve s")
+        for col in cols:
             t.add_column(col, justify="right")
         for row in result["solve_size_table"]:
             t.add_row(
@@ -1380,6 +1389,8 @@ def bench_scheduling_command(
                 str(row["slots"]),
                 str(row["size"].get("rows", "")),
                 str(row["size"].get("cols", "")),
+                str(row["size"].get("nonzeros", "")),
+                str(row.get("method", "")),
                 f"{row['solve_s_p50']:.3f}",
                 f"{row['build_and_solve_s_p50']:.3f}",
             )
