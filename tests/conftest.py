@@ -31,6 +31,10 @@ PG_URL = os.environ.get(
 
 _pg_available: bool | None = None
 
+# Every answer the CSMS builds is checked against its schema in the tests (also
+# in the servers they start as child processes); production skips the check.
+os.environ.setdefault("EVFLEX_VALIDATE_RESPONSES", "true")
+
 
 async def _pg_reachable() -> bool:
     global _pg_available

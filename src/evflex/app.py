@@ -68,6 +68,7 @@ class Runtime:
             max_frame_bytes=settings.max_frame_bytes,
             ping_interval=settings.ws_ping_interval,
             validate_responses=settings.validate_responses,
+            open_timeout=settings.ws_open_timeout,
         )
         self.dispatcher = ProfileDispatcher(
             self.ocpp.send_command,

@@ -45,7 +45,14 @@ class Settings(BaseSettings):
     )
     max_frame_bytes: int = Field(1_048_576, description="Larger frames close with 1009")
     ws_ping_interval: float | None = Field(120.0, description="WebSocket ping interval (s)")
-    validate_responses: bool = Field(True, description="Check our own answers against schemas")
+    ws_open_timeout: float = Field(
+        10.0, gt=0, description="A station's opening handshake must finish within this (s)"
+    )
+    validate_responses: bool = Field(
+        False,
+        description="Check every answer we send against its schema before sending (the "
+        "test suite does; costs CPU on every message)",
+    )
     log_level: str = Field("info")
 
     # Smart charging / load management

@@ -38,6 +38,8 @@ from evflex.clock import Clock
 
 #: Back in tolerance below this share of the tolerance (no flapping at the edge).
 HYSTERESIS = 0.9
+#: Samples received within this many seconds of each other count as one.
+MERGE_S = 1.0
 
 
 @dataclass(slots=True)
@@ -104,8 +106,25 @@ class ClockWatch:
         None unknown (may have been queued). Queued messages are not observed at all."""
         now = self.clock.now()
         st = self._stations.setdefault(station_id, StationClock())
-        st.samples.append(_Sample(now, (station_ts - now).total_seconds(), live is True))
+        offset_s = (station_ts - now).total_seconds()
+        last = st.samples[-1] if st.samples else None
+        if (
+            last is not None
+            and last.live == (live is True)
+            and (now - last.received).total_seconds() < MERGE_S
+            and (st.epoch is None or last.received > st.epoch)
+        ):
+            # samples of one second are one sample (their largest offset): a station
+            # talking fast costs no more than one that talks once a second
+            if offset_s <= last.offset_s:
+                return self._verdict(st, now)
+            last.offset_s = offset_s
+        else:
+            st.samples.append(_Sample(now, offset_s, live is True))
         self._estimate(st, now)
+        return self._verdict(st, now)
+
+    def _verdict(self, st: StationClock, now: datetime) -> Verdict:
         verdict = Verdict(st.offset_s)
         if st.offset_s is None:
             return verdict

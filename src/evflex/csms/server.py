@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -54,8 +55,10 @@ class OcppServer:
         max_frame_bytes: int = 1_048_576,
         ping_interval: float | None = 120.0,
         validate_responses: bool = True,
+        open_timeout: float = 10.0,
     ) -> None:
         self.service = service
+        self.open_timeout = open_timeout
         self.allow_unknown_stations = allow_unknown_stations
         self.response_timeout = response_timeout
         self.max_frame_bytes = max_frame_bytes
@@ -63,6 +66,11 @@ class OcppServer:
         self.validate_responses = validate_responses
         self.connections: dict[str, StationConnection] = {}
         self._verified: dict[str, bytes] = {}  # station id -> sha256(password) seen valid
+        # station id -> (its password hash or None, when read): a handshake needs no
+        # database read while this is fresh; the API's changes drop the entry at once
+        self._credentials: dict[str, tuple[str | None, float]] = {}
+        #: Opening handshakes not completed within ``open_timeout`` while ours to finish.
+        self.handshakes_dropped = 0
         self._server: Server | None = None
         service.clocks.fixer = self.offer_time
 
@@ -81,6 +89,7 @@ class OcppServer:
             ping_timeout=self.ping_interval,
             compression=None,
             server_header="evflex",
+            open_timeout=self.open_timeout,
         )
         return self._server
 
@@ -131,26 +140,54 @@ class OcppServer:
                 f"no supported OCPP subprotocol offered (we speak "
                 f"{', '.join(SUPPORTED_SUBPROTOCOLS)})\n",
             )
+        try:
+            known, password_hash = await self._station_credentials(station_id)
+            if not known:
+                if not self.allow_unknown_stations:
+                    log.info("refused unknown station %s", station_id)
+                    return connection.respond(HTTPStatus.NOT_FOUND, "unknown station\n")
+                await self._register_unknown(station_id)
+                return None
+            ok = True
+            if password_hash:
+                creds = parse_basic_auth(request.headers.get("Authorization"))
+                ok = (
+                    creds is not None
+                    and creds[0] == station_id
+                    and await self._check_password(station_id, creds[1], password_hash)
+                )
+        except asyncio.CancelledError:
+            self.handshakes_dropped += 1
+            log.warning(
+                "station %s: opening handshake dropped: not done within %g s",
+                station_id,
+                self.open_timeout,
+            )
+            raise
+        if not ok:
+            log.warning("station %s: authentication failed", station_id)
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
+            response.headers["WWW-Authenticate"] = 'Basic realm="evflex OCPP"'
+            return response
+        return None
+
+    #: How long a station's credentials read from the database are used without a
+    #: new read (changes made outside this process's API take effect after this).
+    CREDENTIALS_TTL_S = 60.0
+
+    async def _station_credentials(self, station_id: str) -> tuple[bool, str | None]:
+        """(registered?, password hash): from memory while fresh, else from the database."""
+        now = time.monotonic()
+        hit = self._credentials.get(station_id)
+        if hit is not None and now - hit[1] < self.CREDENTIALS_TTL_S:
+            return True, hit[0]
         async with self.service.sessionmaker() as s:
             station = await repo.get_station(s, station_id)
         if station is None:
-            if not self.allow_unknown_stations:
-                log.info("refused unknown station %s", station_id)
-                return connection.respond(HTTPStatus.NOT_FOUND, "unknown station\n")
-            await self._register_unknown(station_id)
-            return None
-        if station.password_hash:
-            creds = parse_basic_auth(request.headers.get("Authorization"))
-            if (
-                creds is None
-                or creds[0] != station_id
-                or not await self._check_password(station_id, creds[1], station.password_hash)
-            ):
-                log.warning("station %s: authentication failed", station_id)
-                response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
-                response.headers["WWW-Authenticate"] = 'Basic realm="evflex OCPP"'
-                return response
-        return None
+            self._credentials.pop(station_id, None)
+            return False, None
+        self._credentials[station_id] = (station.password_hash, now)
+        return True, station.password_hash
 
     async def _register_unknown(self, station_id: str) -> None:
         now = self.service.clock.now()
@@ -174,6 +211,7 @@ class OcppServer:
 
     def forget_credentials(self, station_id: str) -> None:
         self._verified.pop(station_id, None)
+        self._credentials.pop(station_id, None)
 
     # ------------------------------------------------------------------ connection
 

@@ -130,11 +130,7 @@ class CsmsService:
 
     async def heartbeat(self, station_id: str) -> datetime:
         now = self.clock.now()
-
-        async def job(s: AsyncSession) -> None:
-            await repo.touch_heartbeat(s, station_id, now)
-
-        await self.writer.submit(job)
+        await self.writer.write(repo.HEARTBEATS, [{"b_id": station_id, "b_at": now}])
         self.clocks.time_offered(station_id)  # the answer carries our currentTime
         return now
 
@@ -143,26 +139,22 @@ class CsmsService:
         now = self.clock.now()
         await self.station_time(station_id, report.timestamp, live)
 
-        async def job(s: AsyncSession) -> None:
-            await repo.record_status(s, station_id, report, now)
-            if report.error_code and report.error_code != "NoError":
-                await repo.log_event(
-                    s,
-                    StationEvent(
-                        station_id,
-                        "error",
-                        report.timestamp,
-                        report.error_code,
-                        {
-                            "evse": report.evse_id,
-                            "connector": report.connector_id,
-                            "info": report.info,
-                            "vendor_error_code": report.vendor_error_code,
-                        },
-                    ),
-                )
-
-        await self.writer.submit(job)
+        writes = [self.writer.write(repo.STATUSES, [repo.status_row(station_id, report, now)])]
+        if report.error_code and report.error_code != "NoError":
+            error = StationEvent(
+                station_id,
+                "error",
+                report.timestamp,
+                report.error_code,
+                {
+                    "evse": report.evse_id,
+                    "connector": report.connector_id,
+                    "info": report.info,
+                    "vendor_error_code": report.vendor_error_code,
+                },
+            )
+            writes.append(self.writer.write(repo.EVENTS, [repo.event_row(error)]))
+        await asyncio.gather(*writes)
         self.bus.publish(
             "connector.status",
             station_id,
@@ -280,10 +272,7 @@ class CsmsService:
         if samples:
             await self.station_time(station_id, max(x.timestamp for x in samples), None)
 
-        async def job(s: AsyncSession) -> None:
-            await repo.insert_samples(s, station_id, evse_id, None, samples)
-
-        await self.writer.submit(job)
+        await self.writer.write(repo.SAMPLES, repo.sample_rows(station_id, evse_id, None, samples))
         self.bus.publish("meter.values", station_id, evse_id=evse_id, count=len(samples))
 
     def _note_start(
@@ -363,10 +352,7 @@ class CsmsService:
     # ------------------------------------------------------------ other
 
     async def record_event(self, event: StationEvent, text: str | None = None) -> None:
-        async def job(s: AsyncSession) -> None:
-            await repo.log_event(s, event, text)
-
-        await self.writer.submit(job)
+        await self.writer.write(repo.EVENTS, [repo.event_row(event, text)])
         self.bus.publish(f"station.{event.kind}", event.station_id, type=event.type)
 
     async def record_reservation(

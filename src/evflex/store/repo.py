@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,10 +41,95 @@ from evflex.store.tables import (
     StationProfile,
     Transaction,
 )
+from evflex.store.writer import Bulk, add_rows
 
 
 def _insert_for(session: AsyncSession):
-    return pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    return _insert_of(session.bind.dialect.name)
+
+
+def _insert_of(dialect: str):
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+# ------------------------------------------------- rows written in bulk (see store.writer)
+
+
+def _heartbeat_update(_dialect: str):
+    t = Station.__table__
+    return update(t).where(t.c.id == bindparam("b_id")).values(last_heartbeat_at=bindparam("b_at"))
+
+
+#: Rows ``{"b_id": station id, "b_at": time}``: the station's last heartbeat.
+HEARTBEATS = Bulk("heartbeats", _heartbeat_update, key=lambda r: r["b_id"])
+
+_STATUS_FIELDS = ("status", "error_code", "info", "vendor_error_code", "status_at", "updated_at")
+
+
+def _status_upsert(dialect: str):
+    t = Connector.__table__
+    ins = _insert_of(dialect)(t)
+    return ins.on_conflict_do_update(
+        index_elements=[t.c.station_id, t.c.evse_id, t.c.connector_id],
+        set_={name: ins.excluded[name] for name in _STATUS_FIELDS},
+        # an older report delivered late must not overwrite a newer one
+        where=or_(t.c.status_at.is_(None), t.c.status_at <= ins.excluded.status_at),
+    )
+
+
+#: Rows of :func:`status_row`: the latest status of each connector.
+STATUSES = Bulk(
+    "statuses",
+    _status_upsert,
+    key=lambda r: (r["station_id"], r["evse_id"], r["connector_id"]),
+    newer=lambda old, new: new["status_at"] >= old["status_at"],
+)
+
+
+def status_row(station_id: str, report: StatusReport, now: datetime) -> dict:
+    return {
+        "station_id": station_id,
+        "evse_id": report.evse_id,
+        "connector_id": report.connector_id,
+        "status": report.status.value,
+        "error_code": report.error_code,
+        "info": report.info,
+        "vendor_error_code": report.vendor_error_code,
+        "status_at": report.timestamp,
+        "updated_at": now,
+    }
+
+
+_SAMPLE_KEY = ("station_id", "evse_id", "timestamp", "measurand", "phase", "location", "context")
+
+
+def _samples_insert(dialect: str):
+    return _insert_of(dialect)(MeterValue.__table__).on_conflict_do_nothing(
+        index_elements=list(_SAMPLE_KEY)
+    )
+
+
+#: Rows of :func:`sample_rows`; a sample stored once per key (a replay adds nothing).
+SAMPLES = Bulk("samples", _samples_insert, key=lambda r: tuple(r[k] for k in _SAMPLE_KEY))
+
+
+def _events_insert(_dialect: str):
+    return EventLog.__table__.insert()
+
+
+#: Rows of :func:`event_row`: the event log.
+EVENTS = Bulk("events", _events_insert)
+
+
+def event_row(ev: StationEvent, text: str | None = None) -> dict:
+    return {
+        "station_id": ev.station_id,
+        "timestamp": ev.timestamp,
+        "kind": ev.kind,
+        "type": ev.type,
+        "detail": ev.detail,
+        "text": text,
+    }
 
 
 # ---------------------------------------------------------------- stations
@@ -147,31 +232,6 @@ async def set_connected(
     else:
         values["last_disconnected_at"] = now
     await session.execute(update(Station).where(Station.id == station_id).values(**values))
-
-
-async def touch_heartbeat(session: AsyncSession, station_id: str, now: datetime) -> None:
-    await session.execute(
-        update(Station).where(Station.id == station_id).values(last_heartbeat_at=now)
-    )
-
-
-async def record_status(
-    session: AsyncSession, station_id: str, report: StatusReport, now: datetime
-) -> None:
-    row = await session.get(Connector, (station_id, report.evse_id, report.connector_id))
-    if row is None:
-        row = Connector(
-            station_id=station_id, evse_id=report.evse_id, connector_id=report.connector_id
-        )
-        session.add(row)
-    elif row.status_at is not None and report.timestamp < row.status_at:
-        return  # an older report delivered late must not overwrite a newer one
-    row.status = report.status.value
-    row.error_code = report.error_code
-    row.info = report.info
-    row.vendor_error_code = report.vendor_error_code
-    row.status_at = report.timestamp
-    row.updated_at = now
 
 
 # ---------------------------------------------------------------- id tokens
@@ -359,16 +419,10 @@ def _delta(first: float | None, last: float | None) -> float:
     return max(0.0, last - first)
 
 
-async def insert_samples(
-    session: AsyncSession,
-    station_id: str,
-    evse_id: int,
-    transaction_pk: int | None,
-    samples: list[MeterSample],
-) -> None:
-    if not samples:
-        return
-    rows = [
+def sample_rows(
+    station_id: str, evse_id: int, transaction_pk: int | None, samples: list[MeterSample]
+) -> list[dict]:
+    return [
         {
             "station_id": station_id,
             "evse_id": evse_id,
@@ -384,24 +438,17 @@ async def insert_samples(
         }
         for s in samples
     ]
-    # A sample set may list the same key twice (badly behaved stations); keep the last.
-    unique = list({_key(r): r for r in rows}.values())
-    stmt = _insert_for(session)(MeterValue).on_conflict_do_nothing(
-        index_elements=[
-            "station_id",
-            "evse_id",
-            "timestamp",
-            "measurand",
-            "phase",
-            "location",
-            "context",
-        ]
-    )
-    await session.execute(stmt, unique)
 
 
-def _key(r: dict) -> tuple:
-    return (r["evse_id"], r["timestamp"], r["measurand"], r["phase"], r["location"], r["context"])
+async def insert_samples(
+    session: AsyncSession,
+    station_id: str,
+    evse_id: int,
+    transaction_pk: int | None,
+    samples: list[MeterSample],
+) -> None:
+    # a sample set may list the same key twice (badly behaved stations): the last is kept
+    await add_rows(session, SAMPLES, sample_rows(station_id, evse_id, transaction_pk, samples))
 
 
 async def active_transaction_for_evse(
@@ -423,16 +470,7 @@ async def active_transaction_for_evse(
 
 
 async def log_event(session: AsyncSession, ev: StationEvent, text: str | None = None) -> None:
-    session.add(
-        EventLog(
-            station_id=ev.station_id,
-            timestamp=ev.timestamp,
-            kind=ev.kind,
-            type=ev.type,
-            detail=ev.detail,
-            text=text,
-        )
-    )
+    session.add(EventLog(**event_row(ev, text)))
 
 
 async def upsert_reservation(

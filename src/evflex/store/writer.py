@@ -7,13 +7,20 @@ second instead of one each. A caller awaits its job's result, which arrives
 only after the commit: a station gets its answer only once its data is on
 disk. If a batch fails, its jobs are run again one by one, each in its own
 transaction, so one bad message never takes the others with it.
+
+The most frequent writes (heartbeats, status reports, meter samples, event
+log lines) are not jobs but *rows* of a :class:`Bulk` statement: all rows a
+batch holds for one statement go to the database in one executemany, after
+the batch's jobs (so a row may refer to what a job of the same batch
+created). Rows with the same key are merged first (the newest wins).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,12 +31,62 @@ T = TypeVar("T")
 Job = Callable[[AsyncSession], Awaitable[Any]]
 
 
+@dataclass(frozen=True, eq=False)
+class Bulk:
+    """One statement that many callers' rows share, executed once per batch.
+
+    ``statement(dialect_name)`` builds it (once per dialect). Rows with equal
+    ``key`` are merged before the write: ``newer(old, new)`` says whether the
+    new row replaces the old one (default: the later one does).
+    """
+
+    name: str
+    statement: Callable[[str], Any]
+    key: Callable[[dict], Hashable] | None = None
+    newer: Callable[[dict, dict], bool] | None = None
+
+    def merge(self, rows: list[dict]) -> list[dict]:
+        if self.key is None:
+            return rows
+        kept: dict[Hashable, dict] = {}
+        for row in rows:
+            k = self.key(row)
+            old = kept.get(k)
+            if old is None or self.newer is None or self.newer(old, row):
+                kept[k] = row
+        return list(kept.values())
+
+
+_BATCH_ROWS = "evflex.bulk_rows"
+
+
+async def add_rows(session: AsyncSession, bulk: Bulk, rows: list[dict]) -> None:
+    """Rows of ``bulk`` from inside a job: written with the batch's other rows of that
+    statement (in one executemany, after the jobs); at once outside the writer."""
+    if not rows:
+        return
+    queued = session.info.get(_BATCH_ROWS)
+    if queued is not None:
+        queued.setdefault(bulk, []).extend(rows)
+    else:
+        await session.execute(bulk.statement(session.bind.dialect.name), bulk.merge(rows))
+
+
+class _Rows:
+    __slots__ = ("bulk", "rows")
+
+    def __init__(self, bulk: Bulk, rows: list[dict]) -> None:
+        self.bulk = bulk
+        self.rows = rows
+
+
 class GroupCommitWriter:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], max_batch: int = 500):
         self._sessionmaker = sessionmaker
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Job | _Rows, asyncio.Future]] = asyncio.Queue()
         self._max_batch = max_batch
         self._task: asyncio.Task | None = None
+        self._statements: dict[tuple[str, str], Any] = {}
         self.batches = 0
         self.jobs = 0
 
@@ -56,6 +113,16 @@ class GroupCommitWriter:
         self._queue.put_nowait((job, fut))
         return await fut
 
+    async def write(self, bulk: Bulk, rows: list[dict]) -> None:
+        """Queue ``rows`` of ``bulk``; returns once they are committed."""
+        if self._task is None:
+            raise RuntimeError("writer not started")
+        if not rows:
+            return
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((_Rows(bulk, rows), fut))
+        await fut
+
     def submit_nowait(self, job: Job) -> asyncio.Future:
         """Queue a write without waiting for it (bookkeeping whose failure is only logged)."""
         if self._task is None:
@@ -80,14 +147,21 @@ class GroupCommitWriter:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _execute(self, batch: list[tuple[Job, asyncio.Future]]) -> None:
+    async def _execute(self, batch: list[tuple[Job | _Rows, asyncio.Future]]) -> None:
         self.batches += 1
         self.jobs += len(batch)
         results: list[Any] = []
+        bulk: dict[Bulk, list[dict]] = {}
         try:
             async with self._sessionmaker() as session, session.begin():
+                session.info[_BATCH_ROWS] = bulk
                 for job, _ in batch:
-                    results.append(await job(session))
+                    if isinstance(job, _Rows):
+                        bulk.setdefault(job.bulk, []).extend(job.rows)
+                        results.append(None)
+                    else:
+                        results.append(await job(session))
+                await self._write_all(session, bulk)
         except Exception:
             if len(batch) == 1:
                 job, fut = batch[0]
@@ -101,10 +175,25 @@ class GroupCommitWriter:
             if not fut.done():
                 fut.set_result(result)
 
-    async def _run_alone(self, job: Job, fut: asyncio.Future) -> None:
+    async def _write_all(self, session: AsyncSession, bulk: dict[Bulk, list[dict]]) -> None:
+        dialect = session.bind.dialect.name
+        for b, rows in bulk.items():
+            stmt = self._statements.get((b.name, dialect))
+            if stmt is None:
+                stmt = self._statements[(b.name, dialect)] = b.statement(dialect)
+            await session.execute(stmt, b.merge(rows))
+
+    async def _run_alone(self, job: Job | _Rows, fut: asyncio.Future) -> None:
+        bulk: dict[Bulk, list[dict]] = {}
         try:
             async with self._sessionmaker() as session, session.begin():
-                result = await job(session)
+                session.info[_BATCH_ROWS] = bulk
+                if isinstance(job, _Rows):
+                    bulk[job.bulk] = job.rows
+                    result = None
+                else:
+                    result = await job(session)
+                await self._write_all(session, bulk)
         except Exception as exc:  # reported to the caller, who answers with an error
             log.exception("write failed")
             if not fut.done():
