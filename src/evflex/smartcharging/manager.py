@@ -45,6 +45,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
+from types import SimpleNamespace
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -79,7 +81,6 @@ from evflex.smartcharging.profiles import (
     RateUnit,
     Schedule,
     convert,
-    simple_profile,
 )
 from evflex.store import repo
 from evflex.store.tables import Connector, Station, Transaction
@@ -716,23 +717,22 @@ class LoadManager:
         )
 
     def _limit_profile(self, ev: EvseModel, amps: float) -> ChargingProfile:
+        schedule = _limit_schedule(float(amps), len(ev.phases))
         if ev.session is not None:
-            return simple_profile(
+            return ChargingProfile(
                 tx_profile_id(ev.evse_id),
+                self._stack(ev),
                 Purpose.TX,
-                amps,
-                RateUnit.A,
-                stack_level=self._stack(ev),
+                Kind.RELATIVE,
+                schedule,
                 transaction_id=ev.session.transaction_id,
-                number_phases=len(ev.phases),
             )
-        return simple_profile(
+        return ChargingProfile(
             default_profile_id(ev.evse_id),
+            self.stack_level,
             Purpose.TX_DEFAULT,
-            amps,
-            RateUnit.A,
-            stack_level=self.stack_level,
-            number_phases=len(ev.phases),
+            Kind.RELATIVE,
+            schedule,
         )
 
     def _put(self, ev: EvseModel, amps: float, profile: ChargingProfile) -> None:
@@ -797,6 +797,14 @@ class LoadManager:
             )
             conns = list(conns)
             txs = await repo.active_transactions(s, ids)
+        # Plain copies: the model is rebuilt from them on every limit change, and reading
+        # a plain attribute costs a fraction of reading one through the ORM.
+        circuits, stations, conns, txs = (
+            _snapshot(circuits),
+            _snapshot(stations),
+            _snapshot(conns),
+            _snapshot(txs),
+        )
         self._rows[site_id] = (circuits, stations, conns, txs)
         model = self.build_model(site, circuits, stations, conns, txs)
         return model, {evse_key(t.station_id, t.evse_id): t.id for t in txs if t.evse_id}
@@ -902,6 +910,19 @@ class LoadManager:
                 if limit is not None:
                     found.append(convert(limit, sched.rate_unit, RateUnit.A, phases, model.voltage))
         return min(found) if found else None
+
+
+def _snapshot(rows) -> list[SimpleNamespace]:
+    """Plain copies of loaded ORM rows: their column values, nothing lazy."""
+    return [
+        SimpleNamespace(**{k: v for k, v in vars(r).items() if not k.startswith("_")}) for r in rows
+    ]
+
+
+@lru_cache(maxsize=4096)
+def _limit_schedule(amps: float, phases: int) -> Schedule:
+    """The one-period schedule of a limit profile (shared: schedules are immutable)."""
+    return Schedule(RateUnit.A, (Period(0, amps, phases),))
 
 
 def refusal(w: Wanted) -> str | None:
