@@ -59,6 +59,7 @@ from evflex.bench.frames import ID_TOKEN_COUNT, V16, V201, StationModel
 
 MIXES = ("default", "light16")
 MODES = ("paced", "closed", "open")
+SESSION_STEPS_MAX = 18  # calls of one default-mix cycle at most (closed and open modes)
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -398,17 +399,28 @@ class SimStation:
         yield
 
     async def _steps(self):
-        """The station's mix, one call per step, for closed and open modes."""
+        """The station's mix, one call per step, for closed and open modes.
+
+        Each station enters its cycle at a random point, so that at any moment
+        the stations are spread over the whole cycle rather than all sending
+        the same message in the same period.
+        """
         model = self.model
         if self.settings.mix == "light16":
+            cycle = (
+                model.heartbeat,
+                lambda: model.status(1, "Available"),
+                model.light_meter_values,
+            )
+            i = self.rng.randrange(len(cycle))
             while True:
-                await self.call(*model.heartbeat())
+                await self.call(*cycle[i]())
                 yield
-                await self.call(*model.status(1, "Available"))
-                yield
-                await self.call(*model.light_meter_values())
-                yield
+                i = (i + 1) % len(cycle)
         loop = asyncio.get_running_loop()
+        for _ in range(self.rng.randrange(SESSION_STEPS_MAX)):  # as if mid-cycle: idle time
+            await self.call(*model.heartbeat())
+            yield
         while True:
             await self.call(*model.heartbeat())
             yield
@@ -417,7 +429,7 @@ class SimStation:
             if not self._session_ok:
                 continue
             last = loop.time()
-            for _ in range(self.rng.randint(3, 12)):
+            for _ in range(self.rng.randint(3, SESSION_STEPS_MAX - 6)):
                 model.advance(loop.time() - last)
                 last = loop.time()
                 await self.call(*model.meter_values())
