@@ -8,9 +8,12 @@ Variables (kW, kWh; one column per EV and slot only where the EV is present):
   those EVs (charge-only EVs need just one energy row);
 - ``u[i] >= 0`` energy the EV's driver asked for and does not get;
 - per storage: charge, discharge, energy;
-- per slot: ``imp``, ``exp`` (site import/export), ``curt`` (PV curtailed),
-  ``breach`` (import above the limit that uncontrolled load alone forces:
-  never used unless there is no other way, and reported);
+- per slot: ``imp`` (site import); ``exp`` (export) only in slots where
+  something behind the meter can feed in (PV, negative load, storage, an EV
+  that may discharge); ``curt`` (PV curtailed) only where there is PV;
+  ``breach`` (import above the limit that uncontrolled load alone forces)
+  only where that load exceeds the limit: every device can stay idle, so no
+  other slot needs it;
 - ``peak``: the period's peak import, at least the peak so far.
 
 Rows:
@@ -27,10 +30,12 @@ Rows:
 - per circuit (and the site's phase fuse), phase and slot: the current of
   everything below it within +/- the limit (rows that can never bind are
   left out);
-- ``peak >= imp + breach`` per slot, when the objective weighs the peak.
+- ``peak >= imp + breach`` per slot, when the objective weighs the peak (not
+  in slots whose import limit keeps them below the peak so far).
 
 The constraint matrix is assembled column-wise with numpy (vectorised over
-all EVs for the charging columns) and handed to HiGHS as CSC.
+all EVs for the charging columns) and handed to HiGHS as CSC, with the costs
+multiplied by :data:`OBJECTIVE_SCALE` (see there).
 """
 
 from __future__ import annotations
