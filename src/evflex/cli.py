@@ -80,11 +80,12 @@ def serve(
         log_level=log_level,
     )
     _logging(settings.log_level)
-    from evflex.app import Runtime
+    from evflex.app import Runtime, tune_gc
 
     async def main() -> None:
         rt = Runtime(settings)
         await rt.start()
+        tune_gc()  # a long-running server: see its doc
         console.print(
             f"[bold green]evflex[/] OCPP  ws://{settings.host}:{rt.ocpp_port}/ocpp/{{station_id}}\n"
             f"       dashboard http://{settings.host}:{rt.http_port}/  "

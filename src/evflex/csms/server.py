@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -29,6 +30,7 @@ from evflex.csms.service import CsmsService
 from evflex.domain.model import StationEvent
 from evflex.security import parse_basic_auth, verify_password
 from evflex.store import repo
+from evflex.store.tables import Station
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,12 @@ _ADAPTERS: dict[str, tuple[Any, dict]] = {
 
 class StationNotConnected(Exception):
     pass
+
+
+def _quiet(fut: asyncio.Future) -> None:
+    """A background lookup's failure is only logged (the next handshake tries again)."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("reading station credentials failed: %r", fut.exception())
 
 
 class OcppServer:
@@ -69,6 +77,8 @@ class OcppServer:
         # station id -> (its password hash or None, when read): a handshake needs no
         # database read while this is fresh; the API's changes drop the entry at once
         self._credentials: dict[str, tuple[str | None, float]] = {}
+        self._lookups: dict[str, asyncio.Future] = {}
+        self._lookup_task: asyncio.Task | None = None
         #: Opening handshakes not completed within ``open_timeout`` while ours to finish.
         self.handshakes_dropped = 0
         self._server: Server | None = None
@@ -77,6 +87,7 @@ class OcppServer:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, host: str, port: int) -> Server:
+        await self.load_credentials()
         self._server = await serve(
             self._handle,
             host,
@@ -175,28 +186,67 @@ class OcppServer:
     #: new read (changes made outside this process's API take effect after this).
     CREDENTIALS_TTL_S = 60.0
 
-    async def _station_credentials(self, station_id: str) -> tuple[bool, str | None]:
-        """(registered?, password hash): from memory while fresh, else from the database."""
-        now = time.monotonic()
-        hit = self._credentials.get(station_id)
-        if hit is not None and now - hit[1] < self.CREDENTIALS_TTL_S:
-            return True, hit[0]
+    async def load_credentials(self) -> int:
+        """Read every station's credentials into memory (at start); returns how many."""
         async with self.service.sessionmaker() as s:
-            station = await repo.get_station(s, station_id)
-        if station is None:
-            self._credentials.pop(station_id, None)
-            return False, None
-        self._credentials[station_id] = (station.password_hash, now)
-        return True, station.password_hash
+            rows = (await s.execute(select(Station.id, Station.password_hash))).all()
+        now = time.monotonic()
+        for sid, password_hash in rows:
+            self._credentials[sid] = (password_hash, now)
+        return len(rows)
+
+    async def _station_credentials(self, station_id: str) -> tuple[bool, str | None]:
+        """(registered?, password hash): from memory, read again in the background when
+        older than the TTL; an id not in memory is looked up (many at once in one query)."""
+        hit = self._credentials.get(station_id)
+        if hit is not None:
+            if time.monotonic() - hit[1] >= self.CREDENTIALS_TTL_S:
+                self._lookup(station_id).add_done_callback(_quiet)
+            return True, hit[0]
+        return await self._lookup(station_id)
+
+    def _lookup(self, station_id: str) -> asyncio.Future:
+        fut = self._lookups.get(station_id)
+        if fut is None:
+            fut = self._lookups[station_id] = asyncio.get_running_loop().create_future()
+            if self._lookup_task is None or self._lookup_task.done():
+                self._lookup_task = asyncio.create_task(self._run_lookups())
+        return fut
+
+    async def _run_lookups(self) -> None:
+        while self._lookups:
+            await asyncio.sleep(0)  # handshakes arriving together share the query
+            batch, self._lookups = self._lookups, {}
+            ids = list(batch)
+            try:
+                found: dict[str, str | None] = {}
+                async with self.service.sessionmaker() as s:
+                    for i in range(0, len(ids), 500):
+                        part = ids[i : i + 500]
+                        query = select(Station.id, Station.password_hash).where(
+                            Station.id.in_(part)
+                        )
+                        found.update((r[0], r[1]) for r in await s.execute(query))
+            except Exception as exc:
+                for fut in batch.values():
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            now = time.monotonic()
+            for sid, fut in batch.items():
+                if sid in found:
+                    self._credentials[sid] = (found[sid], now)
+                    result = (True, found[sid])
+                else:
+                    self._credentials.pop(sid, None)
+                    result = (False, None)
+                if not fut.done():
+                    fut.set_result(result)
 
     async def _register_unknown(self, station_id: str) -> None:
         now = self.service.clock.now()
-
-        async def job(s):
-            if await repo.get_station(s, station_id) is None:
-                await repo.create_station(s, station_id, now)
-
-        await self.service.writer.submit(job)
+        await self.service.writer.write(repo.NEW_STATIONS, [{"id": station_id, "created_at": now}])
+        self._credentials[station_id] = (None, time.monotonic())
 
     async def _check_password(self, station_id: str, password: str, stored: str) -> bool:
         fingerprint = hashlib.sha256(f"{stored}\0{password}".encode()).digest()

@@ -85,45 +85,38 @@ class CsmsService:
 
     async def connected(self, station_id: str, version: str) -> None:
         now = self.clock.now()
-
-        async def job(s: AsyncSession) -> None:
-            await repo.set_connected(s, station_id, True, version, now)
-            await repo.log_event(
-                s, StationEvent(station_id, "connection", now, "Connected", {"ocpp": version})
-            )
-
-        await self.writer.submit(job)
+        event = StationEvent(station_id, "connection", now, "Connected", {"ocpp": version})
+        await self._connection(repo.connection_row(station_id, True, version, now), event)
         self.bus.publish("station.connected", station_id, ocpp_version=version)
 
     async def disconnected(self, station_id: str) -> None:
         now = self.clock.now()
-
-        async def job(s: AsyncSession) -> None:
-            await repo.set_connected(s, station_id, False, None, now)
-            await repo.log_event(s, StationEvent(station_id, "connection", now, "Disconnected"))
-
-        await self.writer.submit(job)
+        event = StationEvent(station_id, "connection", now, "Disconnected")
+        await self._connection(repo.connection_row(station_id, False, None, now), event)
         self.bus.publish("station.disconnected", station_id)
+
+    async def _connection(self, row: dict, event: StationEvent) -> None:
+        await asyncio.gather(
+            self.writer.write(repo.CONNECTIONS, [row]),
+            self.writer.write(repo.EVENTS, [repo.event_row(event)]),
+        )
 
     # ------------------------------------------------------------ core messages
 
     async def boot(self, station_id: str, version: str, info: StationInfo) -> datetime:
         now = self.clock.now()
 
-        async def job(s: AsyncSession) -> None:
-            await repo.record_boot(s, station_id, info, version, now)
-            await repo.log_event(
-                s,
-                StationEvent(
-                    station_id,
-                    "boot",
-                    now,
-                    info.boot_reason,
-                    {"vendor": info.vendor, "model": info.model, "firmware": info.firmware_version},
-                ),
-            )
-
-        await self.writer.submit(job)
+        event = StationEvent(
+            station_id,
+            "boot",
+            now,
+            info.boot_reason,
+            {"vendor": info.vendor, "model": info.model, "firmware": info.firmware_version},
+        )
+        await asyncio.gather(
+            self.writer.write(repo.BOOTS, [repo.boot_row(station_id, info, version, now)]),
+            self.writer.write(repo.EVENTS, [repo.event_row(event)]),
+        )
         self.bus.publish("station.booted", station_id, vendor=info.vendor, model=info.model)
         self.clocks.time_offered(station_id)  # the answer carries our currentTime
         return now

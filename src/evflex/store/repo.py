@@ -63,6 +63,56 @@ def _heartbeat_update(_dialect: str):
 #: Rows ``{"b_id": station id, "b_at": time}``: the station's last heartbeat.
 HEARTBEATS = Bulk("heartbeats", _heartbeat_update, key=lambda r: r["b_id"])
 
+
+def _station_insert(dialect: str):
+    t = Station.__table__
+    return _insert_of(dialect)(t).on_conflict_do_nothing(index_elements=[t.c.id])
+
+
+#: Rows ``{"id": station id, "created_at": time}``: a station registered on first
+#: connect (nothing happens if the id exists).
+NEW_STATIONS = Bulk("new_stations", _station_insert, key=lambda r: r["id"])
+
+
+def _connection_update(_dialect: str):
+    t = Station.__table__
+    return (
+        update(t)
+        .where(t.c.id == bindparam("b_id"))
+        .values(
+            connected=bindparam("b_connected"),
+            ocpp_version=func.coalesce(
+                bindparam("b_version", type_=t.c.ocpp_version.type), t.c.ocpp_version
+            ),
+            last_connected_at=func.coalesce(
+                bindparam("b_connected_at", type_=t.c.last_connected_at.type), t.c.last_connected_at
+            ),
+            last_heartbeat_at=func.coalesce(
+                bindparam("b_connected_at", type_=t.c.last_heartbeat_at.type), t.c.last_heartbeat_at
+            ),
+            last_disconnected_at=func.coalesce(
+                bindparam("b_disconnected_at", type_=t.c.last_disconnected_at.type),
+                t.c.last_disconnected_at,
+            ),
+        )
+    )
+
+
+#: Rows of :func:`connection_row`, applied in order (a station that left and came
+#: back within one batch ends up connected, with both times recorded).
+CONNECTIONS = Bulk("connections", _connection_update)
+
+
+def connection_row(station_id: str, connected: bool, version: str | None, now: datetime) -> dict:
+    return {
+        "b_id": station_id,
+        "b_connected": connected,
+        "b_version": version if connected else None,
+        "b_connected_at": now if connected else None,
+        "b_disconnected_at": None if connected else now,
+    }
+
+
 _STATUS_FIELDS = ("status", "error_code", "info", "vendor_error_code", "status_at", "updated_at")
 
 
@@ -200,38 +250,60 @@ async def register_station(
     return True
 
 
-async def record_boot(
-    session: AsyncSession, station_id: str, info: StationInfo, version: str, now: datetime
-) -> None:
-    st = await session.get(Station, station_id)
-    if st is None:
-        st = await create_station(session, station_id, now)
-    st.vendor = info.vendor
-    st.model = info.model
-    st.serial_number = info.serial_number
-    st.firmware_version = info.firmware_version
-    st.iccid = info.iccid
-    st.imsi = info.imsi
-    st.meter_type = info.meter_type
-    st.meter_serial_number = info.meter_serial_number
-    st.boot_reason = info.boot_reason
-    st.ocpp_version = version
-    st.registration_status = "Accepted"
-    st.last_boot_at = now
-    st.last_heartbeat_at = now
+_BOOT_FIELDS = (
+    "vendor",
+    "model",
+    "serial_number",
+    "firmware_version",
+    "iccid",
+    "imsi",
+    "meter_type",
+    "meter_serial_number",
+    "boot_reason",
+    "ocpp_version",
+    "registration_status",
+    "last_boot_at",
+    "last_heartbeat_at",
+)
+
+
+def _boot_upsert(dialect: str):
+    t = Station.__table__
+    ins = _insert_of(dialect)(t)
+    return ins.on_conflict_do_update(
+        index_elements=[t.c.id], set_={name: ins.excluded[name] for name in _BOOT_FIELDS}
+    )
+
+
+#: Rows of :func:`boot_row`: what a station said of itself when it booted (a
+#: station deleted while connected is registered again by its boot).
+BOOTS = Bulk("boots", _boot_upsert, key=lambda r: r["id"])
+
+
+def boot_row(station_id: str, info: StationInfo, version: str, now: datetime) -> dict:
+    return {
+        "id": station_id,
+        "created_at": now,
+        "vendor": info.vendor,
+        "model": info.model,
+        "serial_number": info.serial_number,
+        "firmware_version": info.firmware_version,
+        "iccid": info.iccid,
+        "imsi": info.imsi,
+        "meter_type": info.meter_type,
+        "meter_serial_number": info.meter_serial_number,
+        "boot_reason": info.boot_reason,
+        "ocpp_version": version,
+        "registration_status": "Accepted",
+        "last_boot_at": now,
+        "last_heartbeat_at": now,
+    }
 
 
 async def set_connected(
     session: AsyncSession, station_id: str, connected: bool, version: str | None, now: datetime
 ) -> None:
-    values: dict = {"connected": connected}
-    if connected:
-        values["last_connected_at"] = now
-        values["ocpp_version"] = version
-        values["last_heartbeat_at"] = now
-    else:
-        values["last_disconnected_at"] = now
-    await session.execute(update(Station).where(Station.id == station_id).values(**values))
+    await add_rows(session, CONNECTIONS, [connection_row(station_id, connected, version, now)])
 
 
 # ---------------------------------------------------------------- id tokens
