@@ -622,11 +622,15 @@ async def _drive(
 
 def worker_main(specs: list[StationSpec], settings: LoadSettings, conn: Any, index: int) -> None:
     """Entry point of a generator process (``multiprocessing`` target)."""
+    from evflex.app import tune_gc
     from evflex.bench.server import raise_nofile_limit
 
     # Ctrl-C reaches the whole process group: the orchestrator decides, we obey its pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile_limit()
+    # thousands of connections per process: full collections of the whole heap
+    # would stall the generator and show up as the server's latency
+    tune_gc()
     try:
         result = asyncio.run(_drive(specs, settings, conn, index))
         if result is not None:
