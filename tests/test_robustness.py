@@ -153,6 +153,13 @@ async def test_h1_security_profile_1(strict_node):
     assert r.status_code == 200
     assert await status_of("SEC1", basic_auth("SEC1", pw)) == 401
     assert await status_of("SEC1", basic_auth("SEC1", "a-brand-new-secret")) == ("open", "ocpp1.6")
+    # a station deleted through the API is refused at once (credentials are held in memory)
+    assert (await node.http.delete("/api/v1/stations/OPEN1")).status_code == 204
+    assert await status_of("OPEN1") == 404
+    # one added to the database by another process (the CLI) is found on its first connect
+    async with node.rt.sessionmaker() as s, s.begin():
+        await repo.create_station(s, "BY-CLI", node.rt.clock.now())
+    assert await status_of("BY-CLI") == ("open", "ocpp1.6")
 
 
 async def test_a1_unknown_station_registered_on_first_connect_when_allowed(node):
