@@ -51,17 +51,18 @@ def test_options_table_is_pinned():
         "simplex": {"solver": "simplex", "simplex_strategy": 1, "presolve": "off"},
         "ipm": {"solver": "ipm", "run_crossover": "off", "presolve": "on"},
     }
-    assert OBJECTIVE_SCALE == 1e5
+    assert OBJECTIVE_SCALE == {"simplex": 1e5, "ipm": 1.0}
     with pytest.raises(SchedulingError, match="unknown method"):
         new_highs("pdlp")
 
 
-def test_the_lp_carries_the_scaled_costs_and_the_schedule_the_real_objective():
+def test_highs_gets_the_scaled_costs_and_the_schedule_the_real_objective():
     p = synthetic_problem(10, 24)
     model = build(p)
-    cost = np.asarray(model.lp.col_cost_)
-    peak = cost[-1]  # the peak column comes last, weighted by the capacity tariff
-    assert peak == pytest.approx(p.capacity_tariff_per_kw * OBJECTIVE_SCALE)
+    h = new_highs("simplex")
+    model.lp.pass_to(h, OBJECTIVE_SCALE["simplex"])
+    peak = h.getLp().col_cost_[-1]  # the peak column comes last, weighted by the tariff
+    assert peak == pytest.approx(p.capacity_tariff_per_kw * 1e5)
     s = solve(p)
     assert s.method == "simplex"
     assert s.objective_value == pytest.approx(_reference(p)[0], rel=1e-6)
@@ -70,11 +71,9 @@ def test_the_lp_carries_the_scaled_costs_and_the_schedule_the_real_objective():
 def _reference(problem: Problem) -> tuple[float, np.ndarray]:
     """The objective and the columns' values from HiGHS with its defaults, unscaled costs."""
     model = build(problem)
-    lp = model.lp
-    lp.col_cost_ = np.asarray(lp.col_cost_) / OBJECTIVE_SCALE
     h = highspy._Highs()
     h.setOptionValue("output_flag", False)
-    h.passModel(lp)
+    model.lp.pass_to(h)
     h.run()
     assert h.modelStatusToString(h.getModelStatus()) == "Optimal"
     return h.getInfo().objective_function_value, np.asarray(h.getSolution().col_value)

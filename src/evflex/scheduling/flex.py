@@ -45,7 +45,7 @@ def flexibility(
         raise SchedulingError(f"window {first}..{last} outside 0..{problem.slots - 1}")
     model = build(problem)
     lp = model.lp
-    upper = np.array(lp.col_upper_, dtype=float)
+    upper = lp.upper.copy()
     for i, v in enumerate(problem.vehicles):
         col = model.u_col[i]
         if col >= 0:
@@ -54,10 +54,10 @@ def flexibility(
         upper[model.breach[t]] = (
             max(0.0, reference.import_w[t] - reference.import_limit_w[t]) / 1000
         )
-    lp.col_upper_ = upper
-    lp.col_cost_ = np.zeros(lp.num_col_)
+    lp.upper = upper
+    lp.cost = np.zeros(lp.num_col)
     h = new_highs("simplex")
-    h.passModel(lp)
+    lp.pass_to(h)
     out = []
     for t in range(first, last + 1):
         cols = np.array([model.imp[t], model.breach[t], model.exp[t]], dtype=np.int32)

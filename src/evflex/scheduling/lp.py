@@ -34,8 +34,8 @@ Rows:
   in slots whose import limit keeps them below the peak so far).
 
 The constraint matrix is assembled column-wise with numpy (vectorised over
-all EVs for the charging columns) and handed to HiGHS as CSC, with the costs
-multiplied by :data:`OBJECTIVE_SCALE` (see there).
+all EVs for the charging columns) and handed to HiGHS as CSC arrays, the
+costs multiplied by the method's :data:`OBJECTIVE_SCALE` (see there).
 """
 
 from __future__ import annotations
@@ -131,31 +131,75 @@ class _Builder:
         self.c.append(cols)
         self.v.append(np.array(vals))
 
-    def lp(self) -> highspy.HighsLp:
-        lp = highspy.HighsLp()
-        lp.num_col_ = self.ncol
-        lp.num_row_ = self.nrow
-        cost = np.concatenate(self.cost) if self.cost else np.zeros(0)
-        lp.col_cost_ = cost * OBJECTIVE_SCALE
-        lp.col_lower_ = np.concatenate(self.lo) if self.lo else np.zeros(0)
-        lp.col_upper_ = np.concatenate(self.hi) if self.hi else np.zeros(0)
-        lp.row_lower_ = np.concatenate(self.rows_lo) if self.rows_lo else np.zeros(0)
-        lp.row_upper_ = np.concatenate(self.rows_hi) if self.rows_hi else np.zeros(0)
+    def lp(self) -> LpArrays:
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0)
+
         if self.r:
             mat = sp.csc_matrix(
-                (np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))),
+                (cat(self.v), (cat(self.r).astype(np.int64), cat(self.c).astype(np.int64))),
                 shape=(self.nrow, self.ncol),
             )
         else:
             mat = sp.csc_matrix((self.nrow, self.ncol))
         mat.sum_duplicates()
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = mat.indptr.astype(np.int32)
-        lp.a_matrix_.index_ = mat.indices.astype(np.int32)
-        lp.a_matrix_.value_ = mat.data
-        lp.a_matrix_.num_col_ = self.ncol
-        lp.a_matrix_.num_row_ = self.nrow
-        return lp
+        return LpArrays(
+            cost=cat(self.cost),
+            lower=cat(self.lo),
+            upper=cat(self.hi),
+            row_lower=cat(self.rows_lo),
+            row_upper=cat(self.rows_hi),
+            start=mat.indptr.astype(np.int32),
+            index=mat.indices.astype(np.int32),
+            value=mat.data.astype(float),
+        )
+
+
+@dataclass
+class LpArrays:
+    """The LP as HiGHS takes it: column data, row bounds, the matrix column-wise (CSC)."""
+
+    cost: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+    start: np.ndarray  # int32, num_col + 1
+    index: np.ndarray  # int32
+    value: np.ndarray
+
+    @property
+    def num_col(self) -> int:
+        return len(self.cost)
+
+    @property
+    def num_row(self) -> int:
+        return len(self.row_lower)
+
+    def pass_to(self, h: highspy._Highs, cost_scale: float = 1.0) -> None:
+        """Hand the LP to ``h`` as arrays (no per-element copy through HighsLp).
+
+        The costs go multiplied by ``cost_scale`` (see :data:`OBJECTIVE_SCALE`).
+        """
+        status = h.passModel(
+            self.num_col,
+            self.num_row,
+            len(self.value),
+            int(highspy.MatrixFormat.kColwise),
+            int(highspy.ObjSense.kMinimize),
+            0.0,
+            self.cost * cost_scale,
+            self.lower,
+            self.upper,
+            self.row_lower,
+            self.row_upper,
+            self.start,
+            self.index,
+            self.value,
+            np.zeros(self.num_col, dtype=np.int32),  # all continuous
+        )
+        if status != highspy.HighsStatus.kOk:
+            raise SchedulingError(f"HiGHS refused the LP: {status}")
 
 
 @dataclass
@@ -255,14 +299,16 @@ def _check(problem: Problem) -> None:
             raise SchedulingError(f"storage {s.id!r}: need 0 <= min_soc <= soc <= max_soc <= 1")
 
 
-# The objective is handed to HiGHS multiplied by OBJECTIVE_SCALE (and the
-# reported value divided back). The "early" tie-break costs are ~1e-7 per kW
-# and slot, next to HiGHS's absolute dual feasibility tolerance (1e-7): at
+# Per method, the factor the objective is handed to HiGHS multiplied by (the
+# reported value is divided back). The "early" tie-break costs are ~1e-7 per
+# kW and slot, next to HiGHS's absolute dual feasibility tolerance (1e-7): at
 # scale 1 the dual simplex reaches the plan's cost quickly and then spends
 # ~90 % of its time (1,000 EVs x 96 slots: 55 s, 75k iterations) on dual
 # infeasibilities of that size. Scaled by 1e4..1e6 the same LP takes ~4k
 # iterations (1e5 chosen; the solution is the same to 1e-9 relative).
-OBJECTIVE_SCALE = 1e5
+# Interior point is left unscaled: without crossover, HiGHS 1.8 stops short
+# of "Optimal" on a scaled objective.
+OBJECTIVE_SCALE: dict[str, float] = {"simplex": 1e5, "ipm": 1.0}
 
 # HiGHS options per ``method``. Measured (``evflex bench scheduling``, 1,000 EVs x
 # 96 slots, CPU s): dual simplex 0.8 without presolve, 1.1 with it (it removes
@@ -280,7 +326,7 @@ class Model:
     """A built LP and where each family of variables sits in it."""
 
     problem: Problem
-    lp: highspy.HighsLp  # costs multiplied by OBJECTIVE_SCALE
+    lp: LpArrays
     pres: _Presence
     c_cols: np.ndarray
     d_cols: dict[int, np.ndarray]
@@ -334,9 +380,9 @@ def run(h: highspy._Highs, model: Model) -> tuple[np.ndarray, float, str]:
     solve_s = time.perf_counter() - t
     status = h.modelStatusToString(h.getModelStatus())
     x = np.asarray(h.getSolution().col_value) if status == "Optimal" else None
-    if x is None or len(x) != model.lp.num_col_:
+    if x is None or len(x) != model.lp.num_col:
         raise SchedulingError(f"HiGHS did not find a plan: {status}")
-    return np.clip(x, model.lp.col_lower_, model.lp.col_upper_), solve_s, status
+    return np.clip(x, model.lp.lower, model.lp.upper), solve_s, status
 
 
 def solve(problem: Problem, *, method: str = "auto", time_limit_s: float | None = None) -> Schedule:
@@ -350,9 +396,9 @@ def solve(problem: Problem, *, method: str = "auto", time_limit_s: float | None 
     method = resolve_method(method)
     model = build(problem)
     h = new_highs(method, time_limit_s)
-    h.passModel(model.lp)
+    model.lp.pass_to(h, OBJECTIVE_SCALE[method])
     x, solve_s, status = run(h, model)
-    obj = h.getInfo().objective_function_value / OBJECTIVE_SCALE
+    obj = h.getInfo().objective_function_value / OBJECTIVE_SCALE[method]
     return read(model, x, obj, status, solve_s, method)
 
 
@@ -555,7 +601,7 @@ def build(problem: Problem) -> Model:
         st_cols=st_cols, imp=imp, exp=exp, curt=curt, breach=breach, imp_lim=imp_lim,
         exp_lim=exp_lim, base=base, pv=pv, price_imp=price_imp, price_exp=price_exp,
         needs=needs, build_s=time.perf_counter() - t_build,
-        size={"rows": b.nrow, "cols": b.ncol, "nonzeros": int(lp.a_matrix_.start_[-1])},
+        size={"rows": b.nrow, "cols": b.ncol, "nonzeros": int(lp.start[-1])},
     )  # fmt: skip
 
 
