@@ -241,7 +241,8 @@ class CsmsService:
                 tx.ev_phases,
             )
 
-        result = await self.writer.submit(job)
+        key = (upd.station_id, upd.transaction_id)
+        result = await self.writer.submit(job, prefetch=(repo.prefetch_transactions, key))
         if result is None:
             return False
         state, charging_state, power, e_in, e_out, soc, evse_id, ev_phases = result

@@ -344,9 +344,40 @@ async def list_id_tokens(session: AsyncSession) -> list[IdToken]:
 # ---------------------------------------------------------------- transactions
 
 
+_TX_INDEX = "evflex.transactions"
+
+
+async def prefetch_transactions(session: AsyncSession, keys: list) -> None:
+    """Load the transactions ``keys`` name ((station id, transaction id) pairs) in one
+    query per 300 keys, so that :func:`find_transaction` finds them without one."""
+    index: dict = session.info.setdefault(_TX_INDEX, {})
+    wanted = list({k for k in keys if k not in index})
+    for i in range(0, len(wanted), 300):
+        part = wanted[i : i + 300]
+        res = await session.execute(
+            select(Transaction).where(
+                Transaction.station_id.in_({k[0] for k in part}),
+                Transaction.transaction_id.in_({k[1] for k in part}),
+            )
+        )
+        for tx in res.scalars():
+            index[(tx.station_id, tx.transaction_id)] = tx
+        for k in part:
+            index.setdefault(k, None)  # known not to exist
+
+
+def _indexed(session: AsyncSession, tx: Transaction) -> None:
+    index = session.info.get(_TX_INDEX)
+    if index is not None:
+        index[(tx.station_id, tx.transaction_id)] = tx
+
+
 async def find_transaction(
     session: AsyncSession, station_id: str, transaction_id: str
 ) -> Transaction | None:
+    index = session.info.get(_TX_INDEX)
+    if index is not None and (station_id, transaction_id) in index:
+        return index[(station_id, transaction_id)]
     res = await session.execute(
         select(Transaction).where(
             Transaction.station_id == station_id, Transaction.transaction_id == transaction_id
@@ -369,6 +400,7 @@ async def _new_transaction(
     )
     session.add(tx)
     await session.flush()
+    _indexed(session, tx)
     return tx
 
 
@@ -394,6 +426,7 @@ async def start_transaction_assigning_id(
         return existing
     tx = await _new_transaction(session, upd.station_id, "pending-" + uuid.uuid4().hex, now)
     tx.transaction_id = str(tx.id)
+    _indexed(session, tx)
     await _apply(session, tx, upd, now)
     return tx
 

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Job = Callable[[AsyncSession], Awaitable[Any]]
+#: Loads, in one query, what a batch's jobs will look up by these keys (into the session).
+Prefetch = Callable[[AsyncSession, list[Hashable]], Awaitable[None]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +89,7 @@ class GroupCommitWriter:
         self._max_batch = max_batch
         self._task: asyncio.Task | None = None
         self._statements: dict[tuple[str, str], Any] = {}
+        self._prefetch: dict[asyncio.Future, tuple[Prefetch, Hashable]] = {}
         self.batches = 0
         self.jobs = 0
 
@@ -106,10 +109,19 @@ class GroupCommitWriter:
             pass
         self._task = None
 
-    async def submit(self, job: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def submit(
+        self,
+        job: Callable[[AsyncSession], Awaitable[T]],
+        prefetch: tuple[Prefetch, Hashable] | None = None,
+    ) -> T:
+        """Run ``job`` in the next batch; its result once committed. ``prefetch``:
+        (loader, key) - the batch loads all its jobs' keys with one call per loader
+        before the jobs run, so that they need not query one by one."""
         if self._task is None:
             raise RuntimeError("writer not started")
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        if prefetch is not None:
+            self._prefetch[fut] = prefetch
         self._queue.put_nowait((job, fut))
         return await fut
 
@@ -152,9 +164,16 @@ class GroupCommitWriter:
         self.jobs += len(batch)
         results: list[Any] = []
         bulk: dict[Bulk, list[dict]] = {}
+        prefetch: dict[Prefetch, list[Hashable]] = {}
+        for _, fut in batch:
+            wanted = self._prefetch.pop(fut, None)
+            if wanted is not None:
+                prefetch.setdefault(wanted[0], []).append(wanted[1])
         try:
             async with self._sessionmaker() as session, session.begin():
                 session.info[_BATCH_ROWS] = bulk
+                for load, keys in prefetch.items():
+                    await load(session, keys)
                 for job, _ in batch:
                     if isinstance(job, _Rows):
                         bulk.setdefault(job.bulk, []).extend(job.rows)
