@@ -222,3 +222,27 @@ async def test_a2_command_errors_are_clear(node):
         assert r.status_code == 400
         r = await node.command("CMD", "remote-stop", {"transaction_id": "not-an-int"})
         assert r.status_code == 400 and "integer" in r.json()["detail"]
+
+
+def test_a_schema_that_cannot_be_read_is_an_internal_error_not_an_unknown_action(monkeypatch):
+    """Out of file handles, a message of a kind not seen yet must not be answered
+    'not an OCPP action' (NotImplemented): that is our fault (InternalError)."""
+    from pathlib import Path
+
+    from evflex.csms import rpc as rpc_module
+
+    def no_handles(self, *a, **kw):
+        raise OSError(24, "Too many open files")
+
+    rpc_module.validator.cache_clear()
+    monkeypatch.setattr(Path, "read_text", no_handles)
+    try:
+        with pytest.raises(rpc_module.RpcError) as err:
+            rpc_module.validate(rpc_module.CALL, "Heartbeat", {}, "1.6")
+        assert err.value.code == "InternalError"
+        with pytest.raises(rpc_module.RpcError) as err:
+            rpc_module.validate(rpc_module.CALL, "NoSuchAction", {}, "1.6")
+        assert err.value.code == "NotImplemented"
+    finally:
+        monkeypatch.undo()
+        rpc_module.validator.cache_clear()

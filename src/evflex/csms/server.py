@@ -24,7 +24,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from evflex.clock import isoformat
-from evflex.csms import commands, v16, v21, v201
+from evflex.csms import commands, rpc, v16, v21, v201
 from evflex.csms.connection import StationConnection
 from evflex.csms.service import CsmsService
 from evflex.domain.model import StationEvent
@@ -88,6 +88,8 @@ class OcppServer:
 
     async def start(self, host: str, port: int) -> Server:
         await self.load_credentials()
+        for version, (handlers_cls, _) in _ADAPTERS.items():
+            rpc.compile_validators(version, handlers_cls(self.service, "").routes())
         self._server = await serve(
             self._handle,
             host,
