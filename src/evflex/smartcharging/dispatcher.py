@@ -30,7 +30,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -56,7 +56,7 @@ Sender = Callable[[str, str, object], Awaitable[dict]]
 Listener = Callable[[str, int, "Wanted"], None]
 
 
-class Connection:
+class Connection(Protocol):
     """What the dispatcher needs of a live station connection (``StationConnection``)."""
 
     version: str
