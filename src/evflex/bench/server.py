@@ -11,6 +11,7 @@ take the user+system delta over exactly its measurement window.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -286,7 +287,7 @@ async def in_process_node(database_url: str | None, prefix: str, **settings):
     """
     import tempfile
 
-    from evflex.app import Runtime
+    from evflex.app import Runtime, tune_gc
     from evflex.config import Settings
 
     tmp = tempfile.TemporaryDirectory(prefix=prefix)
@@ -303,7 +304,20 @@ async def in_process_node(database_url: str | None, prefix: str, **settings):
     }
     rt = Runtime(Settings(**values))
     await rt.start()
+    # collected as `evflex serve` is (see tune_gc); undone by stop_in_process_node
+    tmp.gc_threshold = gc.get_threshold()  # type: ignore[attr-defined]
+    tune_gc()
     return rt, tmp
+
+
+async def stop_in_process_node(rt, tmp) -> None:
+    """Stop a node of :func:`in_process_node` and give this process its collector back."""
+    try:
+        await rt.stop()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*tmp.gc_threshold)
+        tmp.cleanup()
 
 
 def api_client(rt, timeout: float):

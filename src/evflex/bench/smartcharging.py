@@ -167,7 +167,7 @@ def _stations_main(url: str, ids: list[str], evses: int, version: str, conn) -> 
 
 
 async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str, Any]:
-    from evflex.bench.server import api_client, in_process_node
+    from evflex.bench.server import api_client, in_process_node, stop_in_process_node
 
     stations = max(1, cfg.evses // cfg.evses_per_station)
     n_evses = stations * cfg.evses_per_station
@@ -293,8 +293,7 @@ async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str,
             if proc.is_alive():
                 proc.kill()
         await http.aclose()
-        await rt.stop()
-        tmp.cleanup()
+        await stop_in_process_node(rt, tmp)
     return result
 
 

@@ -384,7 +384,7 @@ async def _recv(conn, proc, timeout: float, what: str):
 
 
 async def run_v2x_bench(cfg: V2xBenchConfig, log=print) -> dict[str, Any]:
-    from evflex.bench.server import api_client, in_process_node
+    from evflex.bench.server import api_client, in_process_node, stop_in_process_node
 
     cfg.check()
     plan = fleet_plan(cfg)
@@ -467,8 +467,7 @@ async def run_v2x_bench(cfg: V2xBenchConfig, log=print) -> dict[str, Any]:
             if proc.is_alive():
                 proc.kill()
         await http.aclose()
-        await rt.stop()
-        tmp.cleanup()
+        await stop_in_process_node(rt, tmp)
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,6 +53,10 @@ class StationConnection:
         self._pending: dict[str, tuple[str, asyncio.Future]] = {}
         self._call_lock = asyncio.Lock()
         self._known = rpc.known_actions(version)
+        # The station's CALLs, answered in order by one task that lives while there
+        # are any; answers to our CALLs are taken at once, never queued behind them.
+        self._inbox: deque[rpc.Frame] = deque()
+        self._worker: asyncio.Task | None = None
         self.received = 0
         self.errors = 0
 
@@ -65,6 +70,12 @@ class StationConnection:
         except ConnectionClosed:
             pass
         finally:
+            # what the station sent before it left is still handled (and stored),
+            # as when it is read in turn; the answers just find no socket
+            try:
+                await self.drain()
+            except Exception:
+                log.exception("%s: handling the last messages failed", self.station_id)
             for _, fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(ConnectionError("station disconnected"))
@@ -80,12 +91,12 @@ class StationConnection:
             mid = err.details.pop("message_id", rpc.UNKNOWN_MESSAGE_ID)
             await self._send_error(mid, err)
             return
-        if frame.type_id == CALL:
-            await self._handle_call(frame.message_id, frame.action or "", frame.payload)
+        if frame.type_id in (CALL, SEND):
+            self._inbox.append(frame)
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.create_task(self._work())
         elif frame.type_id in (CALLRESULT, CALLERROR):
             self._resolve(frame)
-        elif frame.type_id == SEND:
-            await self._handle_send(frame.message_id, frame.action or "", frame.payload)
         elif frame.type_id == CALLRESULTERROR:
             self.errors += 1
             log.warning(
@@ -95,6 +106,19 @@ class StationConnection:
                 frame.error_code,
                 frame.error_description,
             )
+
+    async def _work(self) -> None:
+        while self._inbox:
+            frame = self._inbox.popleft()
+            if frame.type_id == CALL:
+                await self._handle_call(frame.message_id, frame.action or "", frame.payload)
+            else:
+                await self._handle_send(frame.message_id, frame.action or "", frame.payload)
+
+    async def drain(self) -> None:
+        """Wait until every CALL received so far is answered."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
 
     async def _handle_send(self, message_id: str, action: str, payload: dict) -> None:
         """A 2.1 SEND: handled like a CALL, but nothing is ever answered."""
