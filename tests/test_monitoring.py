@@ -382,6 +382,9 @@ async def test_v16_station_and_absent_stations_are_refused(node, made):
     assert r.status_code == 400 and "does not exist in OCPP 1.6" in r.json()["detail"]
     r = await node.command(st.id, "clear-variable-monitoring", {"ids": [1]})
     assert r.status_code == 400 and "1.6" in r.json()["detail"]
+    # the version is checked before the body: an incomplete body still gets the 400
+    r = await node.command(st.id, "get-variables", {})
+    assert r.status_code == 400 and "does not exist in OCPP 1.6" in r.json()["detail"], r.text
     r = await node.http.put(f"/api/v1/stations/{st.id}/reporting", json={"preset": "standard"})
     assert r.status_code == 400 and "1.6" in r.json()["detail"], r.text
     r = await node.http.post(

@@ -465,6 +465,10 @@ async def run_command(station_id: str, command: str, request: Request, rt: Runti
         raise HTTPException(
             404, f"unknown command '{command}'; known: " + ", ".join(commands.COMMAND_BODIES)
         )
+    conn = rt.ocpp.connections.get(station_id)
+    # a command the connected station's version lacks is refused as such, whatever its body
+    if conn is not None and not rt.ocpp.has_command(conn.version, command):
+        raise HTTPException(400, f"'{command}' does not exist in OCPP {conn.version}")
     raw = await request.body()
     try:
         data = json.loads(raw) if raw.strip() else {}
@@ -473,7 +477,6 @@ async def run_command(station_id: str, command: str, request: Request, rt: Runti
         raise HTTPException(400, f"body is not valid JSON: {exc}") from None
     except ValidationError as exc:
         raise HTTPException(422, json.loads(exc.json(include_url=False))) from None
-    conn = rt.ocpp.connections.get(station_id)
     if conn is None:
         async with rt.sessionmaker() as s:
             known = await repo.get_station(s, station_id) is not None

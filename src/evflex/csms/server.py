@@ -300,6 +300,12 @@ class OcppServer:
     def is_connected(self, station_id: str) -> bool:
         return station_id in self.connections
 
+    @staticmethod
+    def has_command(version: str, name: str) -> bool:
+        """Whether the version-agnostic command ``name`` exists in OCPP ``version``."""
+        adapter = _ADAPTERS.get(version)
+        return adapter is not None and name in adapter[1]
+
     async def send_command(self, station_id: str, name: str, body: BaseModel) -> dict:
         """Run a version-agnostic command; returns the station's answer payload."""
         conn = self.connections.get(station_id)
