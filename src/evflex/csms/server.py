@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import unquote
 
 from pydantic import BaseModel
-from sqlalchemy import select
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -30,7 +29,6 @@ from evflex.csms.service import CsmsService
 from evflex.domain.model import StationEvent
 from evflex.security import parse_basic_auth, verify_password
 from evflex.store import repo
-from evflex.store.tables import Station
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +189,11 @@ class OcppServer:
     async def load_credentials(self) -> int:
         """Read every station's credentials into memory (at start); returns how many."""
         async with self.service.sessionmaker() as s:
-            rows = (await s.execute(select(Station.id, Station.password_hash))).all()
+            found = await repo.station_credentials(s)
         now = time.monotonic()
-        for sid, password_hash in rows:
+        for sid, password_hash in found.items():
             self._credentials[sid] = (password_hash, now)
-        return len(rows)
+        return len(found)
 
     async def _station_credentials(self, station_id: str) -> tuple[bool, str | None]:
         """(registered?, password hash): from memory, read again in the background when
@@ -219,16 +217,9 @@ class OcppServer:
         while self._lookups:
             await asyncio.sleep(0)  # handshakes arriving together share the query
             batch, self._lookups = self._lookups, {}
-            ids = list(batch)
             try:
-                found: dict[str, str | None] = {}
                 async with self.service.sessionmaker() as s:
-                    for i in range(0, len(ids), 500):
-                        part = ids[i : i + 500]
-                        query = select(Station.id, Station.password_hash).where(
-                            Station.id.in_(part)
-                        )
-                        found.update((r[0], r[1]) for r in await s.execute(query))
+                    found = await repo.station_credentials(s, list(batch))
             except Exception as exc:
                 for fut in batch.values():
                     if not fut.done():
@@ -247,7 +238,7 @@ class OcppServer:
 
     async def _register_unknown(self, station_id: str) -> None:
         now = self.service.clock.now()
-        await self.service.writer.write(repo.NEW_STATIONS, [{"id": station_id, "created_at": now}])
+        await self.service.writer.write(repo.NEW_STATIONS, [repo.new_station_row(station_id, now)])
         self._credentials[station_id] = (None, time.monotonic())
 
     async def _check_password(self, station_id: str, password: str, stored: str) -> bool:

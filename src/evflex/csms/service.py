@@ -96,10 +96,7 @@ class CsmsService:
         self.bus.publish("station.disconnected", station_id)
 
     async def _connection(self, row: dict, event: StationEvent) -> None:
-        await asyncio.gather(
-            self.writer.write(repo.CONNECTIONS, [row]),
-            self.writer.write(repo.EVENTS, [repo.event_row(event)]),
-        )
+        await self.writer.write_all({repo.CONNECTIONS: [row], repo.EVENTS: [repo.event_row(event)]})
 
     # ------------------------------------------------------------ core messages
 
@@ -113,9 +110,11 @@ class CsmsService:
             info.boot_reason,
             {"vendor": info.vendor, "model": info.model, "firmware": info.firmware_version},
         )
-        await asyncio.gather(
-            self.writer.write(repo.BOOTS, [repo.boot_row(station_id, info, version, now)]),
-            self.writer.write(repo.EVENTS, [repo.event_row(event)]),
+        await self.writer.write_all(
+            {
+                repo.BOOTS: [repo.boot_row(station_id, info, version, now)],
+                repo.EVENTS: [repo.event_row(event)],
+            }
         )
         self.bus.publish("station.booted", station_id, vendor=info.vendor, model=info.model)
         self.clocks.time_offered(station_id)  # the answer carries our currentTime
@@ -123,7 +122,7 @@ class CsmsService:
 
     async def heartbeat(self, station_id: str) -> datetime:
         now = self.clock.now()
-        await self.writer.write(repo.HEARTBEATS, [{"b_id": station_id, "b_at": now}])
+        await self.writer.write(repo.HEARTBEATS, [repo.heartbeat_row(station_id, now)])
         self.clocks.time_offered(station_id)  # the answer carries our currentTime
         return now
 
@@ -132,7 +131,7 @@ class CsmsService:
         now = self.clock.now()
         await self.station_time(station_id, report.timestamp, live)
 
-        writes = [self.writer.write(repo.STATUSES, [repo.status_row(station_id, report, now)])]
+        rows = {repo.STATUSES: [repo.status_row(station_id, report, now)]}
         if report.error_code and report.error_code != "NoError":
             error = StationEvent(
                 station_id,
@@ -146,8 +145,8 @@ class CsmsService:
                     "vendor_error_code": report.vendor_error_code,
                 },
             )
-            writes.append(self.writer.write(repo.EVENTS, [repo.event_row(error)]))
-        await asyncio.gather(*writes)
+            rows[repo.EVENTS] = [repo.event_row(error)]
+        await self.writer.write_all(rows)
         self.bus.publish(
             "connector.status",
             station_id,

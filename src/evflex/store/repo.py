@@ -60,8 +60,16 @@ def _heartbeat_update(_dialect: str):
     return update(t).where(t.c.id == bindparam("b_id")).values(last_heartbeat_at=bindparam("b_at"))
 
 
-#: Rows ``{"b_id": station id, "b_at": time}``: the station's last heartbeat.
+#: Rows of :func:`heartbeat_row`: the station's last heartbeat.
 HEARTBEATS = Bulk("heartbeats", _heartbeat_update, key=lambda r: r["b_id"])
+
+
+def heartbeat_row(station_id: str, now: datetime) -> dict:
+    return {"b_id": station_id, "b_at": now}
+
+
+def new_station_row(station_id: str, now: datetime) -> dict:
+    return {"id": station_id, "created_at": now}
 
 
 def _station_insert(dialect: str):
@@ -189,6 +197,20 @@ async def get_station(session: AsyncSession, station_id: str) -> Station | None:
     return await session.get(Station, station_id)
 
 
+async def station_credentials(
+    session: AsyncSession, station_ids: list[str] | None = None
+) -> dict[str, str | None]:
+    """Station id -> password hash (None: no password), of ``station_ids`` or of all."""
+    query = select(Station.id, Station.password_hash)
+    if station_ids is None:
+        return {r[0]: r[1] for r in await session.execute(query)}
+    found: dict[str, str | None] = {}
+    for i in range(0, len(station_ids), 500):
+        part = query.where(Station.id.in_(station_ids[i : i + 500]))
+        found.update((r[0], r[1]) for r in await session.execute(part))
+    return found
+
+
 async def create_station(
     session: AsyncSession,
     station_id: str,
@@ -298,12 +320,6 @@ def boot_row(station_id: str, info: StationInfo, version: str, now: datetime) ->
         "last_boot_at": now,
         "last_heartbeat_at": now,
     }
-
-
-async def set_connected(
-    session: AsyncSession, station_id: str, connected: bool, version: str | None, now: datetime
-) -> None:
-    await add_rows(session, CONNECTIONS, [connection_row(station_id, connected, version, now)])
 
 
 # ---------------------------------------------------------------- id tokens

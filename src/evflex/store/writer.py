@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,6 +46,16 @@ class Bulk:
     statement: Callable[[str], Any]
     key: Callable[[dict], Hashable] | None = None
     newer: Callable[[dict, dict], bool] | None = None
+    _built: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def statement_for(self, dialect: str) -> Any:
+        stmt = self._built.get(dialect)
+        if stmt is None:
+            stmt = self._built[dialect] = self.statement(dialect)
+        return stmt
+
+    async def execute(self, session: AsyncSession, rows: list[dict]) -> None:
+        await session.execute(self.statement_for(session.bind.dialect.name), self.merge(rows))
 
     def merge(self, rows: list[dict]) -> list[dict]:
         if self.key is None:
@@ -71,15 +81,16 @@ async def add_rows(session: AsyncSession, bulk: Bulk, rows: list[dict]) -> None:
     if queued is not None:
         queued.setdefault(bulk, []).extend(rows)
     else:
-        await session.execute(bulk.statement(session.bind.dialect.name), bulk.merge(rows))
+        await bulk.execute(session, rows)
 
 
 class _Rows:
-    __slots__ = ("bulk", "rows")
+    """Rows of one or more bulk statements that one caller waits for together."""
 
-    def __init__(self, bulk: Bulk, rows: list[dict]) -> None:
-        self.bulk = bulk
-        self.rows = rows
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: dict[Bulk, list[dict]]) -> None:
+        self.parts = parts
 
 
 class GroupCommitWriter:
@@ -88,7 +99,6 @@ class GroupCommitWriter:
         self._queue: asyncio.Queue[tuple[Job | _Rows, asyncio.Future]] = asyncio.Queue()
         self._max_batch = max_batch
         self._task: asyncio.Task | None = None
-        self._statements: dict[tuple[str, str], Any] = {}
         self._prefetch: dict[asyncio.Future, tuple[Prefetch, Hashable]] = {}
         self.batches = 0
         self.jobs = 0
@@ -127,12 +137,17 @@ class GroupCommitWriter:
 
     async def write(self, bulk: Bulk, rows: list[dict]) -> None:
         """Queue ``rows`` of ``bulk``; returns once they are committed."""
+        await self.write_all({bulk: rows})
+
+    async def write_all(self, parts: dict[Bulk, list[dict]]) -> None:
+        """Queue rows of several statements, committed together; returns once they are."""
         if self._task is None:
             raise RuntimeError("writer not started")
-        if not rows:
+        parts = {b: rows for b, rows in parts.items() if rows}
+        if not parts:
             return
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((_Rows(bulk, rows), fut))
+        self._queue.put_nowait((_Rows(parts), fut))
         await fut
 
     def submit_nowait(self, job: Job) -> asyncio.Future:
@@ -176,7 +191,8 @@ class GroupCommitWriter:
                     await load(session, keys)
                 for job, _ in batch:
                     if isinstance(job, _Rows):
-                        bulk.setdefault(job.bulk, []).extend(job.rows)
+                        for b, rows in job.parts.items():
+                            bulk.setdefault(b, []).extend(rows)
                         results.append(None)
                     else:
                         results.append(await job(session))
@@ -194,13 +210,10 @@ class GroupCommitWriter:
             if not fut.done():
                 fut.set_result(result)
 
-    async def _write_all(self, session: AsyncSession, bulk: dict[Bulk, list[dict]]) -> None:
-        dialect = session.bind.dialect.name
+    @staticmethod
+    async def _write_all(session: AsyncSession, bulk: dict[Bulk, list[dict]]) -> None:
         for b, rows in bulk.items():
-            stmt = self._statements.get((b.name, dialect))
-            if stmt is None:
-                stmt = self._statements[(b.name, dialect)] = b.statement(dialect)
-            await session.execute(stmt, b.merge(rows))
+            await b.execute(session, rows)
 
     async def _run_alone(self, job: Job | _Rows, fut: asyncio.Future) -> None:
         bulk: dict[Bulk, list[dict]] = {}
@@ -208,7 +221,7 @@ class GroupCommitWriter:
             async with self._sessionmaker() as session, session.begin():
                 session.info[_BATCH_ROWS] = bulk
                 if isinstance(job, _Rows):
-                    bulk[job.bulk] = job.rows
+                    bulk.update(job.parts)
                     result = None
                 else:
                     result = await job(session)
