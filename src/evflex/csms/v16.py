@@ -386,11 +386,8 @@ async def _change_configuration(b: c.ChangeConfigurationBody, _s):
 
 
 async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
-    profile = sc_profiles.checked(b.profile, b.evse, "1.6")
-    return "SetChargingProfile", {
-        "connectorId": b.evse,
-        "csChargingProfiles": sc_profiles.to_wire(profile, "1.6"),
-    }
+    profile = sc_profiles.from_any_wire(b.profile)
+    return "SetChargingProfile", sc_profiles.set_profile_payload(profile, b.evse, "1.6")
 
 
 async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):

@@ -546,11 +546,8 @@ async def _get_monitoring_report(b: c.GetMonitoringReportBody, _s):
 
 
 async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
-    profile = sc_profiles.checked(b.profile, b.evse, "2.0.1")
-    return "SetChargingProfile", {
-        "evseId": b.evse,
-        "chargingProfile": sc_profiles.to_wire(profile, "2.0.1"),
-    }
+    profile = sc_profiles.from_any_wire(b.profile)
+    return "SetChargingProfile", sc_profiles.set_profile_payload(profile, b.evse, "2.0.1")
 
 
 async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
