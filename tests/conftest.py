@@ -8,6 +8,7 @@ variant is skipped only when no PostgreSQL server is reachable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -161,23 +162,36 @@ async def start_node(
     return rt, http
 
 
-@pytest.fixture
-async def node(database_url) -> AsyncIterator[Node]:
-    """An evflex node that registers unknown stations on first connect."""
-    rt, http = await start_node(database_url, allow_unknown_stations=True)
+@contextlib.asynccontextmanager
+async def running_node(database_url: str, clock=None, **kw) -> AsyncIterator[Node]:
+    """A node started with these settings for the block, stopped after it."""
+    rt, http = await start_node(database_url, clock, **kw)
     try:
         yield Node(rt, http)
     finally:
         await http.aclose()
         await rt.stop()
+
+
+@pytest.fixture
+async def node(database_url) -> AsyncIterator[Node]:
+    """An evflex node that registers unknown stations on first connect."""
+    async with running_node(database_url, allow_unknown_stations=True) as n:
+        yield n
 
 
 @pytest.fixture
 async def strict_node(database_url) -> AsyncIterator[Node]:
     """An evflex node that refuses unknown stations (the production default)."""
-    rt, http = await start_node(database_url, allow_unknown_stations=False)
-    try:
-        yield Node(rt, http)
-    finally:
-        await http.aclose()
-        await rt.stop()
+    async with running_node(database_url, allow_unknown_stations=False) as n:
+        yield n
+
+
+@pytest.fixture
+async def site_node(database_url) -> AsyncIterator[Node]:
+    """A node for site tests: unknown stations welcome, no full-power start for new
+    sessions (the plan applies at once), a site sample every second."""
+    async with running_node(
+        database_url, allow_unknown_stations=True, initial_full_power_s=0.0, site_sample_s=1.0
+    ) as n:
+        yield n

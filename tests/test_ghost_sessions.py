@@ -14,7 +14,7 @@ import asyncio
 import pytest
 from ocpp.v201 import call
 
-from conftest import Node, start_node
+from conftest import Node, running_node
 from evflex.smartcharging.manager import default_profile_id, tx_profile_id
 from ocpp_clients import GhostStation, connected
 
@@ -27,6 +27,21 @@ async def _boot(cp) -> None:
     )
 
 
+async def _started(cp, trigger: str, transaction_info: dict, evse: dict, **more) -> None:
+    """A TransactionEvent Started (seqNo 0) with the station's fixed timestamp."""
+    await cp.call(
+        call.TransactionEvent(
+            event_type="Started",
+            timestamp="2026-03-01T08:00:00Z",
+            trigger_reason=trigger,
+            seq_no=0,
+            transaction_info=transaction_info,
+            evse=evse,
+            **more,
+        )
+    )
+
+
 async def _events(node: Node, station_id: str, type_: str) -> list[dict]:
     r = await node.http.get("/api/v1/events", params={"station_id": station_id})
     return [e for e in r.json() if e["type"] == type_]
@@ -34,14 +49,10 @@ async def _events(node: Node, station_id: str, type_: str) -> list[dict]:
 
 @pytest.fixture
 async def quick_node(database_url):
-    rt, http = await start_node(
+    async with running_node(
         database_url, allow_unknown_stations=True, remote_start_timeout_s=1.0
-    )
-    try:
-        yield Node(rt, http)
-    finally:
-        await http.aclose()
-        await rt.stop()
+    ) as n:
+        yield n
 
 
 async def test_remote_start_with_a_card_the_csms_refuses_is_not_sent(quick_node: Node):
@@ -69,16 +80,12 @@ async def test_accepted_remote_start_without_transaction_is_reported_failed(quic
         # A start that does bring its transaction is not reported.
         r = await node.command("GH-B", "remote-start", {"id_token": "GOOD", "evse": 2})
         assert r.status_code == 200, r.text
-        await cp.call(
-            call.TransactionEvent(
-                event_type="Started",
-                timestamp="2026-03-01T08:00:00Z",
-                trigger_reason="RemoteStart",
-                seq_no=0,
-                transaction_info={"transaction_id": "T-OK"},
-                evse={"id": 2},
-                id_token={"id_token": "GOOD", "type": "Central"},
-            )
+        await _started(
+            cp,
+            "RemoteStart",
+            {"transaction_id": "T-OK"},
+            {"id": 2},
+            id_token={"id_token": "GOOD", "type": "Central"},
         )
         await asyncio.sleep(1.5)
         assert len(await _events(node, "GH-B", "RemoteStartFailed")) == 1
@@ -104,15 +111,11 @@ async def test_tx_not_found_releases_the_capacity_and_falls_back_to_txdefault(no
                 )
             )
         for evse, tx in ((1, "T-REAL"), (2, "T-GHOST")):
-            await cp.call(
-                call.TransactionEvent(
-                    event_type="Started",
-                    timestamp="2026-03-01T08:00:00Z",
-                    trigger_reason="CablePluggedIn",
-                    seq_no=0,
-                    transaction_info={"transaction_id": tx, "charging_state": "Charging"},
-                    evse={"id": evse, "connector_id": 1},
-                )
+            await _started(
+                cp,
+                "CablePluggedIn",
+                {"transaction_id": tx, "charging_state": "Charging"},
+                {"id": evse, "connector_id": 1},
             )
         lm = node.rt.lm
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from conftest import Node, start_node
+from conftest import Node, running_node
 from evflex.clock import DeviceClock
 from evflex.csms.clocksync import ClockWatch
 from evflex.sim import EvSpec, SimStation, StationSpec
@@ -216,14 +216,10 @@ async def test_a_station_taking_the_csms_time_is_never_flagged(node):
 
 @pytest.fixture
 async def site_node(database_url):
-    rt, http = await start_node(
+    async with running_node(
         database_url, allow_unknown_stations=True, site_sample_s=1.0, initial_full_power_s=30.0
-    )
-    try:
-        yield Node(rt, http)
-    finally:
-        await http.aclose()
-        await rt.stop()
+    ) as n:
+        yield n
 
 
 async def test_kpis_and_boost_window_on_the_csms_clock_with_skewed_stations(site_node):

@@ -8,25 +8,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from conftest import Node, start_node
+from conftest import Node
 from evflex.clock import AcceleratedClock
 from evflex.sim import EvSpec, SimStation, StationSpec
 from evflex.smartcharging.sitelog import site_kpis
 from evflex.store.tables import Site, SiteSample, Station, Transaction
 
 _ids = itertools.count(1)
-
-
-@pytest.fixture
-async def site_node(database_url):
-    rt, http = await start_node(
-        database_url, allow_unknown_stations=True, initial_full_power_s=0.0, site_sample_s=1.0
-    )
-    try:
-        yield Node(rt, http)
-    finally:
-        await http.aclose()
-        await rt.stop()
 
 
 async def _depot(node: Node, clock=None) -> SimStation:

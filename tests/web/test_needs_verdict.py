@@ -8,21 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import Node, start_node
+from conftest import Node
 from evflex.sim import EvSpec
 from web.test_driver_and_site_data import _depot, _driver
-
-
-@pytest.fixture
-async def site_node(database_url):
-    rt, http = await start_node(
-        database_url, allow_unknown_stations=True, initial_full_power_s=0.0, site_sample_s=1.0
-    )
-    try:
-        yield Node(rt, http)
-    finally:
-        await http.aclose()
-        await rt.stop()
 
 
 async def _active_tx(node: Node, station_id: str) -> dict:
@@ -38,6 +26,15 @@ async def _verdict(node: Node, tx_id: int) -> dict:
     r = await node.http.get("/api/v1/needs", params={"site_id": "depot"})
     assert r.status_code == 200, r.text
     return next(v for v in r.json() if v["transaction"] == tx_id)
+
+
+async def _state_need(node: Node, tx_id: int, hours: float, kwh: float):
+    """The operator states a need: ``kwh`` more, leaving in ``hours``."""
+    departure = datetime.now(UTC) + timedelta(hours=hours)
+    return await node.http.put(
+        f"/api/v1/transactions/{tx_id}/preferences",
+        json={"departure_time": departure.isoformat(), "energy_kwh": kwh},
+    )
 
 
 async def test_preferences_api_refuses_bad_values_with_422(site_node):
@@ -79,11 +76,7 @@ async def test_one_verdict_for_the_api_the_dashboard_and_the_driver(site_node):
             r = await anon.post("/sessions", json={"station_id": st.id, "evse_id": 1})
             assert r.status_code == 201, r.text
             token = r.json()["token"]
-        departure = datetime.now(UTC) + timedelta(hours=4)
-        r = await node.http.put(
-            f"/api/v1/transactions/{tx['id']}/preferences",
-            json={"departure_time": departure.isoformat(), "energy_kwh": 501.9},
-        )
+        r = await _state_need(node, tx["id"], hours=4, kwh=501.9)
         assert r.status_code == 200, r.text
         a = r.json()
         assert a["status"] == "NOT_POSSIBLE" and a["need_status"] == "NOT_POSSIBLE", a
@@ -127,11 +120,7 @@ async def test_ending_priority_is_accepted_and_stays_off(site_node):
     try:
         assert await st.plug_in(1, EvSpec(battery_kwh=60, soc=0.2), "GOOD")
         tx = await _active_tx(node, st.id)
-        departure = datetime.now(UTC) + timedelta(hours=2)
-        r = await node.http.put(
-            f"/api/v1/transactions/{tx['id']}/preferences",
-            json={"departure_time": departure.isoformat(), "energy_kwh": 400},
-        )
+        r = await _state_need(node, tx["id"], hours=2, kwh=400)
         assert r.status_code == 200 and r.json()["status"] == "NOT_POSSIBLE"
         r = await node.http.post(f"/api/v1/transactions/{tx['id']}/priority")
         assert r.status_code == 200 and r.json()["priority"] is True
