@@ -116,19 +116,13 @@ def test_nested_circuits_and_site_fuse():
     assert ax <= 10 + 1e-6 and ax + ay == pytest.approx(25)
 
 
+def _half_full(**kw_args) -> Vehicle:
+    """A 60 kWh battery at half, 10 kW each way."""
+    return ev(kw=10, battery_wh=60_000, soc=0.5, max_discharge_w=10_000, **kw_args)
+
+
 def test_v2g_with_efficiency_and_soc_bounds():
-    v = ev(
-        kwh=None,
-        kw=10,
-        battery_wh=60_000,
-        soc=0.5,
-        target_soc=0.5,
-        min_soc=0.2,
-        max_discharge_w=10_000,
-        v2x_allowed=True,
-        eta_charge=0.9,
-        eta_discharge=0.9,
-    )
+    v = _half_full(target_soc=0.5, min_soc=0.2, v2x_allowed=True, eta_charge=0.9, eta_discharge=0.9)
     prices = [0.1, 0.5, 0.1, 0.5]
     s = solve(hourly(vehicles=[v], import_price=prices, export_price=prices))
     a = s.vehicles["a"]
@@ -144,7 +138,7 @@ def test_v2g_with_efficiency_and_soc_bounds():
 
 
 def test_no_discharge_without_consent():
-    v = ev(kw=10, battery_wh=60_000, soc=0.5, target_soc=0.5, max_discharge_w=10_000)
+    v = _half_full(target_soc=0.5)
     prices = [0.1, 0.9, 0.1, 0.9]
     s = solve(hourly(vehicles=[v], import_price=prices, export_price=prices))
     assert min(s.vehicles["a"].power_w) >= 0
@@ -152,16 +146,7 @@ def test_no_discharge_without_consent():
 
 def _v2g_driver(**tariffs) -> Vehicle:
     """30 kWh in a 60 kWh battery (floor 12 kWh), 10 kWh more by the end, 10 kW each way."""
-    return ev(
-        kw=10,
-        kwh=10,
-        battery_wh=60_000,
-        soc=0.5,
-        min_soc=0.2,
-        max_discharge_w=10_000,
-        v2x_allowed=True,
-        **tariffs,
-    )
+    return _half_full(kwh=10, min_soc=0.2, v2x_allowed=True, **tariffs)
 
 
 # Dear in hour 1 (the site sells at 0.36), cheap after: a kWh out in hour 1 and
@@ -228,16 +213,7 @@ def test_driver_margin_counts_the_round_trip_losses():
 
 
 def test_daily_discharge_cap():
-    v = ev(
-        end=24,
-        kw=10,
-        battery_wh=60_000,
-        soc=0.5,
-        target_soc=0.5,
-        max_discharge_w=10_000,
-        v2x_allowed=True,
-        v2x_daily_cap_wh=5_000,
-    )
+    v = _half_full(end=24, target_soc=0.5, v2x_allowed=True, v2x_daily_cap_wh=5_000)
     prices = [0.1 if t % 2 == 0 else 0.6 for t in range(24)]
     s = solve(hourly(n=24, vehicles=[v], import_price=prices, export_price=prices))
     assert s.vehicles["a"].discharged_wh == pytest.approx(5_000)
