@@ -93,6 +93,22 @@ def profile(
     )
 
 
+def recurring(
+    pid: int, purpose: Purpose, periods, every: Recurrency, start: str, duration: int, **kw
+) -> ChargingProfile:
+    """A recurring profile: from ``start`` (UTC) again every day or week, ``duration`` s each."""
+    return profile(
+        pid,
+        purpose,
+        periods,
+        kind=Kind.RECURRING,
+        recurrency=every,
+        start=ts(start),
+        duration=duration,
+        **kw,
+    )
+
+
 def limits(c: CompositeSchedule) -> list[tuple[int, float]]:
     return [(p.start_s, round(p.limit, 6)) for p in c.periods]
 
@@ -156,15 +172,14 @@ def test_octt_tc_k_41_cs_combining_purposes():
 
 def _daily_default_16() -> ChargingProfile:
     """OCPP 1.6 §3.13.7: 11 kW, but 6 kW between 08:00h and 20:00h, every day."""
-    return profile(
+    return recurring(
         100,
         Purpose.TX_DEFAULT,
         [(0, 11000, 3), (28800, 6000, 3), (72000, 11000, 3)],
+        Recurrency.DAILY,
+        "2013-01-01T00:00:00",
+        86400,
         unit=RateUnit.W,
-        kind=Kind.RECURRING,
-        recurrency=Recurrency.DAILY,
-        start=ts("2013-01-01T00:00:00"),
-        duration=86400,
     )
 
 
@@ -221,14 +236,8 @@ def test_recurring_daily_wraps_over_midnight():
 
 def test_recurring_weekly_and_duration_caps_each_repetition():
     # Every Monday 00:00 (2024-01-01 was a Monday): 10 A for 2 h, then not in force.
-    weekly = profile(
-        5,
-        Purpose.TX_DEFAULT,
-        [(0, 10)],
-        kind=Kind.RECURRING,
-        recurrency=Recurrency.WEEKLY,
-        start=ts("2024-01-01T00:00:00"),
-        duration=7200,
+    weekly = recurring(
+        5, Purpose.TX_DEFAULT, [(0, 10)], Recurrency.WEEKLY, "2024-01-01T00:00:00", 7200
     )
     c = composite_schedule(
         [InstalledProfile(1, weekly)], 1, ts("2024-03-03T23:00:00"), 10 * 86400, max_current_a=32
@@ -245,14 +254,8 @@ def test_recurring_weekly_and_duration_caps_each_repetition():
 
 def test_not_in_force_before_schedule_start():
     later = profile(1, Purpose.TX_DEFAULT, [(0, 10)], start=ts("2024-01-01T01:00:00"))
-    daily = profile(
-        2,
-        Purpose.STATION_MAX,
-        [(0, 8)],
-        kind=Kind.RECURRING,
-        recurrency=Recurrency.DAILY,
-        start=ts("2024-01-01T02:00:00"),
-        duration=600,
+    daily = recurring(
+        2, Purpose.STATION_MAX, [(0, 8)], Recurrency.DAILY, "2024-01-01T02:00:00", 600
     )
     c = composite_schedule(
         [InstalledProfile(1, later), InstalledProfile(0, daily)],
