@@ -279,24 +279,18 @@ def _text(output: str) -> str:
     return re.sub(r"[\s\u2500-\u257f]+", " ", output)
 
 
+def _bench(*args: str):
+    """``evflex bench scheduling`` with these arguments, in this process."""
+    return CliRunner().invoke(app, ["bench", "scheduling", *args])
+
+
 REQUIRED = ("energy_delivered_pct", "drivers_served_pct", "peak_kw", "cost")
 
 
 def test_cli_writes_json(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            "scheduling",
-            "--sessions",
-            str(EXCERPT),
-            "--capacity-kw",
-            "30",
-            "--out",
-            "tmp.json",
-            "--quick",
-        ],
+    result = _bench(
+        "--sessions", str(EXCERPT), "--capacity-kw", "30", "--out", "tmp.json", "--quick"
     )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "tmp.json").read_text())
@@ -319,26 +313,10 @@ def test_cli_writes_json(tmp_path, monkeypatch):
 
 def test_cli_capacity_sweep_and_pv(tmp_path):
     out = tmp_path / "sweep.json"
-    result = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            "scheduling",
-            "--sessions",
-            str(EXCERPT),
-            "--capacity-kw",
-            "4,40",
-            "--algorithms",
-            "uncontrolled,edf,llf",
-            "--pv-kwp",
-            "20",
-            "--capacity-tariff",
-            "10",
-            "--no-timing",
-            "--out",
-            str(out),
-        ],
-    )
+    result = _bench(
+        "--sessions", str(EXCERPT), "--capacity-kw", "4,40", "--algorithms", "uncontrolled,edf,llf",
+        "--pv-kwp", "20", "--capacity-tariff", "10", "--no-timing", "--out", str(out),
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert [e["capacity_kw"] for e in data["sweep"]] == [4.0, 40.0]
@@ -372,9 +350,7 @@ def test_cli_capacity_sweep_and_pv(tmp_path):
 def test_cli_bad_sessions_file(tmp_path, content, reason):
     bad = tmp_path / "bad.csv"
     bad.write_text(content)
-    result = CliRunner().invoke(
-        app, ["bench", "scheduling", "--sessions", str(bad), "--out", str(tmp_path / "o.json")]
-    )
+    result = _bench("--sessions", str(bad), "--out", str(tmp_path / "o.json"))
     assert result.exit_code == 2, result.output
     text = _text(result.output)
     assert "sessions" in text and reason in text, text
@@ -384,14 +360,9 @@ def test_cli_bad_sessions_file(tmp_path, content, reason):
 def test_cli_bad_prices_and_missing_file(tmp_path):
     bad = tmp_path / "p.csv"
     bad.write_text("time,price\n2024-01-01T00:00:00Z,0.1\n")
-    args = ["bench", "scheduling", "--sessions", str(EXCERPT), "--prices", str(bad)]
-    result = CliRunner().invoke(app, args)
+    result = _bench("--sessions", str(EXCERPT), "--prices", str(bad))
     assert result.exit_code == 2 and "price_per_kwh" in result.output
-    result = CliRunner().invoke(
-        app, ["bench", "scheduling", "--sessions", str(tmp_path / "none.csv")]
-    )
+    result = _bench("--sessions", str(tmp_path / "none.csv"))
     assert result.exit_code == 2 and "no such file" in _text(result.output)
-    result = CliRunner().invoke(
-        app, ["bench", "scheduling", "--sessions", str(EXCERPT), "--capacity-kw", "x"]
-    )
+    result = _bench("--sessions", str(EXCERPT), "--capacity-kw", "x")
     assert result.exit_code == 2
