@@ -9,9 +9,26 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select, update
 
+from evflex.api.schemas import IdTokenIn, StationCreate
+from evflex.app import Runtime, tune_gc
+from evflex.bench.ocpp import bench_ocpp_command
+from evflex.bench.scheduling import bench_scheduling_command
+from evflex.bench.smartcharging import bench_smartcharging_command
+from evflex.bench.v2x import bench_v2x_command
+from evflex.clock import utcnow
 from evflex.config import ConfigError, Settings
 from evflex.config import load_settings as _load_settings
+from evflex.demo import create_demo_admin, demo_clock, demo_settings, run_demo, v2x_summary
+from evflex.security import hash_password
+from evflex.sim.cli import sim_command
+from evflex.store import repo
+from evflex.store.db import make_engine, make_sessionmaker, migrate
+from evflex.store.tables import ApiToken, Station, User
+from evflex.web.auth import add_token, add_user, reset_totp, set_password, sha256, totp_uri
 
 app = typer.Typer(
     help="evflex: smart and bidirectional EV charging platform.",
@@ -80,7 +97,6 @@ def serve(
         log_level=log_level,
     )
     _logging(settings.log_level)
-    from evflex.app import Runtime, tune_gc
 
     async def main() -> None:
         rt = Runtime(settings)
@@ -110,8 +126,6 @@ def serve(
 
 
 async def _with_store(settings: Settings, fn):
-    from evflex.store.db import make_engine, make_sessionmaker, migrate
-
     engine = make_engine(settings.database_url)
     try:
         await migrate(engine)
@@ -131,10 +145,6 @@ def station_add(
     database_url: DbOpt = None,
 ) -> None:
     """Register a station (optionally with a security-profile-1 password)."""
-    from evflex.api.schemas import StationCreate
-    from evflex.clock import utcnow
-    from evflex.security import hash_password
-    from evflex.store import repo
 
     try:
         body = StationCreate(id=station_id, password=password, site_id=site_id)
@@ -158,10 +168,6 @@ def station_add(
 @station_app.command("list")
 def station_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
     """List registered stations."""
-    from rich.table import Table
-    from sqlalchemy import select
-
-    from evflex.store.tables import Station
 
     settings = load_settings(config, database_url=database_url)
 
@@ -190,9 +196,6 @@ def id_token_add(
     database_url: DbOpt = None,
 ) -> None:
     """Add or replace an id token in the authorization table."""
-    from evflex.api.schemas import IdTokenIn
-    from evflex.clock import utcnow
-    from evflex.store import repo
 
     try:
         body = IdTokenIn(id_token=id_token, status=status)
@@ -224,8 +227,6 @@ def _ask_password() -> str:
 
 
 def _print_totp(username: str, secret: str) -> None:
-    from evflex.web.auth import totp_uri
-
     console.print(f"  TOTP secret: [bold]{secret}[/]")
     console.print(f"  or the URI:  {totp_uri(secret, username)}", soft_wrap=True)
 
@@ -239,7 +240,6 @@ def user_add(
     database_url: DbOpt = None,
 ) -> None:
     """Create a dashboard account; prints the TOTP secret for the authenticator app."""
-    from evflex.web.auth import add_user
 
     settings = load_settings(config, database_url=database_url)
     password = password or _ask_password()
@@ -259,10 +259,6 @@ def user_add(
 @user_app.command("list")
 def user_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
     """List dashboard accounts."""
-    from rich.table import Table
-    from sqlalchemy import select
-
-    from evflex.store.tables import User
 
     settings = load_settings(config, database_url=database_url)
 
@@ -283,7 +279,6 @@ def user_disable(
     database_url: DbOpt = None,
 ) -> None:
     """Lock an account out (its browser sessions end at once), or let it in again."""
-    from evflex.store.tables import User
 
     settings = load_settings(config, database_url=database_url)
 
@@ -307,7 +302,6 @@ def user_reset_password(
     database_url: DbOpt = None,
 ) -> None:
     """Give an account a new password; its browser sessions end at once."""
-    from evflex.web.auth import set_password
 
     settings = load_settings(config, database_url=database_url)
     password = password or _ask_password()
@@ -329,7 +323,6 @@ def user_reset_totp(
     database_url: DbOpt = None,
 ) -> None:
     """Give an account a new TOTP secret (a lost phone); its browser sessions end at once."""
-    from evflex.web.auth import reset_totp
 
     settings = load_settings(config, database_url=database_url)
     secret = asyncio.run(_with_store(settings, lambda s: reset_totp(s, username)))
@@ -348,7 +341,6 @@ def api_token_create(
     database_url: DbOpt = None,
 ) -> None:
     """Create an API token; it is printed once, on the last line (only its hash is kept)."""
-    from evflex.web.auth import add_token
 
     settings = load_settings(config, database_url=database_url)
     try:
@@ -363,10 +355,6 @@ def api_token_create(
 @api_token_app.command("list")
 def api_token_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
     """List API tokens: id, name, role, created, last used, revoked (never the token)."""
-    from rich.table import Table
-    from sqlalchemy import select
-
-    from evflex.store.tables import ApiToken
 
     settings = load_settings(config, database_url=database_url)
 
@@ -393,10 +381,6 @@ def api_token_revoke(
     database_url: DbOpt = None,
 ) -> None:
     """Revoke an API token."""
-    from sqlalchemy import update
-
-    from evflex.store.tables import ApiToken
-    from evflex.web.auth import sha256
 
     settings = load_settings(config, database_url=database_url)
 
@@ -442,11 +426,6 @@ def demo(
     ] = False,
 ) -> None:
     """Start a CSMS on a fresh SQLite file, simulate a site for a day, print a summary."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from evflex.app import Runtime
-    from evflex.demo import create_demo_admin, demo_clock, demo_settings, run_demo, v2x_summary
 
     logging.basicConfig(level="ERROR")
 
@@ -556,12 +535,6 @@ def demo(
 
 
 def _register_plugins() -> None:
-    from evflex.bench.ocpp import bench_ocpp_command
-    from evflex.bench.scheduling import bench_scheduling_command
-    from evflex.bench.smartcharging import bench_smartcharging_command
-    from evflex.bench.v2x import bench_v2x_command
-    from evflex.sim.cli import sim_command
-
     app.command("sim", help="Run simulated stations and EVs against a CSMS.")(sim_command)
     bench_app.command(
         "ocpp",

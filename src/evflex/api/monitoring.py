@@ -17,19 +17,17 @@ set-variable-monitoring`` reach the station but are not listed here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from evflex.api.routes import Rt, station_command
+from evflex.api.deps import Rt
+from evflex.api.routes import station_command
 from evflex.csms import commands
 from evflex.csms import monitoring as mon
-from evflex.csms.server import StationNotConnected
+from evflex.services import Services
 from evflex.store import repo
-
-if TYPE_CHECKING:
-    from evflex.app import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])
 
@@ -128,31 +126,31 @@ class MonitoringResult(BaseModel):
     results: list[dict[str, Any]] = Field(description="the station's answer per monitor")
 
 
-async def _registered(rt: Runtime, station_id: str) -> None:
+async def _registered(rt: Services, station_id: str) -> None:
     async with rt.sessionmaker() as s:
         if await repo.get_station(s, station_id) is None:
             raise HTTPException(404, f"station '{station_id}' is not registered")
 
 
-async def _connected(rt: Runtime, station_id: str) -> None:
+async def _connected(rt: Services, station_id: str) -> None:
     if rt.ocpp.connections.get(station_id) is None:
         await _registered(rt, station_id)
         raise HTTPException(409, f"station '{station_id}' is not connected")
 
 
-def _send(rt: Runtime):
+def _send(rt: Services):
     async def send(station_id: str, name: str, body: BaseModel) -> dict:
         return await station_command(rt, station_id, name, body)
 
     return send
 
 
-async def _guarded(rt: Runtime, station_id: str, coro):
+async def _guarded(rt: Services, station_id: str, coro):
     try:
         return await coro
     except commands.CommandNotAvailable as exc:
         raise HTTPException(400, str(exc)) from None
-    except StationNotConnected:
+    except commands.StationNotConnected:
         raise HTTPException(409, f"station '{station_id}' is not connected") from None
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None

@@ -4,39 +4,30 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlalchemy import select, tuple_
 
 from evflex.api import schemas as sc
+from evflex.api.deps import Rt
 from evflex.csms import commands
 from evflex.csms.connection import CallErrorReceived
-from evflex.csms.server import StationNotConnected
 from evflex.security import hash_password
+from evflex.services import Services
 from evflex.store import repo
 from evflex.store.tables import Connector, EventLog, IdToken, MeterValue, Station, Transaction
 from evflex.web.auth import OPERATOR_COMMANDS
 
-if TYPE_CHECKING:
-    from evflex.app import Runtime
-
 router = APIRouter(prefix="/api/v1")
-
-
-def runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
-Rt = Annotated["Runtime", Depends(runtime)]
 
 
 # ------------------------------------------------------------------ stations
 
 
-def _station_out(rt: Runtime, st: Station, connectors: list[Connector]) -> sc.StationOut:
+def _station_out(rt: Services, st: Station, connectors: list[Connector]) -> sc.StationOut:
     now = rt.clock.now()
     return sc.StationOut(
         id=st.id,
@@ -81,12 +72,12 @@ def _station_out(rt: Runtime, st: Station, connectors: list[Connector]) -> sc.St
     )
 
 
-def _clock_offset(rt: Runtime, station_id: str) -> float | None:
+def _clock_offset(rt: Services, station_id: str) -> float | None:
     offset = rt.service.clocks.offset(station_id)
     return None if offset is None else round(offset, 3)
 
 
-def _clock_skewed(rt: Runtime, station_id: str) -> bool:
+def _clock_skewed(rt: Services, station_id: str) -> bool:
     state = rt.service.clocks.state(station_id)
     return state is not None and state.skewed
 
@@ -117,7 +108,7 @@ async def list_stations(
     return [_station_out(rt, st, conns[st.id]) for st in stations]
 
 
-async def _load_station(rt: Runtime, station_id: str) -> sc.StationOut:
+async def _load_station(rt: Services, station_id: str) -> sc.StationOut:
     async with rt.sessionmaker() as s:
         st = await repo.get_station(s, station_id)
         if st is None:
@@ -212,7 +203,7 @@ def _token_out(t: IdToken) -> sc.IdTokenOut:
     )
 
 
-async def _upsert_token(rt: Runtime, body: sc.IdTokenIn, create_only: bool) -> bool:
+async def _upsert_token(rt: Services, body: sc.IdTokenIn, create_only: bool) -> bool:
     now = rt.clock.now()
 
     async def job(s):
@@ -436,13 +427,13 @@ async def events(
 # ------------------------------------------------------------------ commands
 
 
-async def station_command(rt: Runtime, station_id: str, name: str, body) -> dict:
+async def station_command(rt: Services, station_id: str, name: str, body) -> dict:
     """Send a command; the station's failures become HTTP errors with a reason."""
     try:
         return await rt.ocpp.send_command(station_id, name, body)
     except commands.CommandNotAvailable as exc:
         raise HTTPException(400, str(exc)) from None
-    except StationNotConnected:
+    except commands.StationNotConnected:
         raise HTTPException(409, f"station '{station_id}' is not connected") from None
     except TimeoutError:
         raise HTTPException(
@@ -458,7 +449,7 @@ async def station_command(rt: Runtime, station_id: str, name: str, body) -> dict
         raise HTTPException(400, f"cannot build a valid OCPP message: {exc}") from None
 
 
-async def run_command(station_id: str, command: str, request: Request, rt: Runtime):
+async def run_command(station_id: str, command: str, request: Request, rt: Services):
     """Check the body against the command's model, send it, answer with the station's reply."""
     model = commands.COMMAND_BODIES.get(command)
     if model is None:
@@ -491,7 +482,7 @@ async def run_command(station_id: str, command: str, request: Request, rt: Runti
     )
 
 
-async def _remote_start(rt: Runtime, station_id: str, body, version: str):
+async def _remote_start(rt: Services, station_id: str, body, version: str):
     """A card the CSMS would refuse is not sent (409); an accepted start is followed up."""
     refusal = await rt.service.remote_start_refusal(station_id, body.id_token, body.evse)
     if refusal is not None:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from evflex.api.smart import KW, Rt
+from evflex.api.deps import Rt
+from evflex.api.smart import KW
 from evflex.scheduling.flex import flexibility
 from evflex.scheduling.lp import series
+from evflex.services import Services
 from evflex.smartcharging.mpc import DEFAULT, Forecast, MpcResult
 from evflex.store import repo
-
-if TYPE_CHECKING:
-    from evflex.app import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["scheduling"])
 
@@ -180,7 +179,7 @@ def plan_out(
     )
 
 
-async def _plan(rt: Runtime, site_id: str) -> tuple[MpcResult, bool]:
+async def _plan(rt: Services, site_id: str) -> tuple[MpcResult, bool]:
     async with rt.sessionmaker() as s:
         if await repo.get_site(s, site_id) is None:
             raise HTTPException(404, f"site '{site_id}' does not exist")

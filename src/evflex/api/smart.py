@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from evflex.api import schemas as sc
+from evflex.api.deps import Rt
 from evflex.api.routes import station_command
 from evflex.csms import commands
 from evflex.domain.model import ChargingNeeds
+from evflex.services import Services
 from evflex.smartcharging import profiles as pf
 from evflex.smartcharging.composite import CompositeSchedule, InstalledProfile, composite_schedule
 from evflex.smartcharging.manager import is_lm_profile
@@ -26,17 +28,9 @@ from evflex.store.tables import Circuit, Station, Transaction
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from evflex.app import Runtime
 
 router = APIRouter(prefix="/api/v1")
 
-
-def runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
-Rt = Annotated["Runtime", Depends(runtime)]
 
 KW = 1000.0
 
@@ -44,7 +38,7 @@ KW = 1000.0
 # ------------------------------------------------------------------ sites
 
 
-def _plan_out(rt: Runtime, site_id: str) -> sc.PlanOut | None:
+def _plan_out(rt: Services, site_id: str) -> sc.PlanOut | None:
     st = rt.lm.status.get(site_id)
     if st is None or st.plan is None:
         return None
@@ -80,7 +74,7 @@ def _plan_out(rt: Runtime, site_id: str) -> sc.PlanOut | None:
     )
 
 
-async def _site_out(rt: Runtime, site_id: str) -> sc.SiteOut:
+async def _site_out(rt: Services, site_id: str) -> sc.SiteOut:
     async with rt.sessionmaker() as s:
         site = await repo.get_site(s, site_id)
         if site is None:
@@ -242,7 +236,7 @@ def _circuit_out(c: Circuit) -> sc.CircuitOut:
     )
 
 
-async def _save_circuit(rt: Runtime, circuit_id: str, values: dict, create: bool) -> Circuit:
+async def _save_circuit(rt: Services, circuit_id: str, values: dict, create: bool) -> Circuit:
     now = rt.clock.now()
 
     async def job(s):
@@ -313,7 +307,7 @@ async def delete_circuit(circuit_id: str, rt: Rt):
 # ------------------------------------------------------------------ charging profiles
 
 
-async def _station(rt: Runtime, station_id: str) -> Station:
+async def _station(rt: Services, station_id: str) -> Station:
     async with rt.sessionmaker() as s:
         st = await repo.get_station(s, station_id)
     if st is None:
@@ -353,7 +347,7 @@ async def list_profiles(station_id: str, rt: Rt, evse_id: int | None = None):
     ]
 
 
-async def _rate_units(rt: Runtime, station: Station) -> set[str] | None:
+async def _rate_units(rt: Services, station: Station) -> set[str] | None:
     """The rate units the station accepts (None: unknown, e.g. not connected)."""
     if not rt.ocpp.is_connected(station.id):
         return None
@@ -457,7 +451,7 @@ async def put_profile(
     return _profile_out(body.evse_id, profile, w, note)
 
 
-async def _voltage(rt: Runtime, st: Station) -> float:
+async def _voltage(rt: Services, st: Station) -> float:
     if st.site_id:
         async with rt.sessionmaker() as s:
             site = await repo.get_site(s, st.site_id)
@@ -578,7 +572,7 @@ def _same(a: CompositeSchedule, b: CompositeSchedule) -> bool:
 # ------------------------------------------------------------------ driver needs
 
 
-async def _tx(rt: Runtime, tx_pk: int) -> Transaction:
+async def _tx(rt: Services, tx_pk: int) -> Transaction:
     async with rt.sessionmaker() as s:
         tx = await s.get(Transaction, tx_pk)
     if tx is None:
@@ -598,7 +592,7 @@ async def put_preferences(tx_pk: int, body: sc.PreferencesIn, rt: Rt):
     return await apply_preferences(rt, tx_pk, body)
 
 
-async def apply_preferences(rt: Runtime, tx_pk: int, body: sc.PreferencesIn) -> sc.PreferencesOut:
+async def apply_preferences(rt: Services, tx_pk: int, body: sc.PreferencesIn) -> sc.PreferencesOut:
     """Store a driver's needs on the session and tell whether the site can meet them."""
     tx = await _tx(rt, tx_pk)
     now = rt.clock.now()
@@ -683,7 +677,7 @@ def verdict_out(tx: Transaction, v: Verdict) -> VerdictOut:
     )
 
 
-async def site_verdicts(rt: Runtime, site_id: str) -> dict[str, Verdict]:
+async def site_verdicts(rt: Services, site_id: str) -> dict[str, Verdict]:
     """The verdict of every session of a site (evse key -> verdict), from the applied plan."""
     model, _ = await rt.lm.load_model(site_id)
     if model is None:
@@ -701,7 +695,7 @@ async def site_verdicts(rt: Runtime, site_id: str) -> dict[str, Verdict]:
     }
 
 
-async def tx_verdict(rt: Runtime, tx: Transaction) -> Verdict:
+async def tx_verdict(rt: Services, tx: Transaction) -> Verdict:
     """The verdict on one session's need (a session off any site: no limit, nothing at risk)."""
     site_id = rt.lm.site_of(tx.station_id)
     if site_id is None:
@@ -713,7 +707,7 @@ async def tx_verdict(rt: Runtime, tx: Transaction) -> Verdict:
     return v if v is not None else unplanned_verdict(rt, tx)
 
 
-def unplanned_verdict(rt: Runtime, tx: Transaction) -> Verdict:
+def unplanned_verdict(rt: Services, tx: Transaction) -> Verdict:
     """A session no site plans (off any site): no limit applies, nothing is at risk."""
     return Verdict(
         status="NO_NEEDS" if tx.departure_at is None or tx.energy_target_wh is None else "ACCEPTED",
@@ -723,7 +717,7 @@ def unplanned_verdict(rt: Runtime, tx: Transaction) -> Verdict:
     )
 
 
-async def _preferences_answer(rt: Runtime, tx_pk: int, *, request: str):
+async def _preferences_answer(rt: Services, tx_pk: int, *, request: str):
     """The answer to a change of needs (``request="needs"``) or of priority charging."""
     tx = await _tx(rt, tx_pk)
     site_id = rt.lm.site_of(tx.station_id)
@@ -782,7 +776,7 @@ async def clear_priority(tx_pk: int, rt: Rt):
     return await apply_priority(rt, tx_pk, False)
 
 
-async def apply_priority(rt: Runtime, tx_pk: int, on: bool) -> sc.PreferencesOut:
+async def apply_priority(rt: Services, tx_pk: int, on: bool) -> sc.PreferencesOut:
     """Priority charging on or off for a running session (2.1 stations are told too)."""
     tx = await _tx(rt, tx_pk)
     now = rt.clock.now()

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from evflex.api.deps import Rt
 from evflex.api.routes import bidirectional
 from evflex.csms import commands, v21
 from evflex.csms.monitoring import set_reporting_interval
-from evflex.csms.server import StationNotConnected
+from evflex.services import Services
 from evflex.smartcharging import profiles as pf
 from evflex.smartcharging.frequency import (
     FREQUENCY_STACK_LEVEL,
@@ -29,18 +29,8 @@ from evflex.smartcharging.frequency import (
 )
 from evflex.store import repo
 
-if TYPE_CHECKING:
-    from evflex.app import Runtime
-
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
-
-
-def runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
-Rt = Annotated["Runtime", Depends(runtime)]
 
 
 class EvseRef(BaseModel):
@@ -114,7 +104,7 @@ def _out(ctrl: FrequencyController | None, refused: dict | None = None) -> Frequ
     )
 
 
-async def _set_reporting(rt: Runtime, station_id: str, seconds: int) -> None:
+async def _set_reporting(rt: Services, station_id: str, seconds: int) -> None:
     try:
         await set_reporting_interval(rt, station_id, seconds)
     except Exception as exc:
@@ -131,7 +121,7 @@ async def start_frequency_service(body: FrequencyServiceIn, rt: Rt):
         # Straight to the station's connection: one small payload, built once.
         conn = rt.ocpp.connections.get(station_id)
         if conn is None:
-            raise StationNotConnected(station_id)
+            raise commands.StationNotConnected(station_id)
         payload = v21.update_dynamic_schedule_payload(profile_id, setpoint=setpoint)
         return await conn.call("UpdateDynamicSchedule", payload)
 
@@ -157,7 +147,7 @@ async def start_frequency_service(body: FrequencyServiceIn, rt: Rt):
     return _out(ctrl, refused)
 
 
-async def _enrol(rt: Runtime, ctrl: FrequencyController, ref: EvseRef):
+async def _enrol(rt: Services, ctrl: FrequencyController, ref: EvseRef):
     async with rt.sessionmaker() as s:
         st = await repo.get_station(s, ref.station_id)
         tx = await repo.active_transaction_for_evse(s, ref.station_id, ref.evse_id)

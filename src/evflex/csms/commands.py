@@ -251,6 +251,10 @@ class CommandNotAvailable(Exception):
     """The command does not exist in the station's OCPP version."""
 
 
+class StationNotConnected(Exception):
+    """The station has no open connection to this node."""
+
+
 # ------------------------------------------------------------------ OCPP 2.1 V2X
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from evflex.clock import parse_datetime
 from evflex.csms import commands as c
+from evflex.store.tables import Connector
 
 #: Reporting interval while a station delivers a frequency service (s).
 FREQUENCY_SERVICE_INTERVAL_S = 1
@@ -264,11 +265,9 @@ def _server(target: Any) -> Any:
 
 
 def _check_version(server: Any, station_id: str) -> None:
-    from evflex.csms.server import StationNotConnected
-
     conn = server.connections.get(station_id)
     if conn is None:
-        raise StationNotConnected(station_id)
+        raise c.StationNotConnected(station_id)
     if conn.version == "1.6":
         raise c.CommandNotAvailable(
             "advanced monitoring (SetVariableMonitoring, NotifyEvent) does not exist in OCPP 1.6"
@@ -313,8 +312,6 @@ async def clear_monitors(
 
 
 async def _evse_ids(service: Any, station_id: str) -> list[int]:
-    from evflex.store.tables import Connector
-
     async with service.sessionmaker() as s:
         rows = await s.execute(
             select(Connector.evse_id).where(Connector.station_id == station_id).distinct()

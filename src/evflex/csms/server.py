@@ -42,10 +42,6 @@ _ADAPTERS: dict[str, tuple[Any, dict]] = {
 }
 
 
-class StationNotConnected(Exception):
-    pass
-
-
 def _quiet(fut: asyncio.Future) -> None:
     """A background lookup's failure is only logged (the next handshake tries again)."""
     if not fut.cancelled() and fut.exception() is not None:
@@ -301,7 +297,7 @@ class OcppServer:
         """Run a version-agnostic command; returns the station's answer payload."""
         conn = self.connections.get(station_id)
         if conn is None:
-            raise StationNotConnected(station_id)
+            raise commands.StationNotConnected(station_id)
         _, builders = _ADAPTERS[conn.version]
         builder = builders.get(name)
         if builder is None:

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from evflex.api import schemas as sc
+from evflex.api.deps import Rt
 from evflex.api.routes import bidirectional, v2x_state
-from evflex.api.smart import KW, Rt, apply_preferences, apply_priority, tx_verdict
+from evflex.api.smart import KW, apply_preferences, apply_priority, tx_verdict
 from evflex.clock import utcnow
+from evflex.services import Services
 from evflex.store import repo
 from evflex.store.tables import Connector, DriverToken, Transaction
 from evflex.web.auth import sha256
-
-if TYPE_CHECKING:
-    from evflex.app import Runtime
 
 router = APIRouter(prefix="/api/v1/driver", tags=["driver"])
 
@@ -105,7 +104,7 @@ def _refused(detail: str) -> HTTPException:
     return HTTPException(401, detail, {"WWW-Authenticate": "Bearer"})
 
 
-async def _claimed(rt: Runtime, request: Request) -> tuple[Transaction, DriverToken]:
+async def _claimed(rt: Services, request: Request) -> tuple[Transaction, DriverToken]:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _refused("this page needs its session token")
@@ -122,7 +121,7 @@ async def _claimed(rt: Runtime, request: Request) -> tuple[Transaction, DriverTo
 NO_SUCH_CHARGER = "no such charger"
 
 
-async def _known_charger(rt: Runtime, station_id: str, evse_id: int) -> None:
+async def _known_charger(rt: Services, station_id: str, evse_id: int) -> None:
     """404 "no such charger: ..." unless the station is registered and has this EVSE."""
     async with rt.sessionmaker() as s:
         station = await repo.get_station(s, station_id)
@@ -237,7 +236,7 @@ async def fast_off(request: Request, rt: Rt):
     return await _fast(rt, request, False)
 
 
-async def _fast(rt: Runtime, request: Request, on: bool) -> DriverSession:
+async def _fast(rt: Services, request: Request, on: bool) -> DriverSession:
     tx, row = await _claimed(rt, request)
     await apply_priority(rt, tx.id, on)
     async with rt.sessionmaker() as s:
@@ -246,7 +245,7 @@ async def _fast(rt: Runtime, request: Request, on: bool) -> DriverSession:
 
 
 async def driver_view(
-    rt: Runtime,
+    rt: Services,
     tx: Transaction,
     battery_kwh: float | None,
 ) -> DriverSession:

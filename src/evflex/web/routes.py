@@ -13,7 +13,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Stre
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from evflex.api.smart import Rt, VerdictOut, site_verdicts, unplanned_verdict, verdict_out
+from evflex.api.deps import Rt
+from evflex.api.smart import VerdictOut, site_verdicts, unplanned_verdict, verdict_out
 from evflex.smartcharging import sitelog
 from evflex.smartcharging.planner import evse_key
 from evflex.store import repo
