@@ -98,6 +98,21 @@ class Lib16(CP16):
         return r16.SendLocalList(status="Accepted")
 
 
+def _variable_key(item: dict) -> tuple[str, str]:
+    """(component name, variable name) of a GetVariables or SetVariables item."""
+    return item["component"]["name"], item["variable"]["name"]
+
+
+def _variable_result(item: dict, status: str, **value) -> dict:
+    """The answer to one GetVariables or SetVariables item."""
+    return {
+        "attribute_status": status,
+        **value,
+        "component": item["component"],
+        "variable": item["variable"],
+    }
+
+
 class Lib201(CP201):
     """A 2.0.1 charging station answering the CSMS's commands."""
 
@@ -121,24 +136,11 @@ class Lib201(CP201):
         self.received.append(("GetVariables", {"get_variable_data": get_variable_data}))
         out = []
         for item in get_variable_data:
-            key = (item["component"]["name"], item["variable"]["name"])
+            key = _variable_key(item)
             if key in self.variables:
-                out.append(
-                    {
-                        "attribute_status": "Accepted",
-                        "attribute_value": self.variables[key],
-                        "component": item["component"],
-                        "variable": item["variable"],
-                    }
-                )
+                out.append(_variable_result(item, "Accepted", attribute_value=self.variables[key]))
             else:
-                out.append(
-                    {
-                        "attribute_status": "UnknownVariable",
-                        "component": item["component"],
-                        "variable": item["variable"],
-                    }
-                )
+                out.append(_variable_result(item, "UnknownVariable"))
         return r201.GetVariables(get_variable_result=out)
 
     @on("SetVariables")
@@ -146,17 +148,11 @@ class Lib201(CP201):
         self.received.append(("SetVariables", {"set_variable_data": set_variable_data}))
         out = []
         for item in set_variable_data:
-            key = (item["component"]["name"], item["variable"]["name"])
+            key = _variable_key(item)
             status = "Accepted" if key in self.variables else "UnknownVariable"
             if status == "Accepted":
                 self.variables[key] = item["attribute_value"]
-            out.append(
-                {
-                    "attribute_status": status,
-                    "component": item["component"],
-                    "variable": item["variable"],
-                }
-            )
+            out.append(_variable_result(item, status))
         return r201.SetVariables(set_variable_result=out)
 
     @on("GetBaseReport")
