@@ -1,16 +1,24 @@
 """Version-agnostic commands the API sends to stations.
 
-Each command has a body model (what the REST API accepts) and, per OCPP
-version, a builder in that version's adapter that turns the body into the
-wire action and payload. A command a version lacks is refused with a reason.
+Each command has a body model (what the REST API accepts) and one entry in
+:data:`COMMANDS`: the OCPP versions that have it and, where the message is
+built alike in all of them, its builder. What differs per version is built by
+that version's adapter (``BUILDERS`` in :mod:`evflex.csms.v16`,
+:mod:`~evflex.csms.v201`, :mod:`~evflex.csms.v21`). A command a version lacks
+is refused with a reason.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from evflex.smartcharging import profiles as sc_profiles
 
 
 class _Body(BaseModel):
@@ -219,34 +227,6 @@ class GetMonitoringReportBody(_Body):
     )
 
 
-COMMAND_BODIES: dict[str, type[BaseModel]] = {
-    "reset": ResetBody,
-    "change-availability": ChangeAvailabilityBody,
-    "remote-start": RemoteStartBody,
-    "remote-stop": RemoteStopBody,
-    "trigger-message": TriggerMessageBody,
-    "unlock-connector": UnlockConnectorBody,
-    "reserve-now": ReserveNowBody,
-    "cancel-reservation": CancelReservationBody,
-    "send-local-list": SendLocalListBody,
-    "get-local-list-version": EmptyBody,
-    "clear-cache": EmptyBody,
-    "data-transfer": DataTransferBody,
-    "get-configuration": GetConfigurationBody,
-    "change-configuration": ChangeConfigurationBody,
-    "get-variables": GetVariablesBody,
-    "set-variables": SetVariablesBody,
-    "get-base-report": GetBaseReportBody,
-    "set-charging-profile": SetChargingProfileBody,
-    "clear-charging-profile": ClearChargingProfileBody,
-    "get-composite-schedule": GetCompositeScheduleBody,
-    "get-charging-profiles": GetChargingProfilesBody,
-    "set-variable-monitoring": SetVariableMonitoringBody,
-    "clear-variable-monitoring": ClearVariableMonitoringBody,
-    "get-monitoring-report": GetMonitoringReportBody,
-}
-
-
 class CommandNotAvailable(Exception):
     """The command does not exist in the station's OCPP version."""
 
@@ -320,13 +300,105 @@ class DerQueryBody(_Body):
     request_id: int | None = None
 
 
-COMMAND_BODIES.update(
-    {
-        "update-dynamic-schedule": DynamicScheduleBody,
-        "use-priority-charging": PriorityChargingBody,
-        "allowed-energy-transfer": AllowedEnergyTransferBody,
-        "set-der-control": DerControlBody,
-        "get-der-control": DerQueryBody,
-        "clear-der-control": DerQueryBody,
-    }
-)
+# ------------------------------------------------------------------ the table
+
+V16, V201, V21 = "1.6", "2.0.1", "2.1"
+EVERY = (V16, V201, V21)
+V2 = (V201, V21)  # the 2.x family
+
+#: Builds a command's wire message from its body: (body, service) -> (action, payload).
+Builder = Callable[[Any, Any], Awaitable[tuple[str, dict]]]
+#: The same for a command built alike in every version that has it: (version, body, service).
+SharedBuilder = Callable[[str, Any, Any], Awaitable[tuple[str, dict]]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """What a command means, once for every OCPP version.
+
+    ``versions`` are the versions that have it; ``build`` is given where the
+    message is built the same way in each of them (the version only picks the
+    wire spelling). Otherwise each version's adapter has a builder of its own,
+    for exactly what differs (see :func:`builder`).
+    """
+
+    body: type[BaseModel]
+    versions: tuple[str, ...]
+    build: SharedBuilder | None = None
+
+
+async def _cancel_reservation(_v: str, b: CancelReservationBody, _s: Any) -> tuple[str, dict]:
+    return "CancelReservation", {"reservationId": b.reservation_id}
+
+
+async def _get_local_list_version(_v: str, _b: Any, _s: Any) -> tuple[str, dict]:
+    return "GetLocalListVersion", {}
+
+
+async def _clear_cache(_v: str, _b: Any, _s: Any) -> tuple[str, dict]:
+    return "ClearCache", {}
+
+
+async def _set_charging_profile(v: str, b: SetChargingProfileBody, _s: Any) -> tuple[str, dict]:
+    profile = sc_profiles.from_any_wire(b.profile)
+    return "SetChargingProfile", sc_profiles.set_profile_payload(profile, b.evse, v)
+
+
+COMMANDS: dict[str, Command] = {
+    "reset": Command(ResetBody, EVERY),
+    "change-availability": Command(ChangeAvailabilityBody, EVERY),
+    "remote-start": Command(RemoteStartBody, EVERY),
+    "remote-stop": Command(RemoteStopBody, EVERY),
+    "trigger-message": Command(TriggerMessageBody, EVERY),
+    "unlock-connector": Command(UnlockConnectorBody, EVERY),
+    "reserve-now": Command(ReserveNowBody, EVERY),
+    "cancel-reservation": Command(CancelReservationBody, EVERY, _cancel_reservation),
+    "send-local-list": Command(SendLocalListBody, EVERY),
+    "get-local-list-version": Command(EmptyBody, EVERY, _get_local_list_version),
+    "clear-cache": Command(EmptyBody, EVERY, _clear_cache),
+    "data-transfer": Command(DataTransferBody, EVERY),
+    "get-configuration": Command(GetConfigurationBody, (V16,)),
+    "change-configuration": Command(ChangeConfigurationBody, (V16,)),
+    "get-variables": Command(GetVariablesBody, V2),
+    "set-variables": Command(SetVariablesBody, V2),
+    "get-base-report": Command(GetBaseReportBody, V2),
+    "set-charging-profile": Command(SetChargingProfileBody, EVERY, _set_charging_profile),
+    "clear-charging-profile": Command(ClearChargingProfileBody, EVERY),
+    "get-composite-schedule": Command(GetCompositeScheduleBody, EVERY),
+    "get-charging-profiles": Command(GetChargingProfilesBody, V2),
+    "set-variable-monitoring": Command(SetVariableMonitoringBody, V2),
+    "clear-variable-monitoring": Command(ClearVariableMonitoringBody, V2),
+    "get-monitoring-report": Command(GetMonitoringReportBody, V2),
+    "update-dynamic-schedule": Command(DynamicScheduleBody, (V21,)),
+    "use-priority-charging": Command(PriorityChargingBody, (V21,)),
+    "allowed-energy-transfer": Command(AllowedEnergyTransferBody, (V21,)),
+    "set-der-control": Command(DerControlBody, (V21,)),
+    "get-der-control": Command(DerQueryBody, (V21,)),
+    "clear-der-control": Command(DerQueryBody, (V21,)),
+}
+
+#: The REST body of each command.
+COMMAND_BODIES: dict[str, type[BaseModel]] = {name: c.body for name, c in COMMANDS.items()}
+
+
+def exists(name: str, version: str) -> bool:
+    command = COMMANDS.get(name)
+    return command is not None and version in command.versions
+
+
+def builder(name: str, version: str, own: Sequence[Mapping[str, Builder]]) -> Builder:
+    """How to build command ``name`` for a ``version`` station.
+
+    ``own`` are that version's adapter builders, most specific first (2.1
+    looks in its own, then in 2.0.1's). Raises :class:`CommandNotAvailable`
+    for a command the version lacks.
+    """
+    command = COMMANDS.get(name)
+    if command is None or version not in command.versions:
+        raise CommandNotAvailable(f"'{name}' does not exist in OCPP {version}")
+    if command.build is not None:
+        return functools.partial(command.build, version)
+    for table in own:
+        if name in table:
+            return table[name]
+    raise LookupError(f"the OCPP {version} adapter has no builder for '{name}'")

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 # Newest first: the server picks the first of these that the client offers.
 SUPPORTED_SUBPROTOCOLS = ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")
 
-_ADAPTERS: dict[str, tuple[Any, dict]] = {
-    "1.6": (v16.V16Handlers, v16.COMMANDS),
-    "2.0.1": (v201.V201Handlers, v201.COMMANDS),
-    "2.1": (v21.V21Handlers, v21.COMMANDS),
+# Per version: its handlers, and its own command builders (most specific first).
+_ADAPTERS: dict[str, tuple[Any, tuple[dict[str, commands.Builder], ...]]] = {
+    "1.6": (v16.V16Handlers, (v16.BUILDERS,)),
+    "2.0.1": (v201.V201Handlers, (v201.BUILDERS,)),
+    "2.1": (v21.V21Handlers, (v21.BUILDERS, v201.BUILDERS)),
 }
 
 
@@ -290,18 +291,14 @@ class OcppServer:
     @staticmethod
     def has_command(version: str, name: str) -> bool:
         """Whether the version-agnostic command ``name`` exists in OCPP ``version``."""
-        adapter = _ADAPTERS.get(version)
-        return adapter is not None and name in adapter[1]
+        return version in _ADAPTERS and commands.exists(name, version)
 
     async def send_command(self, station_id: str, name: str, body: BaseModel) -> dict:
         """Run a version-agnostic command; returns the station's answer payload."""
         conn = self.connections.get(station_id)
         if conn is None:
             raise commands.StationNotConnected(station_id)
-        _, builders = _ADAPTERS[conn.version]
-        builder = builders.get(name)
-        if builder is None:
-            raise commands.CommandNotAvailable(f"'{name}' does not exist in OCPP {conn.version}")
+        builder = commands.builder(name, conn.version, _ADAPTERS[conn.version][1])
         action, payload = await builder(body, self.service)
         result = await conn.call(action, payload)
         await self._after_command(station_id, conn.version, name, body, payload, result)

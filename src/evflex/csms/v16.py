@@ -281,8 +281,6 @@ def _auth_status_16(status: str) -> str:
 
 # ----------------------------------------------------------------------- commands
 
-Builder = Callable[[Any, CsmsService], Awaitable[tuple[str, dict]]]
-
 
 async def _reset(b: c.ResetBody, _s) -> tuple[str, dict]:
     return to_payload(
@@ -339,10 +337,6 @@ async def _reserve(b: c.ReserveNowBody, s: CsmsService):
     )
 
 
-async def _cancel_reservation(b: c.CancelReservationBody, _s):
-    return to_payload(call.CancelReservation(reservation_id=b.reservation_id))
-
-
 async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
     entries = b.entries if b.entries is not None else await s.id_token_table()
     auth_list = [
@@ -361,14 +355,6 @@ async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
     )
 
 
-async def _get_local_list_version(_b, _s):
-    return to_payload(call.GetLocalListVersion())
-
-
-async def _clear_cache(_b, _s):
-    return to_payload(call.ClearCache())
-
-
 async def _data_transfer(b: c.DataTransferBody, _s):
     data = b.data if isinstance(b.data, str) or b.data is None else json.dumps(b.data)
     return to_payload(call.DataTransfer(vendor_id=b.vendor_id, message_id=b.message_id, data=data))
@@ -383,11 +369,6 @@ async def _change_configuration(b: c.ChangeConfigurationBody, _s):
 
 
 # -------------------------------------------------------------- smart charging
-
-
-async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
-    profile = sc_profiles.from_any_wire(b.profile)
-    return "SetChargingProfile", sc_profiles.set_profile_payload(profile, b.evse, "1.6")
 
 
 async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
@@ -410,7 +391,8 @@ async def _get_composite_schedule(b: c.GetCompositeScheduleBody, _s):
     return "GetCompositeSchedule", payload
 
 
-COMMANDS: dict[str, Builder] = {
+#: What this version builds its own way (the rest: :data:`evflex.csms.commands.COMMANDS`).
+BUILDERS: dict[str, c.Builder] = {
     "reset": _reset,
     "change-availability": _change_availability,
     "remote-start": _remote_start,
@@ -418,14 +400,10 @@ COMMANDS: dict[str, Builder] = {
     "trigger-message": _trigger,
     "unlock-connector": _unlock,
     "reserve-now": _reserve,
-    "cancel-reservation": _cancel_reservation,
     "send-local-list": _send_local_list,
-    "get-local-list-version": _get_local_list_version,
-    "clear-cache": _clear_cache,
     "data-transfer": _data_transfer,
     "get-configuration": _get_configuration,
     "change-configuration": _change_configuration,
-    "set-charging-profile": _set_charging_profile,
     "clear-charging-profile": _clear_charging_profile,
     "get-composite-schedule": _get_composite_schedule,
 }

@@ -343,8 +343,6 @@ class V201Handlers:
 
 # ----------------------------------------------------------------------- commands
 
-Builder = Callable[[Any, CsmsService], Awaitable[tuple[str, dict]]]
-
 
 async def _reset(b: c.ResetBody, _s):
     return to_payload(
@@ -405,10 +403,6 @@ async def _reserve(b: c.ReserveNowBody, s: CsmsService):
     )
 
 
-async def _cancel_reservation(b: c.CancelReservationBody, _s):
-    return to_payload(call.CancelReservation(reservation_id=b.reservation_id))
-
-
 async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
     entries = b.entries if b.entries is not None else await s.id_token_table()
     auth_list = [
@@ -425,14 +419,6 @@ async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
             local_authorization_list=auth_list or None,
         )
     )
-
-
-async def _get_local_list_version(_b, _s):
-    return to_payload(call.GetLocalListVersion())
-
-
-async def _clear_cache(_b, _s):
-    return to_payload(call.ClearCache())
 
 
 async def _data_transfer(b: c.DataTransferBody, _s):
@@ -545,11 +531,6 @@ async def _get_monitoring_report(b: c.GetMonitoringReportBody, _s):
 # -------------------------------------------------------------- smart charging
 
 
-async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
-    profile = sc_profiles.from_any_wire(b.profile)
-    return "SetChargingProfile", sc_profiles.set_profile_payload(profile, b.evse, "2.0.1")
-
-
 async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
     payload: dict = {}
     if b.id is not None:
@@ -590,7 +571,8 @@ async def _get_charging_profiles(b: c.GetChargingProfilesBody, _s):
     return "GetChargingProfiles", payload
 
 
-COMMANDS: dict[str, Builder] = {
+#: What this version builds its own way (the rest: :data:`evflex.csms.commands.COMMANDS`).
+BUILDERS: dict[str, c.Builder] = {
     "reset": _reset,
     "change-availability": _change_availability,
     "remote-start": _remote_start,
@@ -598,15 +580,11 @@ COMMANDS: dict[str, Builder] = {
     "trigger-message": _trigger,
     "unlock-connector": _unlock,
     "reserve-now": _reserve,
-    "cancel-reservation": _cancel_reservation,
     "send-local-list": _send_local_list,
-    "get-local-list-version": _get_local_list_version,
-    "clear-cache": _clear_cache,
     "data-transfer": _data_transfer,
     "get-variables": _get_variables,
     "set-variables": _set_variables,
     "get-base-report": _get_base_report,
-    "set-charging-profile": _set_charging_profile,
     "clear-charging-profile": _clear_charging_profile,
     "get-composite-schedule": _get_composite_schedule,
     "get-charging-profiles": _get_charging_profiles,

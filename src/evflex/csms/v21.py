@@ -27,7 +27,6 @@ from evflex.clock import parse_datetime
 from evflex.csms import commands as c
 from evflex.csms import v201
 from evflex.domain.model import ChargingNeeds, TransactionUpdate
-from evflex.smartcharging import profiles as sc_profiles
 
 
 def _opt(d: dict, key: str) -> float | None:
@@ -125,11 +124,6 @@ class V21Handlers(v201.V201Handlers):
 # ----------------------------------------------------------------------- commands
 
 
-async def _set_charging_profile(b: c.SetChargingProfileBody, _s):
-    profile = sc_profiles.from_any_wire(b.profile)
-    return "SetChargingProfile", sc_profiles.set_profile_payload(profile, b.evse, "2.1")
-
-
 def update_dynamic_schedule_payload(
     profile_id: int,
     *,
@@ -214,9 +208,8 @@ async def _clear_der_control(b: c.DerQueryBody, _s):
     return "ClearDERControl", payload
 
 
-COMMANDS: dict[str, v201.Builder] = {
-    **v201.COMMANDS,
-    "set-charging-profile": _set_charging_profile,
+#: What 2.1 adds to the 2.0.1 builders (the rest: :data:`evflex.csms.commands.COMMANDS`).
+BUILDERS: dict[str, c.Builder] = {
     "update-dynamic-schedule": _update_dynamic_schedule,
     "use-priority-charging": _use_priority_charging,
     "allowed-energy-transfer": _allowed_energy_transfer,
