@@ -12,7 +12,7 @@ from pydantic.json_schema import models_json_schema
 from sqlalchemy import select, tuple_
 
 from evflex.api import schemas as sc
-from evflex.api.deps import Rt
+from evflex.api.deps import Rt, delete_row
 from evflex.csms import commands
 from evflex.csms.connection import CallErrorReceived
 from evflex.security import hash_password
@@ -176,15 +176,7 @@ async def patch_station(station_id: str, body: sc.StationPatch, rt: Rt):
 
 @router.delete("/stations/{station_id}", status_code=204, tags=["stations"])
 async def delete_station(station_id: str, rt: Rt):
-    async def job(s):
-        st = await repo.get_station(s, station_id)
-        if st is None:
-            return False
-        await s.delete(st)
-        return True
-
-    if not await rt.writer.submit(job):
-        raise HTTPException(404, f"station '{station_id}' is not registered")
+    await delete_row(rt, repo.get_station, station_id, f"station '{station_id}' is not registered")
     rt.ocpp.forget_credentials(station_id)
     return Response(status_code=204)
 
@@ -193,14 +185,7 @@ async def delete_station(station_id: str, rt: Rt):
 
 
 def _token_out(t: IdToken) -> sc.IdTokenOut:
-    return sc.IdTokenOut(
-        id_token=t.id_token,
-        status=t.status,
-        type=t.type,
-        expiry=t.expiry,
-        parent_id_token=t.parent_id_token,
-        created_at=t.created_at,
-    )
+    return sc.IdTokenOut.model_validate(t, from_attributes=True)
 
 
 async def _upsert_token(rt: Services, body: sc.IdTokenIn, create_only: bool) -> bool:
@@ -253,15 +238,7 @@ async def get_id_token(id_token: str, rt: Rt):
 
 @router.delete("/id-tokens/{id_token}", status_code=204, tags=["id tokens"])
 async def delete_id_token(id_token: str, rt: Rt):
-    async def job(s):
-        t = await repo.get_id_token(s, id_token)
-        if t is None:
-            return False
-        await s.delete(t)
-        return True
-
-    if not await rt.writer.submit(job):
-        raise HTTPException(404, f"id token '{id_token}' not found")
+    await delete_row(rt, repo.get_id_token, id_token, f"id token '{id_token}' not found")
     return Response(status_code=204)
 
 
@@ -269,18 +246,7 @@ async def delete_id_token(id_token: str, rt: Rt):
 
 
 def _mv_out(m: MeterValue) -> sc.MeterValueOut:
-    return sc.MeterValueOut(
-        timestamp=m.timestamp,
-        evse_id=m.evse_id,
-        measurand=m.measurand,
-        value=m.value,
-        unit=m.unit,
-        phase=m.phase or None,
-        location=m.location or None,
-        context=m.context or None,
-        transaction_pk=m.transaction_pk,
-        signed=m.signed,
-    )
+    return sc.MeterValueOut.model_validate(m, from_attributes=True)
 
 
 async def _tx_out(s, txs: list[Transaction]) -> list[sc.TransactionOut]:

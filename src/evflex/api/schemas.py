@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 
 class StationTopology(BaseModel):
@@ -115,6 +115,8 @@ class IdTokenOut(IdTokenIn):
 
 
 class MeterValueOut(BaseModel):
+    """One sample; a row's empty phase, location or context reads as null."""
+
     timestamp: datetime
     evse_id: int
     measurand: str
@@ -125,6 +127,11 @@ class MeterValueOut(BaseModel):
     context: str | None = None
     transaction_pk: int | None = None
     signed: bool = False
+
+    @field_validator("phase", "location", "context", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
 
 
 class TransactionOut(BaseModel):

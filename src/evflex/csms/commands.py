@@ -381,6 +381,22 @@ COMMANDS: dict[str, Command] = {
 COMMAND_BODIES: dict[str, type[BaseModel]] = {name: c.body for name, c in COMMANDS.items()}
 
 
+def registry(table: dict[str, Builder]) -> Callable[[str], Callable[[Builder], Builder]]:
+    """A decorator that files an adapter's builder under its command's name in ``table``."""
+
+    def builds(name: str) -> Callable[[Builder], Builder]:
+        if name not in COMMANDS:
+            raise KeyError(f"'{name}' is not a command")
+
+        def file(fn: Builder) -> Builder:
+            table[name] = fn
+            return fn
+
+        return file
+
+    return builds
+
+
 def exists(name: str, version: str) -> bool:
     command = COMMANDS.get(name)
     return command is not None and version in command.versions

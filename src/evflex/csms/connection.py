@@ -125,11 +125,7 @@ class StationConnection:
         try:
             if action not in rpc.SEND_ACTIONS:
                 raise RpcError("NotImplemented", f"{action} is not an OCPP 2.1 SEND message")
-            handler = self.handlers.get(action)
-            if handler is None:
-                raise RpcError("NotSupported", f"{action} is not supported by this CSMS")
-            rpc.validate(SEND, action, payload, self.version)
-            await handler(payload)
+            await self._handler(SEND, action, payload)(payload)
         except RpcError as err:
             self.errors += 1
             log.warning("%s: SEND %s %s dropped: %s", self.station_id, action, message_id, err)
@@ -137,17 +133,21 @@ class StationConnection:
             self.errors += 1
             log.exception("%s: SEND %s failed", self.station_id, action)
 
+    def _handler(self, kind: int, action: str, payload: dict) -> Handler:
+        """The handler of a valid incoming ``action``; raises :class:`RpcError` otherwise."""
+        handler = self.handlers.get(action)
+        if handler is None:
+            raise RpcError("NotSupported", f"{action} is not supported by this CSMS")
+        rpc.validate(kind, action, payload, self.version)
+        return handler
+
     async def _handle_call(self, message_id: str, action: str, payload: dict) -> None:
         try:
             if action in rpc.SEND_ACTIONS:
                 raise RpcError("RpcFrameworkError", f"{action} must be sent as SEND (6)")
             if action not in self._known:
                 raise RpcError("NotImplemented", f"{action} is not an OCPP {self.version} action")
-            handler = self.handlers.get(action)
-            if handler is None:
-                raise RpcError("NotSupported", f"{action} is not supported by this CSMS")
-            rpc.validate(CALL, action, payload, self.version)
-            response = await handler(payload)
+            response = await self._handler(CALL, action, payload)(payload)
             if self.validate_responses:
                 try:
                     rpc.validate(CALLRESULT, action, response, self.version)

@@ -281,13 +281,19 @@ def _auth_status_16(status: str) -> str:
 
 # ----------------------------------------------------------------------- commands
 
+#: What this version builds its own way (the rest: :data:`evflex.csms.commands.COMMANDS`).
+BUILDERS: dict[str, c.Builder] = {}
+builds = c.registry(BUILDERS)
 
+
+@builds("reset")
 async def _reset(b: c.ResetBody, _s) -> tuple[str, dict]:
     return to_payload(
         call.Reset(type=enums.ResetType.hard if b.type == "hard" else enums.ResetType.soft)
     )
 
 
+@builds("change-availability")
 async def _change_availability(b: c.ChangeAvailabilityBody, _s):
     if b.connector not in (None, 1):
         raise c.CommandNotAvailable("OCPP 1.6 addresses a connector by its EVSE number only")
@@ -301,10 +307,12 @@ async def _change_availability(b: c.ChangeAvailabilityBody, _s):
     )
 
 
+@builds("remote-start")
 async def _remote_start(b: c.RemoteStartBody, _s):
     return to_payload(call.RemoteStartTransaction(id_tag=b.id_token, connector_id=b.evse))
 
 
+@builds("remote-stop")
 async def _remote_stop(b: c.RemoteStopBody, _s):
     try:
         tx = int(b.transaction_id)
@@ -313,6 +321,7 @@ async def _remote_stop(b: c.RemoteStopBody, _s):
     return to_payload(call.RemoteStopTransaction(transaction_id=tx))
 
 
+@builds("trigger-message")
 async def _trigger(b: c.TriggerMessageBody, _s):
     try:
         msg = enums.MessageTrigger(b.message)
@@ -321,10 +330,12 @@ async def _trigger(b: c.TriggerMessageBody, _s):
     return to_payload(call.TriggerMessage(requested_message=msg, connector_id=b.evse))
 
 
+@builds("unlock-connector")
 async def _unlock(b: c.UnlockConnectorBody, _s):
     return to_payload(call.UnlockConnector(connector_id=b.evse))
 
 
+@builds("reserve-now")
 async def _reserve(b: c.ReserveNowBody, s: CsmsService):
     rid = b.reservation_id if b.reservation_id is not None else await s.next_reservation_id()
     return to_payload(
@@ -337,6 +348,7 @@ async def _reserve(b: c.ReserveNowBody, s: CsmsService):
     )
 
 
+@builds("send-local-list")
 async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
     entries = b.entries if b.entries is not None else await s.id_token_table()
     auth_list = [
@@ -355,15 +367,18 @@ async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
     )
 
 
+@builds("data-transfer")
 async def _data_transfer(b: c.DataTransferBody, _s):
     data = b.data if isinstance(b.data, str) or b.data is None else json.dumps(b.data)
     return to_payload(call.DataTransfer(vendor_id=b.vendor_id, message_id=b.message_id, data=data))
 
 
+@builds("get-configuration")
 async def _get_configuration(b: c.GetConfigurationBody, _s):
     return to_payload(call.GetConfiguration(key=b.keys))
 
 
+@builds("change-configuration")
 async def _change_configuration(b: c.ChangeConfigurationBody, _s):
     return to_payload(call.ChangeConfiguration(key=b.key, value=b.value))
 
@@ -371,6 +386,7 @@ async def _change_configuration(b: c.ChangeConfigurationBody, _s):
 # -------------------------------------------------------------- smart charging
 
 
+@builds("clear-charging-profile")
 async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
     payload: dict = {}
     if b.id is not None:
@@ -384,26 +400,9 @@ async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
     return "ClearChargingProfile", payload
 
 
+@builds("get-composite-schedule")
 async def _get_composite_schedule(b: c.GetCompositeScheduleBody, _s):
     payload: dict = {"connectorId": b.evse, "duration": b.duration}
     if b.rate_unit:
         payload["chargingRateUnit"] = b.rate_unit
     return "GetCompositeSchedule", payload
-
-
-#: What this version builds its own way (the rest: :data:`evflex.csms.commands.COMMANDS`).
-BUILDERS: dict[str, c.Builder] = {
-    "reset": _reset,
-    "change-availability": _change_availability,
-    "remote-start": _remote_start,
-    "remote-stop": _remote_stop,
-    "trigger-message": _trigger,
-    "unlock-connector": _unlock,
-    "reserve-now": _reserve,
-    "send-local-list": _send_local_list,
-    "data-transfer": _data_transfer,
-    "get-configuration": _get_configuration,
-    "change-configuration": _change_configuration,
-    "clear-charging-profile": _clear_charging_profile,
-    "get-composite-schedule": _get_composite_schedule,
-}

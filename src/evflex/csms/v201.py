@@ -343,7 +343,12 @@ class V201Handlers:
 
 # ----------------------------------------------------------------------- commands
 
+#: What this version builds its own way (the rest: :data:`evflex.csms.commands.COMMANDS`).
+BUILDERS: dict[str, c.Builder] = {}
+builds = c.registry(BUILDERS)
 
+
+@builds("reset")
 async def _reset(b: c.ResetBody, _s):
     return to_payload(
         call.Reset(
@@ -352,6 +357,7 @@ async def _reset(b: c.ResetBody, _s):
     )
 
 
+@builds("change-availability")
 async def _change_availability(b: c.ChangeAvailabilityBody, _s):
     evse = dt.EVSEType(id=b.evse, connector_id=b.connector) if b.evse else None
     return to_payload(
@@ -364,6 +370,7 @@ async def _change_availability(b: c.ChangeAvailabilityBody, _s):
     )
 
 
+@builds("remote-start")
 async def _remote_start(b: c.RemoteStartBody, _s):
     return to_payload(
         call.RequestStartTransaction(
@@ -374,10 +381,12 @@ async def _remote_start(b: c.RemoteStartBody, _s):
     )
 
 
+@builds("remote-stop")
 async def _remote_stop(b: c.RemoteStopBody, _s):
     return to_payload(call.RequestStopTransaction(transaction_id=b.transaction_id))
 
 
+@builds("trigger-message")
 async def _trigger(b: c.TriggerMessageBody, _s):
     try:
         msg = enums.MessageTriggerEnumType(b.message)
@@ -387,10 +396,12 @@ async def _trigger(b: c.TriggerMessageBody, _s):
     return to_payload(call.TriggerMessage(requested_message=msg, evse=evse))
 
 
+@builds("unlock-connector")
 async def _unlock(b: c.UnlockConnectorBody, _s):
     return to_payload(call.UnlockConnector(evse_id=b.evse, connector_id=b.connector))
 
 
+@builds("reserve-now")
 async def _reserve(b: c.ReserveNowBody, s: CsmsService):
     rid = b.reservation_id if b.reservation_id is not None else await s.next_reservation_id()
     return to_payload(
@@ -403,6 +414,7 @@ async def _reserve(b: c.ReserveNowBody, s: CsmsService):
     )
 
 
+@builds("send-local-list")
 async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
     entries = b.entries if b.entries is not None else await s.id_token_table()
     auth_list = [
@@ -421,6 +433,7 @@ async def _send_local_list(b: c.SendLocalListBody, s: CsmsService):
     )
 
 
+@builds("data-transfer")
 async def _data_transfer(b: c.DataTransferBody, _s):
     return to_payload(
         call.DataTransfer(vendor_id=b.vendor_id, message_id=b.message_id, data=b.data)
@@ -432,6 +445,7 @@ def _component(v: c.VariableRef) -> dt.ComponentType:
     return dt.ComponentType(name=v.component, instance=v.component_instance, evse=evse)
 
 
+@builds("get-variables")
 async def _get_variables(b: c.GetVariablesBody, _s):
     return to_payload(
         call.GetVariables(
@@ -447,6 +461,7 @@ async def _get_variables(b: c.GetVariablesBody, _s):
     )
 
 
+@builds("set-variables")
 async def _set_variables(b: c.SetVariablesBody, _s):
     return to_payload(
         call.SetVariables(
@@ -463,6 +478,7 @@ async def _set_variables(b: c.SetVariablesBody, _s):
     )
 
 
+@builds("get-base-report")
 async def _get_base_report(b: c.GetBaseReportBody, _s):
     rid = b.request_id if b.request_id is not None else random.randint(1, 2**31 - 1)
     return to_payload(
@@ -488,6 +504,7 @@ def _monitor_variable(name: str, instance: str | None) -> dict:
     return {"name": name, "instance": instance} if instance else {"name": name}
 
 
+@builds("set-variable-monitoring")
 async def _set_variable_monitoring(b: c.SetVariableMonitoringBody, _s):
     data = []
     for m in b.monitors:
@@ -505,10 +522,12 @@ async def _set_variable_monitoring(b: c.SetVariableMonitoringBody, _s):
     return "SetVariableMonitoring", {"setMonitoringData": data}
 
 
+@builds("clear-variable-monitoring")
 async def _clear_variable_monitoring(b: c.ClearVariableMonitoringBody, _s):
     return "ClearVariableMonitoring", {"id": list(dict.fromkeys(b.ids))}
 
 
+@builds("get-monitoring-report")
 async def _get_monitoring_report(b: c.GetMonitoringReportBody, _s):
     payload: dict[str, Any] = {
         "requestId": b.request_id if b.request_id is not None else random.randint(1, 2**31 - 1)
@@ -531,6 +550,7 @@ async def _get_monitoring_report(b: c.GetMonitoringReportBody, _s):
 # -------------------------------------------------------------- smart charging
 
 
+@builds("clear-charging-profile")
 async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
     payload: dict = {}
     if b.id is not None:
@@ -547,6 +567,7 @@ async def _clear_charging_profile(b: c.ClearChargingProfileBody, _s):
     return "ClearChargingProfile", payload
 
 
+@builds("get-composite-schedule")
 async def _get_composite_schedule(b: c.GetCompositeScheduleBody, _s):
     payload: dict = {"duration": b.duration, "evseId": b.evse}
     if b.rate_unit:
@@ -554,6 +575,7 @@ async def _get_composite_schedule(b: c.GetCompositeScheduleBody, _s):
     return "GetCompositeSchedule", payload
 
 
+@builds("get-charging-profiles")
 async def _get_charging_profiles(b: c.GetChargingProfilesBody, _s):
     criteria: dict = {}
     if b.purpose is not None:
@@ -569,26 +591,3 @@ async def _get_charging_profiles(b: c.GetChargingProfilesBody, _s):
     if b.evse is not None:
         payload["evseId"] = b.evse
     return "GetChargingProfiles", payload
-
-
-#: What this version builds its own way (the rest: :data:`evflex.csms.commands.COMMANDS`).
-BUILDERS: dict[str, c.Builder] = {
-    "reset": _reset,
-    "change-availability": _change_availability,
-    "remote-start": _remote_start,
-    "remote-stop": _remote_stop,
-    "trigger-message": _trigger,
-    "unlock-connector": _unlock,
-    "reserve-now": _reserve,
-    "send-local-list": _send_local_list,
-    "data-transfer": _data_transfer,
-    "get-variables": _get_variables,
-    "set-variables": _set_variables,
-    "get-base-report": _get_base_report,
-    "clear-charging-profile": _clear_charging_profile,
-    "get-composite-schedule": _get_composite_schedule,
-    "get-charging-profiles": _get_charging_profiles,
-    "set-variable-monitoring": _set_variable_monitoring,
-    "clear-variable-monitoring": _clear_variable_monitoring,
-    "get-monitoring-report": _get_monitoring_report,
-}

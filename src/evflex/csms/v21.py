@@ -123,6 +123,10 @@ class V21Handlers(v201.V201Handlers):
 
 # ----------------------------------------------------------------------- commands
 
+#: What 2.1 adds to the 2.0.1 builders (the rest: :data:`evflex.csms.commands.COMMANDS`).
+BUILDERS: dict[str, c.Builder] = {}
+builds = c.registry(BUILDERS)
+
 
 def update_dynamic_schedule_payload(
     profile_id: int,
@@ -145,6 +149,7 @@ def update_dynamic_schedule_payload(
     return {"chargingProfileId": profile_id, "scheduleUpdate": update}
 
 
+@builds("update-dynamic-schedule")
 async def _update_dynamic_schedule(b: c.DynamicScheduleBody, _s):
     return "UpdateDynamicSchedule", update_dynamic_schedule_payload(
         b.charging_profile_id,
@@ -155,10 +160,12 @@ async def _update_dynamic_schedule(b: c.DynamicScheduleBody, _s):
     )
 
 
+@builds("use-priority-charging")
 async def _use_priority_charging(b: c.PriorityChargingBody, _s):
     return "UsePriorityCharging", {"transactionId": b.transaction_id, "activate": b.activate}
 
 
+@builds("allowed-energy-transfer")
 async def _allowed_energy_transfer(b: c.AllowedEnergyTransferBody, _s):
     return "NotifyAllowedEnergyTransfer", {
         "transactionId": b.transaction_id,
@@ -166,6 +173,7 @@ async def _allowed_energy_transfer(b: c.AllowedEnergyTransferBody, _s):
     }
 
 
+@builds("set-der-control")
 async def _set_der_control(b: c.DerControlBody, _s):
     payload: dict[str, Any] = {
         "isDefault": b.is_default,
@@ -188,6 +196,7 @@ async def _set_der_control(b: c.DerControlBody, _s):
     return "SetDERControl", payload
 
 
+@builds("get-der-control")
 async def _get_der_control(b: c.DerQueryBody, _s):
     payload: dict[str, Any] = {"requestId": b.request_id or random.randint(1, 2**31 - 1)}
     if b.control_id is not None:
@@ -199,6 +208,7 @@ async def _get_der_control(b: c.DerQueryBody, _s):
     return "GetDERControl", payload
 
 
+@builds("clear-der-control")
 async def _clear_der_control(b: c.DerQueryBody, _s):
     payload: dict[str, Any] = {"isDefault": bool(b.is_default)}
     if b.control_id is not None:
@@ -206,14 +216,3 @@ async def _clear_der_control(b: c.DerQueryBody, _s):
     if b.control_type is not None:
         payload["controlType"] = b.control_type
     return "ClearDERControl", payload
-
-
-#: What 2.1 adds to the 2.0.1 builders (the rest: :data:`evflex.csms.commands.COMMANDS`).
-BUILDERS: dict[str, c.Builder] = {
-    "update-dynamic-schedule": _update_dynamic_schedule,
-    "use-priority-charging": _use_priority_charging,
-    "allowed-energy-transfer": _allowed_energy_transfer,
-    "set-der-control": _set_der_control,
-    "get-der-control": _get_der_control,
-    "clear-der-control": _clear_der_control,
-}
