@@ -136,6 +136,20 @@ async def _with_store(settings: Settings, fn):
         await engine.dispose()
 
 
+def _in_store(settings: Settings, fn, missing: str | None = None):
+    """``fn(session)`` in one transaction of the store. A ValueError it raises exits 2
+    with its message; with ``missing``, a falsy answer exits 1 with that message."""
+    try:
+        result = asyncio.run(_with_store(settings, fn))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    if missing is not None and not result:
+        console.print(f"[red]{missing}[/]")
+        raise typer.Exit(1)
+    return result
+
+
 @station_app.command("add")
 def station_add(
     station_id: Annotated[str, typer.Argument(help="Station identity as in the OCPP URL")],
@@ -159,9 +173,7 @@ def station_add(
             s, body.id, utcnow(), pw_hash, body.model_dump(include=set(repo.STATION_TOPOLOGY))
         )
 
-    if not asyncio.run(_with_store(settings, fn)):
-        console.print(f"[red]station '{station_id}' already exists[/]")
-        raise typer.Exit(1)
+    _in_store(settings, fn, missing=f"station '{station_id}' already exists")
     console.print(f"station '{station_id}' registered" + (" with password" if password else ""))
 
 
@@ -175,7 +187,7 @@ def station_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
         return list((await s.execute(select(Station).order_by(Station.id))).scalars())
 
     table = Table("id", "ocpp", "vendor", "model", "firmware", "connected", "last heartbeat")
-    for st in asyncio.run(_with_store(settings, fn)):
+    for st in _in_store(settings, fn):
         table.add_row(
             st.id,
             st.ocpp_version or "",
@@ -207,7 +219,7 @@ def id_token_add(
     async def fn(s):
         await repo.put_id_token(s, body.id_token, utcnow(), body.status, body.type)
 
-    asyncio.run(_with_store(settings, fn))
+    _in_store(settings, fn)
     console.print(f"id token '{id_token}' is {status}")
 
 
@@ -247,11 +259,7 @@ def user_add(
     async def fn(s):
         return (await add_user(s, username, password, role)).totp_secret
 
-    try:
-        secret = asyncio.run(_with_store(settings, fn))
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
+    secret = _in_store(settings, fn)
     console.print(f"user '{username}' ({role}) created. Add this key to an authenticator app:")
     _print_totp(username, secret)
 
@@ -266,7 +274,7 @@ def user_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
         return list((await s.execute(select(User).order_by(User.username))).scalars())
 
     table = Table("user", "role", "disabled", "last login")
-    for u in asyncio.run(_with_store(settings, fn)):
+    for u in _in_store(settings, fn):
         table.add_row(u.username, u.role, "yes" if u.disabled else "", str(u.last_login_at or ""))
     console.print(table)
 
@@ -288,9 +296,7 @@ def user_disable(
             user.disabled = not enable
         return user is not None
 
-    if not asyncio.run(_with_store(settings, fn)):
-        console.print(f"[red]no user '{username}'[/]")
-        raise typer.Exit(1)
+    _in_store(settings, fn, missing=f"no user '{username}'")
     console.print(f"user '{username}' " + ("enabled" if enable else "disabled"))
 
 
@@ -305,14 +311,7 @@ def user_reset_password(
 
     settings = load_settings(config, database_url=database_url)
     password = password or _ask_password()
-    try:
-        found = asyncio.run(_with_store(settings, lambda s: set_password(s, username, password)))
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
-    if not found:
-        console.print(f"[red]no user '{username}'[/]")
-        raise typer.Exit(1)
+    _in_store(settings, lambda s: set_password(s, username, password), f"no user '{username}'")
     console.print(f"user '{username}': new password set, browser sessions ended")
 
 
@@ -325,10 +324,7 @@ def user_reset_totp(
     """Give an account a new TOTP secret (a lost phone); its browser sessions end at once."""
 
     settings = load_settings(config, database_url=database_url)
-    secret = asyncio.run(_with_store(settings, lambda s: reset_totp(s, username)))
-    if secret is None:
-        console.print(f"[red]no user '{username}'[/]")
-        raise typer.Exit(1)
+    secret = _in_store(settings, lambda s: reset_totp(s, username), f"no user '{username}'")
     console.print(f"user '{username}': new TOTP key, browser sessions ended. Add it to the app:")
     _print_totp(username, secret)
 
@@ -343,11 +339,7 @@ def api_token_create(
     """Create an API token; it is printed once, on the last line (only its hash is kept)."""
 
     settings = load_settings(config, database_url=database_url)
-    try:
-        token = asyncio.run(_with_store(settings, lambda s: add_token(s, role, name)))
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
+    token = _in_store(settings, lambda s: add_token(s, role, name))
     console.print(f"API token with role {role} (send it as 'Authorization: Bearer <token>'):")
     print(token)
 
@@ -362,7 +354,7 @@ def api_token_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None
         return list((await s.execute(select(ApiToken).order_by(ApiToken.id))).scalars())
 
     table = Table("id", "name", "role", "created", "last used", "revoked")
-    for t in asyncio.run(_with_store(settings, fn)):
+    for t in _in_store(settings, fn):
         table.add_row(
             str(t.id),
             t.name or "",
@@ -390,9 +382,7 @@ def api_token_revoke(
         )
         return r.rowcount
 
-    if not asyncio.run(_with_store(settings, fn)):
-        console.print("[red]no such token[/]")
-        raise typer.Exit(1)
+    _in_store(settings, fn, missing="no such token")
     console.print("token revoked")
 
 
