@@ -151,29 +151,15 @@ class StationModel:
             }
         self.tx_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         self.seq_no = 0
-        return "TransactionEvent", {
-            "eventType": "Started",
-            "timestamp": ts,
-            "triggerReason": "Authorized",
-            "seqNo": self.seq_no,
-            "transactionInfo": {"transactionId": self.tx_id, "chargingState": "Charging"},
-            "idToken": {"idToken": self.tx_token, "type": "ISO14443"},
-            "evse": {"id": 1, "connectorId": 1},
-            "meterValue": [
-                {
-                    "timestamp": ts,
-                    "sampledValue": [
-                        {
-                            "value": round(self.energy_wh, 1),
-                            "context": "Transaction.Begin",
-                            "measurand": "Energy.Active.Import.Register",
-                            "location": "Outlet",
-                            "unitOfMeasure": {"unit": "Wh"},
-                        }
-                    ],
-                }
-            ],
-        }
+        return self._transaction_event(
+            "Started",
+            "Authorized",
+            ts,
+            {"transactionId": self.tx_id, "chargingState": "Charging"},
+            idToken={"idToken": self.tx_token, "type": "ISO14443"},
+            evse={"id": 1, "connectorId": 1},
+            meterValue=self._register(ts, "Transaction.Begin"),
+        )
 
     def started(self, transaction_id: int) -> None:
         """1.6: remember the id the CSMS assigned."""
@@ -207,14 +193,13 @@ class StationModel:
                 "meterValue": [{"timestamp": ts, "sampledValue": sampled}],
             }
         self.seq_no += 1
-        return "TransactionEvent", {
-            "eventType": "Updated",
-            "timestamp": ts,
-            "triggerReason": "MeterValuePeriodic",
-            "seqNo": self.seq_no,
-            "transactionInfo": {"transactionId": self.tx_id, "chargingState": "Charging"},
-            "meterValue": [{"timestamp": ts, "sampledValue": sampled}],
-        }
+        return self._transaction_event(
+            "Updated",
+            "MeterValuePeriodic",
+            ts,
+            {"transactionId": self.tx_id, "chargingState": "Charging"},
+            meterValue=[{"timestamp": ts, "sampledValue": sampled}],
+        )
 
     def light_meter_values(self) -> tuple[str, dict]:
         """A MeterValues outside any transaction with two readings: energy register and power.
@@ -273,31 +258,43 @@ class StationModel:
                 "reason": "EVDisconnected",
             }
         self.seq_no += 1
+        return self._transaction_event(
+            "Ended",
+            "EVCommunicationLost",
+            ts,
+            {"transactionId": tx_id, "chargingState": "Idle", "stoppedReason": "EVDisconnected"},
+            meterValue=self._register(ts, "Transaction.End"),
+        )
+
+    def _transaction_event(
+        self, event_type: str, trigger: str, ts: str, info: dict, **more: object
+    ) -> tuple[str, dict]:
+        """A 2.0.1 TransactionEvent at the current seqNo: the fields every one has, then ``more``."""
         return "TransactionEvent", {
-            "eventType": "Ended",
+            "eventType": event_type,
             "timestamp": ts,
-            "triggerReason": "EVCommunicationLost",
+            "triggerReason": trigger,
             "seqNo": self.seq_no,
-            "transactionInfo": {
-                "transactionId": tx_id,
-                "chargingState": "Idle",
-                "stoppedReason": "EVDisconnected",
-            },
-            "meterValue": [
-                {
-                    "timestamp": ts,
-                    "sampledValue": [
-                        {
-                            "value": round(self.energy_wh, 1),
-                            "context": "Transaction.End",
-                            "measurand": "Energy.Active.Import.Register",
-                            "location": "Outlet",
-                            "unitOfMeasure": {"unit": "Wh"},
-                        }
-                    ],
-                }
-            ],
+            "transactionInfo": info,
+            **more,
         }
+
+    def _register(self, ts: str, context: str) -> list[dict]:
+        """The energy register alone as a 2.0.1 meterValue list (a transaction's begin or end)."""
+        return [
+            {
+                "timestamp": ts,
+                "sampledValue": [
+                    {
+                        "value": round(self.energy_wh, 1),
+                        "context": context,
+                        "measurand": "Energy.Active.Import.Register",
+                        "location": "Outlet",
+                        "unitOfMeasure": {"unit": "Wh"},
+                    }
+                ],
+            }
+        ]
 
     def abandon_transaction(self) -> None:
         """Forget a transaction the CSMS refused to start."""

@@ -57,6 +57,7 @@ import typer
 from evflex import __version__
 from evflex.bench.frames import ID_TOKEN_COUNT, id_token
 from evflex.bench.loadgen import MIXES, MODES, LoadSettings, split_stations, worker_main
+from evflex.bench.results import stamped_path, write_json
 from evflex.bench.server import BaselineProcess, ChildServer, ServerProcess, raise_nofile_limit
 
 REQUIRED_KEYS = (
@@ -166,7 +167,7 @@ class OcppBenchConfig:
 
 
 def default_out(stations: int, when: datetime) -> Path:
-    return Path("bench-results") / f"ocpp-{stations}-{when.strftime('%Y%m%dT%H%M%SZ')}.json"
+    return stamped_path(f"ocpp-{stations}", when)
 
 
 def ocpp_base_url(url: str) -> str:
@@ -453,9 +454,9 @@ def run_ocpp_bench(
             )
         except (RuntimeError, TimeoutError, OSError) as exc:
             # A run that broke down is a result too: record it, then report the error.
-            _write(out, _failure_result(config, started, seed, run_tag, exc))
+            write_json(out, _failure_result(config, started, seed, run_tag, exc))
             raise
-    _write(out, result)
+    write_json(out, result)
     result["out"] = str(out)
     return result
 
@@ -651,8 +652,7 @@ def run_ocpp_compare(
     config.validate()
     raise_nofile_limit()
     started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    out = Path(config.out or Path("bench-results") / f"ocpp-compare-{config.stations}-{stamp}.json")
+    out = Path(config.out or stamped_path(f"ocpp-compare-{config.stations}", started))
     seed = config.seed if config.seed is not None else secrets.randbits(31)
     run_tag = secrets.token_hex(3)
     pg_url = config.postgres_url or DEFAULT_POSTGRES_URL
@@ -685,7 +685,7 @@ def run_ocpp_compare(
                     rows.append({"server": label, "skipped": reason, "ok": None})
 
     result = _compare_result(config, started, seed, run_tag, rows)
-    _write(out, result)
+    write_json(out, result)
     result["out"] = str(out)
     return result
 
@@ -737,11 +737,6 @@ def _compare_result(
             f"is a child process measured by psutil; generator and server share {cpus} core(s)"
         ),
     }
-
-
-def _write(out: Path, result: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _failure_result(

@@ -101,7 +101,6 @@ from __future__ import annotations
 import bisect
 import csv
 import functools
-import json
 import math
 import statistics
 import time
@@ -123,6 +122,7 @@ from evflex.bench.acn import (
     Session,
     load_acn_sessions,
 )
+from evflex.bench.results import RESULTS_DIR, write_json
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -1413,14 +1413,13 @@ def bench_scheduling_command(
         verdict = "[green]met[/]" if met else "[red]not met[/]"
         console.print(f"target: {name} — {verdict} ({value})")
     if plot or plot_dir is not None:
-        pdir = plot_dir or Path("bench-results") / "plots"
+        pdir = plot_dir or RESULTS_DIR / "plots"
         rp, res = runs[caps[0]]
         written = [plot_site_power(rp, res, pdir / "site_power.png")]
         if "mpc" in res:
             written.append(plot_ev_energy(rp, res["mpc"], pdir / "ev_energy_mpc.png"))
         for p in written:
             console.print(f"wrote {p}")
-    out = out or Path("bench-results") / "scheduling.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out = out or RESULTS_DIR / "scheduling.json"
+    write_json(out, result, default=str)
     console.print(f"wrote {out}")

@@ -33,6 +33,7 @@ from typing import Annotated, Any
 import typer
 
 from evflex.bench.ocpp import percentile
+from evflex.bench.results import stamped_path, write_json
 
 
 @dataclass
@@ -428,9 +429,6 @@ def bench_smartcharging_command(
         f"CPU during the rounds: CSMS {result['csms_cpu_pct']} %, "
         f"stations {result['station_cpu_pct']} % of one core ({result['cpus']} cores)"
     )
-    if out is None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = Path("bench-results") / f"smartcharging-{result['evses']}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = out or stamped_path(f"smartcharging-{result['evses']}")
+    write_json(out, result)
     console.print(f"wrote {out}")

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -84,6 +83,7 @@ from typing import Annotated, Any
 import typer
 
 from evflex.bench.ocpp import percentile
+from evflex.bench.results import stamped_path, write_json
 
 #: The droop: (Hz, W) for a car of ``CURVE_REF_W``; each car's share scales it.
 CURVE_REF_W = 10_000.0
@@ -888,9 +888,6 @@ def bench_v2x_command(
     console.print(render(result))
     for line in target_lines(result):
         console.print(line)
-    if out is None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = Path("bench-results") / f"v2x-{result['evses']}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = out or stamped_path(f"v2x-{result['evses']}")
+    write_json(out, result)
     console.print(f"wrote {out}")
