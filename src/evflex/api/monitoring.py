@@ -86,14 +86,17 @@ class ReportingOut(BaseModel):
     note: str | None = None
 
 
-class MonitorOut(BaseModel):
-    id: int
+class VariableAtOut(BaseModel):
     component: str
     component_instance: str | None
     evse: int | None
     connector: int | None
     variable: str
     variable_instance: str | None
+
+
+class MonitorOut(VariableAtOut):
+    id: int
     type: str
     value: float
     severity: int
@@ -102,13 +105,7 @@ class MonitorOut(BaseModel):
     purpose: str | None = Field(None, description="'reporting': set by PUT .../reporting")
 
 
-class LiveValueOut(BaseModel):
-    component: str
-    component_instance: str | None
-    evse: int | None
-    connector: int | None
-    variable: str
-    variable_instance: str | None
+class LiveValueOut(VariableAtOut):
     value: str
     numeric: float | None
     timestamp: datetime = Field(description="when the station measured it")

@@ -51,23 +51,16 @@ REPORTING = "reporting"
 Send = Callable[[str, str, BaseModel], Awaitable[dict]]
 
 
-@dataclass(slots=True)
-class MonitorRecord:
-    """A monitor the CSMS installed on a station."""
+@dataclass(slots=True, kw_only=True)
+class VariableAt:
+    """A variable of a component (and of an EVSE and connector) in a station's device model."""
 
-    id: int
     component: str
-    variable: str
-    type: str
-    value: float
-    severity: int
-    transaction: bool
+    component_instance: str | None
     evse: int | None
     connector: int | None
-    component_instance: str | None
+    variable: str
     variable_instance: str | None
-    set_at: datetime
-    purpose: str | None = None
 
     @property
     def target(self) -> tuple:
@@ -80,20 +73,27 @@ class MonitorRecord:
             self.variable_instance,
         )
 
+
+@dataclass(slots=True, kw_only=True)
+class MonitorRecord(VariableAt):
+    """A monitor the CSMS installed on a station."""
+
+    id: int
+    type: str
+    value: float
+    severity: int
+    transaction: bool
+    set_at: datetime
+    purpose: str | None = None
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass(slots=True)
-class LiveValue:
+@dataclass(slots=True, kw_only=True)
+class LiveValue(VariableAt):
     """The latest value of one variable, as reported with NotifyEvent."""
 
-    component: str
-    component_instance: str | None
-    evse: int | None
-    connector: int | None
-    variable: str
-    variable_instance: str | None
     value: str
     timestamp: datetime
     trigger: str
@@ -214,14 +214,7 @@ class MonitoringState:
                 transaction_id=item.get("transactionId"),
                 received_at=received_at,
             )
-            key = _target(
-                value.component,
-                value.component_instance,
-                value.evse,
-                value.connector,
-                value.variable,
-                value.variable_instance,
-            )
+            key = value.target
             previous = latest.get(key)
             if previous is not None and previous.timestamp > value.timestamp:
                 continue  # a late (queued) report does not replace a newer value
