@@ -98,21 +98,6 @@ class Lib16(CP16):
         return r16.SendLocalList(status="Accepted")
 
 
-def _variable_key(item: dict) -> tuple[str, str]:
-    """(component name, variable name) of a GetVariables or SetVariables item."""
-    return item["component"]["name"], item["variable"]["name"]
-
-
-def _variable_result(item: dict, status: str, **value) -> dict:
-    """The answer to one GetVariables or SetVariables item."""
-    return {
-        "attribute_status": status,
-        **value,
-        "component": item["component"],
-        "variable": item["variable"],
-    }
-
-
 class Lib201(CP201):
     """A 2.0.1 charging station answering the CSMS's commands."""
 
@@ -134,26 +119,34 @@ class Lib201(CP201):
     @on("GetVariables")
     def on_get_variables(self, get_variable_data, **kw):
         self.received.append(("GetVariables", {"get_variable_data": get_variable_data}))
-        out = []
-        for item in get_variable_data:
-            key = _variable_key(item)
-            if key in self.variables:
-                out.append(_variable_result(item, "Accepted", attribute_value=self.variables[key]))
-            else:
-                out.append(_variable_result(item, "UnknownVariable"))
-        return r201.GetVariables(get_variable_result=out)
+        return r201.GetVariables(get_variable_result=self._variables(get_variable_data))
 
     @on("SetVariables")
     def on_set_variables(self, set_variable_data, **kw):
         self.received.append(("SetVariables", {"set_variable_data": set_variable_data}))
+        return r201.SetVariables(set_variable_result=self._variables(set_variable_data, True))
+
+    def _variables(self, items: list[dict], setting: bool = False) -> list[dict]:
+        """Each item read (its value in the answer) or set; a variable we lack is unknown."""
         out = []
-        for item in set_variable_data:
-            key = _variable_key(item)
-            status = "Accepted" if key in self.variables else "UnknownVariable"
-            if status == "Accepted":
+        for item in items:
+            key = (item["component"]["name"], item["variable"]["name"])
+            status, value = "Accepted", {}
+            if key not in self.variables:
+                status = "UnknownVariable"
+            elif setting:
                 self.variables[key] = item["attribute_value"]
-            out.append(_variable_result(item, status))
-        return r201.SetVariables(set_variable_result=out)
+            else:
+                value = {"attribute_value": self.variables[key]}
+            out.append(
+                {
+                    "attribute_status": status,
+                    **value,
+                    "component": item["component"],
+                    "variable": item["variable"],
+                }
+            )
+        return out
 
     @on("GetBaseReport")
     def on_get_base_report(self, **kw):

@@ -742,12 +742,14 @@ def _compose(s: dict, installed: list[InstalledProfile] | None = None) -> Compos
         s["start"],
         s["duration_s"],
         s["unit"],
-        transaction_id=s["transaction_id"],
-        transaction_start=s["transaction_start"],
-        voltage=s["voltage"],
-        phases=s["phases"],
-        max_current_a=s["max_current_a"],
+        **_session(s),
     )
+
+
+def _session(s: dict) -> dict:
+    """The scenario's transaction and electrical settings, as keyword arguments."""
+    keys = ("transaction_id", "transaction_start", "voltage", "phases", "max_current_a")
+    return {k: s[k] for k in keys}
 
 
 def _interesting_instants(s: dict, c: CompositeSchedule) -> set[int]:
@@ -792,11 +794,7 @@ def test_property_composite_matches_brute_force(s: dict):
             t,
             start=s["start"],
             unit=s["unit"],
-            transaction_id=s["transaction_id"],
-            transaction_start=s["transaction_start"],
-            voltage=s["voltage"],
-            phases=s["phases"],
-            max_current_a=s["max_current_a"],
+            **_session(s),
         )
         got = c.limit_at(t)
         assert got is not None
