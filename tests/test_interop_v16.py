@@ -6,6 +6,9 @@ on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime, timedelta
+
 from ocpp.v16 import call
 
 from ocpp_clients import Lib16, connected
@@ -183,3 +186,22 @@ async def test_a2_commands_reach_a_16_station(node):
         assert r.status_code == 400
         assert "1.6" in r.json()["detail"]
         assert len(cp.received) == before
+
+
+async def test_any_message_shows_the_station_alive(node):
+    """A station that sends meter values and status but skips Heartbeats (OCPP 1.6
+    allows it) is not shown as silent since its connect, live or after it left."""
+    async with connected(Lib16, node.ocpp_url, "QUIET16", "ocpp1.6") as cp:
+        await boot(cp)
+        connected_at = datetime.fromisoformat((await node.station("QUIET16"))["last_heartbeat_at"])
+        await asyncio.sleep(1.5)
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Available"))
+        st = await node.station("QUIET16")
+        live = datetime.fromisoformat(st["last_heartbeat_at"])
+        assert live - connected_at >= timedelta(seconds=1.4)
+        assert st["heartbeat_age_s"] < 1.0
+    await node.wait_for(lambda: not node.rt.ocpp.is_connected("QUIET16"))
+    st = await node.station("QUIET16")
+    assert st["connected"] is False
+    assert datetime.fromisoformat(st["last_heartbeat_at"]) == live  # kept in the store

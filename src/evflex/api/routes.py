@@ -29,6 +29,10 @@ router = APIRouter(prefix="/api/v1")
 
 def _station_out(rt: Services, st: Station, connectors: list[Connector]) -> sc.StationOut:
     now = rt.clock.now()
+    # any message shows the station alive, not only a Heartbeat (the live connection
+    # knows its last one; the store has it from the last Heartbeat, connect or disconnect)
+    seen = [t for t in (st.last_heartbeat_at, rt.ocpp.last_message_at(st.id)) if t is not None]
+    last_seen = max(seen) if seen else None
     return sc.StationOut(
         id=st.id,
         connected=rt.ocpp.is_connected(st.id),
@@ -47,10 +51,8 @@ def _station_out(rt: Services, st: Station, connectors: list[Connector]) -> sc.S
         has_password=bool(st.password_hash),
         registration_status=st.registration_status,
         last_boot_at=st.last_boot_at,
-        last_heartbeat_at=st.last_heartbeat_at,
-        heartbeat_age_s=(now - st.last_heartbeat_at).total_seconds()
-        if st.last_heartbeat_at
-        else None,
+        last_heartbeat_at=last_seen,
+        heartbeat_age_s=None if last_seen is None else (now - last_seen).total_seconds(),
         last_connected_at=st.last_connected_at,
         last_disconnected_at=st.last_disconnected_at,
         clock_offset_s=_clock_offset(rt, st.id),

@@ -72,8 +72,12 @@ class StationOut(BaseModel):
     has_password: bool = False
     registration_status: str | None = None
     last_boot_at: datetime | None = None
-    last_heartbeat_at: datetime | None = None
-    heartbeat_age_s: float | None = None
+    last_heartbeat_at: datetime | None = Field(
+        None,
+        description="When the station was last heard from: its last Heartbeat or any other "
+        "message (OCPP lets a station skip Heartbeats while it sends others), or its connect",
+    )
+    heartbeat_age_s: float | None = Field(None, description="Seconds since last_heartbeat_at")
     last_connected_at: datetime | None = None
     last_disconnected_at: datetime | None = None
     clock_offset_s: float | None = Field(

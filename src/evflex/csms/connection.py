@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -43,6 +44,7 @@ class StationConnection:
         handlers: dict[str, Handler],
         response_timeout: float = 30.0,
         validate_responses: bool = True,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.station_id = station_id
         self.version = version
@@ -59,6 +61,10 @@ class StationConnection:
         self._worker: asyncio.Task | None = None
         self.received = 0
         self.errors = 0
+        #: When the station last sent anything (on ``now``, the service's clock): any
+        #: message shows it alive, as a Heartbeat does (OCPP lets it skip those then).
+        self.last_message_at: datetime | None = None
+        self._now = now
 
     # ------------------------------------------------------------------ inbound
 
@@ -83,6 +89,8 @@ class StationConnection:
 
     async def handle_frame(self, raw: str | bytes) -> None:
         self.received += 1
+        if self._now is not None:
+            self.last_message_at = self._now()
         try:
             frame = rpc.parse_frame(raw, self.version)
         except RpcError as err:

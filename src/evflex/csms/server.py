@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -269,6 +270,7 @@ class OcppServer:
             handlers_cls(self.service, station_id).routes(),
             response_timeout=self.response_timeout,
             validate_responses=self.validate_responses,
+            now=self.service.clock.now,
         )
         previous = self.connections.get(station_id)
         self.connections[station_id] = conn
@@ -281,12 +283,17 @@ class OcppServer:
         finally:
             if self.connections.get(station_id) is conn:
                 del self.connections[station_id]
-                await self.service.disconnected(station_id)
+                await self.service.disconnected(station_id, conn.last_message_at)
 
     # ------------------------------------------------------------------ commands
 
     def is_connected(self, station_id: str) -> bool:
         return station_id in self.connections
+
+    def last_message_at(self, station_id: str) -> datetime | None:
+        """When the connected station last sent anything (None if it is not connected)."""
+        conn = self.connections.get(station_id)
+        return None if conn is None else conn.last_message_at
 
     @staticmethod
     def has_command(version: str, name: str) -> bool:

@@ -89,10 +89,13 @@ class CsmsService:
         await self._connection(repo.connection_row(station_id, True, version, now), event)
         self.bus.publish("station.connected", station_id, ocpp_version=version)
 
-    async def disconnected(self, station_id: str) -> None:
+    async def disconnected(self, station_id: str, last_message_at: datetime | None = None) -> None:
+        """The station left; ``last_message_at`` (when it last sent anything) is kept as its
+        last sign of life."""
         now = self.clock.now()
         event = StationEvent(station_id, "connection", now, "Disconnected")
-        await self._connection(repo.connection_row(station_id, False, None, now), event)
+        row = repo.connection_row(station_id, False, None, now, seen_at=last_message_at)
+        await self._connection(row, event)
         self.bus.publish("station.disconnected", station_id)
 
     async def _connection(self, row: dict, event: StationEvent) -> None:

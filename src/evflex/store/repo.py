@@ -96,7 +96,7 @@ def _connection_update(_dialect: str):
                 bindparam("b_connected_at", type_=t.c.last_connected_at.type), t.c.last_connected_at
             ),
             last_heartbeat_at=func.coalesce(
-                bindparam("b_connected_at", type_=t.c.last_heartbeat_at.type), t.c.last_heartbeat_at
+                bindparam("b_seen_at", type_=t.c.last_heartbeat_at.type), t.c.last_heartbeat_at
             ),
             last_disconnected_at=func.coalesce(
                 bindparam("b_disconnected_at", type_=t.c.last_disconnected_at.type),
@@ -111,12 +111,21 @@ def _connection_update(_dialect: str):
 CONNECTIONS = Bulk("connections", _connection_update)
 
 
-def connection_row(station_id: str, connected: bool, version: str | None, now: datetime) -> dict:
+def connection_row(
+    station_id: str,
+    connected: bool,
+    version: str | None,
+    now: datetime,
+    seen_at: datetime | None = None,
+) -> dict:
+    """A (dis)connection. The station's last sign of life (``last_heartbeat_at``) becomes
+    the connect time, or at a disconnect ``seen_at``: when it last sent anything."""
     return {
         "b_id": station_id,
         "b_connected": connected,
         "b_version": version if connected else None,
         "b_connected_at": now if connected else None,
+        "b_seen_at": now if connected else seen_at,
         "b_disconnected_at": None if connected else now,
     }
 

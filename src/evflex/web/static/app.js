@@ -237,7 +237,7 @@
       ["Connectors faulted", String(faulted), faulted ? "bad" : ""],
     ]);
     $("#fleet-body").innerHTML = table("stations-table", "Charging stations",
-      ["Station", "OCPP", "Vendor / model", "Firmware", "Connection", "Heartbeat", "Connectors", "Actions"],
+      ["Station", "OCPP", "Vendor / model", "Firmware", "Connection", "Last heard", "Connectors", "Actions"],
       st.map(stationRow), "No stations registered yet.");
   }
 
