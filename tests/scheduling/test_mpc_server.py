@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import Node, start_node
+from conftest import Node, running_node
 from evflex.clock import AcceleratedClock
 from evflex.sim import EvSpec, SimStation, StationSpec
 
@@ -19,12 +19,10 @@ EV_MAX_W = 11_000.0  # the simulated car's on-board charger
 @pytest.fixture
 async def mpc_node(database_url):
     # No full-power start: the plan decides from the first second.
-    rt, http = await start_node(database_url, allow_unknown_stations=True, initial_full_power_s=0.0)
-    try:
-        yield Node(rt, http)
-    finally:
-        await http.aclose()
-        await rt.stop()
+    async with running_node(
+        database_url, allow_unknown_stations=True, initial_full_power_s=0.0
+    ) as n:
+        yield n
 
 
 async def _station(node: Node, version: str = "2.0.1") -> SimStation:
