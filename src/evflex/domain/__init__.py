@@ -1,5 +1,6 @@
 """Domain objects shared by every adapter, planner and store."""
 
+from evflex.domain.capabilities import EvCapabilities, StationCapabilities
 from evflex.domain.model import (
     AuthorizationStatus,
     ChargingState,
@@ -17,8 +18,10 @@ __all__ = [
     "AuthorizationStatus",
     "ChargingState",
     "ConnectorStatus",
+    "EvCapabilities",
     "MeterSample",
     "OcppVersion",
+    "StationCapabilities",
     "StationEvent",
     "StationInfo",
     "StatusReport",

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class OcppVersion(StrEnum):
@@ -285,7 +286,7 @@ class StationEvent:
     kind: str
     timestamp: datetime
     type: str | None = None
-    detail: dict | None = None
+    detail: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -314,7 +315,3 @@ class ChargingNeeds:
     target_soc: float | None = None
     control_mode: str | None = None
     mobility_needs_mode: str | None = None
-
-    @property
-    def bidirectional(self) -> bool:
-        return bool(self.energy_transfer and "BPT" in self.energy_transfer)

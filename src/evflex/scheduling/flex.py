@@ -50,9 +50,9 @@ def flexibility(
         col = model.u_col[i]
         if col >= 0:
             upper[col] = reference.vehicles[v.id].unmet_wh / 1000.0 + _SLACK_KWH
-    for t in np.nonzero(model.breach >= 0)[0]:  # import above the limit where the reference had it
-        upper[model.breach[t]] = (
-            max(0.0, reference.import_w[t] - reference.import_limit_w[t]) / 1000
+    for b in np.nonzero(model.breach >= 0)[0]:  # import above the limit where the reference had it
+        upper[model.breach[b]] = (
+            max(0.0, reference.import_w[b] - reference.import_limit_w[b]) / 1000
         )
     lp.upper = upper
     lp.cost = np.zeros(lp.num_col)

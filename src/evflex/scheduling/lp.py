@@ -176,7 +176,7 @@ class LpArrays:
     def num_row(self) -> int:
         return len(self.row_lower)
 
-    def pass_to(self, h: highspy._Highs, cost_scale: float = 1.0) -> None:
+    def pass_to(self, h: highspy._core._Highs, cost_scale: float = 1.0) -> None:
         """Hand the LP to ``h`` as arrays (no per-element copy through HighsLp).
 
         The costs go multiplied by ``cost_scale`` (see :data:`OBJECTIVE_SCALE`).
@@ -356,7 +356,7 @@ def resolve_method(method: str) -> str:
     return method
 
 
-def new_highs(method: str, time_limit_s: float | None = None) -> highspy._Highs:
+def new_highs(method: str, time_limit_s: float | None = None) -> highspy._core._Highs:
     """A silent HiGHS solver set up for ``method`` (see :data:`SOLVER_OPTIONS`)."""
     method = resolve_method(method)
     # highspy.Highs() enables its callbacks in its constructor, and HiGHS prints
@@ -373,7 +373,7 @@ def new_highs(method: str, time_limit_s: float | None = None) -> highspy._Highs:
     return h
 
 
-def run(h: highspy._Highs, model: Model) -> tuple[np.ndarray, float, str]:
+def run(h: highspy._core._Highs, model: Model) -> tuple[np.ndarray, float, str]:
     """Solve what ``h`` holds; the point (clipped to the bounds), seconds, status."""
     t = time.perf_counter()
     h.run()

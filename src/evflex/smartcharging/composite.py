@@ -524,6 +524,7 @@ def v2x_control(
     evaluator = _Evaluator(sources, RateUnit.W, float(voltage), int(phases), float(max_current_a))
     winners = evaluator.winners(t)
     charge = evaluator.at(t)
+    assert charge.number_phases is not None  # at() always names the phases
     hardware_w = convert(max_current_a, RateUnit.A, RateUnit.W, charge.number_phases, voltage)
     tx = winners.get(_TX) or winners.get(_TX_DEFAULT)
     period = tx[1] if tx is not None else None

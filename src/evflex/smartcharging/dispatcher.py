@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evflex.clock import Clock
 from evflex.csms import commands
@@ -48,12 +48,15 @@ from evflex.smartcharging.profiles import (
 )
 from evflex.store import repo
 from evflex.store.tables import StationProfile
-from evflex.store.writer import GroupCommitWriter
+from evflex.store.writer import GroupCommitWriter, Job
 
 log = logging.getLogger(__name__)
 
-Sender = Callable[[str, str, object], Awaitable[dict]]
+#: Sends a CALL (station, action, body); the station's answer.
+Sender = Callable[[str, str, object], Awaitable[dict[str, Any]]]
 Listener = Callable[[str, int, "Wanted"], None]
+#: (station, profile id) -> (row, answers it counts) to upsert, or None to delete.
+ProfileRows = dict[tuple[str, int], tuple[dict[str, Any], int] | None]
 
 
 class Connection(Protocol):
@@ -61,7 +64,9 @@ class Connection(Protocol):
 
     version: str
 
-    async def call(self, action: str, payload: dict, timeout: float | None = None) -> dict: ...
+    async def call(
+        self, action: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -78,13 +83,13 @@ class Wanted:
     version: int = 0  # bumped on every change; a result applies only to its version
     acked_at: datetime | None = None
     #: The SetChargingProfile payload last built, and the OCPP version it is for.
-    payload: tuple[str, dict] | None = None
+    payload: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)
 class _Slot:
     wanted: Wanted | None = None
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     failures: int = 0
 
@@ -140,7 +145,7 @@ class ProfileDispatcher:
                 out.setdefault(sid, []).append(pid)
         return out
 
-    async def load(self, sessionmaker) -> int:
+    async def load(self, sessionmaker: async_sessionmaker[AsyncSession]) -> int:
         """Take up the profiles stored by an earlier run (they are re-sent on connect)."""
         async with sessionmaker() as s:
             rows = await repo.list_profiles(s)
@@ -324,9 +329,8 @@ class ProfileStore:
         self.retry_s = retry_s
         self.max_wait_s = max_wait_s
         self._changes = 0
-        # (station, profile id) -> (row, answers it counts) to upsert, or None to delete
-        self._rows: dict[tuple[str, int], tuple[dict[str, Any], int] | None] = {}
-        self._task: asyncio.Task | None = None
+        self._rows: ProfileRows = {}
+        self._task: asyncio.Task[None] | None = None
         self.writes = 0
         self.failures = 0
 
@@ -380,7 +384,7 @@ class ProfileStore:
         self.writes += 1
         return True
 
-    def _restore(self, rows: dict) -> None:
+    def _restore(self, rows: ProfileRows) -> None:
         for key, old in rows.items():
             new = self._rows.get(key, old)
             if new is not None and old is not None and new is not old:
@@ -397,7 +401,7 @@ class ProfileStore:
         await self.flush()
 
 
-def _write_profiles(rows: dict[tuple[str, int], tuple[dict[str, Any], int] | None]):
+def _write_profiles(rows: ProfileRows) -> Job:
     """One write job: upsert and delete charging profile rows, one statement each."""
     upserts = [
         dict(v[0], body=_stored_form(v[0]["body"]), attempts=v[1])
@@ -413,7 +417,9 @@ def _write_profiles(rows: dict[tuple[str, int], tuple[dict[str, Any], int] | Non
         for station_id, ids in deletes.items():
             await repo.delete_profiles(s, station_id, ids)
         if upserts:
-            insert = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
+            bind = s.bind
+            assert bind is not None  # the writer's sessions are bound to the engine
+            insert = pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
             ins = insert(StationProfile)
             stmt = ins.on_conflict_do_update(
                 index_elements=["station_id", "profile_id"],
@@ -430,5 +436,5 @@ def _write_profiles(rows: dict[tuple[str, int], tuple[dict[str, Any], int] | Non
 _KEY = ("station_id", "profile_id", "attempts")
 
 
-def _stored_form(body: ChargingProfile | dict) -> dict:
+def _stored_form(body: ChargingProfile | dict[str, Any]) -> dict[str, Any]:
     return to_wire(body, NEUTRAL) if isinstance(body, ChargingProfile) else body

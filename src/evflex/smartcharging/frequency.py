@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from evflex.clock import Clock
 from evflex.smartcharging.v2x import freq_watt
@@ -56,7 +56,8 @@ def frequency_profile_id(evse_id: int) -> int:
 
 
 T = TypeVar("T")
-SendUpdate = Callable[[str, int, int, float], Awaitable[dict]]
+#: Sends a setpoint update (station, EVSE, profile id, W); the station's answer.
+SendUpdate = Callable[[str, int, int, float], Awaitable[dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -98,7 +99,7 @@ class FrequencyStats:
     def latencies(self) -> list[float]:
         return [r.latency_s for r in self.records if r.ok]
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, int | float | None]:
         lat = sorted(self.latencies())
 
         def pct(q: float) -> float | None:
@@ -137,7 +138,7 @@ class _Lane:
     wanted: _Wanted | None = None
     sent_at: datetime | None = None  # measurement time of the newest setpoint sent
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class FrequencyController:
@@ -165,7 +166,7 @@ class FrequencyController:
         self._latest: tuple[datetime, float] | None = None
         self._newest_at: datetime | None = None  # measurement time of the newest sample
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         # Updates in flight at once over all EVSEs (None: one per EVSE).
         self._limit = asyncio.Semaphore(concurrency) if concurrency else None
 

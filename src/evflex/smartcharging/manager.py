@@ -42,16 +42,23 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from types import SimpleNamespace
+from typing import Any, TypedDict
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evflex.clock import Clock
+from evflex.domain.capabilities import (
+    NO_EV_CAPABILITIES,
+    NO_STATION_CAPABILITIES,
+    EvCapabilities,
+    StationCapabilities,
+)
 from evflex.domain.model import StationEvent
 from evflex.events import EventBus
 from evflex.scheduling import Objective
@@ -83,7 +90,7 @@ from evflex.smartcharging.profiles import (
     convert,
 )
 from evflex.store import repo
-from evflex.store.tables import Connector, Station, Transaction
+from evflex.store.tables import Connector, Site, Station, Transaction
 from evflex.store.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -171,14 +178,15 @@ class LoadManager:
         self._station_site: dict[str, str] = {}
         self._memory: dict[str, _EvseMemory] = {}
         self._phases: dict[str, tuple[int, ...]] = {}
-        self._rows: dict[str, tuple] = {}  # site -> rows of its last full load
+        self._rows: dict[str, _Rows] = {}  # site -> rows of its last full load
         self._stale: set[str] = set()  # sites whose rows must be read again
-        self._external: dict[tuple[str, int], tuple[list, float]] = {}  # limit schedules
+        # limit schedules a station reported, and when (monotonic s)
+        self._external: dict[tuple[str, int], tuple[list[Schedule], float]] = {}
         self._dirty: dict[str, asyncio.Event] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._shapers: dict[str, SetpointShaper] = {}
-        self._loops: dict[str, asyncio.Task] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._mpc_cfg: dict[str, MpcSettings] = {}
         self._peak: dict[str, tuple[str, float]] = {}  # site -> (month, planned peak W)
@@ -190,7 +198,7 @@ class LoadManager:
         # sites whose unsteerable load is over a limit -> since when (CSMS clock)
         self._over: dict[str, datetime] = {}
         self._last_stop: dict[str, datetime] = {}  # site -> last remote stop for the limit
-        self._stops: set[asyncio.Task] = set()
+        self._stops: set[asyncio.Task[None]] = set()
         dispatcher.on_result(self._on_profile_result)
 
     # ------------------------------------------------------------- lifecycle
@@ -277,7 +285,7 @@ class LoadManager:
                 except Exception:  # one bad event must not stop load management
                     log.exception("load manager: event %s", ev.topic)
 
-    def _on_event(self, topic: str, station_id: str | None, data: dict) -> None:
+    def _on_event(self, topic: str, station_id: str | None, data: dict[str, Any]) -> None:
         if station_id is None:
             return
         site = self._station_site.get(station_id)
@@ -372,7 +380,7 @@ class LoadManager:
             self._stale.add(site)
         self.mark_dirty(site)
 
-    def _site_event(self, station_id: str, type_: str, detail: dict) -> None:
+    def _site_event(self, station_id: str, type_: str, detail: dict[str, Any]) -> None:
         now = self.clock.now()
         event = StationEvent(station_id, "smart_charging", now, type_, detail)
 
@@ -741,7 +749,9 @@ class LoadManager:
         mem.wanted_profile = profile.id
         self.dispatcher.put(ev.station_id, ev.evse_id, profile, "load-manager")
 
-    async def _switch_to_priority(self, model: SiteModel, txs: dict, keys: list[str]) -> None:
+    async def _switch_to_priority(
+        self, model: SiteModel, txs: dict[str, int], keys: list[str]
+    ) -> None:
         # priority False (not None) was turned off by a person: it is not turned back on
         rows = self._rows.get(model.id, ((), (), (), ()))[3]
         off = {evse_key(t.station_id, t.evse_id) for t in rows if t.priority is False}
@@ -787,29 +797,34 @@ class LoadManager:
             site = await repo.get_site(s, site_id)
             if site is None:
                 return None, {}
-            circuits = await repo.list_circuits(s, site_id)
-            stations = await repo.stations_of_site(s, site_id)
-            ids = [x.id for x in stations]
-            conns = (
-                (await s.execute(select(Connector).where(Connector.station_id.in_(ids)))).scalars()
-                if ids
-                else []
-            )
-            conns = list(conns)
-            txs = await repo.active_transactions(s, ids)
+            circuit_rows = await repo.list_circuits(s, site_id)
+            station_rows = await repo.stations_of_site(s, site_id)
+            ids = [x.id for x in station_rows]
+            conn_rows: list[Connector] = []
+            if ids:
+                q = select(Connector).where(Connector.station_id.in_(ids))
+                conn_rows = list((await s.execute(q)).scalars())
+            tx_rows = await repo.active_transactions(s, ids)
         # Plain copies: the model is rebuilt from them on every limit change, and reading
         # a plain attribute costs a fraction of reading one through the ORM.
         circuits, stations, conns, txs = (
-            _snapshot(circuits),
-            _snapshot(stations),
-            _snapshot(conns),
-            _snapshot(txs),
+            _snapshot(circuit_rows),
+            _snapshot(station_rows),
+            _snapshot(conn_rows),
+            _snapshot(tx_rows),
         )
         self._rows[site_id] = (circuits, stations, conns, txs)
         model = self.build_model(site, circuits, stations, conns, txs)
         return model, {evse_key(t.station_id, t.evse_id): t.id for t in txs if t.evse_id}
 
-    def build_model(self, site, circuits, stations, conns, txs) -> SiteModel:
+    def build_model(
+        self,
+        site: Site | SimpleNamespace,
+        circuits: Sequence[SimpleNamespace],
+        stations: Sequence[SimpleNamespace],
+        conns: Sequence[SimpleNamespace],
+        txs: Sequence[SimpleNamespace],
+    ) -> SiteModel:
         """The planner's view of a site from its rows (any objects with those attributes)."""
         site_id = site.id
         for stn in stations:
@@ -897,7 +912,9 @@ class LoadManager:
                 self._phases[key] = phases
         return model
 
-    def _external_limit(self, station_id: str, evse_id: int, model: SiteModel, phases: int):
+    def _external_limit(
+        self, station_id: str, evse_id: int, model: SiteModel, phases: int
+    ) -> float | None:
         """The lowest limit in force now among those the station reported for it or evse 0."""
         now = self.clock.now()
         found: list[float] = []
@@ -912,7 +929,13 @@ class LoadManager:
         return min(found) if found else None
 
 
-def _snapshot(rows) -> list[SimpleNamespace]:
+#: A site's circuits, stations, connectors and active transactions, as plain copies.
+_Rows = tuple[
+    list[SimpleNamespace], list[SimpleNamespace], list[SimpleNamespace], list[SimpleNamespace]
+]
+
+
+def _snapshot(rows: Iterable[object]) -> list[SimpleNamespace]:
     """Plain copies of loaded ORM rows: their column values, nothing lazy."""
     return [
         SimpleNamespace(**{k: v for k, v in vars(r).items() if not k.startswith("_")}) for r in rows
@@ -939,14 +962,16 @@ def refusal(w: Wanted) -> str | None:
     return None
 
 
-def _authorized(tx) -> bool:
+def _authorized(tx: SimpleNamespace) -> bool:
     """False for a car plugged in and waiting for its authorization (it draws nothing)."""
     if getattr(tx, "id_token", None) is not None:
         return True
     return getattr(tx, "charging_state", None) not in (None, "EVConnected", "Idle")
 
 
-def ev_phases(station_phases: tuple[int, ...], stn, tx) -> tuple[int, ...]:
+def ev_phases(
+    station_phases: tuple[int, ...], stn: SimpleNamespace, tx: SimpleNamespace | None
+) -> tuple[int, ...]:
     """The grid phases an EVSE loads: the station's, narrowed to what its car draws on.
 
     A single-phase car on a three-phase station loads one phase only (the
@@ -995,13 +1020,25 @@ def _same_profile(a: ChargingProfile, b: ChargingProfile) -> bool:
     return 0 <= (sb.start - sa.start).total_seconds() < first
 
 
-def _v2x_session(stn, tx, ev: EvseModel, voltage: float) -> dict:
-    """The V2X fields of a session: discharging needs consent, a BPT EV and OCPP 2.1."""
-    if getattr(stn, "ocpp_version", None) != "2.1" or not getattr(tx, "v2x_allowed", False):
+class _V2xFields(TypedDict, total=False):
+    v2x: bool
+    max_discharge_w: float
+    v2x_floor_wh: float | None
+
+
+def _v2x_session(
+    stn: SimpleNamespace, tx: SimpleNamespace, ev: EvseModel, voltage: float
+) -> _V2xFields:
+    """The V2X fields of a session: the driver's consent, an EV that offers bidirectional
+    transfer and a station that runs CentralSetpoint (what the plan sends it)."""
+    # the store fills both in; a row without them (built by hand) can do nothing more
+    station: StationCapabilities = getattr(stn, "capabilities", NO_STATION_CAPABILITIES)
+    offer: EvCapabilities = getattr(tx, "ev_capabilities", NO_EV_CAPABILITIES)
+    consent = bool(getattr(tx, "v2x_allowed", False))
+    if not station.may_discharge(offer, consent, OperationMode.CENTRAL_SETPOINT):
         return {}
-    transfer = " ".join(x or "" for x in (tx.energy_transfer, tx.allowed_energy_transfer))
     max_w = min(tx.ev_max_discharge_w or 0.0, ev.max_current_a * voltage * len(ev.phases))
-    if "BPT" not in transfer or max_w <= 0:
+    if max_w <= 0:
         return {}
     floor = None
     if tx.v2x_min_energy_wh is not None:
@@ -1009,7 +1046,7 @@ def _v2x_session(stn, tx, ev: EvseModel, voltage: float) -> dict:
     return {"v2x": True, "max_discharge_w": max_w, "v2x_floor_wh": floor}
 
 
-def _schedule_limit_at(sched, now: datetime) -> float | None:
+def _schedule_limit_at(sched: Schedule, now: datetime) -> float | None:
     """Limit of a reported schedule at ``now`` (a schedule without start applies from now)."""
     offset = 0.0 if sched.start is None else (now - sched.start).total_seconds()
     if offset < 0:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from evflex.scheduling import SITE, Circuit, Objective, Problem, Schedule, Vehicle, solve
 from evflex.scheduling.wire import WireRules, wire_currents
@@ -111,7 +113,7 @@ class Forecast:
         ]
 
     @classmethod
-    def from_json(cls, data: dict | None) -> Forecast | None:
+    def from_json(cls, data: dict[str, Any] | None) -> Forecast | None:
         """The stored forecast; None (the site's defaults) for one that cannot be used."""
         if not data:
             return None
@@ -129,8 +131,11 @@ class Forecast:
             return None
         return f
 
-    def to_json(self) -> dict:
-        out: dict = {"start": self.start.isoformat(), "slot_s": self.slot_s}
+    def to_json(self) -> dict[str, str | float | list[float]]:
+        out: dict[str, str | float | list[float]] = {
+            "start": self.start.isoformat(),
+            "slot_s": self.slot_s,
+        }
         out.update({k: list(getattr(self, k)) for k in _SERIES})
         return out
 
@@ -182,7 +187,7 @@ def build_problem(site: SiteModel, now: datetime, cfg: MpcSettings) -> tuple[Pro
     fixed_a: dict[str, list[float]] = {n.id: [0.0, 0.0, 0.0] for n in site.nodes}
     parent = {n.id: n.parent for n in site.nodes}
 
-    def chain(node: str | None):
+    def chain(node: str | None) -> Iterator[str]:
         while node is not None:
             yield node
             node = parent.get(node)

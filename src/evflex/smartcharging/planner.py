@@ -65,7 +65,8 @@ class SessionModel:
     finished: bool = False  # the EV stopped drawing (SuspendedEV / target reached)
     authorized: bool = True  # False: a car plugged in, waiting for its authorization (2.x)
     # V2X: discharging needs all of the driver's consent, a bidirectional EV
-    # and an OCPP 2.1 station; the plan then sends CentralSetpoint profiles.
+    # and a station that can discharge it (their capabilities); the plan then
+    # sends CentralSetpoint profiles.
     v2x: bool = False
     max_discharge_w: float = 0.0
     v2x_floor_wh: float | None = None  # lowest energy level from now (see Vehicle)
@@ -129,8 +130,8 @@ class SiteModel:
             for n in self.nodes:
                 add = extra_base.get(n.id)
                 if add:
-                    base = tuple(b + a for b, a in zip(n.base_current_a, add, strict=True))
-                    n = replace(n, base_current_a=base)
+                    b0, b1, b2 = (b + a for b, a in zip(n.base_current_a, add, strict=True))
+                    n = replace(n, base_current_a=(b0, b1, b2))
                 nodes.append(n)
         return SiteConfig(
             nodes=tuple(nodes), voltage=self.voltage, single_phase_max_a=self.single_phase_max_a

@@ -154,10 +154,10 @@ class Period:
 
     def total(self, name: str) -> float | None:
         """A per-phase quantity summed over the phases (``setpoint``, ``limit``, ...)."""
-        value = getattr(self, name)
+        value: float | None = getattr(self, name)
         if value is None:
             return None
-        rest = getattr(self, f"{name}_l23")
+        rest: tuple[float, float] | None = getattr(self, f"{name}_l23")
         return value if rest is None else value + rest[0] + rest[1]
 
 
@@ -301,7 +301,8 @@ def _validate_v2x(period: Period, version: str) -> None:
         raise ProfileError(f"operationMode {mode.value} cannot discharge")
     setpoint = period.total("setpoint")
     if setpoint is not None:
-        if setpoint > period.total("limit") + 1e-9:
+        limit = period.total("limit")  # never None: a period always has a limit
+        if limit is not None and setpoint > limit + 1e-9:
             raise ProfileError("setpoint is above the period's limit")
         low = period.total("discharge_limit")
         if low is not None and setpoint < low - 1e-9:

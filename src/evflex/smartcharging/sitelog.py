@@ -24,6 +24,7 @@ import logging
 import statistics
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -45,7 +46,7 @@ def _kw(w: float | None) -> float | None:
     return None if w is None else round(w / KW, 3)
 
 
-def sample_out(site_id: str, s: SiteSample) -> dict:
+def sample_out(site_id: str, s: SiteSample) -> dict[str, str | float | None]:
     """A sample as the API and the event stream show it (kW)."""
     net = s.ev_import_w - s.ev_export_w + s.base_load_w - s.pv_w
     return {
@@ -100,7 +101,7 @@ class SiteSampler:
         self.bus = bus
         self.clock = clock
         self.interval_s = interval_s
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.interval_s > 0:
@@ -133,7 +134,7 @@ class SiteSampler:
                 .join(Transaction, Transaction.station_id == Station.id)
                 .where(Station.site_id.is_not(None), Transaction.state == "active")
             )
-            by_site: dict[str, list[Transaction]] = {}
+            by_site: dict[str | None, list[Transaction]] = {}
             for site_id, tx in rows:
                 by_site.setdefault(site_id, []).append(tx)
         samples = [site_now(site, by_site.get(site.id, []), now) for site in sites]
@@ -180,7 +181,7 @@ class SiteKpis:
     pv_kwh: float
     pv_self_consumption_pct: float | None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["from"] = out.pop("start").isoformat()
         out["to"] = out.pop("end").isoformat()
@@ -311,7 +312,7 @@ def site_kpis(
         net_unc = uncontrolled_ev_w(sessions, x.ts) + rest
         peak = net if peak is None else max(peak, net)
         peak_unc = net_unc if peak_unc is None else max(peak_unc, net_unc)
-        if priced:
+        if priced and x.price is not None:  # priced: every sample has a price
             cost += max(net, 0.0) / KW * h * x.price
             cost_unc += max(net_unc, 0.0) / KW * h * x.price
         pv_wh += x.pv_w * h

@@ -100,8 +100,9 @@ def target_power_w(
         return ctrl.to_w(value, phases, voltage)
 
     setpoint = None
-    if period is not None and period.total("setpoint") is not None:
-        setpoint = conv(period.total("setpoint"))
+    total = period.total("setpoint") if period is not None else None
+    if total is not None:
+        setpoint = conv(total)
     if mode is OperationMode.IDLE:
         return 0.0
     if mode is OperationMode.CHARGING_ONLY:
@@ -137,6 +138,7 @@ def target_power_w(
 def reactive_setpoint_var(ctrl: V2xControl, phases: int, voltage: float) -> float | None:
     """The period's reactive power setpoint in var (A setpoints times voltage)."""
     period = ctrl.period
-    if period is None or period.total("setpoint_reactive") is None:
+    total = period.total("setpoint_reactive") if period is not None else None
+    if total is None:
         return None
-    return ctrl.to_w(period.total("setpoint_reactive"), phases, voltage)
+    return ctrl.to_w(total, phases, voltage)

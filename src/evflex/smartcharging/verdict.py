@@ -111,9 +111,9 @@ def session_verdict(
     scheduler's plan when the site's policy uses it.
     """
     ev = site.evses.get(key)
-    s = ev.session if ev is not None else None
-    if s is None:
+    if ev is None or ev.session is None:
         return Verdict(status="NO_NEEDS", at=now)
+    s = ev.session
     out = Verdict(status="NO_NEEDS", at=now, departure=s.departure, priority=s.priority)
     need = s.energy_needed_wh
     if s.departure is None or need is None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from types import SimpleNamespace
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from evflex.csms.capabilities import ev_capabilities, station_capabilities
 from evflex.domain.model import (
     ENERGY_EXPORT_REGISTER,
     ENERGY_IMPORT_REGISTER,
@@ -665,8 +667,8 @@ async def meter_values_between(
 # ---------------------------------------------------------------- smart charging
 
 
-def net_energy_wh(tx: Transaction) -> float:
-    """Energy into the EV so far: imported minus exported."""
+def net_energy_wh(tx: Transaction | SimpleNamespace) -> float:
+    """Energy into the EV so far: imported minus exported (of a row or its plain copy)."""
     return (tx.energy_imported_wh or 0.0) - (getattr(tx, "energy_exported_wh", None) or 0.0)
 
 
@@ -725,8 +727,12 @@ async def list_circuits(session: AsyncSession, site_id: str | None = None) -> li
 
 
 async def stations_of_site(session: AsyncSession, site_id: str) -> list[Station]:
+    """A site's stations, each with the ``capabilities`` its OCPP version gives it."""
     q = select(Station).where(Station.site_id == site_id).order_by(Station.id)
-    return list((await session.execute(q)).scalars())
+    stations = list((await session.execute(q)).scalars())
+    for st in stations:
+        st.capabilities = station_capabilities(st.ocpp_version)
+    return stations
 
 
 async def active_transactions(session: AsyncSession, station_ids: list[str]) -> list[Transaction]:
@@ -736,7 +742,10 @@ async def active_transactions(session: AsyncSession, station_ids: list[str]) -> 
         Transaction.state == TransactionState.ACTIVE.value,
         Transaction.station_id.in_(station_ids),
     )
-    return list((await session.execute(q)).scalars())
+    txs = list((await session.execute(q)).scalars())
+    for tx in txs:  # what the EV offers, from the energy transfer it asked for
+        tx.ev_capabilities = ev_capabilities(tx.energy_transfer, tx.allowed_energy_transfer)
+    return txs
 
 
 async def list_profiles(
