@@ -458,15 +458,14 @@ def build(problem: Problem) -> Model:
         mask = row_of[pres.ev] >= 0
         b.entries(row_of[pres.ev][mask], c_cols[mask], (eta_c[pres.ev] * dt)[mask])
         b.entries(rows, u, 1.0)
-    room_only = [
-        i
-        for i in simple
-        if needs[i] is None and vehicles[i].battery_wh is not None and vehicles[i].soc is not None
-    ]
+    room_wh: dict[int, float] = {}  # EV -> room in its battery, for those without a need
+    for i in simple:
+        battery_wh, soc = vehicles[i].battery_wh, vehicles[i].soc
+        if needs[i] is None and battery_wh is not None and soc is not None:
+            room_wh[i] = max(0.0, (1 - soc) * battery_wh)
+    room_only = list(room_wh)
     if room_only:
-        room = np.array(
-            [max(0.0, (1 - vehicles[i].soc) * vehicles[i].battery_wh) for i in room_only]  # type: ignore[operator]
-        )
+        room = np.array(list(room_wh.values()))
         rows = b.rows(np.full(len(room_only), -INF), room / 1000.0)
         row_of = np.full(nveh, -1, dtype=np.int64)
         row_of[room_only] = rows
