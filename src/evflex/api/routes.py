@@ -14,6 +14,7 @@ from sqlalchemy import select, tuple_
 from evflex.api import schemas as sc
 from evflex.api.deps import Rt, delete_row
 from evflex.csms import commands
+from evflex.csms.capabilities import ev_capabilities
 from evflex.csms.connection import CallErrorReceived
 from evflex.security import hash_password
 from evflex.services import Services
@@ -299,8 +300,8 @@ async def _tx_out(s, txs: list[Transaction]) -> list[sc.TransactionOut]:
 
 
 def bidirectional(t: Transaction) -> bool:
-    """The EV asked for bidirectional power transfer (AC_BPT / DC_BPT)."""
-    return "BPT" in (t.energy_transfer or "")
+    """The EV asked for bidirectional power transfer (AC_BPT, DC_BPT, ...)."""
+    return ev_capabilities(t.energy_transfer).bidirectional
 
 
 def v2x_state(t: Transaction) -> str | None:
