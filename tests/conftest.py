@@ -187,11 +187,17 @@ async def strict_node(database_url) -> AsyncIterator[Node]:
         yield n
 
 
-@pytest.fixture
-async def site_node(database_url) -> AsyncIterator[Node]:
-    """A node for site tests: unknown stations welcome, no full-power start for new
-    sessions (the plan applies at once), a site sample every second."""
-    async with running_node(
-        database_url, allow_unknown_stations=True, initial_full_power_s=0.0, site_sample_s=1.0
-    ) as n:
-        yield n
+def node_with(**settings):
+    """A fixture: a node that registers unknown stations, with these settings besides."""
+
+    @pytest.fixture
+    async def fixture(database_url) -> AsyncIterator[Node]:
+        """A node with its own settings (see where the fixture is made)."""
+        async with running_node(database_url, allow_unknown_stations=True, **settings) as n:
+            yield n
+
+    return fixture
+
+
+# For site tests: no full-power start (the plan applies at once), a site sample every second.
+site_node = node_with(initial_full_power_s=0.0, site_sample_s=1.0)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from ocpp.v201 import call
 
-from conftest import Node, running_node
+from conftest import Node, node_with
 from evflex.smartcharging.manager import default_profile_id, tx_profile_id
 from ocpp_clients import GhostStation, connected
 
@@ -47,12 +46,7 @@ async def _events(node: Node, station_id: str, type_: str) -> list[dict]:
     return [e for e in r.json() if e["type"] == type_]
 
 
-@pytest.fixture
-async def quick_node(database_url):
-    async with running_node(
-        database_url, allow_unknown_stations=True, remote_start_timeout_s=1.0
-    ) as n:
-        yield n
+quick_node = node_with(remote_start_timeout_s=1.0)
 
 
 async def test_remote_start_with_a_card_the_csms_refuses_is_not_sent(quick_node: Node):

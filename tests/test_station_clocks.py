@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from conftest import Node, running_node
+from conftest import Node, node_with
 from evflex.clock import DeviceClock
 from evflex.csms.clocksync import ClockWatch
 from evflex.sim import EvSpec, SimStation, StationSpec
@@ -214,12 +214,7 @@ async def test_a_station_taking_the_csms_time_is_never_flagged(node):
         await st.stop()
 
 
-@pytest.fixture
-async def site_node(database_url):
-    async with running_node(
-        database_url, allow_unknown_stations=True, site_sample_s=1.0, initial_full_power_s=30.0
-    ) as n:
-        yield n
+site_node = node_with(site_sample_s=1.0, initial_full_power_s=30.0)
 
 
 async def test_kpis_and_boost_window_on_the_csms_clock_with_skewed_stations(site_node):

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import Node, running_node
+from conftest import Node, node_with
 from evflex.clock import AcceleratedClock
 from evflex.sim import EvSpec, SimStation, StationSpec
 
@@ -16,13 +16,8 @@ VOLT = 230.0
 EV_MAX_W = 11_000.0  # the simulated car's on-board charger
 
 
-@pytest.fixture
-async def mpc_node(database_url):
-    # No full-power start: the plan decides from the first second.
-    async with running_node(
-        database_url, allow_unknown_stations=True, initial_full_power_s=0.0
-    ) as n:
-        yield n
+# No full-power start: the plan decides from the first second.
+mpc_node = node_with(initial_full_power_s=0.0)
 
 
 async def _station(node: Node, version: str = "2.0.1") -> SimStation:
