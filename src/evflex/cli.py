@@ -14,7 +14,7 @@ from rich.table import Table
 from sqlalchemy import select, update
 
 from evflex.api.schemas import IdTokenIn, StationCreate
-from evflex.app import Runtime, tune_gc
+from evflex.app import Runtime
 from evflex.bench.ocpp import bench_ocpp_command
 from evflex.bench.scheduling import bench_scheduling_command
 from evflex.bench.smartcharging import bench_smartcharging_command
@@ -28,6 +28,7 @@ from evflex.sim.cli import sim_command
 from evflex.store import repo
 from evflex.store.db import make_engine, make_sessionmaker, migrate
 from evflex.store.tables import ApiToken, Station, User
+from evflex.tuning import tune_gc
 from evflex.web.auth import add_token, add_user, reset_totp, set_password, sha256, totp_uri
 
 app = typer.Typer(

@@ -55,7 +55,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
+from evflex.bench.baselines import raise_nofile_limit
 from evflex.bench.frames import ID_TOKEN_COUNT, V16, V201, StationModel
+from evflex.tuning import tune_gc
 
 MIXES = ("default", "light16")
 MODES = ("paced", "closed", "open")
@@ -622,9 +624,6 @@ async def _drive(
 
 def worker_main(specs: list[StationSpec], settings: LoadSettings, conn: Any, index: int) -> None:
     """Entry point of a generator process (``multiprocessing`` target)."""
-    from evflex.app import tune_gc
-    from evflex.bench.server import raise_nofile_limit
-
     # Ctrl-C reaches the whole process group: the orchestrator decides, we obey its pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile_limit()

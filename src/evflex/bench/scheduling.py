@@ -109,10 +109,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from evflex.bench.acn import (
     ATTRIBUTION,
@@ -123,11 +125,8 @@ from evflex.bench.acn import (
     load_acn_sessions,
 )
 from evflex.bench.results import RESULTS_DIR, write_json
-
-if TYPE_CHECKING:
-    from rich.table import Table
-
-    from evflex.scheduling import Problem, Schedule, Vehicle, Weights
+from evflex.scheduling import Objective, Problem, Schedule, Vehicle, Weights, solve
+from evflex.scheduling.lp import SOLVER_OPTIONS
 
 PERIOD_S = 300.0
 SERVED_FRACTION = 0.99
@@ -554,14 +553,10 @@ def run_online(rp: Replay, name: str) -> RunResult:
 
 
 def default_mpc_weights() -> Weights:
-    from evflex.scheduling import Weights
-
     return Weights(**MPC_WEIGHTS)
 
 
 def _vehicle(rp: Replay, i: int, remaining_kwh: float, start: datetime, end: datetime) -> Vehicle:
-    from evflex.scheduling import Vehicle
-
     s = rp.sessions[i]
     return Vehicle(
         id=str(i),
@@ -581,8 +576,6 @@ def _problem(
     peak_so_far_kw: float,
     tariff_per_kw: float,
 ) -> Problem:
-    from evflex.scheduling import Problem
-
     start = rp.step_time(k)
     kk = slice(k, k + slots)
     price = rp.price[kk].tolist()
@@ -610,8 +603,6 @@ def _import_kw(rp: Replay, load_kw: np.ndarray) -> np.ndarray:
 
 
 def _solve(problem: Problem, res: RunResult) -> Schedule:
-    from evflex.scheduling import solve
-
     sched = solve(problem)
     res.solve_s.append(float(sched.solve_s))
     res.build_s.append(float(sched.build_s))
@@ -869,8 +860,6 @@ def synthetic_problem(n_ev: int, slots: int, slot_s: float = 900.0, seed: int = 
     binds; time-of-use prices and a capacity tariff (so the LP has its peak
     rows), objective ``Objective.COST`` with its preset weights.
     """
-    from evflex.scheduling import Objective, Problem, Vehicle
-
     rng = np.random.default_rng(seed)
     start = datetime(2024, 5, 6, tzinfo=UTC)
     horizon_s = slots * slot_s
@@ -906,9 +895,6 @@ def synthetic_problem(n_ev: int, slots: int, slot_s: float = 900.0, seed: int = 
 
 
 def time_solve(n_ev: int, slots: int, runs: int, seed: int = 0) -> dict[str, Any]:
-    from evflex.scheduling import solve
-    from evflex.scheduling.lp import SOLVER_OPTIONS
-
     problem = synthetic_problem(n_ev, slots, seed=seed)
     solve_s: list[float] = []
     build_s: list[float] = []
@@ -1218,8 +1204,6 @@ def run_bench(
 
 
 def render(result: dict[str, Any], title: str) -> Table:
-    from rich.table import Table
-
     table = Table(title=title)
     table.add_column("algorithm", no_wrap=True)
     for col in (
@@ -1309,8 +1293,6 @@ def bench_scheduling_command(
     out: Annotated[Path | None, typer.Option(help="JSON result file")] = None,
 ) -> None:
     """Replay EV sessions through uncontrolled, round robin, EDF, LLF, MPC and offline LP."""
-    from rich.console import Console
-
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 120)  # keep the table whole in logs and pipes
@@ -1385,8 +1367,6 @@ def bench_scheduling_command(
                 f"{entry['offline_max_energy_check_pct']:.2f} %"
             )
     if "solve_size_table" in result:
-        from rich.table import Table
-
         t = Table(title="LP solve time vs size (synthetic, 15-min slots, median)")
         cols = ("EVs", "slots", "rows", "cols", "nonzeros", "method", "solve s", "build+solve s")
         for col in cols:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from evflex.app import Runtime
 from evflex.bench.baselines import raise_nofile_limit
+from evflex.config import Settings
+from evflex.tuning import tune_gc
 
 __all__ = ["BaselineProcess", "ServerProcess", "free_port", "raise_nofile_limit"]
 
@@ -285,11 +289,6 @@ async def in_process_node(database_url: str | None, prefix: str, **settings):
     Returns the started Runtime and the temporary directory to clean up after
     ``rt.stop()``. Keyword arguments override the benchmark defaults.
     """
-    import tempfile
-
-    from evflex.app import Runtime, tune_gc
-    from evflex.config import Settings
-
     tmp = tempfile.TemporaryDirectory(prefix=prefix)
     values = {
         "host": "127.0.0.1",

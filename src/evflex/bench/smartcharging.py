@@ -34,6 +34,7 @@ import typer
 
 from evflex.bench.ocpp import percentile
 from evflex.bench.results import stamped_path, write_json
+from evflex.bench.server import api_client, in_process_node, stop_in_process_node
 
 
 @dataclass
@@ -168,8 +169,6 @@ def _stations_main(url: str, ids: list[str], evses: int, version: str, conn) -> 
 
 
 async def run_smartcharging_bench(cfg: SmartBenchConfig, log=print) -> dict[str, Any]:
-    from evflex.bench.server import api_client, in_process_node, stop_in_process_node
-
     stations = max(1, cfg.evses // cfg.evses_per_station)
     n_evses = stations * cfg.evses_per_station
     # Setup time grows with the fleet: every EVSE reports a session first.

@@ -84,6 +84,11 @@ import typer
 
 from evflex.bench.ocpp import percentile
 from evflex.bench.results import stamped_path, write_json
+from evflex.bench.server import api_client, in_process_node, stop_in_process_node
+from evflex.clock import SystemClock
+from evflex.sim import EvSpec, SimStation, StationSpec
+from evflex.sim.ev import DEFAULT_FLEET, TAPER_START_SOC
+from evflex.sim.grid import Grid
 
 #: The droop: (Hz, W) for a car of ``CURVE_REF_W``; each car's share scales it.
 CURVE_REF_W = 10_000.0
@@ -178,8 +183,6 @@ def bench_grid(seed: int, start: datetime, event_mhz: float):
 
     ``grid.frequency.event_at`` places the drop once the feed's start is known.
     """
-    from evflex.sim.grid import Grid
-
     grid = Grid.synthetic(seed=seed, start=start)
     grid.frequency = WithEvent(grid.frequency, -event_mhz / 1000.0)
     return grid
@@ -190,8 +193,6 @@ def bench_grid(seed: int, start: datetime, event_mhz: float):
 
 def fleet_plan(cfg: V2xBenchConfig) -> list[tuple[str, list[dict[str, Any]]]]:
     """Station ids with one bidirectional car (EvSpec keyword arguments) per EVSE."""
-    from evflex.sim.ev import DEFAULT_FLEET
-
     ac_models = [m for m in DEFAULT_FLEET if m.bidirectional and not m.dc]
     dc_models = [m for m in DEFAULT_FLEET if m.bidirectional and m.dc]
     rng = random.Random(f"v2x-bench:{cfg.seed}")
@@ -247,9 +248,6 @@ def _stations_main(setup: dict[str, Any], conn) -> None:
 
 
 async def _stations_async(setup: dict[str, Any], conn) -> None:
-    from evflex.clock import SystemClock
-    from evflex.sim import EvSpec, SimStation, StationSpec
-
     clock = SystemClock()
     grid = bench_grid(
         setup["seed"], datetime.fromisoformat(setup["trace_start"]), setup["event_mhz"]
@@ -309,8 +307,6 @@ async def _stations_async(setup: dict[str, Any], conn) -> None:
 
 async def _sample(stations: list, clock, hz: float, stop: asyncio.Event) -> dict[str, Any]:
     """Read every car's signed power (and what it could do) every 1/hz s until ``stop``."""
-    from evflex.sim.ev import TAPER_START_SOC
-
     evses = [(st, evse) for st in stations for evse in st.evses.values()]
     times = array("d")
     power = [array("d") for _ in evses]
@@ -384,8 +380,6 @@ async def _recv(conn, proc, timeout: float, what: str):
 
 
 async def run_v2x_bench(cfg: V2xBenchConfig, log=print) -> dict[str, Any]:
-    from evflex.bench.server import api_client, in_process_node, stop_in_process_node
-
     cfg.check()
     plan = fleet_plan(cfg)
     cars = {(sid, i): car for sid, cs in plan for i, car in enumerate(cs, 1)}
