@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ocpp.v16 import call, enums
@@ -16,6 +15,7 @@ from ocpp.v16 import datatypes as dt
 
 from evflex.clock import isoformat, parse_datetime
 from evflex.csms import commands as c
+from evflex.csms.handlers import StationHandlers, handles
 from evflex.csms.rpc import RpcError, to_payload
 from evflex.csms.service import CsmsService
 from evflex.domain.model import (
@@ -64,28 +64,10 @@ def parse_meter_values(meter_value: list[dict]) -> list[MeterSample]:
     return samples
 
 
-class V16Handlers:
+class V16Handlers(StationHandlers):
     """Answers the calls a 1.6 charge point makes."""
 
-    def __init__(self, service: CsmsService, station_id: str) -> None:
-        self.service = service
-        self.station_id = station_id
-
-    def routes(self) -> dict[str, Callable[[dict], Awaitable[dict]]]:
-        return {
-            "BootNotification": self.boot_notification,
-            "Heartbeat": self.heartbeat,
-            "StatusNotification": self.status_notification,
-            "Authorize": self.authorize,
-            "StartTransaction": self.start_transaction,
-            "StopTransaction": self.stop_transaction,
-            "MeterValues": self.meter_values,
-            "FirmwareStatusNotification": self.firmware_status,
-            "DiagnosticsStatusNotification": self.diagnostics_status,
-            "SecurityEventNotification": self.security_event,
-            "DataTransfer": self.data_transfer,
-        }
-
+    @handles("BootNotification")
     async def boot_notification(self, p: dict) -> dict:
         info = StationInfo(
             vendor=p["chargePointVendor"],
@@ -104,10 +86,7 @@ class V16Handlers:
             "interval": self.service.heartbeat_interval,
         }
 
-    async def heartbeat(self, p: dict) -> dict:
-        now = await self.service.heartbeat(self.station_id)
-        return {"currentTime": isoformat(now)}
-
+    @handles("StatusNotification")
     async def status_notification(self, p: dict) -> dict:
         connector = p["connectorId"]
         stamped = bool(p.get("timestamp"))
@@ -143,9 +122,11 @@ class V16Handlers:
             info["parentIdTag"] = auth.parent_id_token
         return info
 
+    @handles("Authorize")
     async def authorize(self, p: dict) -> dict:
         return {"idTagInfo": await self._id_tag_info(p["idTag"])}
 
+    @handles("StartTransaction")
     async def start_transaction(self, p: dict) -> dict:
         ts = parse_datetime(p["timestamp"])
         meter_start = float(p["meterStart"])
@@ -173,6 +154,7 @@ class V16Handlers:
         tx_id = await self.service.start_transaction_assigning_id(upd)
         return {"transactionId": tx_id, "idTagInfo": id_tag_info}
 
+    @handles("StopTransaction")
     async def stop_transaction(self, p: dict) -> dict:
         ts = parse_datetime(p["timestamp"])
         samples = parse_meter_values(p.get("transactionData", []))
@@ -215,6 +197,7 @@ class V16Handlers:
             return {"idTagInfo": await self._id_tag_info(p["idTag"], new_session=False)}
         return {}
 
+    @handles("MeterValues")
     async def meter_values(self, p: dict) -> dict:
         samples = parse_meter_values(p["meterValue"])
         evse = p["connectorId"]
@@ -233,41 +216,13 @@ class V16Handlers:
         await self.service.meter_values(self.station_id, evse, samples)
         return {}
 
+    @handles("FirmwareStatusNotification")
     async def firmware_status(self, p: dict) -> dict:
-        await self.service.record_event(
-            StationEvent(self.station_id, "firmware", self.service.clock.now(), p["status"])
-        )
-        return {}
+        return await self._event("firmware", p["status"])
 
+    @handles("DiagnosticsStatusNotification")
     async def diagnostics_status(self, p: dict) -> dict:
-        await self.service.record_event(
-            StationEvent(self.station_id, "diagnostics", self.service.clock.now(), p["status"])
-        )
-        return {}
-
-    async def security_event(self, p: dict) -> dict:
-        await self.service.record_event(
-            StationEvent(
-                self.station_id,
-                "security",
-                parse_datetime(p["timestamp"]),
-                p["type"],
-                {"techInfo": p.get("techInfo")},
-            )
-        )
-        return {}
-
-    async def data_transfer(self, p: dict) -> dict:
-        await self.service.record_event(
-            StationEvent(
-                self.station_id,
-                "data_transfer",
-                self.service.clock.now(),
-                p["vendorId"],
-                {"messageId": p.get("messageId"), "data": p.get("data")},
-            )
-        )
-        return {"status": "UnknownVendorId"}
+        return await self._event("diagnostics", p["status"])
 
 
 def _auth_status_16(status: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ocpp.v201 import call, enums
@@ -12,6 +11,7 @@ from ocpp.v201 import datatypes as dt
 
 from evflex.clock import isoformat, parse_datetime
 from evflex.csms import commands as c
+from evflex.csms.handlers import StationHandlers, handles
 from evflex.csms.monitoring import state_for as monitoring_state
 from evflex.csms.rpc import to_payload
 from evflex.csms.service import CsmsService
@@ -19,7 +19,6 @@ from evflex.domain.model import (
     ChargingNeeds,
     ConnectorStatus,
     MeterSample,
-    StationEvent,
     StationInfo,
     StatusReport,
     TransactionUpdate,
@@ -59,38 +58,12 @@ def parse_meter_values(meter_value: list[dict]) -> list[MeterSample]:
     return samples
 
 
-class V201Handlers:
+class V201Handlers(StationHandlers):
     """Answers the calls a 2.0.1 charging station makes."""
 
     version = "2.0.1"
 
-    def __init__(self, service: CsmsService, station_id: str) -> None:
-        self.service = service
-        self.station_id = station_id
-
-    def routes(self) -> dict[str, Callable[[dict], Awaitable[dict]]]:
-        return {
-            "BootNotification": self.boot_notification,
-            "Heartbeat": self.heartbeat,
-            "StatusNotification": self.status_notification,
-            "Authorize": self.authorize,
-            "TransactionEvent": self.transaction_event,
-            "MeterValues": self.meter_values,
-            "FirmwareStatusNotification": self.firmware_status,
-            "LogStatusNotification": self.log_status,
-            "SecurityEventNotification": self.security_event,
-            "NotifyReport": self.notify_report,
-            "NotifyEvent": self.notify_event,
-            "NotifyMonitoringReport": self.notify_monitoring_report,
-            "ReservationStatusUpdate": self.reservation_status_update,
-            "DataTransfer": self.data_transfer,
-            "NotifyEVChargingNeeds": self.notify_ev_charging_needs,
-            "NotifyEVChargingSchedule": self.notify_ev_charging_schedule,
-            "NotifyChargingLimit": self.notify_charging_limit,
-            "ClearedChargingLimit": self.cleared_charging_limit,
-            "ReportChargingProfiles": self.report_charging_profiles,
-        }
-
+    @handles("BootNotification")
     async def boot_notification(self, p: dict) -> dict:
         cs = p["chargingStation"]
         modem = cs.get("modem") or {}
@@ -110,10 +83,7 @@ class V201Handlers:
             "status": "Accepted",
         }
 
-    async def heartbeat(self, p: dict) -> dict:
-        now = await self.service.heartbeat(self.station_id)
-        return {"currentTime": isoformat(now)}
-
+    @handles("StatusNotification")
     async def status_notification(self, p: dict) -> dict:
         await self.service.status(
             self.station_id,
@@ -142,9 +112,11 @@ class V201Handlers:
             info["groupIdToken"] = {"idToken": auth.parent_id_token, "type": "Central"}
         return info
 
+    @handles("Authorize")
     async def authorize(self, p: dict) -> dict:
         return {"idTokenInfo": await self._id_token_info(p["idToken"])}
 
+    @handles("TransactionEvent")
     async def transaction_event(self, p: dict) -> dict:
         upd = self._transaction_update(p)
         await self.service.transaction_update(upd, live=not upd.offline)
@@ -184,6 +156,7 @@ class V201Handlers:
             reservation_id=p.get("reservationId"),
         )
 
+    @handles("MeterValues")
     async def meter_values(self, p: dict) -> dict:
         samples = parse_meter_values(p["meterValue"])
         evse_id = p["evseId"]
@@ -208,24 +181,15 @@ class V201Handlers:
             await self.service.meter_values(self.station_id, evse_id, samples)
         return {}
 
-    async def _event(
-        self, kind: str, type_: str | None, detail: dict | None = None, ts: str | None = None
-    ) -> dict:
-        when = parse_datetime(ts) if ts else self.service.clock.now()
-        await self.service.record_event(StationEvent(self.station_id, kind, when, type_, detail))
-        return {}
-
+    @handles("FirmwareStatusNotification")
     async def firmware_status(self, p: dict) -> dict:
         return await self._event("firmware", p["status"], {"requestId": p.get("requestId")})
 
+    @handles("LogStatusNotification")
     async def log_status(self, p: dict) -> dict:
         return await self._event("log", p["status"], {"requestId": p.get("requestId")})
 
-    async def security_event(self, p: dict) -> dict:
-        return await self._event(
-            "security", p["type"], {"techInfo": p.get("techInfo")}, p["timestamp"]
-        )
-
+    @handles("NotifyReport")
     async def notify_report(self, p: dict) -> dict:
         return await self._event(
             "report",
@@ -239,6 +203,7 @@ class V201Handlers:
             p["generatedAt"],
         )
 
+    @handles("NotifyEvent")
     async def notify_event(self, p: dict) -> dict:
         """Monitoring events: the reported values go to the live cache, the message to the log."""
         now = self.service.clock.now()
@@ -254,6 +219,7 @@ class V201Handlers:
             p["generatedAt"],
         )
 
+    @handles("NotifyMonitoringReport")
     async def notify_monitoring_report(self, p: dict) -> dict:
         return await self._event(
             "report",
@@ -267,18 +233,14 @@ class V201Handlers:
             p["generatedAt"],
         )
 
+    @handles("ReservationStatusUpdate")
     async def reservation_status_update(self, p: dict) -> dict:
         await self.service.set_reservation_status(p["reservationId"], p["reservationUpdateStatus"])
         return {}
 
-    async def data_transfer(self, p: dict) -> dict:
-        await self._event(
-            "data_transfer", p["vendorId"], {"messageId": p.get("messageId"), "data": p.get("data")}
-        )
-        return {"status": "UnknownVendorId"}
-
     # ---------------------------------------------------------- smart charging
 
+    @handles("NotifyEVChargingNeeds")
     async def notify_ev_charging_needs(self, p: dict) -> dict:
         await self.service.ev_charging_needs(self._charging_needs(p))
         # Accepted: a schedule (a TxProfile from the load manager) follows.
@@ -303,6 +265,7 @@ class V201Handlers:
             source="ev",
         )
 
+    @handles("NotifyEVChargingSchedule")
     async def notify_ev_charging_schedule(self, p: dict) -> dict:
         await self._event(
             "smart_charging",
@@ -312,6 +275,7 @@ class V201Handlers:
         )
         return {"status": "Accepted"}
 
+    @handles("NotifyChargingLimit")
     async def notify_charging_limit(self, p: dict) -> dict:
         limit = p["chargingLimit"]
         await self.service.charging_limit(
@@ -323,12 +287,14 @@ class V201Handlers:
         )
         return {}
 
+    @handles("ClearedChargingLimit")
     async def cleared_charging_limit(self, p: dict) -> dict:
         await self.service.charging_limit(
             self.station_id, p.get("evseId", 0), p["chargingLimitSource"], None
         )
         return {}
 
+    @handles("ReportChargingProfiles")
     async def report_charging_profiles(self, p: dict) -> dict:
         await self.service.charging_profiles_report(
             self.station_id,

@@ -26,6 +26,7 @@ from typing import Any
 from evflex.clock import parse_datetime
 from evflex.csms import commands as c
 from evflex.csms import v201
+from evflex.csms.handlers import handles
 from evflex.domain.model import ChargingNeeds, TransactionUpdate
 
 
@@ -38,20 +39,6 @@ class V21Handlers(v201.V201Handlers):
     """Answers the calls a 2.1 charging station makes."""
 
     version = "2.1"
-
-    def routes(self):
-        routes = super().routes()
-        routes.update(
-            {
-                "NotifyPriorityCharging": self.notify_priority_charging,
-                "NotifyDERAlarm": self.notify_der_alarm,
-                "NotifyDERStartStop": self.notify_der_start_stop,
-                "ReportDERControl": self.report_der_control,
-                "PullDynamicScheduleUpdate": self.pull_dynamic_schedule_update,
-                "NotifyPeriodicEventStream": self.notify_periodic_event_stream,
-            }
-        )
-        return routes
 
     def _transaction_update(self, p: dict) -> TransactionUpdate:
         upd = super()._transaction_update(p)
@@ -86,31 +73,37 @@ class V21Handlers(v201.V201Handlers):
             needs.phases = 3  # AC_BPT, AC_DER...: three-phase unless the EV says otherwise
         return needs
 
+    @handles("NotifyPriorityCharging")
     async def notify_priority_charging(self, p: dict) -> dict:
         await self.service.priority_charging(
             self.station_id, p["transactionId"], bool(p["activated"]), source="station"
         )
         return {}
 
+    @handles("NotifyDERAlarm")
     async def notify_der_alarm(self, p: dict) -> dict:
         detail = {k: p.get(k) for k in ("gridEventFault", "alarmEnded", "extraInfo")}
         return await self._event("der", f"alarm:{p['controlType']}", detail, p["timestamp"])
 
+    @handles("NotifyDERStartStop")
     async def notify_der_start_stop(self, p: dict) -> dict:
         detail = {"controlId": p["controlId"], "supersededIds": p.get("supersededIds")}
         kind = "started" if p["started"] else "stopped"
         return await self._event("der", kind, detail, p["timestamp"])
 
+    @handles("ReportDERControl")
     async def report_der_control(self, p: dict) -> dict:
         detail = {k: v for k, v in p.items() if k != "customData"}
         return await self._event("der", "ReportDERControl", detail)
 
+    @handles("PullDynamicScheduleUpdate")
     async def pull_dynamic_schedule_update(self, p: dict) -> dict:
         update = self.service.dynamic_update(self.station_id, p["chargingProfileId"])
         if update is None:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "UnknownProfile"}}
         return {"status": "Accepted", "scheduleUpdate": update}
 
+    @handles("NotifyPeriodicEventStream")
     async def notify_periodic_event_stream(self, p: dict) -> dict:
         base = parse_datetime(p["basetime"])
         values = [{"t": float(x["t"]), "v": x["v"]} for x in p["data"]]
