@@ -13,6 +13,11 @@ from evflex.sim.model import EvseState, SimStats, StationSpec, Transaction
 from evflex.sim.runner import SessionPlanner, SimConfig, SimSummary, Simulation
 from evflex.sim.station import EvseBusy, SimStation
 
+# The codecs register themselves with SimStation by their OCPP version.
+from evflex.sim.v16 import Station16
+from evflex.sim.v21 import Station21
+from evflex.sim.v201 import Station201
+
 __all__ = [
     "DEFAULT_FLEET",
     "EvBattery",
@@ -25,6 +30,9 @@ __all__ = [
     "SimStation",
     "SimStats",
     "SimSummary",
+    "Station16",
+    "Station201",
+    "Station21",
     "Simulation",
     "StationSpec",
     "Transaction",

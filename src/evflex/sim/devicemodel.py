@@ -1,300 +1,31 @@
-"""Station settings: the OCPP 1.6 configuration keys and the OCPP 2.0.1 device model."""
+"""Station settings of OCPP 2.x: the device model (Get/SetVariables, reports).
+
+The OCPP 1.6 configuration keys are in :mod:`evflex.sim.config16`, a device
+model variable in :mod:`evflex.sim.variables`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from evflex.clock import parse_datetime
+from evflex.sim.config16 import MAX_PERIODS, MAX_PROFILES, MAX_STACK_LEVEL
 from evflex.sim.model import SUPPORTED_MEASURANDS
+from evflex.sim.variables import (
+    READ_ONLY,
+    READ_WRITE,
+    WRITE_ONLY,
+    Variable,
+    request_component_key,
+    request_variable_key,
+)
 
-# ---------------------------------------------------------------------------
-# OCPP 1.6 configuration keys
-# ---------------------------------------------------------------------------
-
-#: Smart charging capabilities of the simulated stations (both OCPP versions).
-MAX_STACK_LEVEL = 10
-MAX_PERIODS = 24
-MAX_PROFILES = 20
-
-INT = "int"
-BOOL = "bool"
-TEXT = "str"
-CSL = "csl"
-MEASURANDS = "measurands"
-
-
-@dataclass
-class ConfigKey:
-    """One OCPP 1.6 configuration key."""
-
-    key: str
-    value: str
-    readonly: bool = False
-    kind: str = TEXT
-    max_items: int | None = None
-
-
-class ConfigTable:
-    """The configuration keys of an OCPP 1.6 charge point (names are case-insensitive)."""
-
-    def __init__(
-        self,
-        keys: Iterable[ConfigKey],
-        on_change: Callable[[str], None] | None = None,
-    ) -> None:
-        self._keys: dict[str, ConfigKey] = {k.key.lower(): k for k in keys}
-        self.on_change = on_change
-
-    def __contains__(self, key: str) -> bool:
-        return key.lower() in self._keys
-
-    def keys(self) -> list[str]:
-        return [k.key for k in self._keys.values()]
-
-    def entry(self, key: str) -> ConfigKey:
-        return self._keys[key.lower()]
-
-    def text(self, key: str) -> str:
-        return self.entry(key).value
-
-    def int(self, key: str) -> int:
-        try:
-            return int(self.entry(key).value)
-        except ValueError:
-            return 0
-
-    def bool(self, key: str) -> bool:
-        return self.entry(key).value.strip().lower() == "true"
-
-    def list(self, key: str) -> list[str]:
-        return [item.strip() for item in self.entry(key).value.split(",") if item.strip()]
-
-    def put(self, key: str, value: str) -> None:
-        """Set a value from inside the station (also read-only keys)."""
-        self.entry(key).value = value
-
-    def get(self, requested: list[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
-        """``GetConfiguration``: the known entries and the unknown requested keys."""
-        if not requested:
-            entries = list(self._keys.values())
-            unknown: list[str] = []
-        else:
-            entries = []
-            unknown = []
-            for key in requested:
-                found = self._keys.get(key.lower())
-                if found is None:
-                    unknown.append(key)
-                elif found not in entries:
-                    entries.append(found)
-        result = [{"key": e.key, "readonly": e.readonly, "value": e.value} for e in entries]
-        return result, unknown
-
-    def change(self, key: str, value: str) -> str:
-        """``ChangeConfiguration``: Accepted, Rejected or NotSupported."""
-        entry = self._keys.get(key.lower())
-        if entry is None:
-            return "NotSupported"
-        if entry.readonly:
-            return "Rejected"
-        normalised = self._normalise(entry, value)
-        if normalised is None:
-            return "Rejected"
-        entry.value = normalised
-        if self.on_change is not None:
-            self.on_change(entry.key)
-        return "Accepted"
-
-    @staticmethod
-    def _normalise(entry: ConfigKey, value: str) -> str | None:
-        text = value.strip()
-        if entry.kind == INT:
-            try:
-                number = int(text)
-            except ValueError:
-                return None
-            return str(number) if number >= 0 else None
-        if entry.kind == BOOL:
-            lowered = text.lower()
-            return lowered if lowered in ("true", "false") else None
-        if entry.kind in (CSL, MEASURANDS):
-            items = [item.strip() for item in text.split(",") if item.strip()]
-            if entry.max_items is not None and len(items) > entry.max_items:
-                return None
-            if entry.kind == MEASURANDS and any(i not in SUPPORTED_MEASURANDS for i in items):
-                return None
-            return ",".join(items)
-        return text
-
-
-def default_config_16(
-    *,
-    connectors: int,
-    heartbeat_interval: int,
-    meter_interval: int,
-    sampled_data: str,
-) -> list[ConfigKey]:
-    """A realistic set of OCPP 1.6 configuration keys for the simulated charge point."""
-    energy = "Energy.Active.Import.Register"
-    return [
-        ConfigKey("AllowOfflineTxForUnknownId", "false", kind=BOOL),
-        ConfigKey("AuthorizationCacheEnabled", "true", kind=BOOL),
-        ConfigKey("AuthorizeRemoteTxRequests", "false", kind=BOOL),
-        ConfigKey("ClockAlignedDataInterval", "0", kind=INT),
-        ConfigKey("ConnectionTimeOut", "60", kind=INT),
-        ConfigKey("ConnectorPhaseRotation", ",".join(f"{i}.RST" for i in range(connectors + 1))),
-        ConfigKey("GetConfigurationMaxKeys", "50", readonly=True, kind=INT),
-        ConfigKey("HeartbeatInterval", str(heartbeat_interval), kind=INT),
-        ConfigKey("LocalAuthorizeOffline", "true", kind=BOOL),
-        ConfigKey("LocalPreAuthorize", "false", kind=BOOL),
-        ConfigKey("MeterValuesAlignedData", energy, kind=MEASURANDS, max_items=8),
-        ConfigKey("MeterValuesAlignedDataMaxLength", "8", readonly=True, kind=INT),
-        ConfigKey("MeterValuesSampledData", sampled_data, kind=MEASURANDS, max_items=8),
-        ConfigKey("MeterValuesSampledDataMaxLength", "8", readonly=True, kind=INT),
-        ConfigKey("MeterValueSampleInterval", str(meter_interval), kind=INT),
-        ConfigKey("MinimumStatusDuration", "0", kind=INT),
-        ConfigKey("NumberOfConnectors", str(connectors), readonly=True, kind=INT),
-        ConfigKey("ResetRetries", "3", kind=INT),
-        ConfigKey("StopTransactionOnEVSideDisconnect", "true", kind=BOOL),
-        ConfigKey("StopTransactionOnInvalidId", "true", kind=BOOL),
-        ConfigKey("StopTxnAlignedData", energy, kind=MEASURANDS, max_items=8),
-        ConfigKey("StopTxnAlignedDataMaxLength", "8", readonly=True, kind=INT),
-        ConfigKey("StopTxnSampledData", energy, kind=MEASURANDS, max_items=8),
-        ConfigKey("StopTxnSampledDataMaxLength", "8", readonly=True, kind=INT),
-        ConfigKey(
-            "SupportedFeatureProfiles",
-            "Core,LocalAuthListManagement,Reservation,RemoteTrigger,SmartCharging",
-            readonly=True,
-            kind=CSL,
-        ),
-        ConfigKey("TransactionMessageAttempts", "3", kind=INT),
-        ConfigKey("TransactionMessageRetryInterval", "60", kind=INT),
-        ConfigKey("UnlockConnectorOnEVSideDisconnect", "true", kind=BOOL),
-        ConfigKey("WebSocketPingInterval", "20", kind=INT),
-        ConfigKey("LocalAuthListEnabled", "true", kind=BOOL),
-        ConfigKey("LocalAuthListMaxLength", "1000", readonly=True, kind=INT),
-        ConfigKey("SendLocalListMaxLength", "100", readonly=True, kind=INT),
-        ConfigKey("ReserveConnectorZeroSupported", "false", readonly=True, kind=BOOL),
-        # SmartCharging feature profile
-        ConfigKey("ChargeProfileMaxStackLevel", str(MAX_STACK_LEVEL), readonly=True, kind=INT),
-        ConfigKey(
-            "ChargingScheduleAllowedChargingRateUnit", "Current,Power", readonly=True, kind=CSL
-        ),
-        ConfigKey("ChargingScheduleMaxPeriods", str(MAX_PERIODS), readonly=True, kind=INT),
-        ConfigKey("MaxChargingProfilesInstalled", str(MAX_PROFILES), readonly=True, kind=INT),
-    ]
-
+__all__ = ["READ_ONLY", "READ_WRITE", "WRITE_ONLY", "DeviceModel", "Variable", "build_device_model"]
 
 # ---------------------------------------------------------------------------
 # OCPP 2.0.1 device model
 # ---------------------------------------------------------------------------
-
-READ_ONLY = "ReadOnly"
-READ_WRITE = "ReadWrite"
-WRITE_ONLY = "WriteOnly"
-
-
-@dataclass
-class Variable:
-    """One variable (with its Actual attribute) of a device model component."""
-
-    component: str
-    name: str
-    value: str = ""
-    data_type: str = "string"
-    mutability: str = READ_WRITE
-    variable_instance: str | None = None
-    component_instance: str | None = None
-    evse_id: int | None = None
-    connector_id: int | None = None
-    unit: str | None = None
-    values_list: str | None = None
-    min_limit: float | None = None
-    max_limit: float | None = None
-    persistent: bool = True
-    constant: bool = False
-    getter: Callable[[], str] | None = None
-
-    @property
-    def component_key(self) -> tuple[str, str | None, int | None, int | None]:
-        instance = self.component_instance.lower() if self.component_instance else None
-        return (self.component.lower(), instance, self.evse_id, self.connector_id)
-
-    @property
-    def key(self) -> tuple[str, str | None, int | None, int | None, str, str | None]:
-        instance = self.variable_instance.lower() if self.variable_instance else None
-        return (*self.component_key, self.name.lower(), instance)
-
-    def current(self) -> str:
-        return self.getter() if self.getter is not None else self.value
-
-    @property
-    def supports_monitoring(self) -> bool:
-        """Monitors can watch every variable whose value can be read."""
-        return self.mutability != WRITE_ONLY
-
-    @property
-    def numeric(self) -> bool:
-        return self.data_type in ("integer", "decimal")
-
-    def component_dict(self) -> dict[str, Any]:
-        comp: dict[str, Any] = {"name": self.component}
-        if self.component_instance:
-            comp["instance"] = self.component_instance
-        if self.evse_id is not None:
-            evse: dict[str, Any] = {"id": self.evse_id}
-            if self.connector_id is not None:
-                evse["connector_id"] = self.connector_id
-            comp["evse"] = evse
-        return comp
-
-    def variable_dict(self) -> dict[str, Any]:
-        var: dict[str, Any] = {"name": self.name}
-        if self.variable_instance:
-            var["instance"] = self.variable_instance
-        return var
-
-    def report_data(self) -> dict[str, Any]:
-        attribute: dict[str, Any] = {
-            "type": "Actual",
-            "mutability": self.mutability,
-            "persistent": self.persistent,
-            "constant": self.constant,
-        }
-        if self.mutability != WRITE_ONLY:
-            attribute["value"] = self.current()
-        characteristics: dict[str, Any] = {
-            "data_type": self.data_type,
-            "supports_monitoring": self.supports_monitoring,
-            "unit": self.unit,
-            "values_list": self.values_list,
-            "min_limit": self.min_limit,
-            "max_limit": self.max_limit,
-        }
-        return {
-            "component": self.component_dict(),
-            "variable": self.variable_dict(),
-            "variable_attribute": [attribute],
-            "variable_characteristics": {k: v for k, v in characteristics.items() if v is not None},
-        }
-
-
-def _component_key(component: dict[str, Any]) -> tuple[str, str | None, int | None, int | None]:
-    evse = component.get("evse") or {}
-    instance = component.get("instance")
-    return (
-        str(component.get("name", "")).lower(),
-        instance.lower() if instance else None,
-        evse.get("id"),
-        evse.get("connector_id"),
-    )
-
-
-def _variable_key(variable: dict[str, Any]) -> tuple[str, str | None]:
-    instance = variable.get("instance")
-    return (str(variable.get("name", "")).lower(), instance.lower() if instance else None)
 
 
 class DeviceModel:
@@ -347,10 +78,10 @@ class DeviceModel:
     def _lookup(
         self, component: dict[str, Any], variable: dict[str, Any]
     ) -> tuple[str, Variable | None]:
-        comp_key = _component_key(component)
+        comp_key = request_component_key(component)
         if comp_key not in self._components:
             return "UnknownComponent", None
-        found = self._vars.get((*comp_key, *_variable_key(variable)))
+        found = self._vars.get((*comp_key, *request_variable_key(variable)))
         if found is None:
             return "UnknownVariable", None
         return "Accepted", found

@@ -32,16 +32,14 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ocpp.exceptions import OccurrenceConstraintViolationError
 from ocpp.v201 import call as call201
 
 from evflex.clock import isoformat
 from evflex.sim.devicemodel import DeviceModel, Variable
-
-if TYPE_CHECKING:
-    from evflex.sim.station import SimStation
+from evflex.sim.station import SimStation
 
 MONITORING = "MonitoringCtrlr"
 THRESHOLDS = ("UpperThreshold", "LowerThreshold")

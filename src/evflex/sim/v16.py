@@ -13,17 +13,31 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
 from evflex.clock import isoformat, parse_datetime
-from evflex.sim.devicemodel import ConfigTable, default_config_16
+from evflex.sim.charging import ProfileRejected, profile_from_kwargs
+from evflex.sim.config16 import ConfigTable, default_config_16
 from evflex.sim.ev import EvBattery, EvSpec
+from evflex.sim.handlers import CommonHandlers
+from evflex.sim.link import LinkMixin
+from evflex.sim.metering import Sample
 from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
-from evflex.sim.station import (
-    EvseBusy,
-    LinkMixin,
-    ProfileRejected,
-    SimStation,
-    profile_from_kwargs,
-)
-from evflex.smartcharging.profiles import ChargingProfile, ProfileError, Purpose
+from evflex.sim.sessions import EndCause, TxEnded
+from evflex.sim.station import SimStation
+from evflex.smartcharging.profiles import ProfileError
+
+#: The configuration key of the measurands of each kind of sample.
+MEASURANDS_16 = {
+    "update": "MeterValuesSampledData",
+    "aligned": "MeterValuesAlignedData",
+    "begin": "StopTxnSampledData",
+    "end": "StopTxnSampledData",
+}
+#: StopTransaction reasons (a reset: SoftReset or HardReset, as asked).
+STOP_REASONS = {
+    EndCause.EV_DISCONNECTED: "EVDisconnected",
+    EndCause.REMOTE: "Remote",
+    EndCause.DEAUTHORIZED: "DeAuthorized",
+    EndCause.UNLOCK: "UnlockCommand",
+}
 
 
 def _text(value: float) -> str:
@@ -32,9 +46,10 @@ def _text(value: float) -> str:
     return text if text not in ("", "-0") else "0"
 
 
-class Link16(LinkMixin, OcppChargePoint):
+class Link16(CommonHandlers, LinkMixin, OcppChargePoint):
     """Handlers for the requests of an OCPP 1.6 central system."""
 
+    results = call_result
     station: Station16
 
     @on(Action.reset)
@@ -45,21 +60,10 @@ class Link16(LinkMixin, OcppChargePoint):
 
     @on(Action.change_availability)
     def on_change_availability(self, connector_id: int, type: str, **_: Any) -> Any:
-        st = self.station
-        operative = type == "Operative"
-        if connector_id == 0:
-            targets = list(st.evses.values())
-            st.station_operative = operative
-        else:
-            evse = st.evses.get(connector_id)
-            if evse is None:
-                return call_result.ChangeAvailability(status="Rejected")
-            targets = [evse]
-            evse.operative = operative
-        busy = any(e.tx is not None for e in targets)
-        self.later(st.refresh_all)
-        status = "Scheduled" if (not operative and busy) else "Accepted"
-        return call_result.ChangeAvailability(status=status)
+        evse = self.station.evses.get(connector_id)
+        if connector_id != 0 and evse is None:
+            return call_result.ChangeAvailability(status="Rejected")
+        return call_result.ChangeAvailability(status=self.set_availability(evse, type))
 
     @on(Action.get_configuration)
     def on_get_configuration(self, key: list[str] | None = None, **_: Any) -> Any:
@@ -82,31 +86,17 @@ class Link16(LinkMixin, OcppChargePoint):
         evse = st.pick_evse(connector_id, id_tag)
         if evse is None:
             return call_result.RemoteStartTransaction(status="Rejected")
-        profile: ChargingProfile | None = None
-        if charging_profile is not None:
-            try:
-                profile = profile_from_kwargs(charging_profile, st.version)
-                st.check_tx_profile(evse.id, profile)
-            except ProfileError:
-                return call_result.RemoteStartTransaction(status="Rejected")
-        ev = EvBattery(st.ev_factory())
-        evse.ev = ev
-        evse.finishing = False
-        evse.last_update = st.now()
-        if profile is not None:
-            st.set_pending_tx_profile(evse, ev, profile)
+        try:
+            profile = st.remote_start_profile(evse.id, charging_profile)
+        except ProfileError:
+            return call_result.RemoteStartTransaction(status="Rejected")
+        ev = st.plug_remote_ev(evse, profile)
         self.later(lambda: st.remote_start(evse, ev, id_tag))
         return call_result.RemoteStartTransaction(status="Accepted")
 
     @on(Action.remote_stop_transaction)
     def on_remote_stop_transaction(self, transaction_id: int, **_: Any) -> Any:
-        st = self.station
-        evse = st.find_tx(transaction_id)
-        if evse is None or evse.tx is None:
-            return call_result.RemoteStopTransaction(status="Rejected")
-        tx = evse.tx
-        self.later(lambda: st.remote_stop(evse, tx))
-        return call_result.RemoteStopTransaction(status="Accepted")
+        return call_result.RemoteStopTransaction(status=self.stop_remotely(transaction_id))
 
     @on(Action.trigger_message)
     def on_trigger_message(
@@ -115,21 +105,19 @@ class Link16(LinkMixin, OcppChargePoint):
         st = self.station
         if connector_id not in (None, 0) and connector_id not in st.evses:
             return call_result.TriggerMessage(status="Rejected")
-        if requested_message == "BootNotification":
-            self.later(st.send_boot_notification)
-        elif requested_message == "Heartbeat":
-            self.later(st.send_heartbeat)
-        elif requested_message == "StatusNotification":
-            self.later(lambda: st.trigger_status(connector_id))
-        elif requested_message == "MeterValues":
-            self.later(lambda: st.trigger_meter_values(connector_id))
-        elif requested_message == "FirmwareStatusNotification":
-            self.later(lambda: st.send(call.FirmwareStatusNotification(status="Idle")))
-        elif requested_message == "DiagnosticsStatusNotification":
-            self.later(lambda: st.send(call.DiagnosticsStatusNotification(status="Idle")))
-        else:
-            return call_result.TriggerMessage(status="NotImplemented")
-        return call_result.TriggerMessage(status="Accepted")
+        actions = {
+            "BootNotification": st.send_boot_notification,
+            "Heartbeat": st.send_heartbeat,
+            "StatusNotification": lambda: st.trigger_status(connector_id),
+            "MeterValues": lambda: st.trigger_meter_values(connector_id),
+            "FirmwareStatusNotification": lambda: st.send(
+                call.FirmwareStatusNotification(status="Idle")
+            ),
+            "DiagnosticsStatusNotification": lambda: st.send(
+                call.DiagnosticsStatusNotification(status="Idle")
+            ),
+        }
+        return call_result.TriggerMessage(status=self.trigger(requested_message, actions))
 
     @on(Action.unlock_connector)
     def on_unlock_connector(self, connector_id: int, **_: Any) -> Any:
@@ -157,31 +145,10 @@ class Link16(LinkMixin, OcppChargePoint):
         evse = st.evses.get(connector_id)
         if evse is None:
             return call_result.ReserveNow(status="Rejected")
-        if not (evse.operative and st.station_operative):
-            return call_result.ReserveNow(status="Unavailable")
-        other = evse.reservation is not None and evse.reservation.id != reservation_id
-        if evse.tx is not None or evse.ev is not None or other:
-            return call_result.ReserveNow(status="Occupied")
-        previous = st.find_reservation(reservation_id)
-        if previous is not None and previous is not evse:
-            st.clear_reservation(previous)
-            self.later(lambda: st.refresh_status(previous))
         reservation = Reservation(
             reservation_id, id_tag, parse_datetime(expiry_date), parent_id_tag
         )
-        st.reserve(evse, reservation)
-        self.later(lambda: st.refresh_status(evse))
-        return call_result.ReserveNow(status="Accepted")
-
-    @on(Action.cancel_reservation)
-    def on_cancel_reservation(self, reservation_id: int, **_: Any) -> Any:
-        st = self.station
-        evse = st.find_reservation(reservation_id)
-        if evse is None:
-            return call_result.CancelReservation(status="Rejected")
-        st.clear_reservation(evse)
-        self.later(lambda: st.refresh_status(evse))
-        return call_result.CancelReservation(status="Accepted")
+        return call_result.ReserveNow(status=self.reserve(evse, reservation))
 
     @on(Action.send_local_list)
     def on_send_local_list(
@@ -197,39 +164,23 @@ class Link16(LinkMixin, OcppChargePoint):
         entries = local_authorization_list or []
         if len(entries) > st.config.int("SendLocalListMaxLength"):
             return call_result.SendLocalList(status="Failed")
-        if update_type == "Differential" and list_version <= st.local_list_version:
-            return call_result.SendLocalList(status="VersionMismatch")
-        updated = {} if update_type == "Full" else dict(st.local_list)
-        for entry in entries:
-            info = entry.get("id_tag_info")
-            if info is None:
-                updated.pop(entry["id_tag"], None)
-            else:
-                updated[entry["id_tag"]] = info["status"]
-        if len(updated) > st.config.int("LocalAuthListMaxLength"):
-            return call_result.SendLocalList(status="Failed")
-        st.local_list = updated
-        st.local_list_version = list_version
-        return call_result.SendLocalList(status="Accepted")
+        tokens = [
+            (
+                str(e["id_tag"]),
+                str(e["id_tag_info"]["status"]) if e.get("id_tag_info") is not None else None,
+            )
+            for e in entries
+        ]
+        max_entries = st.config.int("LocalAuthListMaxLength")
+        status = st.update_local_list(list_version, update_type, tokens, max_entries)
+        return call_result.SendLocalList(status=status)
 
     @on(Action.get_local_list_version)
     def on_get_local_list_version(self, **_: Any) -> Any:
         st = self.station
         if not st.config.bool("LocalAuthListEnabled"):
             return call_result.GetLocalListVersion(list_version=-1)
-        version = st.local_list_version if st.local_list else 0
-        return call_result.GetLocalListVersion(list_version=version)
-
-    @on(Action.clear_cache)
-    def on_clear_cache(self, **_: Any) -> Any:
-        self.station.auth_cache.clear()
-        return call_result.ClearCache(status="Accepted")
-
-    @on(Action.data_transfer)
-    def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
-        return call_result.DataTransfer(status="UnknownVendorId")
-
-    # -- smart charging
+        return call_result.GetLocalListVersion(list_version=st.local_list_version_now)
 
     @on(Action.set_charging_profile)
     def on_set_charging_profile(
@@ -254,16 +205,7 @@ class Link16(LinkMixin, OcppChargePoint):
         **_: Any,
     ) -> Any:
         st = self.station
-        if id is not None:
-            removed = st.profiles.clear(profile_id=id)
-        else:
-            removed = st.profiles.clear(
-                evse_id=connector_id,
-                purpose=Purpose.parse(charging_profile_purpose)
-                if charging_profile_purpose
-                else None,
-                stack_level=stack_level,
-            )
+        removed = st.clear_profiles(id, connector_id, charging_profile_purpose, stack_level)
         if not removed:
             return call_result.ClearChargingProfile(status="Unknown")
         self.later(st.apply_profiles)
@@ -291,6 +233,7 @@ class Station16(SimStation):
     version = "1.6"
     subprotocol = "ocpp1.6"
     link_class = Link16
+    evse_term = "connector"
 
     def _init_protocol(self, *, meter_interval_s: float, heartbeat_interval_s: int) -> None:
         self.config = ConfigTable(
@@ -318,7 +261,7 @@ class Station16(SimStation):
     async def _limit_changed(self, evse: EvseState, previous_w: float) -> None:
         await self.refresh_status(evse)
         tx = evse.tx
-        value = self.meter_value(evse, self.config.list("MeterValuesSampledData"), "Other")
+        value = self.meter_value(evse, self._measurands("update"), "Other")
         if value is not None and tx is not None:
             self.enqueue_tx(self._meter_message(evse, value))
 
@@ -431,44 +374,32 @@ class Station16(SimStation):
 
     # ------------------------------------------------------------------ meter values
 
-    def meter_value(
-        self, evse: EvseState, measurands: list[str], context: str, ts: datetime | None = None
-    ) -> dict[str, Any] | None:
-        samples = self.samples(evse, measurands)
-        if not samples:
-            return None
-        values = []
-        for s in samples:
-            item: dict[str, Any] = {
-                "value": _text(s.value),
-                "context": context,
-                "format": "Raw",
-                "measurand": s.measurand,
-                "location": s.location,
-            }
-            if s.phase:
-                item["phase"] = s.phase
-            if s.unit and s.unit != "Hz":  # OCPP 1.6 has no unit for frequency
-                item["unit"] = s.unit
-            values.append(item)
-        return {"timestamp": isoformat(ts or self.now()), "sampled_value": values}
+    def _sampled_value(self, sample: Sample, context: str) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "value": _text(sample.value),
+            "context": context,
+            "format": "Raw",
+            "measurand": sample.measurand,
+            "location": sample.location,
+        }
+        if sample.phase:
+            item["phase"] = sample.phase
+        if sample.unit and sample.unit != "Hz":  # OCPP 1.6 has no unit for frequency
+            item["unit"] = sample.unit
+        return item
 
     def _meter_message(self, evse: EvseState, value: dict[str, Any]) -> Any:
         return call.MeterValues(
             connector_id=evse.id, meter_value=[value], transaction_id=evse.transaction_id
         )
 
-    async def _periodic_sample(self, evse: EvseState) -> None:
-        value = self.meter_value(
-            evse, self.config.list("MeterValuesSampledData"), "Sample.Periodic"
-        )
+    async def _periodic_sample(self, evse: EvseState, ts: datetime) -> None:
+        value = self.meter_value(evse, self._measurands("update"), "Sample.Periodic", ts)
         if value is not None and evse.tx is not None:
             self.enqueue_tx(self._meter_message(evse, value))
 
     async def _aligned_sample(self, evse: EvseState, ts: datetime) -> None:
-        value = self.meter_value(
-            evse, self.config.list("MeterValuesAlignedData"), "Sample.Clock", ts
-        )
+        value = self.meter_value(evse, self._measurands("aligned"), "Sample.Clock", ts)
         if value is None:
             return
         if evse.tx is not None:
@@ -482,7 +413,7 @@ class Station16(SimStation):
         )
         for evse in targets:
             self.advance(evse)
-            value = self.meter_value(evse, self.config.list("MeterValuesSampledData"), "Trigger")
+            value = self.meter_value(evse, self._measurands("update"), "Trigger")
             if value is None:
                 continue
             if evse.tx is not None:
@@ -503,22 +434,20 @@ class Station16(SimStation):
 
     # ------------------------------------------------------------------ sessions
 
+    def _measurands(self, kind: str) -> list[str]:
+        return self.config.list(MEASURANDS_16[kind])
+
     async def plug_in(self, evse_id: int, ev: EvSpec, id_token: str) -> bool:
         evse = self.evse(evse_id)
         async with evse.lock:
-            if not self.can_plug_in(evse_id):
-                raise EvseBusy(f"{self.id}: connector {evse_id} is {evse.status}")
-            if not self.token_matches_reservation(evse, id_token):
-                self.stats.sessions_rejected += 1
+            if not self.may_plug_in(evse, id_token):
                 return False
             evse.ev = EvBattery(ev)
             evse.finishing = False
             evse.last_update = self.now()
             await self.refresh_status(evse)
             if not await self.authorize(id_token):
-                evse.ev = None
-                await self.refresh_status(evse)
-                self.stats.sessions_rejected += 1
+                await self.token_rejected(evse)
                 return False
             reservation = self.clear_reservation(evse)
             await self._start_transaction(
@@ -526,70 +455,19 @@ class Station16(SimStation):
             )
             return True
 
-    async def plug_out(self, evse_id: int) -> None:
-        evse = self.evse(evse_id)
-        async with evse.lock:
-            if evse.tx is not None:
-                await self._stop_transaction(evse, "EVDisconnected", ev_leaves=True)
-            elif evse.ev is not None:
-                evse.ev = None
-                evse.finishing = False
-                await self.refresh_status(evse)
-
-    def pick_evse(self, connector_id: int | None, id_tag: str) -> EvseState | None:
-        if connector_id is not None:
-            candidates = [self.evses[connector_id]] if connector_id in self.evses else []
-        else:
-            candidates = sorted(self.evses.values(), key=lambda e: e.reservation is not None)
-        for evse in candidates:
-            if self.can_plug_in(evse.id) and self.token_matches_reservation(evse, id_tag):
-                return evse
-        return None
-
     async def remote_start(self, evse: EvseState, ev: EvBattery, id_tag: str) -> None:
         async with evse.lock:
             if evse.ev is not ev:
                 return
             await self.refresh_status(evse)
             if self.config.bool("AuthorizeRemoteTxRequests") and not await self.authorize(id_tag):
-                evse.ev = None
-                await self.refresh_status(evse)
-                self.stats.sessions_rejected += 1
+                await self.token_rejected(evse)
                 return
             reservation = self.clear_reservation(evse)
             await self._start_transaction(
                 evse, id_tag, reservation_id=reservation.id if reservation else None, remote=True
             )
         self.schedule_departure(evse, ev)
-
-    async def remote_stop(self, evse: EvseState, tx: Transaction) -> None:
-        async with evse.lock:
-            if evse.tx is not tx:
-                return
-            await self._stop_transaction(evse, "Remote", ev_leaves=False)
-        if tx.remote and self.remote_dwell_s is None:
-            await self.plug_out(evse.id)
-
-    async def unlock(self, evse: EvseState) -> None:
-        async with evse.lock:
-            if evse.tx is not None:
-                await self._stop_transaction(evse, "UnlockCommand", ev_leaves=True)
-            elif evse.ev is not None:
-                evse.ev = None
-                evse.finishing = False
-                await self.refresh_status(evse)
-
-    async def _end_for_reset(self, evse: EvseState) -> None:
-        reason = "HardReset" if self.reset_kind == "Hard" else "SoftReset"
-        if evse.tx is not None:
-            await self._stop_transaction(evse, reason, ev_leaves=True, statuses=False)
-        evse.ev = None
-        evse.finishing = False
-
-    async def _deauthorize(self, evse: EvseState, tx: Transaction) -> None:
-        async with evse.lock:
-            if evse.tx is tx:
-                await self._stop_transaction(evse, "DeAuthorized", ev_leaves=False)
 
     async def _start_transaction(
         self,
@@ -599,26 +477,18 @@ class Station16(SimStation):
         reservation_id: int | None = None,
         remote: bool = False,
     ) -> None:
-        now = self.now()
-        evse.last_update = now
-        tx = Transaction(
-            local_id=self.new_local_id(),
-            id=next(self._placeholders),
+        tx = self.begin_transaction(
+            evse,
+            next(self._placeholders),
             id_token=id_tag,
-            started_at=now,
-            meter_start_wh=evse.meter_wh,
             reservation_id=reservation_id,
             remote=remote,
             authorized=True,
             charging_state="Charging",
         )
-        evse.tx = tx
-        evse.finishing = False
-        evse.session_energy_wh = 0.0
-        self.profiles_tx_started(evse)
-        self.advance(evse, now)
+        now = tx.started_at
         tx.begin_sample = self.meter_value(
-            evse, self.config.list("StopTxnSampledData"), "Transaction.Begin", now
+            evse, self._measurands("begin"), "Transaction.Begin", now
         )
         self.stats.sessions_started += 1
         payload = call.StartTransaction(
@@ -648,41 +518,19 @@ class Station16(SimStation):
             and evse.tx is tx
             and self.config.bool("StopTransactionOnInvalidId")
         ):
-            self.spawn(self._deauthorize(evse, tx))
+            self.spawn(self.deauthorize(evse, tx))
 
-    async def _stop_transaction(
-        self, evse: EvseState, reason: str, *, ev_leaves: bool, statuses: bool = True
-    ) -> None:
-        tx = evse.tx
-        if tx is None:
-            return
-        self.stop_meter_loop(evse)
-        now = self.now()
-        self.advance(evse, now)
-        end = self.meter_value(evse, self.config.list("StopTxnSampledData"), "Transaction.End", now)
-        data = [m for m in (tx.begin_sample, end) if m is not None]
+    async def _send_tx_ended(self, ended: TxEnded) -> None:
+        if ended.cause is EndCause.RESET:
+            reason = "HardReset" if self.reset_kind == "Hard" else "SoftReset"
+        else:
+            reason = STOP_REASONS[ended.cause]
+        data = [m for m in (ended.tx.begin_sample, ended.end) if m is not None]
         payload = call.StopTransaction(
-            meter_stop=int(round(evse.meter_wh)),
-            timestamp=isoformat(now),
-            transaction_id=tx.id,
+            meter_stop=int(round(ended.evse.meter_wh)),
+            timestamp=isoformat(ended.ts),
+            transaction_id=ended.tx.id,
             reason=reason,
             transaction_data=data or None,
         )
-        evse.tx = None
-        evse.power_w = 0.0
-        evse.last_transaction_id = tx.id
-        self.stats.sessions_completed += 1
-        self.profiles_tx_ended(evse)
         await self.send_tx(payload)
-        if evse.ev is not None:
-            evse.finishing = True
-            if statuses:
-                await self.refresh_status(evse)
-        if ev_leaves:
-            evse.ev = None
-            evse.finishing = False
-        if statuses:
-            await self.refresh_status(evse)
-        else:
-            evse.status = self._derive_status(evse)
-        self.after_tx_ended()
