@@ -191,17 +191,13 @@ class V201Handlers(StationHandlers):
 
     @handles("NotifyReport")
     async def notify_report(self, p: dict) -> dict:
-        return await self._event(
-            "report",
-            "NotifyReport",
-            {
-                "requestId": p["requestId"],
-                "seqNo": p["seqNo"],
-                "tbc": p.get("tbc", False),
-                "reportData": p.get("reportData", []),
-            },
-            p["generatedAt"],
-        )
+        return await self._report("NotifyReport", p, "reportData")
+
+    async def _report(self, action: str, p: dict, items: str) -> dict:
+        """One part of a device model or monitoring report, kept in the event log."""
+        detail = {"requestId": p["requestId"], "seqNo": p["seqNo"], "tbc": p.get("tbc", False)}
+        detail[items] = p.get(items, [])
+        return await self._event("report", action, detail, p["generatedAt"])
 
     @handles("NotifyEvent")
     async def notify_event(self, p: dict) -> dict:
@@ -221,17 +217,7 @@ class V201Handlers(StationHandlers):
 
     @handles("NotifyMonitoringReport")
     async def notify_monitoring_report(self, p: dict) -> dict:
-        return await self._event(
-            "report",
-            "NotifyMonitoringReport",
-            {
-                "requestId": p["requestId"],
-                "seqNo": p["seqNo"],
-                "tbc": p.get("tbc", False),
-                "monitor": p.get("monitor", []),
-            },
-            p["generatedAt"],
-        )
+        return await self._report("NotifyMonitoringReport", p, "monitor")
 
     @handles("ReservationStatusUpdate")
     async def reservation_status_update(self, p: dict) -> dict:
