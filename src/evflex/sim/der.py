@@ -103,7 +103,6 @@ class DerControls:
 
     def select_der(
         self,
-        *,
         is_default: bool | None = None,
         control_type: str | None = None,
         control_id: str | None = None,

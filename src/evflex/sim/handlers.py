@@ -60,6 +60,15 @@ class CommonHandlers:
         self.later(st.refresh_all)
         return "Scheduled" if (operative != "Operative" and busy) else "Accepted"
 
+    def report_later(
+        self, found: list[Any], send: Callable[[list[Any]], Coroutine[Any, Any, Any]]
+    ) -> bool:
+        """A Get...Report request: send ``found`` after the answer; False if nothing was found."""
+        if not found:
+            return False
+        self.later(lambda: send(found))
+        return True
+
     @on("CancelReservation")
     def on_cancel_reservation(self, reservation_id: int, **_: Any) -> Any:
         st = self.station

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from evflex.sim.ev import EvBattery
+from evflex.sim.ev import EvBattery, EvSpec
 from evflex.sim.metering import Sample
 from evflex.sim.model import EvseState, Transaction
 from evflex.smartcharging.profiles import ChargingProfile
@@ -73,6 +73,22 @@ class Sessions:
         if profile is not None:
             self.set_pending_tx_profile(evse, ev, profile)
         return ev
+
+    async def plug_in(self, evse_id: int, ev: EvSpec, id_token: str) -> bool:
+        """A driver plugs in ``ev`` and presents ``id_token``.
+
+        Returns True once the transaction started, False when the token was
+        rejected (the vehicle then leaves). Raises :class:`EvseBusy` if the EVSE
+        cannot take a vehicle now.
+        """
+        evse = self.evse(evse_id)
+        async with evse.lock:
+            if not self.may_plug_in(evse, id_token):
+                return False
+            evse.ev = EvBattery(ev)
+            evse.finishing = False
+            evse.last_update = self.now()
+            return await self._plugged_in(evse, id_token)
 
     def may_plug_in(self, evse: EvseState, id_token: str) -> bool:
         """Check a local plug-in: EvseBusy if the EVSE cannot take a car, False if reserved."""
@@ -194,6 +210,11 @@ class Sessions:
     def _measurands(self, kind: str) -> list[str]:
         """The measurands configured for ``kind`` of sample: ``"update"`` (periodic,
         triggered, a changed limit), ``"aligned"``, ``"begin"`` or ``"end"``."""
+        raise NotImplementedError
+
+    async def _plugged_in(self, evse: EvseState, id_token: str) -> bool:
+        """A car is plugged into ``evse`` (its lock held) with ``id_token``: begin the
+        session as the version does; False if the token is rejected (the car left)."""
         raise NotImplementedError
 
     def _sampled_value(self, sample: Sample, context: str) -> dict[str, Any]:

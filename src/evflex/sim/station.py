@@ -361,15 +361,6 @@ class SimStation(Connection, Sessions, Authorization, SmartCharging, Metering):
         if wait:
             await asyncio.wait_for(self._synced.wait(), timeout)
 
-    async def plug_in(self, evse_id: int, ev: EvSpec, id_token: str) -> bool:
-        """A driver plugs in ``ev`` and presents ``id_token``.
-
-        Returns True once the transaction started, False when the token was
-        rejected (the vehicle then leaves). Raises :class:`EvseBusy` if the EVSE
-        cannot take a vehicle now.
-        """
-        raise NotImplementedError
-
     @property
     def tx_backlog(self) -> int:
         """Transaction-related messages waiting to be delivered."""

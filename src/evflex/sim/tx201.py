@@ -13,7 +13,7 @@ from typing import Any
 from ocpp.v201 import call
 
 from evflex.clock import isoformat
-from evflex.sim.ev import EvBattery, EvSpec
+from evflex.sim.ev import EvBattery
 from evflex.sim.metering import Sample
 from evflex.sim.model import EvseState, Transaction
 from evflex.sim.sessions import EndCause, TxEnded
@@ -236,46 +236,41 @@ class TransactionEvents201:
     def _begin_value(self, evse: EvseState) -> dict[str, Any] | None:
         return self.meter_value(evse, self._measurands("begin"), "Transaction.Begin")
 
-    async def plug_in(self, evse_id: int, ev: EvSpec, id_token: str) -> bool:
-        evse = self.evse(evse_id)
-        async with evse.lock:
-            if not self.may_plug_in(evse, id_token):
-                return False
-            evse.ev = EvBattery(ev)
-            tx = self._new_tx(evse)
-            await self._event(
-                evse,
-                tx,
-                "Started",
-                "CablePluggedIn",
-                charging_state="EVConnected",
-                meter_value=self._begin_value(evse),
-                include_evse=True,
-            )
-            await self.refresh_status(evse)
-            if not await self.authorize(id_token):
-                await self.end_transaction(evse, EndCause.DEAUTHORIZED, ev_leaves=True)
-                self.stats.sessions_rejected += 1
-                return False
-            reservation = self.clear_reservation(evse)
-            self.advance(evse)  # no energy flows before the authorization
-            tx.id_token = id_token
-            tx.authorized = True
-            tx.charging_state = self._supply_state(evse)
-            self.advance(evse)
-            self.stats.sessions_started += 1
-            await self._event(
-                evse,
-                tx,
-                "Updated",
-                "Authorized",
-                charging_state=tx.charging_state,
-                id_token=True,
-                reservation_id=reservation.id if reservation else None,
-            )
-            self.start_meter_loop(evse)
-            self.spawn(self.notify_charging_needs(evse, tx))
-            return True
+    async def _plugged_in(self, evse: EvseState, id_token: str) -> bool:
+        tx = self._new_tx(evse)
+        await self._event(
+            evse,
+            tx,
+            "Started",
+            "CablePluggedIn",
+            charging_state="EVConnected",
+            meter_value=self._begin_value(evse),
+            include_evse=True,
+        )
+        await self.refresh_status(evse)
+        if not await self.authorize(id_token):
+            await self.end_transaction(evse, EndCause.DEAUTHORIZED, ev_leaves=True)
+            self.stats.sessions_rejected += 1
+            return False
+        reservation = self.clear_reservation(evse)
+        self.advance(evse)  # no energy flows before the authorization
+        tx.id_token = id_token
+        tx.authorized = True
+        tx.charging_state = self._supply_state(evse)
+        self.advance(evse)
+        self.stats.sessions_started += 1
+        await self._event(
+            evse,
+            tx,
+            "Updated",
+            "Authorized",
+            charging_state=tx.charging_state,
+            id_token=True,
+            reservation_id=reservation.id if reservation else None,
+        )
+        self.start_meter_loop(evse)
+        self.spawn(self.notify_charging_needs(evse, tx))
+        return True
 
     async def remote_start(
         self,

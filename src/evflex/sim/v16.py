@@ -15,7 +15,7 @@ from ocpp.v16.enums import Action
 from evflex.clock import isoformat, parse_datetime
 from evflex.sim.charging import ProfileRejected, profile_from_kwargs
 from evflex.sim.config16 import ConfigTable, default_config_16
-from evflex.sim.ev import EvBattery, EvSpec
+from evflex.sim.ev import EvBattery
 from evflex.sim.handlers import CommonHandlers
 from evflex.sim.link import LinkMixin
 from evflex.sim.metering import Sample
@@ -400,6 +400,10 @@ class Station16(SimStation):
 
     async def _aligned_sample(self, evse: EvseState, ts: datetime) -> None:
         value = self.meter_value(evse, self._measurands("aligned"), "Sample.Clock", ts)
+        await self._send_meter_value(evse, value)
+
+    async def _send_meter_value(self, evse: EvseState, value: dict[str, Any] | None) -> None:
+        """MeterValues: queued with the transaction's messages while one runs."""
         if value is None:
             return
         if evse.tx is not None:
@@ -414,12 +418,7 @@ class Station16(SimStation):
         for evse in targets:
             self.advance(evse)
             value = self.meter_value(evse, self._measurands("update"), "Trigger")
-            if value is None:
-                continue
-            if evse.tx is not None:
-                self.enqueue_tx(self._meter_message(evse, value))
-            else:
-                await self.send(self._meter_message(evse, value))
+            await self._send_meter_value(evse, value)
 
     async def trigger_status(self, connector_id: int | None) -> None:
         if connector_id is None:
@@ -437,23 +436,16 @@ class Station16(SimStation):
     def _measurands(self, kind: str) -> list[str]:
         return self.config.list(MEASURANDS_16[kind])
 
-    async def plug_in(self, evse_id: int, ev: EvSpec, id_token: str) -> bool:
-        evse = self.evse(evse_id)
-        async with evse.lock:
-            if not self.may_plug_in(evse, id_token):
-                return False
-            evse.ev = EvBattery(ev)
-            evse.finishing = False
-            evse.last_update = self.now()
-            await self.refresh_status(evse)
-            if not await self.authorize(id_token):
-                await self.token_rejected(evse)
-                return False
-            reservation = self.clear_reservation(evse)
-            await self._start_transaction(
-                evse, id_token, reservation_id=reservation.id if reservation else None
-            )
-            return True
+    async def _plugged_in(self, evse: EvseState, id_token: str) -> bool:
+        await self.refresh_status(evse)
+        if not await self.authorize(id_token):
+            await self.token_rejected(evse)
+            return False
+        reservation = self.clear_reservation(evse)
+        await self._start_transaction(
+            evse, id_token, reservation_id=reservation.id if reservation else None
+        )
+        return True
 
     async def remote_start(self, evse: EvseState, ev: EvBattery, id_tag: str) -> None:
         async with evse.lock:

@@ -87,11 +87,10 @@ class Link201(CommonHandlers, LinkMixin, OcppChargePoint):
     @on(Action.get_base_report)
     def on_get_base_report(self, request_id: int, report_base: str, **_: Any) -> Any:
         st = self.station
-        data = st.dm.report(report_base)
-        if not data:
-            return call_result.GetBaseReport(status="EmptyResultSet")
-        self.later(lambda: st.send_report(request_id, data))
-        return call_result.GetBaseReport(status="Accepted")
+        found = self.report_later(
+            st.dm.report(report_base), lambda d: st.send_report(request_id, d)
+        )
+        return call_result.GetBaseReport(status="Accepted" if found else "EmptyResultSet")
 
     # -- monitoring
 
@@ -118,11 +117,11 @@ class Link201(CommonHandlers, LinkMixin, OcppChargePoint):
         **_: Any,
     ) -> Any:
         engine = self.station.monitoring
-        data = engine.report(monitoring_criteria, component_variable)
-        if not data:
-            return call_result.GetMonitoringReport(status="EmptyResultSet")
-        self.later(lambda: engine.send_report(request_id, data))
-        return call_result.GetMonitoringReport(status="Accepted")
+        found = self.report_later(
+            engine.report(monitoring_criteria, component_variable),
+            lambda d: engine.send_report(request_id, d),
+        )
+        return call_result.GetMonitoringReport(status="Accepted" if found else "EmptyResultSet")
 
     @on(Action.request_start_transaction)
     def on_request_start_transaction(
@@ -309,10 +308,10 @@ class Link201(CommonHandlers, LinkMixin, OcppChargePoint):
             stack_level=charging_profile.get("stack_level"),
             ids=charging_profile.get("charging_profile_id") or None,
         )
-        if not found or (sources and "CSO" not in sources):
-            return call_result.GetChargingProfiles(status="NoProfiles")
-        self.later(lambda: st.send_profile_reports(request_id, found))
-        return call_result.GetChargingProfiles(status="Accepted")
+        if sources and "CSO" not in sources:
+            found = []
+        sent = self.report_later(found, lambda f: st.send_profile_reports(request_id, f))
+        return call_result.GetChargingProfiles(status="Accepted" if sent else "NoProfiles")
 
     @on(Action.get_composite_schedule)
     def on_get_composite_schedule(

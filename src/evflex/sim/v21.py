@@ -147,13 +147,9 @@ class Link21(WireLink21):
         st = self.station
         if control_type is not None and control_type not in SUPPORTED_DER:
             return result21.GetDERControl(status="NotSupported")
-        found = st.select_der(
-            is_default=is_default, control_type=control_type, control_id=control_id
-        )
-        if not found:
-            return result21.GetDERControl(status="NotFound")
-        self.later(lambda: st.send_der_report(request_id, found))
-        return result21.GetDERControl(status="Accepted")
+        found = st.select_der(is_default, control_type, control_id)
+        sent = self.report_later(found, lambda f: st.send_der_report(request_id, f))
+        return result21.GetDERControl(status="Accepted" if sent else "NotFound")
 
     @on(Action21.clear_der_control)
     def on_clear_der_control(
@@ -164,9 +160,7 @@ class Link21(WireLink21):
         **_: Any,
     ) -> Any:
         st = self.station
-        found = st.select_der(
-            is_default=is_default, control_type=control_type, control_id=control_id
-        )
+        found = st.select_der(is_default, control_type, control_id)
         if not found:
             return result21.ClearDERControl(status="NotFound")
         st.clear_der(found)
