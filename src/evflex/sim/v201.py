@@ -6,6 +6,7 @@ The transaction messages (TransactionEvent) are in :mod:`evflex.sim.tx201`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -256,7 +257,8 @@ class Link201(CommonHandlers, LinkMixin, OcppChargePoint):
         self, evse_id: int, charging_profile: dict[str, Any], **_: Any
     ) -> Any:
         st = self.station
-        try:
+
+        def install() -> None:
             if not st.dm.bool(SMART, "Enabled"):
                 raise ProfileRejected("Disabled", "SmartChargingCtrlr.Enabled is false")
             try:
@@ -264,12 +266,23 @@ class Link201(CommonHandlers, LinkMixin, OcppChargePoint):
             except ProfileError as exc:
                 raise ProfileRejected("InvalidProfile", str(exc)) from None
             st.install_profile(evse_id, profile)
+
+        return self.change_profiles(call_result.SetChargingProfile, install)
+
+    def change_profiles(
+        self,
+        answer: Callable[..., Any],
+        change: Callable[[], Any],
+        info: Callable[[str, str], dict[str, Any]] = status_info,
+    ) -> Any:
+        """Run ``change`` (it raises ProfileRejected) and ``answer`` Rejected with its
+        reason, or Accepted; the limits are re-evaluated after the answer."""
+        try:
+            change()
         except ProfileRejected as exc:
-            return call_result.SetChargingProfile(
-                status="Rejected", status_info=status_info(exc.reason, exc.info)
-            )
-        self.later(st.apply_profiles)
-        return call_result.SetChargingProfile(status="Accepted")
+            return answer(status="Rejected", status_info=info(exc.reason, exc.info))
+        self.later(self.station.apply_profiles)
+        return answer(status="Accepted")
 
     @on(Action.clear_charging_profile)
     def on_clear_charging_profile(

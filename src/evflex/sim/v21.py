@@ -30,7 +30,7 @@ from evflex.clock import isoformat
 from evflex.csms.rpc import (
     RpcError,
 )
-from evflex.sim.charging import ProfileRejected, camel_kwargs
+from evflex.sim.charging import camel_kwargs
 from evflex.sim.der import DER_FIELD, SUPPORTED_DER, DerControl, DerControls, _DerState
 from evflex.sim.devicemodel import READ_ONLY, Variable
 from evflex.sim.ev import AC_TRANSFER, EvBattery
@@ -105,14 +105,12 @@ class Link21(WireLink21):
         self, charging_profile_id: int, schedule_update: dict[str, Any], **_: Any
     ) -> Any:
         st = self.station
-        try:
-            st.update_dynamic_schedule(charging_profile_id, camel_kwargs(schedule_update, "2.1"))
-        except ProfileRejected as exc:
-            return result21.UpdateDynamicSchedule(
-                status="Rejected", status_info=_status_info(exc.reason, exc.info)
-            )
-        self.later(st.apply_profiles)
-        return result21.UpdateDynamicSchedule(status="Accepted")
+        update = camel_kwargs(schedule_update, "2.1")
+        return self.change_profiles(
+            result21.UpdateDynamicSchedule,
+            lambda: st.update_dynamic_schedule(charging_profile_id, update),
+            _status_info,
+        )
 
     # -- DER control
 
