@@ -106,8 +106,14 @@ async def _v6_operations(conn: AsyncConnection) -> None:
     await _add_missing(conn, *(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__))
 
 
+async def _v7_security(conn: AsyncConnection) -> None:
+    """Security profiles per station, certificates."""
+    await _add_missing(conn, "stations")
+
+
 MIGRATIONS: list[Migration] = [
     _v1_initial, _v2_smart_charging, _v3_scheduling, _v4_v2x, _v5_web, _v6_operations,
+    _v7_security,
 ]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -91,6 +91,11 @@ class Station(Base):
     evse_max_current_a: Mapped[float | None] = mapped_column(Float)
     phases: Mapped[int | None] = mapped_column(Integer)
     phase_rotation: Mapped[int | None] = mapped_column(Integer)
+    # Security (schema 7): the OCPP security profile the station must connect
+    # with (None = 1), and the highest it has connected with (never lowered
+    # silently: a reconnect below it is refused).
+    security_profile: Mapped[int | None] = mapped_column(Integer)
+    security_profile_reached: Mapped[int | None] = mapped_column(Integer)
 
 
 class Connector(Base):
@@ -251,6 +256,35 @@ class EventLog(Base):
     type: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict | None] = mapped_column(JSON)
     text: Mapped[str | None] = mapped_column(Text)
+
+
+class Certificate(Base):
+    """A certificate evflex signed for a station, or one a station reports installed.
+
+    ``status``: Issued (signed, CertificateSigned not yet accepted), Accepted,
+    Rejected (the station refused it; retried and flagged), Installed (a CA
+    certificate installed at the station), Deleted, Revoked.
+    """
+
+    __tablename__ = "certificates"
+    __table_args__ = (Index("ix_certificates_station", "station_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    station_id: Mapped[str | None] = mapped_column(String(48))
+    kind: Mapped[str] = mapped_column(String(48))  # ChargingStationCertificate, V2GRootCertificate, ...
+    status: Mapped[str] = mapped_column(String(16))
+    serial_hex: Mapped[str | None] = mapped_column(String(64))
+    common_name: Mapped[str | None] = mapped_column(String(128))
+    organization: Mapped[str | None] = mapped_column(String(128))
+    issuer: Mapped[str | None] = mapped_column(String(256))
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pem: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Site(Base):

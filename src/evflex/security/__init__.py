@@ -1,4 +1,5 @@
-"""Password hashing (scrypt, from the standard library) and HTTP Basic parsing."""
+"""Security: password hashing (scrypt) and HTTP Basic parsing here; X.509 in
+:mod:`evflex.security.pki`."""
 
 from __future__ import annotations
 
