@@ -91,6 +91,33 @@ class Settings(BaseSettings):
         None, description="Mark the login cookie Secure; unset: when the request is HTTPS"
     )
 
+    # Certificates (OCPP security profiles 2 and 3)
+    cpo_name: str | None = Field(
+        None, description="The CPO's name: the O of every station certificate"
+    )
+    ca_cert_file: Path | None = Field(
+        None, description="PEM certificate of the CA that signs station certificates"
+    )
+    ca_key_file: Path | None = Field(None, description="PEM private key of that CA")
+    cert_validity_days: int = Field(
+        365, gt=0, description="A signed station certificate lasts this long (days)"
+    )
+    cert_renew_days: int = Field(
+        30,
+        ge=0,
+        description="Ask a station for a new certificate this long before its own expires (days)",
+    )
+    cert_signing_hook: str | None = Field(
+        None,
+        description="Command that signs a station's CSR instead of the CA files: the CSR on "
+        "stdin, the PEM chain on stdout",
+    )
+    ev_certificate_hook: str | None = Field(
+        None,
+        description="Command answering Get15118EVCertificate and GetCertificateStatus: the "
+        "request as JSON on stdin, the answer as JSON on stdout",
+    )
+
     toml_file: ClassVar[Path | None] = None
 
     @model_validator(mode="after")
