@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from evflex.api.schemas import CircuitIn, SiteIn
+from evflex.security.audit import networks
 
 
 class Settings(BaseSettings):
@@ -118,7 +119,52 @@ class Settings(BaseSettings):
         "request as JSON on stdin, the answer as JSON on stdout",
     )
 
+    # TLS and security profiles 2 and 3 (docs/security.md)
+    tls_cert: list[Path] = Field(
+        default_factory=list,
+        description="Server certificate files (PEM, chain after the leaf); one per key type, "
+        "paired in order with tls_key; with them both ports serve TLS",
+    )
+    tls_key: list[Path] = Field(default_factory=list, description="Their private keys (PEM)")
+    tls_client_ca: list[Path] = Field(
+        default_factory=list,
+        description="CA certificates (files or bundles) station certificates must chain to "
+        "(profile 3)",
+    )
+    trusted_proxy: list[str] = Field(
+        default_factory=list,
+        description="Addresses of TLS-terminating proxies whose client_cert_header is believed",
+    )
+    client_cert_header: str = Field(
+        "X-Client-Cert",
+        description="Header in which a trusted proxy forwards the client certificate "
+        "(URL-encoded PEM, as nginx's $ssl_client_escaped_cert)",
+    )
+    tls_reload_s: float = Field(
+        5.0, gt=0, description="Look for changed certificate files this often (s)"
+    )
+
     toml_file: ClassVar[Path | None] = None
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if len(self.tls_cert) != len(self.tls_key):
+            raise ValueError(
+                f"tls_cert and tls_key are paired in order: {len(self.tls_cert)} "
+                f"certificate(s) but {len(self.tls_key)} key(s)"
+            )
+        if self.tls_client_ca and not (self.tls_cert or self.trusted_proxy):
+            raise ValueError(
+                "tls_client_ca needs tls_cert and tls_key, or a trusted_proxy that "
+                "terminates TLS (profile 3 is over TLS)"
+            )
+        if self.tls_client_ca and not self.cpo_name:
+            raise ValueError("tls_client_ca needs cpo_name (the O station certificates carry)")
+        try:
+            networks(self.trusted_proxy)
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxy: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:

@@ -6,12 +6,22 @@ wins); a client that offers none of ours is refused with HTTP 400. Security
 profile 1: a station registered with a password must send HTTP Basic
 ``id:password`` (401 otherwise); an unknown id gets 404 unless unknown
 stations are allowed, in which case it is registered on first connect.
+
+With TLS (:mod:`evflex.security.tls`) the same port also serves ``wss://``.
+Profile 2 is TLS plus HTTP Basic; profile 3 is a client certificate whose O
+is the CPO's name and whose CN is the station's id or registered serial
+number. A station of profile 2 or 3 is refused on plain ``ws://``; a station
+that once connected with a profile is refused with a lower one (no silent
+downgrade). Behind a TLS-terminating proxy, a client certificate is read from
+``client_cert_header`` only when the TCP peer is a trusted proxy. Each refusal
+is a ``Security`` event with the source address (:mod:`evflex.security.audit`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import time
 from datetime import datetime
@@ -19,6 +29,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+from cryptography import x509
 from pydantic import BaseModel
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -28,8 +39,17 @@ from evflex.csms import commands, rpc, v16, v21, v201
 from evflex.csms.connection import StationConnection
 from evflex.csms.service import CsmsService
 from evflex.domain.model import StationEvent
-from evflex.security import parse_basic_auth, verify_password
+from evflex.security import audit, parse_basic_auth, pki, verify_password
+from evflex.security.tls import (
+    Tls,
+    header_certificate,
+    peer_certificate,
+    sniffing_connection,
+    station_certificate_problem,
+    verify_forwarded,
+)
 from evflex.store import repo
+from evflex.store.repo import StationAuth
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +70,43 @@ def _quiet(fut: asyncio.Future) -> None:
         log.warning("reading station credentials failed: %r", fut.exception())
 
 
+def _logged(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("recording a security event failed: %r", fut.exception())
+
+
+class Refusal:
+    """A refused opening handshake: HTTP status, security event code and reason (the
+    first refusal set wins); :meth:`send` logs it, records the event and answers."""
+
+    def __init__(
+        self, sink: audit.EventSink, connection: ServerConnection, station_id: str, source: str
+    ) -> None:
+        self.sink = sink
+        self.connection = connection
+        self.station_id = station_id
+        self.source = source
+        self.refused: tuple[HTTPStatus, str, str, dict[str, Any]] | None = None
+
+    def set(self, status: HTTPStatus, code: str, reason: str, **detail: Any) -> None:
+        if self.refused is None:
+            self.refused = (status, code, reason, detail)
+
+    async def __call__(self, status: HTTPStatus, code: str, reason: str) -> Response:
+        self.set(status, code, reason)
+        return await self.send()
+
+    async def send(self) -> Response:
+        assert self.refused is not None
+        status, code, reason, detail = self.refused
+        log.warning("station %s from %s refused: %s", self.station_id, self.source, reason)
+        await audit.record(self.sink, code, self.source, reason, self.station_id, **detail)
+        response = self.connection.respond(status, reason + "\n")
+        if code == "InvalidPassword":
+            response.headers["WWW-Authenticate"] = 'Basic realm="evflex OCPP"'
+        return response
+
+
 class OcppServer:
     def __init__(
         self,
@@ -60,8 +117,18 @@ class OcppServer:
         ping_interval: float | None = 120.0,
         validate_responses: bool = True,
         open_timeout: float = 10.0,
+        tls: Tls | None = None,
+        cpo_name: str | None = None,
+        trusted_proxies: list[str] | None = None,
+        client_cert_header: str = "X-Client-Cert",
     ) -> None:
         self.service = service
+        self.tls = tls
+        self.cpo_name = cpo_name
+        self.trusted_proxies = audit.networks(trusted_proxies or [])
+        self.client_cert_header = client_cert_header
+        #: sha256 of a certificate -> the station it opened (one certificate, one station)
+        self.certificate_owner: dict[str, str] = {}
         self.open_timeout = open_timeout
         self.allow_unknown_stations = allow_unknown_stations
         self.response_timeout = response_timeout
@@ -70,9 +137,9 @@ class OcppServer:
         self.validate_responses = validate_responses
         self.connections: dict[str, StationConnection] = {}
         self._verified: dict[str, bytes] = {}  # station id -> sha256(password) seen valid
-        # station id -> (its password hash or None, when read): a handshake needs no
-        # database read while this is fresh; the API's changes drop the entry at once
-        self._credentials: dict[str, tuple[str | None, float]] = {}
+        # station id -> (its password hash, profiles, serial; when read): a handshake needs
+        # no database read while this is fresh; the API's changes drop the entry at once
+        self._credentials: dict[str, tuple[StationAuth, float]] = {}
         self._lookups: dict[str, asyncio.Future] = {}
         self._lookup_task: asyncio.Task | None = None
         #: Opening handshakes not completed within ``open_timeout`` while ours to finish.
@@ -99,8 +166,24 @@ class OcppServer:
             compression=None,
             server_header="evflex",
             open_timeout=self.open_timeout,
+            create_connection=sniffing_connection(
+                self._tls_context, self._tls_failed, self.open_timeout
+            ),
         )
         return self._server
+
+    def _tls_context(self):
+        return self.tls.ocpp_context if self.tls is not None else None
+
+    def _tls_failed(self, source: str, exc: Exception) -> None:
+        """A TLS handshake failed (a certificate of another CA, an expired one, an old
+        TLS version): logged and recorded; nothing reached the WebSocket."""
+        why = str(getattr(exc, "reason", None) or exc.__class__.__name__)
+        reason = f"TLS handshake failed: {why}"
+        log.warning("connection from %s refused: %s", source, reason)
+        if "CERTIFICATE" in why.upper():  # a client certificate ssl did not accept
+            record = audit.record(self.service, "InvalidCertificate", source, reason)
+            asyncio.ensure_future(record).add_done_callback(_logged)
 
     @property
     def port(self) -> int:
@@ -149,22 +232,25 @@ class OcppServer:
                 f"no supported OCPP subprotocol offered (we speak "
                 f"{', '.join(SUPPORTED_SUBPROTOCOLS)})\n",
             )
+        peer = connection.remote_address[0] if connection.remote_address else ""
+        proxied = self._trusted(peer)
+        source = audit.source_address(
+            peer, request.headers.get_all("X-Forwarded-For"), self.trusted_proxies
+        )
+        refusal = Refusal(self.service, connection, station_id, source)
+        reached = 0
+        # a trusted proxy terminated TLS (it forwards wss:// only)
+        tls = proxied or connection.transport.get_extra_info("ssl_object") is not None
         try:
-            known, password_hash = await self._station_credentials(station_id)
+            cert = self._client_certificate(connection, request, peer, proxied, refusal)
+            known, auth = await self._station_credentials(station_id)
             if not known:
                 if not self.allow_unknown_stations:
-                    log.info("refused unknown station %s", station_id)
-                    return connection.respond(HTTPStatus.NOT_FOUND, "unknown station\n")
+                    return await refusal(HTTPStatus.NOT_FOUND, "UnknownStation", "unknown station")
                 await self._register_unknown(station_id)
-                return None
-            ok = True
-            if password_hash:
-                creds = parse_basic_auth(request.headers.get("Authorization"))
-                ok = (
-                    creds is not None
-                    and creds[0] == station_id
-                    and await self._check_password(station_id, creds[1], password_hash)
-                )
+                auth = StationAuth()
+            if refusal.refused is None:
+                reached = await self._check_profile(station_id, auth, tls, cert, request, refusal)
         except asyncio.CancelledError:
             self.handshakes_dropped += 1
             log.warning(
@@ -173,12 +259,143 @@ class OcppServer:
                 self.open_timeout,
             )
             raise
-        if not ok:
-            log.warning("station %s: authentication failed", station_id)
-            response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
-            response.headers["WWW-Authenticate"] = 'Basic realm="evflex OCPP"'
-            return response
+        if refusal.refused is not None:
+            return await refusal.send()
+        await self._reached(station_id, auth, reached, cert)
         return None
+
+    def _trusted(self, peer: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_proxies)
+
+    def _client_certificate(
+        self,
+        connection: ServerConnection,
+        request: Request,
+        peer: str,
+        proxied: bool,
+        refusal: Refusal,
+    ) -> x509.Certificate | None:
+        """The client certificate: verified by ssl in our handshake, or forwarded by a
+        trusted proxy in ``client_cert_header`` (checked against the client CAs)."""
+        forwarded = request.headers.get(self.client_cert_header)
+        if forwarded and not proxied:
+            log.warning(
+                "ignored the %s header from %s: not a trusted proxy", self.client_cert_header, peer
+            )
+        if not (forwarded and proxied):
+            return peer_certificate(connection.transport.get_extra_info("ssl_object"))
+        try:
+            cert = header_certificate(forwarded)
+        except pki.CertificateError as exc:
+            refusal.set(HTTPStatus.UNAUTHORIZED, "InvalidCertificate", f"forwarded {exc}")
+            return None
+        problem = verify_forwarded(cert, self.tls.ca_certs if self.tls is not None else [])
+        if problem:
+            refusal.set(HTTPStatus.UNAUTHORIZED, "InvalidCertificate", problem)
+            return None
+        return cert
+
+    async def _check_profile(
+        self,
+        station_id: str,
+        auth: StationAuth,
+        tls: bool,
+        cert: x509.Certificate | None,
+        request: Request,
+        refusal: Refusal,
+    ) -> int:
+        """The profile this connection reaches (3: certificate, 2: TLS, 1: plain), or a
+        refusal set on ``refusal``."""
+        profile = auth.security_profile or 1
+        if profile >= 2 and not tls:
+            refusal.set(
+                HTTPStatus.FORBIDDEN,
+                "PlainConnectionRefused",
+                f"security profile {profile} needs TLS (wss://)",
+            )
+            return 0
+        if cert is not None and not await self._certificate_fits(station_id, auth, cert, refusal):
+            return 0
+        reached = 3 if cert is not None else 2 if tls else 1
+        if profile == 3 and cert is None:
+            refusal.set(
+                HTTPStatus.UNAUTHORIZED,
+                "InvalidCertificate",
+                "security profile 3 needs a client certificate",
+            )
+            return 0
+        if reached < (auth.security_profile_reached or 0):
+            refusal.set(
+                HTTPStatus.FORBIDDEN,
+                "ProfileDowngrade",
+                f"connected with security profile {auth.security_profile_reached} before; "
+                f"profile {reached} is refused",
+                profile=reached,
+            )
+            return 0
+        basic = request.headers.get("Authorization")
+        if reached < 3 and profile == 2 and not auth.password_hash:
+            refusal.set(
+                HTTPStatus.UNAUTHORIZED,
+                "InvalidPassword",
+                "security profile 2 needs a password and none is registered",
+            )
+        elif (auth.password_hash and (reached < 3 or basic)) and not await self._password_ok(
+            station_id, basic, auth.password_hash
+        ):
+            refusal.set(HTTPStatus.UNAUTHORIZED, "InvalidPassword", "authentication failed")
+        return reached
+
+    async def _password_ok(self, station_id: str, header: str | None, stored: str) -> bool:
+        creds = parse_basic_auth(header)
+        return (
+            creds is not None
+            and creds[0] == station_id
+            and await self._check_password(station_id, creds[1], stored)
+        )
+
+    async def _certificate_fits(
+        self, station_id: str, auth: StationAuth, cert: x509.Certificate, refusal: Refusal
+    ) -> bool:
+        """O is the CPO's; CN is this station's id, or its serial number when no other
+        station has that id or serial number; and the certificate opened no other station."""
+        cn, _ = pki.names(cert)
+        serial = auth.serial_number
+        if cn is not None and cn != station_id and cn == serial:
+            async with self.service.sessionmaker() as s:
+                if await repo.stations_named(s, cn) != [station_id]:
+                    serial = None  # that name is also another station's
+        problem = station_certificate_problem(cert, station_id, serial, self.cpo_name)
+        owner = self.certificate_owner.get(pki.info(cert).sha256)
+        if problem is None and owner not in (None, station_id):
+            problem = ("CertificateForOtherStation", f"the certificate opened station {owner}")
+        if problem is not None:
+            refusal.set(HTTPStatus.FORBIDDEN, *problem, certificate_cn=cn)
+            return False
+        return True
+
+    async def _reached(
+        self, station_id: str, auth: StationAuth, reached: int, cert: x509.Certificate | None
+    ) -> None:
+        """Accepted with profile ``reached``: the station's highest profile rises to it."""
+        if cert is not None:
+            self.certificate_owner[pki.info(cert).sha256] = station_id
+        if reached <= (auth.security_profile_reached or 0):
+            return
+        self._credentials[station_id] = (
+            auth._replace(security_profile_reached=reached),
+            time.monotonic(),
+        )
+
+        async def job(s) -> None:
+            await repo.raise_profile_reached(s, station_id, reached)
+
+        await self.service.writer.submit(job)
+        log.info("station %s: reached security profile %d", station_id, reached)
 
     #: How long a station's credentials read from the database are used without a
     #: new read (changes made outside this process's API take effect after this).
@@ -189,12 +406,12 @@ class OcppServer:
         async with self.service.sessionmaker() as s:
             found = await repo.station_credentials(s)
         now = time.monotonic()
-        for sid, password_hash in found.items():
-            self._credentials[sid] = (password_hash, now)
+        for sid, auth in found.items():
+            self._credentials[sid] = (auth, now)
         return len(found)
 
-    async def _station_credentials(self, station_id: str) -> tuple[bool, str | None]:
-        """(registered?, password hash): from memory, read again in the background when
+    async def _station_credentials(self, station_id: str) -> tuple[bool, StationAuth]:
+        """(registered?, what its connect is checked against): from memory, read again in the background when
         older than the TTL; an id not in memory is looked up (many at once in one query)."""
         hit = self._credentials.get(station_id)
         if hit is not None:
@@ -230,14 +447,14 @@ class OcppServer:
                     result = (True, found[sid])
                 else:
                     self._credentials.pop(sid, None)
-                    result = (False, None)
+                    result = (False, StationAuth())
                 if not fut.done():
                     fut.set_result(result)
 
     async def _register_unknown(self, station_id: str) -> None:
         now = self.service.clock.now()
         await self.service.writer.write(repo.NEW_STATIONS, [repo.new_station_row(station_id, now)])
-        self._credentials[station_id] = (None, time.monotonic())
+        self._credentials[station_id] = (StationAuth(), time.monotonic())
 
     async def _check_password(self, station_id: str, password: str, stored: str) -> bool:
         fingerprint = hashlib.sha256(f"{stored}\0{password}".encode()).digest()

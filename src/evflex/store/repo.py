@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from types import SimpleNamespace
+from typing import NamedTuple
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -208,18 +209,50 @@ async def get_station(session: AsyncSession, station_id: str) -> Station | None:
     return await session.get(Station, station_id)
 
 
+class StationAuth(NamedTuple):
+    """What the OCPP endpoint checks at a station's connect."""
+
+    password_hash: str | None = None
+    security_profile: int | None = None  # None: profile 1
+    security_profile_reached: int | None = None
+    serial_number: str | None = None
+
+
 async def station_credentials(
     session: AsyncSession, station_ids: list[str] | None = None
-) -> dict[str, str | None]:
-    """Station id -> password hash (None: no password), of ``station_ids`` or of all."""
-    query = select(Station.id, Station.password_hash)
+) -> dict[str, StationAuth]:
+    """Station id -> its password hash, security profile(s) and serial number, of
+    ``station_ids`` or of all."""
+    query = select(
+        Station.id,
+        Station.password_hash,
+        Station.security_profile,
+        Station.security_profile_reached,
+        Station.serial_number,
+    )
     if station_ids is None:
-        return {r[0]: r[1] for r in await session.execute(query)}
-    found: dict[str, str | None] = {}
+        return {r[0]: StationAuth(*r[1:]) for r in await session.execute(query)}
+    found: dict[str, StationAuth] = {}
     for i in range(0, len(station_ids), 500):
         part = query.where(Station.id.in_(station_ids[i : i + 500]))
-        found.update((r[0], r[1]) for r in await session.execute(part))
+        found.update((r[0], StationAuth(*r[1:])) for r in await session.execute(part))
     return found
+
+
+async def stations_named(session: AsyncSession, name: str) -> list[str]:
+    """Ids of the stations whose id or serial number is ``name``."""
+    query = select(Station.id).where(or_(Station.id == name, Station.serial_number == name))
+    return list((await session.execute(query)).scalars())
+
+
+async def raise_profile_reached(session: AsyncSession, station_id: str, profile: int) -> None:
+    """A station connected with ``profile``: its highest reached profile becomes at least that."""
+    await session.execute(
+        update(Station)
+        .where(Station.id == station_id)
+        .where(func.coalesce(Station.security_profile_reached, 0) < profile)
+        .values(security_profile_reached=profile)
+    )
 
 
 async def create_station(
@@ -273,11 +306,15 @@ async def register_station(
     now: datetime,
     password_hash: str | None = None,
     topology: dict | None = None,
+    security: dict | None = None,
 ) -> bool:
-    """Create a station; False if the id is taken. Raises TopologyError."""
+    """Create a station; False if the id is taken. Raises TopologyError.
+    ``security``: its ``security_profile`` and ``serial_number``, if given."""
     if await get_station(session, station_id) is not None:
         return False
     st = await create_station(session, station_id, now, password_hash)
+    for name, value in (security or {}).items():
+        setattr(st, name, value)
     if topology:
         await set_topology(session, st, topology)
     return True
