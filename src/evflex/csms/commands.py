@@ -227,6 +227,64 @@ class GetMonitoringReportBody(_Body):
     )
 
 
+# ------------------------------------------------------------------ certificates
+
+#: A CA certificate's use as OCPP 2.x names it -> the 1.6 security extension's name.
+CERTIFICATE_USE_16 = {
+    "CSMSRootCertificate": "CentralSystemRootCertificate",
+    "ManufacturerRootCertificate": "ManufacturerRootCertificate",
+}
+
+
+class CertificateSignedBody(_Body):
+    certificate_chain: str = Field(min_length=1, max_length=10000, description="PEM chain")
+    certificate_type: (
+        Literal["ChargingStationCertificate", "V2GCertificate", "V2G20Certificate"] | None
+    ) = Field(None, description="2.x only")
+    request_id: int | None = Field(None, description="2.1 only: the SignCertificate's requestId")
+
+
+class InstallCertificateBody(_Body):
+    certificate_type: str = Field(
+        description="CSMSRootCertificate, ManufacturerRootCertificate, V2GRootCertificate, "
+        "MORootCertificate (1.6 has the first two; CentralSystemRootCertificate is accepted)"
+    )
+    certificate: str = Field(min_length=1, max_length=10000, description="PEM certificate")
+
+
+class GetInstalledCertificateIdsBody(_Body):
+    certificate_type: list[str] | None = Field(
+        None, min_length=1, description="2.x: omitted = all; 1.6 asks for exactly one"
+    )
+
+
+class CertificateHashData(_Body):
+    hash_algorithm: Literal["SHA256", "SHA384", "SHA512"] = "SHA256"
+    issuer_name_hash: str = Field(min_length=1, max_length=128)
+    issuer_key_hash: str = Field(min_length=1, max_length=128)
+    serial_number: str = Field(min_length=1, max_length=40)
+
+    def wire(self) -> dict:
+        return {
+            "hashAlgorithm": self.hash_algorithm,
+            "issuerNameHash": self.issuer_name_hash,
+            "issuerKeyHash": self.issuer_key_hash,
+            "serialNumber": self.serial_number,
+        }
+
+
+class DeleteCertificateBody(_Body):
+    certificate_hash_data: CertificateHashData
+
+
+class SetNetworkProfileBody(_Body):
+    slot: int = Field(ge=0, description="configuration slot of the new connection profile")
+    csms_url: str = Field(min_length=1, max_length=512, description="e.g. wss://csms:9443/ocpp")
+    security_profile: int = Field(ge=0, le=3)
+    interface: str = Field("Wired0", description="OCPPInterfaceEnumType")
+    message_timeout: int = Field(30, ge=1)
+
+
 class CommandNotAvailable(Exception):
     """The command does not exist in the station's OCPP version."""
 
@@ -344,6 +402,61 @@ async def _set_charging_profile(v: str, b: SetChargingProfileBody, _s: Any) -> t
     return "SetChargingProfile", sc_profiles.set_profile_payload(profile, b.evse, v)
 
 
+def _certificate_use(version: str, use: str) -> str:
+    if version == V16:
+        return CERTIFICATE_USE_16.get(use, use)
+    back = {v: k for k, v in CERTIFICATE_USE_16.items()}
+    return back.get(use, use)
+
+
+async def _certificate_signed(v: str, b: CertificateSignedBody, _s: Any) -> tuple[str, dict]:
+    payload: dict = {"certificateChain": b.certificate_chain}
+    if b.certificate_type and v != V16:
+        payload["certificateType"] = b.certificate_type
+    if b.request_id is not None and v == V21:
+        payload["requestId"] = b.request_id
+    return "CertificateSigned", payload
+
+
+async def _install_certificate(v: str, b: InstallCertificateBody, _s: Any) -> tuple[str, dict]:
+    use = _certificate_use(v, b.certificate_type)
+    return "InstallCertificate", {"certificateType": use, "certificate": b.certificate}
+
+
+async def _get_installed_certificate_ids(
+    v: str, b: GetInstalledCertificateIdsBody, _s: Any
+) -> tuple[str, dict]:
+    uses = [_certificate_use(v, u) for u in b.certificate_type or []]
+    if v != V16:
+        return "GetInstalledCertificateIds", {"certificateType": uses} if uses else {}
+    if len(uses) != 1:
+        raise CommandNotAvailable("OCPP 1.6 asks for exactly one certificate_type at a time")
+    return "GetInstalledCertificateIds", {"certificateType": uses[0]}
+
+
+async def _delete_certificate(_v: str, b: DeleteCertificateBody, _s: Any) -> tuple[str, dict]:
+    return "DeleteCertificate", {"certificateHashData": b.certificate_hash_data.wire()}
+
+
+async def _extended_trigger(_v: str, b: TriggerMessageBody, _s: Any) -> tuple[str, dict]:
+    payload: dict = {"requestedMessage": b.message}
+    if b.evse is not None:
+        payload["connectorId"] = b.evse
+    return "ExtendedTriggerMessage", payload
+
+
+async def _set_network_profile(v: str, b: SetNetworkProfileBody, _s: Any) -> tuple[str, dict]:
+    data = {
+        "ocppVersion": "OCPP21" if v == V21 else "OCPP20",
+        "ocppTransport": "JSON",
+        "ocppCsmsUrl": b.csms_url,
+        "messageTimeout": b.message_timeout,
+        "securityProfile": b.security_profile,
+        "ocppInterface": b.interface,
+    }
+    return "SetNetworkProfile", {"configurationSlot": b.slot, "connectionData": data}
+
+
 COMMANDS: dict[str, Command] = {
     "reset": Command(ResetBody, EVERY),
     "change-availability": Command(ChangeAvailabilityBody, EVERY),
@@ -375,6 +488,14 @@ COMMANDS: dict[str, Command] = {
     "set-der-control": Command(DerControlBody, (V21,)),
     "get-der-control": Command(DerQueryBody, (V21,)),
     "clear-der-control": Command(DerQueryBody, (V21,)),
+    "certificate-signed": Command(CertificateSignedBody, EVERY, _certificate_signed),
+    "install-certificate": Command(InstallCertificateBody, EVERY, _install_certificate),
+    "get-installed-certificate-ids": Command(
+        GetInstalledCertificateIdsBody, EVERY, _get_installed_certificate_ids
+    ),
+    "delete-certificate": Command(DeleteCertificateBody, EVERY, _delete_certificate),
+    "extended-trigger-message": Command(TriggerMessageBody, (V16,), _extended_trigger),
+    "set-network-profile": Command(SetNetworkProfileBody, V2, _set_network_profile),
 }
 
 #: The REST body of each command.

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -73,6 +74,9 @@ class CsmsService:
         #: Admission of new sessions (the load manager's rule, wired by the app):
         #: a refusal answers the authorization NotAtThisTime (1.6: Blocked).
         self.admission: Admission | None = None
+        #: Station certificates (a :class:`evflex.csms.certificates.CertificateManager`,
+        #: wired by the node): the adapters hand it SignCertificate and the ISO 15118 calls.
+        self.certificates: Any = None
 
     async def close(self) -> None:
         """End the background work (clock corrections, remote starts being followed)."""
