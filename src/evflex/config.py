@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A remote start with no transaction by then is reported failed (s)"
     )
     max_frame_bytes: int = Field(1_048_576, description="Larger frames close with 1009")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="Larger HTTP request bodies are refused with 413, unread"
+    )
     ws_ping_interval: float | None = Field(120.0, description="WebSocket ping interval (s)")
     ws_open_timeout: float = Field(
         10.0, gt=0, description="A station's opening handshake must finish within this (s)"
