@@ -43,7 +43,7 @@ from sqlalchemy import func, select
 from evflex.csms import commands, rpc
 from evflex.csms.service import CsmsService
 from evflex.domain.model import StationEvent
-from evflex.security import pki
+from evflex.security import audit, pki
 from evflex.store import repo
 from evflex.store.tables import Certificate, EventLog
 
@@ -189,10 +189,11 @@ class CertificateManager:
 
     async def security_event(self, station_id: str, type_: str, reason: str, **detail: Any) -> None:
         """A refused attempt, in the one shape of security events."""
-        detail = {k: v for k, v in detail.items() if v is not None}
-        detail.update(source=self._peer(station_id), reason=reason)
         now = self.service.clock.now()
-        await self.service.record_event(StationEvent(station_id, "Security", now, type_, detail))
+        event = audit.security_event(
+            type_, self._peer(station_id), reason, now, station_id, **detail
+        )
+        await self.service.record_event(event)
 
     # ------------------------------------------------------------------ signing
 
