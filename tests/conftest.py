@@ -150,12 +150,16 @@ class Node:
 
 
 async def start_node(
-    database_url: str, clock=None, **kw
+    database_url: str, clock=None, verify=True, **kw
 ) -> tuple[Runtime, httpx.AsyncClient]:
+    """A started node and an admin's client of its API (HTTPS, checked with ``verify``,
+    when the node serves TLS)."""
     rt = Runtime(make_settings(database_url, **kw), clock)
     await rt.start()
+    scheme = "https" if rt.settings.tls_cert else "http"
     http = httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{rt.http_port}",
+        base_url=f"{scheme}://127.0.0.1:{rt.http_port}",
+        verify=verify,
         timeout=10,
         headers={"Authorization": f"Bearer {rt.auth.ephemeral_token('admin')}"},
     )
@@ -163,9 +167,9 @@ async def start_node(
 
 
 @contextlib.asynccontextmanager
-async def running_node(database_url: str, clock=None, **kw) -> AsyncIterator[Node]:
+async def running_node(database_url: str, clock=None, verify=True, **kw) -> AsyncIterator[Node]:
     """A node started with these settings for the block, stopped after it."""
-    rt, http = await start_node(database_url, clock, **kw)
+    rt, http = await start_node(database_url, clock, verify, **kw)
     try:
         yield Node(rt, http)
     finally:

@@ -41,7 +41,8 @@ def new_key(kind: KeyKind = "ec") -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _name(common_name: str, organization: str | None) -> x509.Name:
+def subject_name(common_name: str, organization: str | None) -> x509.Name:
+    """An X.509 subject: O (when given) and CN."""
     attrs = []
     if organization:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
@@ -58,7 +59,7 @@ def make_ca(
 ) -> tuple[x509.Certificate, PrivateKey]:
     """A self-signed CA certificate and its key."""
     key = key or new_key()
-    name = _name(common_name, organization)
+    name = subject_name(common_name, organization)
     now = _now()
     cert = (
         x509.CertificateBuilder()
@@ -133,7 +134,7 @@ def make_csr(key: PrivateKey, common_name: str, organization: str | None) -> byt
     """A PEM certificate signing request, as a station sends in SignCertificate."""
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(_name(common_name, organization))
+        .subject_name(subject_name(common_name, organization))
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
