@@ -1,14 +1,22 @@
 """One station's OCPP-J connection: receive, validate, dispatch, answer; send calls.
 
 A connection never dies of bad input: every frame that cannot be handled is
-answered with a CALLERROR (where the spec asks for one) and logged; the loop
-goes on with the next frame.
+answered with a CALLERROR (where the spec asks for one) and logged, with the
+wire text in the log line shortened; the loop goes on with the next frame.
+
+OCPP-J lets a station have one CALL outstanding. Up to :data:`MAX_QUEUED_CALLS`
+are queued and answered in order; beyond that a CALL is refused at once (so a
+station that sends without reading its answers holds a bounded amount of
+memory). A CALL whose message id is one still queued or being handled is
+dropped: the answer to the first one answers it. Answers to CALLs we did not
+send (or no longer wait for) are ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -18,21 +26,32 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 
 from evflex.csms import rpc
+from evflex.csms.limits import shorten
 from evflex.csms.rpc import CALL, CALLERROR, CALLRESULT, CALLRESULTERROR, SEND, RpcError
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict], Awaitable[dict]]
 
+#: The station's CALLs waiting for their answer, at most (a compliant station has one).
+MAX_QUEUED_CALLS = 100
+
 
 class CallErrorReceived(Exception):
     """The station answered our CALL with a CALLERROR."""
 
     def __init__(self, code: str, description: str, details: Any = None):
-        super().__init__(f"{code}: {description}")
+        super().__init__(shorten(f"{code}: {description}"))
         self.code = code
         self.description = description
         self.details = details
+
+
+def failure(exc: BaseException) -> str:
+    """A crash for the log: its traceback, with its message (which may quote what the
+    station sent) shortened."""
+    where = "".join(traceback.format_tb(exc.__traceback__))
+    return f"{type(exc).__name__}: {shorten(exc)}\nTraceback:\n{where}"
 
 
 class StationConnection:
@@ -58,6 +77,7 @@ class StationConnection:
         # The station's CALLs, answered in order by one task that lives while there
         # are any; answers to our CALLs are taken at once, never queued behind them.
         self._inbox: deque[rpc.Frame] = deque()
+        self._open_ids: set[str] = set()  # message ids queued or being answered
         self._worker: asyncio.Task | None = None
         self.received = 0
         self.errors = 0
@@ -80,8 +100,10 @@ class StationConnection:
             # as when it is read in turn; the answers just find no socket
             try:
                 await self.drain()
-            except Exception:
-                log.exception("%s: handling the last messages failed", self.station_id)
+            except Exception as exc:
+                log.error(
+                    "%s: handling the last messages failed: %s", self.station_id, failure(exc)
+                )
             for _, fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(ConnectionError("station disconnected"))
@@ -95,14 +117,12 @@ class StationConnection:
             frame = rpc.parse_frame(raw, self.version)
         except RpcError as err:
             self.errors += 1
-            log.warning("%s: bad frame: %s", self.station_id, err)
+            log.warning("%s: bad frame: %s", self.station_id, shorten(err))
             mid = err.details.pop("message_id", rpc.UNKNOWN_MESSAGE_ID)
             await self._send_error(mid, err)
             return
         if frame.type_id in (CALL, SEND):
-            self._inbox.append(frame)
-            if self._worker is None or self._worker.done():
-                self._worker = asyncio.create_task(self._work())
+            await self._enqueue(frame)
         elif frame.type_id in (CALLRESULT, CALLERROR):
             self._resolve(frame)
         elif frame.type_id == CALLRESULTERROR:
@@ -111,17 +131,41 @@ class StationConnection:
                 "%s: the station refused our answer to %s: %s %s",
                 self.station_id,
                 frame.message_id,
-                frame.error_code,
-                frame.error_description,
+                shorten(frame.error_code),
+                shorten(frame.error_description),
             )
+
+    async def _enqueue(self, frame: rpc.Frame) -> None:
+        mid = frame.message_id
+        if mid in self._open_ids:
+            self.errors += 1
+            log.warning(
+                "%s: message id %s is already being answered; dropped", self.station_id, mid
+            )
+            return
+        if len(self._inbox) >= MAX_QUEUED_CALLS:
+            self.errors += 1
+            log.warning("%s: too many CALLs unanswered; %s refused", self.station_id, mid)
+            if frame.type_id == CALL:
+                code = "GenericError" if self.version == "1.6" else "RpcFrameworkError"
+                text = f"{MAX_QUEUED_CALLS} CALLs are unanswered; send one at a time"
+                await self._send_error(mid, RpcError(code, text))
+            return
+        self._open_ids.add(mid)
+        self._inbox.append(frame)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
 
     async def _work(self) -> None:
         while self._inbox:
             frame = self._inbox.popleft()
-            if frame.type_id == CALL:
-                await self._handle_call(frame.message_id, frame.action or "", frame.payload)
-            else:
-                await self._handle_send(frame.message_id, frame.action or "", frame.payload)
+            try:
+                if frame.type_id == CALL:
+                    await self._handle_call(frame.message_id, frame.action or "", frame.payload)
+                else:
+                    await self._handle_send(frame.message_id, frame.action or "", frame.payload)
+            finally:
+                self._open_ids.discard(frame.message_id)
 
     async def drain(self) -> None:
         """Wait until every CALL received so far is answered."""
@@ -136,10 +180,12 @@ class StationConnection:
             await self._handler(SEND, action, payload)(payload)
         except RpcError as err:
             self.errors += 1
-            log.warning("%s: SEND %s %s dropped: %s", self.station_id, action, message_id, err)
-        except Exception:
+            log.warning(
+                "%s: SEND %s %s dropped: %s", self.station_id, action, message_id, shorten(err)
+            )
+        except Exception as exc:
             self.errors += 1
-            log.exception("%s: SEND %s failed", self.station_id, action)
+            log.error("%s: SEND %s failed: %s", self.station_id, action, failure(exc))
 
     def _handler(self, kind: int, action: str, payload: dict) -> Handler:
         """The handler of a valid incoming ``action``; raises :class:`RpcError` otherwise."""
@@ -161,17 +207,21 @@ class StationConnection:
                     rpc.validate(CALLRESULT, action, response, self.version)
                 except RpcError as err:  # our own bug: never send an invalid answer
                     log.error(
-                        "%s: invalid %s response %s: %s", self.station_id, action, response, err
+                        "%s: invalid %s response %s: %s",
+                        self.station_id,
+                        action,
+                        shorten(response),
+                        shorten(err),
                     )
                     raise RpcError("InternalError", "the CSMS built an invalid response") from err
         except RpcError as err:
             self.errors += 1
-            log.warning("%s: %s rejected: %s", self.station_id, action, err)
+            log.warning("%s: %s rejected: %s", self.station_id, action, shorten(err))
             await self._send_error(message_id, err)
             return
         except Exception as exc:
             self.errors += 1
-            log.exception("%s: %s failed", self.station_id, action)
+            log.error("%s: %s failed: %s", self.station_id, action, failure(exc))
             await self._send_error(
                 message_id, RpcError("InternalError", f"{type(exc).__name__} while handling")
             )
@@ -238,7 +288,9 @@ class StationConnection:
         try:
             rpc.validate(CALLRESULT, action, result, self.version)
         except RpcError as err:
-            log.warning("%s: %s answer breaks the schema: %s", self.station_id, action, err)
+            log.warning(
+                "%s: %s answer breaks the schema: %s", self.station_id, action, shorten(err)
+            )
             if self.version == "2.1":  # 2.1 tells the station its CALLRESULT was wrong
                 code = err.code if err.code != "NotImplemented" else "FormatViolation"
                 await self._send(

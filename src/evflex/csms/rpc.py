@@ -12,6 +12,7 @@ from __future__ import annotations
 import decimal
 import functools
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_ca
 from ocpp.v16.enums import Action as Action16
 from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
+
+from evflex.clock import parse_datetime
+from evflex.csms.limits import MAX_DEPTH, text_too_deep
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 #: OCPP 2.1 only: an error about a CALLRESULT, and a CALL that gets no answer.
@@ -98,14 +102,16 @@ def parse_frame(raw: str | bytes, version: str = "2.0.1") -> Frame:
             raise RpcError("RpcFrameworkError", "frame is not UTF-8 text") from exc
     try:
         msg = orjson.loads(raw)
-    except (orjson.JSONDecodeError, RecursionError) as exc:
-        raise RpcError("RpcFrameworkError", f"message is not valid JSON: {exc}") from exc
+    except Exception as exc:  # whatever the decoder raises (a number it cannot hold, ...)
+        raise unreadable(raw, f"message is not valid JSON: {exc}") from None
     if not isinstance(msg, list) or len(msg) < 3:
         raise RpcError("RpcFrameworkError", "message is not an OCPP-J array [type, id, ...]")
     type_id, message_id = msg[0], msg[1]
     if not isinstance(message_id, str) or not message_id or len(message_id) > 36:
         raise RpcError("RpcFrameworkError", "messageId is not a string of 1..36 characters")
     mid = {"message_id": message_id}
+    if text_too_deep(raw, msg):
+        raise RpcError("FormatViolation", f"message nests deeper than {MAX_DEPTH} levels", mid)
     if not isinstance(type_id, int) or isinstance(type_id, bool):
         raise RpcError("RpcFrameworkError", "messageTypeId is not an integer", mid)
     if type_id == CALL:
@@ -127,22 +133,53 @@ def parse_frame(raw: str | bytes, version: str = "2.0.1") -> Frame:
     if type_id == CALLERROR or (type_id == CALLRESULTERROR and version == "2.1"):
         if len(msg) not in (4, 5):
             raise RpcError("RpcFrameworkError", "CALLERROR must have 5 elements", mid)
-        return Frame(
+        return Frame(  # the spec's limits: a code is a short word, a description 255 chars
             type_id,
             message_id,
-            error_code=str(msg[2]),
-            error_description=str(msg[3]),
+            error_code=str(msg[2])[:64],
+            error_description=str(msg[3])[:255],
             error_details=msg[4] if len(msg) == 5 else None,
         )
     raise RpcError("MessageTypeNotSupported", f"messageTypeId {type_id} is not supported", mid)
 
 
+#: ``[type, "id"`` at the start of a frame: the message id of a frame that is not JSON.
+_HEAD = re.compile(r'\s*\[\s*\d\s*,\s*"([^"\\]{1,36})"\s*,')
+
+
+def unreadable(raw: str, description: str) -> RpcError:
+    """The error for a frame the JSON decoder refuses: FormatViolation with its message
+    id when its head ``[type, "id",`` can be read (the payload is what is wrong), else
+    RpcFrameworkError (the message id cannot be read)."""
+    head = _HEAD.match(raw[:64])
+    if head is None:
+        return RpcError("RpcFrameworkError", description)
+    return RpcError("FormatViolation", description, {"message_id": head.group(1)})
+
+
 # --------------------------------------------------------------------------- validation
 
 _SCHEMA_DIRS = {"1.6": "v16", "2.0.1": "v201", "2.1": "v21"}
-# Formats are not checked (as the ``ocpp`` library's validator does not): a
-# timestamp is read by its handler, which says what is wrong with it.
-_NO_FORMATS = {"date-time": lambda _v: True, "uri": lambda _v: True}
+
+
+def _datetime_fault(value: str) -> str | None:
+    """None for a date-time that evflex can read and hold in UTC, else what is wrong
+    with it: ``"syntax"`` (not a date-time) or ``"range"`` (not one UTC can hold)."""
+    try:
+        parse_datetime(value)
+    except OverflowError:
+        return "range"
+    except ValueError:
+        return "syntax"
+    return None
+
+
+# A timestamp must be one that evflex can read and hold in UTC; URIs are not checked.
+_FORMATS = {"date-time": lambda v: _datetime_fault(v) is None, "uri": lambda _v: True}
+#: OCPP's integer is 32 bits; identifiers (``...Id``, ``id``; not 1.6's transactionId,
+#: which stations are known to send as -1) are never negative, as OCPP 2.1 writes.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+_SIGNED_IDS = frozenset({"transactionId"})
 
 _PROPERTY = {
     "enum",
@@ -190,7 +227,30 @@ def validator(type_id: int, action: str, version: str) -> Callable[[Any], Any]:
     if action not in known:
         raise ValueError(action)
     schema = json.loads(schema_path(type_id, action, version).read_text(encoding="utf-8-sig"))
-    return fastjsonschema.compile(schema, formats=_NO_FORMATS, use_default=False)
+    return fastjsonschema.compile(bounded(schema), formats=_FORMATS, use_default=False)
+
+
+def bounded(schema: Any, name: str = "") -> Any:
+    """``schema`` with the ranges OCPP gives every integer (:data:`INT_MIN`..
+    :data:`INT_MAX`, and from 0 for an identifier) where it states none."""
+    if isinstance(schema, list):
+        return [bounded(s, name) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "definitions", "$defs") and isinstance(value, dict):
+            out[key] = {n: bounded(s, n) for n, s in value.items()}
+        elif key in ("items", "anyOf", "oneOf", "allOf"):
+            out[key] = bounded(value, name)
+        else:
+            out[key] = value
+    if out.get("type") == "integer":
+        ident = (name == "id" or name.endswith("Id")) and name not in _SIGNED_IDS
+        low = 0 if ident else INT_MIN
+        out["minimum"] = max(out.get("minimum", low), low)
+        out["maximum"] = min(out.get("maximum", INT_MAX), INT_MAX)
+    return out
 
 
 def compile_validators(version: str, actions, type_id: int = CALL) -> int:
@@ -232,6 +292,15 @@ def schema_error(e: JsonSchemaValueException) -> RpcError:
     if text.startswith(e.name or "\0"):
         text = f"{where}{text[len(e.name) :]}"
     details = {"path": where, "rule": e.rule}
+    if e.rule == "format" and isinstance(e.value, str):
+        if _datetime_fault(e.value) == "syntax":
+            return RpcError("TypeConstraintViolation", f"{where} is not a date-time", details)
+        return RpcError("PropertyConstraintViolation", f"{where} is out of range", details)
+    if e.rule == "type" and isinstance(e.value, float) and e.value.is_integer():
+        # an integer literal too long for a 64-bit integer is read as a float
+        if (e.definition or {}).get("type") == "integer":
+            details["rule"] = "maximum" if e.value > 0 else "minimum"
+            return RpcError("PropertyConstraintViolation", f"{where} is out of range", details)
     if e.rule == "required":
         return RpcError("OccurrenceConstraintViolation", text, details)
     if e.rule == "type":
@@ -239,6 +308,17 @@ def schema_error(e: JsonSchemaValueException) -> RpcError:
     if e.rule in _PROPERTY:
         return RpcError("PropertyConstraintViolation", text, details)
     return RpcError("FormatViolation", text, details)
+
+
+def finite(value: float, where: str) -> float:
+    """``value`` if it is a finite number, else the CALLERROR for ``where``."""
+    if not math.isfinite(value):
+        raise RpcError(
+            "PropertyConstraintViolation",
+            f"{where} is not a finite number",
+            {"path": where, "rule": "finite"},
+        )
+    return value
 
 
 # --------------------------------------------------------------------------- encoding
