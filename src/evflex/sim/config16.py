@@ -42,6 +42,9 @@ class ConfigTable:
         self._keys: dict[str, ConfigKey] = {k.key.lower(): k for k in keys}
         self.on_change = on_change
 
+    def add(self, key: ConfigKey) -> None:
+        self._keys[key.key.lower()] = key
+
     def __contains__(self, key: str) -> bool:
         return key.lower() in self._keys
 

@@ -46,6 +46,9 @@ class Connection:
     """
 
     _txq: deque[_TxItem]
+    #: Why each failed connect attempt failed (a refused handshake, a TLS alert...).
+    connect_failures: list[BaseException]
+    _reconnect_now: bool
 
     # ------------------------------------------------------------------ sending
 
@@ -170,14 +173,24 @@ class Connection:
     # ------------------------------------------------------------------ connection
 
     def _headers(self) -> dict[str, str] | None:
-        if not self.password:
+        password = self.basic_auth_password()
+        if not password:
             return None
-        token = base64.b64encode(f"{self.id}:{self.password}".encode()).decode("ascii")
+        token = base64.b64encode(f"{self.id}:{password}".encode()).decode("ascii")
         return {"Authorization": f"Basic {token}"}
 
+    async def reconnect(self) -> None:
+        """Close the link and connect again at once with the current settings (no new boot)."""
+        link = self._link_obj
+        if link is not None:
+            self._reconnect_now = True
+            await link.close_socket()
+
     async def _connect(self) -> ClientConnection:
+        profile = self.link_profile()
         ws = await connect(
-            self.url,
+            self.connect_url(),
+            ssl=self.ssl_context(),
             subprotocols=[self.subprotocol],  # type: ignore[list-item]
             additional_headers=self._headers(),
             open_timeout=self.connect_timeout_s,
@@ -188,6 +201,7 @@ class Connection:
         if ws.subprotocol != self.subprotocol:
             await ws.close()
             raise ConnectionError(f"CSMS did not accept subprotocol {self.subprotocol}")
+        self.connected_with(profile)
         return ws
 
     async def _connection_loop(self) -> None:
@@ -204,6 +218,7 @@ class Connection:
                 raise
             except Exception as exc:
                 failures += 1
+                self.connect_failures.append(exc)
                 self.error(f"connect failed: {exc!r}")
                 delay = self.reconnect_delay_s * 2 ** min(failures - 1, 6)
                 await asyncio.sleep(min(delay, MAX_RECONNECT_DELAY_S))
@@ -223,8 +238,8 @@ class Connection:
                 sync.cancel()
                 await link.close_socket()
             expected = self._rebooting or self._stopping or not self._want_online.is_set()
-            if self._rebooting:
-                self._rebooting = False
+            if self._rebooting or self._reconnect_now:
+                self._rebooting = self._reconnect_now = False
                 continue
             if not expected:
                 self.stats.connection_losses += 1

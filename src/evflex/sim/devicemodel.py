@@ -35,6 +35,8 @@ class DeviceModel:
         self._vars: dict[tuple[Any, ...], Variable] = {}
         self._components: set[tuple[str, str | None, int | None, int | None]] = set()
         self.on_change = on_change
+        #: Why a SetVariables value is refused beyond its type and limits (a reason code).
+        self.check: Callable[[Variable, str], str | None] | None = None
 
     def add(self, variable: Variable) -> Variable:
         self._vars[variable.key] = variable
@@ -133,9 +135,10 @@ class DeviceModel:
                     result["attribute_status_info"] = {"reason_code": "ReadOnly"}
                 else:
                     value = self._normalise(var, str(req["attribute_value"]))
-                    if value is None:
+                    reason = "InvalidValue" if value is None else self._refusal(var, value)
+                    if reason is not None:
                         result["attribute_status"] = "Rejected"
-                        result["attribute_status_info"] = {"reason_code": "InvalidValue"}
+                        result["attribute_status_info"] = {"reason_code": reason}
                     else:
                         var.value = value
                         changed.append(var)
@@ -144,6 +147,9 @@ class DeviceModel:
             for var in changed:
                 self.on_change(var)
         return results
+
+    def _refusal(self, var: Variable, value: str) -> str | None:
+        return self.check(var, value) if self.check is not None else None
 
     @staticmethod
     def _normalise(var: Variable, value: str) -> str | None:

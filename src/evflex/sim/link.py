@@ -52,6 +52,8 @@ class _Link:
     """Bookkeeping shared by both protocol-specific link classes."""
 
     closed: asyncio.Future[None]
+    #: True while a CSMS request is being handled (its answer not yet sent).
+    handling: bool = False
     followups: list[Callable[[], Coroutine[Any, Any, Any]]] = field(default_factory=list)
 
 
@@ -84,6 +86,10 @@ class LinkMixin:
         if not self._link.closed.done():
             self._link.closed.set_result(None)
 
+    @property
+    def handling(self) -> bool:
+        return self._link.handling
+
     def later(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``factory()`` after the response to the current request was sent."""
         self._link.followups.append(factory)
@@ -102,7 +108,11 @@ class LinkMixin:
             if msg[2] == "SetChargingProfile" and station.spec.profile_behaviour == "ignore":
                 return  # never answered: the CSMS runs into its response timeout
         self._link.followups = []
-        await super().route_message(raw_msg)  # type: ignore[misc]
+        self._link.handling = True
+        try:
+            await super().route_message(raw_msg)  # type: ignore[misc]
+        finally:
+            self._link.handling = False
         followups, self._link.followups = self._link.followups, []
         for factory in followups:
             station.spawn(factory())

@@ -10,6 +10,12 @@ from typing import Any, Literal
 from evflex.sim.ev import EvBattery
 
 OCPP_VERSIONS = ("1.6", "2.0.1", "2.1")
+#: How a simulated station can attack the CSMS (each must be refused):
+#: ``wrong-ca`` a client certificate from a CA of its own making, ``expired`` an
+#: expired one, ``other-station`` the certificate of another station, and
+#: ``downgrade`` a connection one security profile below the one it reached
+#: (profile 2 without a client certificate; plain ws; no password).
+ATTACKS = ("wrong-ca", "expired", "other-station", "downgrade")
 PROFILE_BEHAVIOURS = ("execute", "reject", "ignore")
 ProfileBehaviour = Literal["execute", "reject", "ignore"]
 
@@ -71,6 +77,51 @@ DEFAULT_SAMPLED_21 = ",".join(
 
 
 @dataclass
+class SecuritySettings:
+    """How a simulated station secures its link (OCPP security profiles 0 to 3).
+
+    Files may be paths or PEM text. ``ca_file`` is the CA the station trusts
+    for the CSMS's server certificate (profiles 2 and 3; without it the
+    system's trust store); ``client_cert`` / ``client_key`` the station's own
+    certificate (chain) and key for profile 3 (a certificate the CSMS signs
+    later replaces them). ``cpo_name`` is the O of its CSRs, their CN its id
+    (``csr_common_name="id"``) or its serial number. ``tls_url`` /
+    ``plain_url`` are where to connect with (and without) TLS when that is not
+    the station's URL with the scheme changed. ``attack`` (see ``ATTACKS``)
+    makes it an attacker; ``signer_cert`` / ``signer_key`` are a CA that signs
+    the certificates of the ``expired`` and ``other-station`` attacks (without
+    them these present ``client_cert`` as it is); ``other_station`` is whose
+    certificate ``other-station`` presents.
+    """
+
+    profile: int | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    cpo_name: str | None = None
+    csr_common_name: Literal["id", "serial"] = "id"
+    key_kind: Literal["ec", "rsa"] = "ec"
+    tls_url: str | None = None
+    plain_url: str | None = None
+    attack: str | None = None
+    signer_cert: str | None = None
+    signer_key: str | None = None
+    other_station: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile is not None and self.profile not in (0, 1, 2, 3):
+            raise ValueError("security profile must be 0, 1, 2 or 3")
+        if self.attack is not None and self.attack not in ATTACKS:
+            raise ValueError(f"attack must be one of {', '.join(ATTACKS)}")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("a client certificate needs its key (and a key its certificate)")
+        if (self.signer_cert is None) != (self.signer_key is None):
+            raise ValueError("the signing CA needs its certificate and its key")
+        if self.csr_common_name not in ("id", "serial"):
+            raise ValueError("csr_common_name must be 'id' or 'serial'")
+
+
+@dataclass
 class StationSpec:
     """Static description of a simulated charging station."""
 
@@ -95,6 +146,8 @@ class StationSpec:
     #: What the station does with charging profiles: "execute" them, answer
     #: SetChargingProfile with "reject", or "ignore" it (never answer).
     profile_behaviour: ProfileBehaviour = "execute"
+    #: Security profile, TLS files, CPO name and attacker mode.
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def __post_init__(self) -> None:
         if self.ocpp_version not in OCPP_VERSIONS:

@@ -43,6 +43,7 @@ from evflex.sim.grid import BuildingMeter, Grid
 from evflex.sim.link import LinkDown, LinkMixin, MessageHook, wire_log
 from evflex.sim.metering import Metering, Sample
 from evflex.sim.model import EvseState, Reservation, SimStats, StationSpec
+from evflex.sim.security import StationSecurity
 from evflex.sim.sessions import EndCause, EvseBusy, Sessions
 from evflex.smartcharging.composite import InstalledProfiles
 from evflex.smartcharging.profiles import ChargingProfile
@@ -77,7 +78,7 @@ CLOCK_SYNC_MIN_STEP_S = 1.0
 TIME_SOURCES = ("csms", "rtc", "timeline")
 
 
-class SimStation(Connection, Sessions, Authorization, SmartCharging, Metering):
+class SimStation(Connection, Sessions, Authorization, SmartCharging, Metering, StationSecurity):
     """A simulated charging station (OCPP 1.6 or 2.0.1, chosen by ``spec.ocpp_version``).
 
     ``url`` is the CSMS base URL; the station connects to ``{url}/{spec.id}``.
@@ -216,6 +217,9 @@ class SimStation(Connection, Sessions, Authorization, SmartCharging, Metering):
         self._pump_task: asyncio.Task[Any] | None = None
         self._aligned_task: asyncio.Task[Any] | None = None
         self._heartbeat_task: asyncio.Task[Any] | None = None
+        self._reconnect_now = False
+        self.connect_failures: deque[BaseException] = deque(maxlen=50)
+        self._init_security()
         self._init_protocol(
             meter_interval_s=meter_interval_s, heartbeat_interval_s=heartbeat_interval_s
         )

@@ -20,6 +20,7 @@ from evflex.sim.handlers import CommonHandlers
 from evflex.sim.link import LinkMixin
 from evflex.sim.metering import Sample
 from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
+from evflex.sim.security16 import Security16, SecurityLink16
 from evflex.sim.sessions import EndCause, TxEnded
 from evflex.sim.station import SimStation
 from evflex.smartcharging.profiles import ProfileError
@@ -46,7 +47,7 @@ def _text(value: float) -> str:
     return text if text not in ("", "-0") else "0"
 
 
-class Link16(CommonHandlers, LinkMixin, OcppChargePoint):
+class Link16(SecurityLink16, CommonHandlers, LinkMixin, OcppChargePoint):
     """Handlers for the requests of an OCPP 1.6 central system."""
 
     results = call_result
@@ -72,7 +73,9 @@ class Link16(CommonHandlers, LinkMixin, OcppChargePoint):
 
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
-        return call_result.ChangeConfiguration(status=self.station.config.change(key, value))
+        st = self.station
+        status = st.security_configuration(key, value) or st.config.change(key, value)
+        return call_result.ChangeConfiguration(status=status)
 
     @on(Action.remote_start_transaction)
     def on_remote_start_transaction(
@@ -102,10 +105,15 @@ class Link16(CommonHandlers, LinkMixin, OcppChargePoint):
     def on_trigger_message(
         self, requested_message: str, connector_id: int | None = None, **_: Any
     ) -> Any:
-        st = self.station
-        if connector_id not in (None, 0) and connector_id not in st.evses:
+        if connector_id not in (None, 0) and connector_id not in self.station.evses:
             return call_result.TriggerMessage(status="Rejected")
-        actions = {
+        actions = self.trigger_actions(connector_id)
+        return call_result.TriggerMessage(status=self.trigger(requested_message, actions))
+
+    def trigger_actions(self, connector_id: int | None) -> dict[str, Any]:
+        """What TriggerMessage can ask for (ExtendedTriggerMessage adds to these)."""
+        st = self.station
+        return {
             "BootNotification": st.send_boot_notification,
             "Heartbeat": st.send_heartbeat,
             "StatusNotification": lambda: st.trigger_status(connector_id),
@@ -117,7 +125,6 @@ class Link16(CommonHandlers, LinkMixin, OcppChargePoint):
                 call.DiagnosticsStatusNotification(status="Idle")
             ),
         }
-        return call_result.TriggerMessage(status=self.trigger(requested_message, actions))
 
     @on(Action.unlock_connector)
     def on_unlock_connector(self, connector_id: int, **_: Any) -> Any:
@@ -227,7 +234,7 @@ class Link16(CommonHandlers, LinkMixin, OcppChargePoint):
         )
 
 
-class Station16(SimStation):
+class Station16(Security16, SimStation):
     """A simulated OCPP 1.6-J charge point (one connector per EVSE, connector id = EVSE id)."""
 
     version = "1.6"
@@ -245,6 +252,7 @@ class Station16(SimStation):
             ),
             on_change=self._config_changed,
         )
+        self._add_security_keys()
         self.reset_kind = "Soft"
         self._placeholders = itertools.count(-1, -1)
         #: Local placeholder → transaction id assigned by the central system.

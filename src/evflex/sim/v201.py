@@ -23,6 +23,7 @@ from evflex.sim.handlers import CommonHandlers
 from evflex.sim.link import LinkMixin
 from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
 from evflex.sim.monitoring import MonitorEngine, evse_power_w, grid_frequency_hz, grid_voltage_v
+from evflex.sim.security201 import Security201, SecurityLink201
 from evflex.sim.station import SimStation
 from evflex.sim.tx201 import ALIGNED, AUTH, SAMPLED, SMART, TransactionEvents201
 from evflex.smartcharging.composite import InstalledProfile
@@ -43,7 +44,7 @@ def status_info(reason: str, info: str = "", max_info: int = 512) -> dict[str, A
     return out
 
 
-class Link201(CommonHandlers, LinkMixin, OcppChargePoint):
+class Link201(SecurityLink201, CommonHandlers, LinkMixin, OcppChargePoint):
     """Handlers for the requests of an OCPP 2.0.1 CSMS."""
 
     results = call_result
@@ -183,6 +184,7 @@ class Link201(CommonHandlers, LinkMixin, OcppChargePoint):
                 call.FirmwareStatusNotification(status="Idle")
             ),
             "LogStatusNotification": lambda: st.send(call.LogStatusNotification(status="Idle")),
+            "SignChargingStationCertificate": st.request_certificate,
         }
         return call_result.TriggerMessage(status=self.trigger(msg, actions))
 
@@ -339,7 +341,7 @@ class Link201(CommonHandlers, LinkMixin, OcppChargePoint):
         return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)
 
 
-class Station201(TransactionEvents201, SimStation):
+class Station201(TransactionEvents201, Security201, SimStation):
     """A simulated OCPP 2.0.1 charging station (one connector per EVSE)."""
 
     version = "2.0.1"
@@ -358,7 +360,7 @@ class Station201(TransactionEvents201, SimStation):
             heartbeat_interval=heartbeat_interval_s,
             meter_interval=int(round(meter_interval_s)),
             sampled_data=DEFAULT_SAMPLED,
-            security_profile=1 if spec.password else 0,
+            security_profile=self.security_profile,
             availability=self._availability,
             local_list_entries=lambda: len(self.local_list),
             now_text=self.now_text,
@@ -377,6 +379,7 @@ class Station201(TransactionEvents201, SimStation):
             "Heartbeat" if self.time_source == "csms" else "RealTimeClock",
         )
         self.monitoring = MonitorEngine(self, self.dm)
+        self._add_security_variables()
 
     def _availability(self, evse_id: int | None) -> str:
         if evse_id is None:
@@ -395,6 +398,7 @@ class Station201(TransactionEvents201, SimStation):
             self.set_clock(parse_datetime(var.value), "SetVariables")
         elif key == ("SecurityCtrlr", "BasicAuthPassword"):
             self.password = var.value or None
+        self._security_variable_changed(var)
 
     def _profile_limits(self) -> tuple[int, int, int]:
         dm = self.dm

@@ -1,0 +1,168 @@
+"""The simulated station's link on security profiles 2 and 3, against a real TLS server.
+
+The server (``sim_csms.MiniCsms``) is ``ssl`` + ``websockets`` + the ``ocpp``
+library's ChargePoint on 127.0.0.1, with a CA of its own.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from evflex.security import pki
+from evflex.sim import SimStation
+from evflex.sim.model import SecuritySettings, StationSpec
+from security.sim_csms import Lab, MiniCsms
+from sim.conftest import wait_until
+
+VERSIONS = ["1.6", "2.0.1", "2.1"]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    return Lab(tmp_path)
+
+
+@pytest.fixture
+async def made():
+    """Stations a test starts; stopped afterwards."""
+    out: list[SimStation] = []
+    yield out
+    for st in out:
+        await st.stop(timeout=2.0)
+
+
+def station(csms: MiniCsms, version: str, made: list, sid: str = "CS1", **security) -> SimStation:
+    spec = StationSpec(
+        id=sid,
+        ocpp_version=version,
+        evses=1,
+        password=security.pop("password", "pw-0123456789abcdef"),
+        security=SecuritySettings(**security),
+    )
+    st = SimStation(spec, csms.url, reconnect_delay_s=0.05, response_timeout_s=5.0)
+    made.append(st)
+    return st
+
+
+async def set_variables(csms: MiniCsms, component: str, name: str, *values: str) -> list:
+    """SetVariables of one variable to each of ``values`` in turn (one request): the results."""
+    data = [
+        {"component": {"name": component}, "variable": {"name": name}, "attribute_value": v}
+        for v in values
+    ]
+    answer = await csms.call("CS1", "SetVariables", set_variable_data=data)
+    return answer.set_variable_result
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_profile_2_is_wss_with_basic_auth_verifying_the_csms(lab, version, made):
+    async with MiniCsms(lab) as csms:
+        st = station(csms, version, made, profile=2, ca_file=str(lab.ca_file))
+        await st.start(timeout=10)
+        (hs,) = csms.of("CS1")
+        assert hs.tls and hs.password == "pw-0123456789abcdef" and hs.client_cert is None
+        assert st.profile_reached == 2
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_profile_2_refuses_a_csms_its_ca_did_not_sign(lab, tmp_path, version, made):
+    other, _ = pki.init_ca(tmp_path / "other", "Someone Else")
+    async with MiniCsms(lab) as csms:
+        st = station(csms, version, made, profile=2, ca_file=str(other))
+        st.launch()
+        await wait_until(lambda: st.connect_failures, timeout=10)
+        assert isinstance(st.connect_failures[0], ssl.SSLCertVerificationError)
+        assert not st.booted and not csms.handshakes
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_profile_3_presents_the_client_certificate_without_a_password(lab, version, made):
+    cert, key = lab.station_cert("CS1")
+    async with MiniCsms(lab) as csms:
+        st = station(
+            csms, version, made, profile=3, ca_file=str(lab.ca_file),
+            client_cert=cert, client_key=key,
+        )  # fmt: skip
+        await st.start(timeout=10)
+        (hs,) = csms.of("CS1")
+        assert hs.tls and hs.password is None
+        assert hs.client_cn == "CS1" and pki.cert_pem(hs.client_cert) == cert
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_sign_certificate_then_reconnect_with_the_signed_certificate(lab, version, made):
+    """Profile 2 → trigger → SignCertificate → CertificateSigned → profile 3 → reconnect."""
+    async with MiniCsms(lab) as csms:
+        st = station(csms, version, made, profile=2, ca_file=str(lab.ca_file), cpo_name=lab.org)
+        await st.start(timeout=10)
+        if version == "1.6":
+            answer = await csms.call(
+                "CS1", "ExtendedTriggerMessage", requested_message="SignChargePointCertificate"
+            )
+        else:
+            answer = await csms.call(
+                "CS1", "TriggerMessage", requested_message="SignChargingStationCertificate"
+            )
+        assert answer.status == "Accepted"
+        await wait_until(lambda: csms.results.get("CertificateSigned"), 10)
+        assert ("CertificateSigned", "Accepted") in st.security_log
+        (_, csr) = csms.csrs[0]
+        assert pki.csr_names(csr) == ("CS1", lab.org)
+        assert pki.names(st.station_chain[0]) == ("CS1", lab.org)
+        assert csms.results["CertificateSigned"][0].status == "Accepted"
+        # the CSMS moves the station to profile 3: it reconnects with its new certificate
+        if version == "1.6":
+            answer = await csms.call("CS1", "ChangeConfiguration", key="SecurityProfile", value="3")
+        else:
+            await csms.call(
+                "CS1",
+                "SetNetworkProfile",
+                configuration_slot=2,
+                connection_data={
+                    "ocpp_version": "OCPP20", "ocpp_transport": "JSON", "ocpp_csms_url": csms.url,
+                    "message_timeout": 30, "security_profile": 3, "ocpp_interface": "Wired0",
+                },
+            )  # fmt: skip
+            (answer,) = await set_variables(
+                csms, "OCPPCommCtrlr", "NetworkConfigurationPriority", "2,1"
+            )
+            answer = type("A", (), {"status": answer["attribute_status"]})
+        assert answer.status == "Accepted"
+        await wait_until(lambda: len(csms.of("CS1")) == 2 and st.online, 10)
+        second = csms.of("CS1")[1]
+        assert second.client_cert == st.station_chain[0] and second.password is None
+        assert st.profile_reached == 3 and st.boot_count == 1
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_certificate_for_another_key_is_rejected_and_reported(lab, version, made):
+    async with MiniCsms(lab, sign=False) as csms:
+        st = station(csms, version, made, profile=2, ca_file=str(lab.ca_file))
+        await st.start(timeout=10)
+        assert await st.request_certificate() == "Accepted"
+        foreign, _ = lab.station_cert("CS1")  # right names, but not the key of its CSR
+        answer = await csms.call("CS1", "CertificateSigned", certificate_chain=foreign)
+        assert answer.status == "Rejected"
+        assert st.station_chain == []
+        await wait_until(lambda: csms.security_events, 5)
+        assert csms.security_events == [("CS1", "InvalidChargingStationCertificate")]
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.1"])
+async def test_profile_changes_never_go_down(lab, version, made):
+    async with MiniCsms(lab) as csms:
+        st = station(csms, version, made, profile=2, ca_file=str(lab.ca_file))
+        await st.start(timeout=10)
+        if version == "1.6":
+            down = await csms.call("CS1", "ChangeConfiguration", key="SecurityProfile", value="1")
+            up = await csms.call("CS1", "ChangeConfiguration", key="SecurityProfile", value="3")
+            statuses = [down.status, up.status]
+        else:
+            results = await set_variables(csms, "SecurityCtrlr", "SecurityProfile", "1", "3")
+            statuses = [r["attribute_status"] for r in results]
+            reasons = [r["attribute_status_info"]["reason_code"] for r in results]
+            assert reasons == ["NoSecurityDowngrade", "NoCertificate"]
+        assert statuses == ["Rejected", "Rejected"]  # down: never; 3: no certificate yet
+        assert st.security_profile == 2 and len(csms.of("CS1")) == 1
