@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from evflex.clock import isoformat, parse_datetime
+from evflex.csms.limits import stored_data
 from evflex.csms.service import CsmsService
 from evflex.domain.model import StationEvent
 
@@ -77,7 +78,9 @@ class StationHandlers:
 
     @handles("DataTransfer")
     async def data_transfer(self, p: dict) -> dict:
-        await self._event(
-            "data_transfer", p["vendorId"], {"messageId": p.get("messageId"), "data": p.get("data")}
-        )
+        data, cut = stored_data(p.get("data"))
+        detail = {"messageId": p.get("messageId"), "data": data}
+        if cut:  # the start of its JSON is kept, and the event says so
+            detail["truncated"] = True
+        await self._event("data_transfer", p["vendorId"], detail)
         return {"status": "UnknownVendorId"}

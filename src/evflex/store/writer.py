@@ -13,6 +13,9 @@ log lines) are not jobs but *rows* of a :class:`Bulk` statement: all rows a
 batch holds for one statement go to the database in one executemany, after
 the batch's jobs (so a row may refer to what a job of the same batch
 created). Rows with the same key are merged first (the newest wins).
+
+A job that refuses (:func:`refusal`: an HTTP 4xx, or a rule of evflex's own)
+is answered with its refusal and logged as such, not as a failed write.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ T = TypeVar("T")
 Job = Callable[[AsyncSession], Awaitable[Any]]
 #: Loads, in one query, what a batch's jobs will look up by these keys (into the session).
 Prefetch = Callable[[AsyncSession, list[Hashable]], Awaitable[None]]
+
+
+def refusal(exc: BaseException) -> bool:
+    """Whether a job's exception is an expected refusal rather than a failure: one with
+    an HTTP status 4xx (``HTTPException``), or a ``ValueError`` evflex defines (a rule
+    of its own, such as :class:`~evflex.store.repo.TopologyError`)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return 400 <= status < 500
+    return isinstance(exc, ValueError) and type(exc).__module__.startswith("evflex.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,12 +210,17 @@ class GroupCommitWriter:
                     else:
                         results.append(await job(session))
                 await self._write_all(session, bulk)
-        except Exception:
+        except Exception as exc:
             if len(batch) == 1:
                 job, fut = batch[0]
                 await self._run_alone(job, fut)
                 return
-            log.warning("batch of %d writes failed; retrying one by one", len(batch))
+            log.log(
+                logging.INFO if refusal(exc) else logging.WARNING,
+                "batch of %d writes failed (%r); retrying one by one",
+                len(batch),
+                exc,
+            )
             for job, fut in batch:
                 await self._run_alone(job, fut)
             return
@@ -227,7 +245,10 @@ class GroupCommitWriter:
                     result = await job(session)
                 await self._write_all(session, bulk)
         except Exception as exc:  # reported to the caller, who answers with an error
-            log.exception("write failed")
+            if refusal(exc):
+                log.info("write refused: %r", exc)
+            else:
+                log.exception("write failed")
             if not fut.done():
                 fut.set_exception(exc)
             return
