@@ -187,6 +187,7 @@ class Connection:
             await link.close_socket()
 
     async def _connect(self) -> ClientConnection:
+        self.apply_network_profile()
         profile = self.link_profile()
         ws = await connect(
             self.connect_url(),
@@ -219,6 +220,7 @@ class Connection:
             except Exception as exc:
                 failures += 1
                 self.connect_failures.append(exc)
+                self.connect_failed()
                 self.error(f"connect failed: {exc!r}")
                 delay = self.reconnect_delay_s * 2 ** min(failures - 1, 6)
                 await asyncio.sleep(min(delay, MAX_RECONNECT_DELAY_S))

@@ -194,6 +194,8 @@ class StationSecurity:
         #: What the station did: ("SignCertificate", status), ("CertificateSigned", status)...
         self.security_log: list[tuple[str, str]] = []
         self._attack_files: tuple[str, str] | None = None
+        self._next_network: NetworkProfile | None = None
+        self._fallback: tuple[NetworkProfile, int] | None = None
 
     # ------------------------------------------------------------------ the link
 
@@ -292,6 +294,7 @@ class StationSecurity:
     def connected_with(self, profile: int) -> None:
         """The CSMS accepted a connection with ``profile``."""
         self.profile_reached = max(self.profile_reached, profile)
+        self._fallback = None
 
     # ------------------------------------------------------------------ key and certificate
 
@@ -415,12 +418,40 @@ class StationSecurity:
         return refusal
 
     def use_network_priority(self, slots: list[str]) -> None:
-        """NetworkConfigurationPriority changed: connect with its first usable slot."""
+        """NetworkConfigurationPriority changed: the next connect (after a Reset, say)
+        uses its first usable slot; after as many failed attempts as
+        ``NetworkProfileConnectionAttempts`` the station goes back to what worked."""
         for text in slots:
-            found = self.network_profiles.get(int(text)) if text.isdigit() else None
+            found = self.network_profiles.get(int(text)) if text.strip().isdigit() else None
             if found is not None and self.profile_refusal(found.security_profile) is None:
-                self.change_profile(found.security_profile, found.url)
+                self._next_network = found
                 return
+
+    def apply_network_profile(self) -> None:
+        """Before a connect attempt: switch to the slot chosen by the priority, if any."""
+        chosen, self._next_network = self._next_network, None
+        if chosen is None:
+            return
+        url = (chosen.url or self.base_url).rstrip("/")
+        if (chosen.security_profile, url) == (self.security_profile, self.base_url):
+            return
+        self._fallback = (NetworkProfile(self.security_profile, self.base_url), self._attempts())
+        self.security_profile, self.base_url = chosen.security_profile, url
+
+    def connect_failed(self) -> None:
+        """A connect attempt failed: after too many on a new slot, go back to the old one."""
+        if self._fallback is None:
+            return
+        previous, left = self._fallback
+        self._fallback = (previous, left - 1) if left > 1 else None
+        if left <= 1:
+            self.error(
+                f"profile {self.security_profile} failed: back to {previous.security_profile}"
+            )
+            self.security_profile, self.base_url = previous.security_profile, str(previous.url)
+
+    def _attempts(self) -> int:
+        return 3
 
     def after_answer(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``factory()`` once the answer to the request being handled was sent."""

@@ -136,6 +136,9 @@ class Security201(StationSecurity):
     def organization(self) -> str | None:
         return self.dm.text(SECURITY, "OrganizationName") or self.security.cpo_name
 
+    def _attempts(self) -> int:
+        return max(1, self.dm.int(COMM, "NetworkProfileConnectionAttempts"))
+
     def _max_chain_size(self) -> int:
         return self.dm.int(SECURITY, "MaxCertificateChainSize")
 
