@@ -195,10 +195,11 @@ def basic_auth(user: str, password: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def connected(cls, url: str, station_id: str, subprotocol: str, headers=None):
-    """Connect a library ChargePoint and run its receive loop for the block."""
+async def connected(cls, url: str, station_id: str, subprotocol: str, headers=None, **connect):
+    """Connect a library ChargePoint and run its receive loop for the block (``connect``:
+    more options of ``websockets.connect``, such as ``local_addr``)."""
     async with websockets.connect(
-        f"{url}/{station_id}", subprotocols=[subprotocol], additional_headers=headers
+        f"{url}/{station_id}", subprotocols=[subprotocol], additional_headers=headers, **connect
     ) as ws:
         cp = cls(station_id, ws, response_timeout=5)
         task = asyncio.create_task(cp.start())

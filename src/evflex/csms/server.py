@@ -80,9 +80,15 @@ class Refusal:
     first refusal set wins); :meth:`send` logs it, records the event and answers."""
 
     def __init__(
-        self, sink: audit.EventSink, connection: ServerConnection, station_id: str, source: str
+        self,
+        sink: audit.EventSink,
+        connection: ServerConnection,
+        station_id: str,
+        source: str,
+        limiter: audit.FailureLimiter,
     ) -> None:
         self.sink = sink
+        self.limiter = limiter
         self.connection = connection
         self.station_id = station_id
         self.source = source
@@ -101,6 +107,8 @@ class Refusal:
         status, code, reason, detail = self.refused
         log.warning("station %s from %s refused: %s", self.station_id, self.source, reason)
         await audit.record(self.sink, code, self.source, reason, self.station_id, **detail)
+        if code in audit.AUTH_FAILURES:
+            self.limiter.fail([f"ip:{self.source}"])
         response = self.connection.respond(status, reason + "\n")
         if code == "InvalidPassword":
             response.headers["WWW-Authenticate"] = 'Basic realm="evflex OCPP"'
@@ -121,6 +129,7 @@ class OcppServer:
         cpo_name: str | None = None,
         trusted_proxies: list[str] | None = None,
         client_cert_header: str = "X-Client-Cert",
+        limiter: audit.FailureLimiter | None = None,
     ) -> None:
         self.service = service
         self.tls = tls
@@ -130,6 +139,9 @@ class OcppServer:
         #: sha256 of a certificate -> the station it opened (one certificate, one station)
         self.certificate_owner: dict[str, str] = {}
         self.open_timeout = open_timeout
+        #: Failed station logins (bad password, unknown id, bad certificate) per source
+        #: address; a source over the limit gets 429 before its credentials are checked.
+        self.limiter = limiter or audit.FailureLimiter(max_failures=10, window_s=300.0)
         self.allow_unknown_stations = allow_unknown_stations
         self.response_timeout = response_timeout
         self.max_frame_bytes = max_frame_bytes
@@ -237,7 +249,17 @@ class OcppServer:
         source = audit.source_address(
             peer, request.headers.get_all("X-Forwarded-For"), self.trusted_proxies
         )
-        refusal = Refusal(self.service, connection, station_id, source)
+        wait = await audit.refused(
+            self.service, self.limiter, [f"ip:{source}"], source, "station logins", station_id
+        )
+        if wait is not None:  # before any credential is looked at
+            response = connection.respond(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                f"too many failed station logins from {source}; try again in {wait} s\n",
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
+        refusal = Refusal(self.service, connection, station_id, source, self.limiter)
         reached = 0
         # a trusted proxy terminated TLS (it forwards wss:// only)
         tls = proxied or connection.transport.get_extra_info("ssl_object") is not None

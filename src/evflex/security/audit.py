@@ -34,6 +34,11 @@ CODES = frozenset({
     "ProfileDowngrade", "PlainConnectionRefused", "LoginFailed", "ForbiddenRole",
     "InvalidDriverToken", "InvalidApiToken", "RateLimited", "InvalidCsr", "CertificateRejected",
 })  # fmt: skip
+#: Refusals that count as a failed login against their source (the limiter).
+AUTH_FAILURES = frozenset({
+    "InvalidPassword", "UnknownStation", "InvalidCertificate", "CertificateForOtherStation",
+    "LoginFailed", "InvalidApiToken", "InvalidDriverToken",
+})  # fmt: skip
 #: Detail keys never stored (whatever the caller passes): they would carry a secret.
 SECRET_WORDS = ("password", "passwd", "secret", "token", "authorization", "cookie")
 SECRET_KEYS = frozenset({"code", "otp", "totp", "key", "private_key"})
