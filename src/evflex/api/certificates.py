@@ -123,6 +123,8 @@ async def change_security_profile(
     else:
         if not body.csms_url:
             raise HTTPException(400, "csms_url is needed to move an OCPP 2.x station")
+        if body.profile >= 2 and not body.csms_url.startswith("wss://"):
+            raise HTTPException(400, f"profile {body.profile} runs over TLS: csms_url is wss://")
         steps = await _migrate_2x(rt, station_id, body, conn.version)
     accepted = _accepted(steps)
     stored = current
