@@ -20,21 +20,12 @@ def sqlite_url(tmp_path):
     return f"sqlite+aiosqlite:///{tmp_path / 'evflex.db'}"
 
 
-@pytest.fixture
-async def made():
-    """Stations a test starts; stopped afterwards."""
-    out: list[SimStation] = []
-    yield out
-    for st in out:
-        await st.stop(timeout=2.0)
-
-
 def signing_node(url, lab):
     """A TLS node that signs station certificates with the lab's CA."""
     return tls_node(url, lab, ca_cert_file=lab.ca_file, ca_key_file=lab.dir / "ca.key")
 
 
-def sim(node, made: list, sid: str, version: str = "2.0.1", password=PASSWORD, **security):
+def sim(node, stations: list, sid: str, version: str = "2.0.1", password=PASSWORD, **security):
     spec = StationSpec(
         id=sid,
         ocpp_version=version,
@@ -44,7 +35,7 @@ def sim(node, made: list, sid: str, version: str = "2.0.1", password=PASSWORD, *
     )
     url = f"wss://127.0.0.1:{node.rt.ocpp_port}/ocpp"
     st = SimStation(spec, url, reconnect_delay_s=0.05, response_timeout_s=5.0)
-    made.append(st)
+    stations.append(st)
     return st
 
 
@@ -55,10 +46,12 @@ async def security_events(node, type_: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1", "2.1"])
-async def test_profile_2_then_a_signed_certificate_then_profile_3(sqlite_url, lab, made, version):
+async def test_profile_2_then_a_signed_certificate_then_profile_3(
+    sqlite_url, lab, stations, version
+):
     async with signing_node(sqlite_url, lab) as node:
         await register(node, "SIM-1", 2)
-        st = sim(node, made, "SIM-1", version, profile=2, ca_file=str(lab.ca_file))
+        st = sim(node, stations, "SIM-1", version, profile=2, ca_file=str(lab.ca_file))
         await st.start(timeout=10)
         assert (await node.station("SIM-1"))["security_profile_reached"] == 2
 
@@ -113,12 +106,14 @@ async def refused_with(node, st: SimStation, event: str) -> dict:
         ("other-station", "CertificateForOtherStation"),
     ],
 )
-async def test_certificate_attacks_are_refused_by_the_node(sqlite_url, lab, made, attack, event):
+async def test_certificate_attacks_are_refused_by_the_node(
+    sqlite_url, lab, stations, attack, event
+):
     async with tls_node(sqlite_url, lab) as node:
         await register(node, "SIM-A", 3, password=None)
         await register(node, "SIM-B", 3, password=None)
         st = sim(
-            node, made, "SIM-A", password=None, profile=3, ca_file=str(lab.ca_file),
+            node, stations, "SIM-A", password=None, profile=3, ca_file=str(lab.ca_file),
             attack=attack, signer_cert=str(lab.ca_file), signer_key=str(lab.dir / "ca.key"),
             other_station="SIM-B",
         )  # fmt: skip
@@ -128,12 +123,12 @@ async def test_certificate_attacks_are_refused_by_the_node(sqlite_url, lab, made
         assert not (await node.station("SIM-A"))["connected"]
 
 
-async def test_a_downgrade_from_3_to_2_is_refused_by_the_node(sqlite_url, lab, made):
+async def test_a_downgrade_from_3_to_2_is_refused_by_the_node(sqlite_url, lab, stations):
     async with tls_node(sqlite_url, lab) as node:
         await register(node, "SIM-D", 2)
         cert, key = lab.station_pair("SIM-D")
         st = sim(
-            node, made, "SIM-D", profile=3, ca_file=str(lab.ca_file),
+            node, stations, "SIM-D", profile=3, ca_file=str(lab.ca_file),
             client_cert=str(cert), client_key=str(key),
         )  # fmt: skip
         await st.start(timeout=10)
@@ -147,10 +142,10 @@ async def test_a_downgrade_from_3_to_2_is_refused_by_the_node(sqlite_url, lab, m
         assert not st.online
 
 
-async def test_a_downgrade_to_plain_ws_is_refused_by_the_node(sqlite_url, lab, made):
+async def test_a_downgrade_to_plain_ws_is_refused_by_the_node(sqlite_url, lab, stations):
     async with tls_node(sqlite_url, lab) as node:
         await register(node, "SIM-P", 2)
-        st = sim(node, made, "SIM-P", profile=2, ca_file=str(lab.ca_file), attack="downgrade")
+        st = sim(node, stations, "SIM-P", profile=2, ca_file=str(lab.ca_file), attack="downgrade")
         assert st.connect_url().startswith("ws://")
         found = await refused_with(node, st, "PlainConnectionRefused")
         assert found["station_id"] == "SIM-P"

@@ -24,16 +24,9 @@ def lab(tmp_path):
     return Lab(tmp_path)
 
 
-@pytest.fixture
-async def made():
-    """Stations a test starts; stopped afterwards."""
-    out: list[SimStation] = []
-    yield out
-    for st in out:
-        await st.stop(timeout=2.0)
-
-
-def station(csms: MiniCsms, version: str, made: list, sid: str = "CS1", **security) -> SimStation:
+def station(
+    csms: MiniCsms, version: str, stations: list, sid: str = "CS1", **security
+) -> SimStation:
     spec = StationSpec(
         id=sid,
         ocpp_version=version,
@@ -42,7 +35,7 @@ def station(csms: MiniCsms, version: str, made: list, sid: str = "CS1", **securi
         security=SecuritySettings(**security),
     )
     st = SimStation(spec, csms.url, reconnect_delay_s=0.05, response_timeout_s=5.0)
-    made.append(st)
+    stations.append(st)
     return st
 
 
@@ -57,9 +50,9 @@ async def set_variables(csms: MiniCsms, component: str, name: str, *values: str)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-async def test_profile_2_is_wss_with_basic_auth_verifying_the_csms(lab, version, made):
+async def test_profile_2_is_wss_with_basic_auth_verifying_the_csms(lab, version, stations):
     async with MiniCsms(lab) as csms:
-        st = station(csms, version, made, profile=2, ca_file=str(lab.ca_file))
+        st = station(csms, version, stations, profile=2, ca_file=str(lab.ca_file))
         await st.start(timeout=10)
         (hs,) = csms.of("CS1")
         assert hs.tls and hs.password == "pw-0123456789abcdef" and hs.client_cert is None
@@ -67,10 +60,10 @@ async def test_profile_2_is_wss_with_basic_auth_verifying_the_csms(lab, version,
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
-async def test_profile_2_refuses_a_csms_its_ca_did_not_sign(lab, tmp_path, version, made):
+async def test_profile_2_refuses_a_csms_its_ca_did_not_sign(lab, tmp_path, version, stations):
     other, _ = pki.init_ca(tmp_path / "other", "Someone Else")
     async with MiniCsms(lab) as csms:
-        st = station(csms, version, made, profile=2, ca_file=str(other))
+        st = station(csms, version, stations, profile=2, ca_file=str(other))
         st.launch()
         await wait_until(lambda: st.connect_failures, timeout=10)
         assert isinstance(st.connect_failures[0], ssl.SSLCertVerificationError)
@@ -78,11 +71,11 @@ async def test_profile_2_refuses_a_csms_its_ca_did_not_sign(lab, tmp_path, versi
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-async def test_profile_3_presents_the_client_certificate_without_a_password(lab, version, made):
+async def test_profile_3_presents_the_client_certificate_without_a_password(lab, version, stations):
     cert, key = lab.station_cert("CS1")
     async with MiniCsms(lab) as csms:
         st = station(
-            csms, version, made, profile=3, ca_file=str(lab.ca_file),
+            csms, version, stations, profile=3, ca_file=str(lab.ca_file),
             client_cert=cert, client_key=key,
         )  # fmt: skip
         await st.start(timeout=10)
@@ -92,10 +85,10 @@ async def test_profile_3_presents_the_client_certificate_without_a_password(lab,
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-async def test_sign_certificate_then_reconnect_with_the_signed_certificate(lab, version, made):
+async def test_sign_certificate_then_reconnect_with_the_signed_certificate(lab, version, stations):
     """Profile 2 → trigger → SignCertificate → CertificateSigned → profile 3 → reconnect."""
     async with MiniCsms(lab) as csms:
-        st = station(csms, version, made, profile=2, ca_file=str(lab.ca_file), cpo_name=lab.org)
+        st = station(csms, version, stations, profile=2, ca_file=str(lab.ca_file), cpo_name=lab.org)
         await st.start(timeout=10)
         if version == "1.6":
             answer = await csms.call(
@@ -139,9 +132,9 @@ async def test_sign_certificate_then_reconnect_with_the_signed_certificate(lab, 
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
-async def test_a_certificate_for_another_key_is_rejected_and_reported(lab, version, made):
+async def test_a_certificate_for_another_key_is_rejected_and_reported(lab, version, stations):
     async with MiniCsms(lab, sign=False) as csms:
-        st = station(csms, version, made, profile=2, ca_file=str(lab.ca_file))
+        st = station(csms, version, stations, profile=2, ca_file=str(lab.ca_file))
         await st.start(timeout=10)
         assert await st.request_certificate() == "Accepted"
         foreign, _ = lab.station_cert("CS1")  # right names, but not the key of its CSR
@@ -153,9 +146,9 @@ async def test_a_certificate_for_another_key_is_rejected_and_reported(lab, versi
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.1"])
-async def test_profile_changes_never_go_down(lab, version, made):
+async def test_profile_changes_never_go_down(lab, version, stations):
     async with MiniCsms(lab) as csms:
-        st = station(csms, version, made, profile=2, ca_file=str(lab.ca_file))
+        st = station(csms, version, stations, profile=2, ca_file=str(lab.ca_file))
         await st.start(timeout=10)
         if version == "1.6":
             down = await csms.call("CS1", "ChangeConfiguration", key="SecurityProfile", value="1")
