@@ -195,6 +195,7 @@ class LoadManager:
         self._ghosts: set[tuple[str, str]] = set()
         # Stations that refuse our profiles -> why (the last error).
         self._refusing: dict[str, str] = {}
+        self._unplannable: dict[str, str] = {}  # site -> why it is not planned (bad values)
         # sites whose unsteerable load is over a limit -> since when (CSMS clock)
         self._over: dict[str, datetime] = {}
         self._last_stop: dict[str, datetime] = {}  # site -> last remote stop for the limit
@@ -540,7 +541,7 @@ class LoadManager:
             dirty.clear()
             try:
                 await self._rebalance(site_id)
-                self.status[site_id].last_error = None
+                self.status[site_id].last_error = self._unplannable.get(site_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -790,7 +791,7 @@ class LoadManager:
             if site is None:
                 return None, {}
             circuits, stations, conns, txs = cached
-            model = self.build_model(site, circuits, stations, conns, txs)
+            model = self._checked_model(site, circuits, stations, conns, txs)
             return model, {evse_key(t.station_id, t.evse_id): t.id for t in txs if t.evse_id}
         self._stale.discard(site_id)
         async with self.sessionmaker() as s:
@@ -814,8 +815,30 @@ class LoadManager:
             _snapshot(tx_rows),
         )
         self._rows[site_id] = (circuits, stations, conns, txs)
-        model = self.build_model(site, circuits, stations, conns, txs)
+        model = self._checked_model(site, circuits, stations, conns, txs)
         return model, {evse_key(t.station_id, t.evse_id): t.id for t in txs if t.evse_id}
+
+    def _checked_model(
+        self,
+        site: Site,
+        circuits: Sequence[SimpleNamespace],
+        stations: Sequence[SimpleNamespace],
+        conns: Sequence[SimpleNamespace],
+        txs: Sequence[SimpleNamespace],
+    ) -> SiteModel | None:
+        """The site's model, or None (the site is skipped, logged once) while a stored
+        number of it cannot be planned with: the other sites plan on."""
+        bad = not_finite(site, circuits, stations)
+        if not bad:
+            if self._unplannable.pop(site.id, None) is not None:
+                log.info("site %s: its values are numbers again, planned again", site.id)
+            return self.build_model(site, circuits, stations, conns, txs)
+        problem = "not planned: not a finite number: " + ", ".join(bad)
+        if self._unplannable.get(site.id) != problem:
+            log.error("site %s: %s", site.id, problem)
+        self._unplannable[site.id] = problem
+        self.status.setdefault(site.id, SiteStatus()).plan = None
+        return None
 
     def build_model(
         self,
@@ -933,6 +956,36 @@ class LoadManager:
 _Rows = tuple[
     list[SimpleNamespace], list[SimpleNamespace], list[SimpleNamespace], list[SimpleNamespace]
 ]
+
+
+_SITE_NUMBERS = ("import_limit_w", "export_limit_w", "max_current_a", "voltage")
+_LIMIT_NUMBERS = ("max_current_a", "max_power_w", "evse_max_current_a")
+
+
+def not_finite(
+    site: Site | SimpleNamespace,
+    circuits: Sequence[SimpleNamespace],
+    stations: Sequence[SimpleNamespace],
+) -> list[str]:
+    """The stored numbers of a site, its circuits and stations that are NaN or infinite
+    (written before the API bounded them, or by hand), as "where field=value"."""
+    found: list[str] = []
+
+    def check(where: str, row: object, names: Iterable[str]) -> None:
+        for name in names:
+            value = getattr(row, name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                found.append(f"{where} {name}={value}")
+
+    check(f"site {site.id}", site, _SITE_NUMBERS)
+    for i, amps in enumerate(site.base_load_a or ()):
+        if isinstance(amps, float) and not math.isfinite(amps):
+            found.append(f"site {site.id} base_load_a[{i}]={amps}")
+    for c in circuits:
+        check(f"circuit {c.id}", c, _LIMIT_NUMBERS)
+    for stn in stations:
+        check(f"station {stn.id}", stn, _LIMIT_NUMBERS)
+    return found
 
 
 def _snapshot(rows: Iterable[object]) -> list[SimpleNamespace]:

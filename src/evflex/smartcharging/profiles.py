@@ -193,9 +193,21 @@ class ChargingProfile:
 # --------------------------------------------------------------------- checks
 
 
+#: The largest id or stack level: stations and the store hold them in 32 bits.
+MAX_ID = 2**31 - 1
+
+
 def validate(profile: ChargingProfile, evse_id: int, version: str = "2.0.1") -> None:
     """Raise :class:`ProfileError` if ``profile`` may not be set on ``evse_id``."""
     p, s = profile, profile.schedule
+    for name, number in (
+        ("chargingProfileId", p.id),
+        ("stackLevel", p.stack_level),
+        ("evse id", evse_id),
+        *(("chargingSchedule id", x.id) for x in (s, *p.extra_schedules)),
+    ):
+        if abs(number) > MAX_ID:
+            raise ProfileError(f"{name} {number} does not fit in 32 bits")
     if p.purpose in (Purpose.PRIORITY, Purpose.LOCAL_GENERATION) and version != "2.1":
         raise ProfileError(f"{p.purpose.value} profiles exist only in OCPP 2.1")
     if p.id < 0 and version == "1.6":
