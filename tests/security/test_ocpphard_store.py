@@ -11,6 +11,7 @@ import logging
 
 import websockets
 
+from evflex.csms.connection import LOGGED_REFUSALS
 from evflex.csms.limits import MAX_STORED_CHARS
 from security.ocpphard import crashes, frame, hostile_and_good, row_counts
 
@@ -85,3 +86,20 @@ async def test_an_expected_refusal_in_a_write_is_no_crash_and_a_failure_is(node,
         pass
     failed = [r for r in crashes(caplog) if r.getMessage() == "write failed"]
     assert failed and failed[0].levelno == logging.ERROR and failed[0].exc_info
+
+
+async def test_a_flood_of_refused_frames_is_logged_in_few_lines(node, caplog):
+    caplog.set_level(logging.INFO, logger="evflex")
+    async with hostile_and_good(node, "ocpp1.6", "NOISY") as pair:
+        for i in range(200):
+            await pair.hostile.send(f'[2,"n{i}","Heartbeat"]')  # no payload
+        got = [json.loads(await asyncio.wait_for(pair.hostile.recv(), 5)) for _ in range(200)]
+        assert {a[2] for a in got} == {"FormationViolation"}  # each is still answered
+        await pair.good_is_served()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("NOISY:")]
+
+    summary = f"NOISY: {200 - LOGGED_REFUSALS} more refusals not logged one by one"
+    await node.wait_for(lambda: summary in lines())  # said once the station has gone
+    assert len(lines()) == LOGGED_REFUSALS + 1

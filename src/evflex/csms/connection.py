@@ -9,13 +9,15 @@ are queued and answered in order; beyond that a CALL is refused at once (so a
 station that sends without reading its answers holds a bounded amount of
 memory). A CALL whose message id is one still queued or being handled is
 dropped: the answer to the first one answers it. Answers to CALLs we did not
-send (or no longer wait for) are ignored.
+send (or no longer wait for) are ignored. Each refusal is logged, up to
+:data:`LOGGED_REFUSALS` a minute per connection; one line says how many more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 import uuid
 from collections import deque
@@ -35,6 +37,8 @@ Handler = Callable[[dict], Awaitable[dict]]
 
 #: The station's CALLs waiting for their answer, at most (a compliant station has one).
 MAX_QUEUED_CALLS = 100
+#: Refused frames logged one by one per connection and minute; the rest are counted.
+LOGGED_REFUSALS = 20
 
 
 class CallErrorReceived(Exception):
@@ -81,6 +85,8 @@ class StationConnection:
         self._worker: asyncio.Task | None = None
         self.received = 0
         self.errors = 0
+        self._log_minute = time.monotonic()
+        self._logged = self._unlogged = 0
         #: When the station last sent anything (on ``now``, the service's clock): any
         #: message shows it alive, as a Heartbeat does (OCPP lets it skip those then).
         self.last_message_at: datetime | None = None
@@ -96,6 +102,7 @@ class StationConnection:
         except ConnectionClosed:
             pass
         finally:
+            self._log_unlogged()
             # what the station sent before it left is still handled (and stored),
             # as when it is read in turn; the answers just find no socket
             try:
@@ -116,8 +123,7 @@ class StationConnection:
         try:
             frame = rpc.parse_frame(raw, self.version)
         except RpcError as err:
-            self.errors += 1
-            log.warning("%s: bad frame: %s", self.station_id, shorten(err))
+            self._refused("bad frame: %s", shorten(err))
             mid = err.details.pop("message_id", rpc.UNKNOWN_MESSAGE_ID)
             await self._send_error(mid, err)
             return
@@ -126,10 +132,8 @@ class StationConnection:
         elif frame.type_id in (CALLRESULT, CALLERROR):
             self._resolve(frame)
         elif frame.type_id == CALLRESULTERROR:
-            self.errors += 1
-            log.warning(
-                "%s: the station refused our answer to %s: %s %s",
-                self.station_id,
+            self._refused(
+                "the station refused our answer to %s: %s %s",
                 frame.message_id,
                 shorten(frame.error_code),
                 shorten(frame.error_description),
@@ -138,14 +142,10 @@ class StationConnection:
     async def _enqueue(self, frame: rpc.Frame) -> None:
         mid = frame.message_id
         if mid in self._open_ids:
-            self.errors += 1
-            log.warning(
-                "%s: message id %s is already being answered; dropped", self.station_id, mid
-            )
+            self._refused("message id %s is already being answered; dropped", mid)
             return
         if len(self._inbox) >= MAX_QUEUED_CALLS:
-            self.errors += 1
-            log.warning("%s: too many CALLs unanswered; %s refused", self.station_id, mid)
+            self._refused("too many CALLs unanswered; %s refused", mid)
             if frame.type_id == CALL:
                 code = "GenericError" if self.version == "1.6" else "RpcFrameworkError"
                 text = f"{MAX_QUEUED_CALLS} CALLs are unanswered; send one at a time"
@@ -179,10 +179,7 @@ class StationConnection:
                 raise RpcError("NotImplemented", f"{action} is not an OCPP 2.1 SEND message")
             await self._handler(SEND, action, payload)(payload)
         except RpcError as err:
-            self.errors += 1
-            log.warning(
-                "%s: SEND %s %s dropped: %s", self.station_id, action, message_id, shorten(err)
-            )
+            self._refused("SEND %s %s dropped: %s", action, message_id, shorten(err))
         except Exception as exc:
             self.errors += 1
             log.error("%s: SEND %s failed: %s", self.station_id, action, failure(exc))
@@ -215,8 +212,7 @@ class StationConnection:
                     )
                     raise RpcError("InternalError", "the CSMS built an invalid response") from err
         except RpcError as err:
-            self.errors += 1
-            log.warning("%s: %s rejected: %s", self.station_id, action, shorten(err))
+            self._refused("%s rejected: %s", action, shorten(err))
             await self._send_error(message_id, err)
             return
         except Exception as exc:
@@ -231,13 +227,32 @@ class StationConnection:
     def _resolve(self, frame: rpc.Frame) -> None:
         entry = self._pending.pop(frame.message_id, None)
         if entry is None:
-            log.warning(
-                "%s: answer to unknown message %s ignored", self.station_id, frame.message_id
-            )
+            self._refused("answer to unknown message %s ignored", frame.message_id)
             return
         _, fut = entry
         if not fut.done():
             fut.set_result(frame)
+
+    def _refused(self, what: str, *args: Any) -> None:
+        """Count a refused frame and log ``what``: one line each up to
+        :data:`LOGGED_REFUSALS` a minute, then one line saying how many more."""
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._log_minute >= 60.0:
+            self._log_unlogged()
+            self._log_minute, self._logged = now, 0
+        if self._logged < LOGGED_REFUSALS:
+            self._logged += 1
+            log.warning("%s: " + what, self.station_id, *args)
+        else:
+            self._unlogged += 1
+
+    def _log_unlogged(self) -> None:
+        if self._unlogged:
+            log.warning(
+                "%s: %d more refusals not logged one by one", self.station_id, self._unlogged
+            )
+            self._unlogged = 0
 
     async def _send_error(self, message_id: str, err: RpcError) -> None:
         code = rpc.error_code_for(err.code, self.version)
