@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from evflex.sim.model import ATTACKS, SecuritySettings
 from evflex.sim.runner import SimConfig, SimSummary, Simulation
 from evflex.sim.station import TIME_SOURCES
 
@@ -105,12 +106,74 @@ def sim_command(
         typer.Option("--unknown-token-share", min=0.0, max=1.0, help="Share of unknown tokens."),
     ] = 0.0,
     prefix: Annotated[str, typer.Option("--prefix", help="Station id prefix.")] = "SIM",
+    security_profile: Annotated[
+        int | None,
+        typer.Option(
+            "--security-profile",
+            min=0,
+            max=3,
+            help="OCPP security profile: 0 plain ws, 1 ws + HTTP Basic, 2 wss + HTTP Basic, "
+            "3 wss + client certificate. Default: 1 with --password, else 0. On 2 and 3 a "
+            "ws:// --url is used as wss:// (evflex serves both on one port).",
+        ),
+    ] = None,
+    ca: Annotated[
+        str | None,
+        typer.Option("--ca", help="CA certificate (PEM) the stations trust for the CSMS's TLS."),
+    ] = None,
+    client_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--client-cert",
+            help="Station certificate (PEM) for profile 3; {id} in the name stands for the "
+            "station id (certs/{id}.pem). A station on profile 2 gets one by SignCertificate.",
+        ),
+    ] = None,
+    client_key: Annotated[
+        str | None, typer.Option("--client-key", help="Its private key (PEM; {id} as above).")
+    ] = None,
+    cpo_name: Annotated[
+        str | None, typer.Option("--cpo-name", help="The CPO's name: the O of the stations' CSRs.")
+    ] = None,
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            "--attack",
+            help="Play an attacker the CSMS must refuse: wrong-ca (a client certificate from "
+            "a CA of its own), expired (an expired certificate), other-station (another "
+            "station's certificate), downgrade (one profile below --security-profile: wss "
+            "without certificate, or plain ws). expired and other-station sign with "
+            "--attack-ca/--attack-ca-key, or present --client-cert as it is. Exits 1 if the "
+            "CSMS lets any station in.",
+        ),
+    ] = None,
+    attack_ca: Annotated[
+        str | None,
+        typer.Option("--attack-ca", help="CA certificate that signs the attackers' certificates."),
+    ] = None,
+    attack_ca_key: Annotated[
+        str | None, typer.Option("--attack-ca-key", help="Its private key (a lab's CA key).")
+    ] = None,
+    other_station: Annotated[
+        str | None,
+        typer.Option("--other-station", help="Whose certificate other-station presents."),
+    ] = None,
 ) -> None:
     """Simulate charging stations and EV sessions against a CSMS (OCPP 1.6-J, 2.0.1, 2.1)."""
     if time_source not in (None, *TIME_SOURCES):
         raise typer.BadParameter(f"--time-source must be one of {', '.join(TIME_SOURCES)}")
     if v201_share + v21_share > 1.0 + 1e-9:
         raise typer.BadParameter("--v201-share + --v21-share must not exceed 1")
+    if attack not in (None, *ATTACKS):
+        raise typer.BadParameter(f"--attack must be one of {', '.join(ATTACKS)}")
+    try:
+        security = SecuritySettings(
+            profile=security_profile, ca_file=ca, client_cert=client_cert, client_key=client_key,
+            cpo_name=cpo_name, attack=attack, signer_cert=attack_ca, signer_key=attack_ca_key,
+            other_station=other_station,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     config = SimConfig(
         url=url,
         stations=stations,
@@ -128,6 +191,7 @@ def sim_command(
         id_tokens=[t.strip() for t in tokens.split(",") if t.strip()],
         unknown_token_share=unknown_token_share,
         password=password,
+        security=security,
         seed=seed,
         disconnect_per_hour=disconnects_per_hour,
         offline_duration_s=offline_minutes * 60.0,
@@ -136,7 +200,10 @@ def sim_command(
     console = Console()
     summary = asyncio.run(_run(config, console))
     console.print(summary_table(summary, config))
-    if summary.stations_booted == 0 and summary.stations > 0:
+    if attack is not None:
+        if summary.stations_booted > 0:  # the CSMS let an attacker in
+            raise typer.Exit(code=1)
+    elif summary.stations_booted == 0 and summary.stations > 0:
         raise typer.Exit(code=1)
 
 
@@ -166,6 +233,7 @@ def summary_table(summary: SimSummary, config: SimConfig | None = None) -> Table
     rows = [
         ("stations", f"{summary.stations}{v201}"),
         ("stations booted", str(summary.stations_booted)),
+        ("stations refused", str(summary.stations_refused)),
         ("sessions started", str(summary.sessions_started)),
         ("sessions completed", str(summary.sessions_completed)),
         ("sessions rejected", str(summary.sessions_rejected)),

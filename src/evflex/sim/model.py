@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -119,6 +119,17 @@ class SecuritySettings:
             raise ValueError("the signing CA needs its certificate and its key")
         if self.csr_common_name not in ("id", "serial"):
             raise ValueError("csr_common_name must be 'id' or 'serial'")
+
+    def for_station(self, station_id: str) -> SecuritySettings:
+        """These settings with ``{id}`` in the file names replaced by ``station_id``
+        (one certificate per station in a fleet: ``--client-cert certs/{id}.pem``)."""
+        files = ("ca_file", "client_cert", "client_key", "signer_cert", "signer_key")
+        changes = {
+            name: value.replace("{id}", station_id)
+            for name in files
+            if isinstance(value := getattr(self, name), str)
+        }
+        return replace(self, **changes)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from evflex.clock import AcceleratedClock, Clock
 from evflex.sim.ev import DEFAULT_FLEET, EvModel, EvSpec, random_ev, with_bidirectional
 from evflex.sim.grid import BuildingMeter, Grid
-from evflex.sim.model import StationSpec
+from evflex.sim.model import SecuritySettings, StationSpec
 from evflex.sim.station import EvseBusy, SimStation
 
 
@@ -46,6 +46,8 @@ class SimConfig:
     id_tokens: list[str] = field(default_factory=_default_tokens)
     unknown_token_share: float = 0.0
     password: str | None = None
+    #: Security profile, TLS files (``{id}`` in a file name: the station's id), attacks.
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     seed: int = 1
     #: Probability that a station loses its connection within one clock-hour.
     disconnect_per_hour: float = 0.0
@@ -101,6 +103,8 @@ class SimSummary:
     real_seconds: float = 0.0
     #: Transaction messages still undelivered when the run ended (CSMS too slow or offline).
     tx_backlog: int = 0
+    #: Stations whose connect attempts all failed (the CSMS refused them, or was not there).
+    stations_refused: int = 0
 
 
 @dataclass
@@ -187,6 +191,7 @@ class Simulation:
                 phases=config.phases,
                 voltage=config.voltage,
                 password=config.password,
+                security=config.security.for_station(station_id),
                 iccid=f"8949{rng.randrange(10**15):015d}",
                 meter_start_wh=float(rng.randrange(100_000, 5_000_000)),
             )
@@ -272,6 +277,7 @@ class Simulation:
             sim_seconds=sim_seconds,
             real_seconds=real_seconds,
             tx_backlog=sum(s.tx_backlog for s in self.stations),
+            stations_refused=sum(1 for s in self.stations if s.connect_failures and not s.booted),
         )
 
     async def _wait(self, seconds: float) -> bool:
