@@ -57,7 +57,7 @@ import typer
 from evflex import __version__
 from evflex.bench.frames import ID_TOKEN_COUNT, id_token
 from evflex.bench.loadgen import MIXES, MODES, LoadSettings, split_stations, worker_main
-from evflex.bench.results import stamped_path, write_json
+from evflex.bench.results import stamped_path, validated, wide_console, write_json
 from evflex.bench.server import BaselineProcess, ChildServer, ServerProcess, raise_nofile_limit
 
 REQUIRED_KEYS = (
@@ -1148,11 +1148,7 @@ def bench_ocpp_command(
     ] = DEFAULT_POSTGRES_URL,
 ) -> None:
     """OCPP load: K simulated 1.6/2.0.1 stations against one CSMS process."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:  # a log file or a pipe: room for the comparison's columns
-        console = Console(width=max(console.width, 132))
+    console = wide_console(132)  # room for the comparison's columns
     mix = mix or ("light16" if compare else "default")
     config = OcppBenchConfig(
         stations=stations,
@@ -1178,11 +1174,7 @@ def bench_ocpp_command(
         servers=tuple(name.strip() for name in servers.split(",") if name.strip()),
         postgres_url=postgres_url,
     )
-    try:
-        config.validate()
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
+    validated(config, console)
     try:
         result = run_ocpp_bench(config, progress=lambda msg: console.print(f"[dim]… {msg}[/]"))
     except KeyboardInterrupt:

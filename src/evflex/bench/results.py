@@ -7,6 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import typer
+from rich.console import Console
+
 RESULTS_DIR = Path("bench-results")
 
 
@@ -20,3 +23,19 @@ def write_json(out: Path, result: dict[str, Any], **dumps: Any) -> None:
     """The result as indented JSON with a final newline; missing folders are made."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, **dumps) + "\n")
+
+
+def wide_console(width: int) -> Console:
+    """A console for a benchmark's tables: at least ``width`` columns when it writes to a
+    log file or a pipe (a terminal keeps its own width)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, width))
+
+
+def validated(config: Any, console: Console) -> None:
+    """``config.validate()``; a ValueError is printed and exits with code 2."""
+    try:
+        config.validate()
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
