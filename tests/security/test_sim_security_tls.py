@@ -161,3 +161,19 @@ async def test_profile_changes_never_go_down(lab, version, stations):
             assert reasons == ["NoSecurityDowngrade", "NoCertificate"]
         assert statuses == ["Rejected", "Rejected"]  # down: never; 3: no certificate yet
         assert st.security_profile == 2 and len(csms.of("CS1")) == 1
+
+
+async def test_the_default_profile_follows_certificate_url_and_password(lab):
+    cert, key = lab.station_cert("CS1")
+    cases = [
+        ("ws://h/ocpp", None, {}, 0, "ws://h/ocpp/CS1"),
+        ("ws://h/ocpp", "pw-0123456789abcdef", {}, 1, "ws://h/ocpp/CS1"),
+        ("wss://h/ocpp", "pw-0123456789abcdef", {}, 2, "wss://h/ocpp/CS1"),
+        ("ws://h/ocpp", None, {"client_cert": cert, "client_key": key}, 3, "wss://h/ocpp/CS1"),
+        ("wss://h/ocpp", "pw", {"profile": 1}, 1, "ws://h/ocpp/CS1"),
+    ]
+    for url, password, security, profile, connect_url in cases:
+        spec = StationSpec(id="CS1", password=password, security=SecuritySettings(**security))
+        st = SimStation(spec, url)
+        assert (st.security_profile, st.connect_url()) == (profile, connect_url)
+        assert st.basic_auth_password() == (password if profile in (1, 2) else None)

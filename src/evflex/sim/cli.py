@@ -113,7 +113,8 @@ def sim_command(
             min=0,
             max=3,
             help="OCPP security profile: 0 plain ws, 1 ws + HTTP Basic, 2 wss + HTTP Basic, "
-            "3 wss + client certificate. Default: 1 with --password, else 0. On 2 and 3 a "
+            "3 wss + client certificate. Default: 3 with --client-cert, 2 for a wss:// --url, "
+            "1 with --password, else 0. On 2 and 3 a "
             "ws:// --url is used as wss:// (evflex serves both on one port).",
         ),
     ] = None,

@@ -80,7 +80,8 @@ DEFAULT_SAMPLED_21 = ",".join(
 class SecuritySettings:
     """How a simulated station secures its link (OCPP security profiles 0 to 3).
 
-    Files may be paths or PEM text. ``ca_file`` is the CA the station trusts
+    Without ``profile``: 3 with a client certificate, 2 for a ``wss://`` URL,
+    1 with a password, else 0. Files may be paths or PEM text. ``ca_file`` is the CA the station trusts
     for the CSMS's server certificate (profiles 2 and 3; without it the
     system's trust store); ``client_cert`` / ``client_key`` the station's own
     certificate (chain) and key for profile 3 (a certificate the CSMS signs

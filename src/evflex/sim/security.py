@@ -21,7 +21,7 @@ import hashlib
 import ssl
 import tempfile
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -174,7 +174,7 @@ class StationSecurity:
     def _init_security(self) -> None:
         settings: SecuritySettings = self.spec.security
         self.security = settings
-        start = settings.profile if settings.profile is not None else (1 if self.password else 0)
+        start = settings.profile if settings.profile is not None else self._default_profile()
         #: The security profile the station connects with (unless it attacks).
         self.security_profile = start
         #: The highest profile it has been connected with.
@@ -197,6 +197,15 @@ class StationSecurity:
         self._next_network: NetworkProfile | None = None
         self._fallback: tuple[NetworkProfile, int] | None = None
 
+    def _default_profile(self) -> int:
+        """Without a profile setting: 3 with a client certificate, 2 for a ``wss://``
+        URL, 1 with a password, else 0."""
+        if self.security.client_cert:
+            return 3
+        if urlsplit(self.base_url).scheme == "wss":
+            return 2
+        return 1 if self.password else 0
+
     # ------------------------------------------------------------------ the link
 
     @property
@@ -205,7 +214,7 @@ class StationSecurity:
 
     def set_attack(self, attack: str | None) -> None:
         """Turn the attacker mode on or off (takes effect at the next connect)."""
-        self.security = SecuritySettings(**{**self.security.__dict__, "attack": attack})
+        self.security = replace(self.security, attack=attack)
         self._attack_files = None
 
     def link_profile(self) -> int:
