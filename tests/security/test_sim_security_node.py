@@ -5,6 +5,7 @@ with the signed certificate, in every OCPP version; each attacker mode refused."
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from evflex.security import pki
 from evflex.sim import SimStation
@@ -37,6 +38,10 @@ def sim(node, stations: list, sid: str, version: str = "2.0.1", password=PASSWOR
     st = SimStation(spec, url, reconnect_delay_s=0.05, response_timeout_s=5.0)
     stations.append(st)
     return st
+
+
+def _der(cert) -> bytes:
+    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 async def security_events(node, type_: str) -> list[dict]:
@@ -149,3 +154,38 @@ async def test_a_downgrade_to_plain_ws_is_refused_by_the_node(sqlite_url, lab, s
         assert st.connect_url().startswith("ws://")
         found = await refused_with(node, st, "PlainConnectionRefused")
         assert found["station_id"] == "SIM-P"
+
+
+async def test_a_renewal_the_node_asks_for_is_signed_and_used(sqlite_url, lab, stations):
+    """The node asks for a new certificate before the old one expires; the station makes
+    a new key, gets the certificate and reconnects with it (profile 3 all along)."""
+    async with tls_node(
+        sqlite_url, lab, ca_cert_file=lab.ca_file, ca_key_file=lab.dir / "ca.key",
+        cert_validity_days=10, cert_renew_days=30,
+    ) as node:  # fmt: skip
+        await register(node, "SIM-R", 2)
+        st = sim(node, stations, "SIM-R", profile=2, ca_file=str(lab.ca_file))
+        await st.start(timeout=10)
+        assert await st.request_certificate() == "Accepted"
+        await wait_until(lambda: st.station_chain, 10)
+        first = st.station_chain[0]
+        url = f"wss://127.0.0.1:{node.rt.ocpp_port}/ocpp"
+        r = await node.http.post(
+            "/api/v1/stations/SIM-R/security-profile", json={"profile": 3, "csms_url": url}
+        )
+        assert r.json()["accepted"] is True, r.text
+        await wait_until(lambda: st.profile_reached == 3 and st.online, 15)
+        assert st.connected_certificate == first
+
+        assert await node.rt.certificates.check_expiry() == ["SIM-R"]
+        await wait_until(lambda: st.station_chain and st.station_chain[0] != first, 10)
+        renewed = st.station_chain[0]
+        assert _der(renewed) != _der(first)  # a new key, not the old one again
+        await wait_until(lambda: st.online and st.connected_certificate == renewed, 10)
+
+        async def both_accepted() -> bool:
+            r = await node.http.get("/api/v1/stations/SIM-R/certificates")
+            return sum(c["status"] == "Accepted" for c in r.json()) == 2
+
+        await node.wait_for(both_accepted)
+        assert (await node.station("SIM-R"))["connected"]

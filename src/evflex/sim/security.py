@@ -195,6 +195,9 @@ class StationSecurity:
         self.security_log: list[tuple[str, str]] = []
         self._attack_files: tuple[str, str] | None = None
         self._next_network: NetworkProfile | None = None
+        self._presenting: x509.Certificate | None = None
+        #: The client certificate the station connected with last (None below profile 3).
+        self.connected_certificate: x509.Certificate | None = None
         self._fallback: tuple[NetworkProfile, int] | None = None
 
     def _default_profile(self) -> int:
@@ -250,8 +253,10 @@ class StationSecurity:
         roots = [pki.cert_pem(i.cert) for i in self.installed if i.use in CSMS_ROOTS]
         if roots:
             ctx.load_verify_locations(cadata="".join(roots))
+        self._presenting = None
         if profile == 3:
             chain, key = self._client_identity()
+            self._presenting = pki.load_certs(chain.encode())[0]
             with tempfile.TemporaryDirectory() as tmp:
                 cert_file = pki.write_pem(Path(tmp) / "station.pem", chain)
                 key_file = pki.write_pem(Path(tmp) / "station.key", key, private=True)
@@ -304,6 +309,7 @@ class StationSecurity:
         """The CSMS accepted a connection with ``profile``."""
         self.profile_reached = max(self.profile_reached, profile)
         self._fallback = None
+        self.connected_certificate = self._presenting if profile == 3 else None
 
     # ------------------------------------------------------------------ key and certificate
 
