@@ -30,7 +30,6 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from evflex.security import pki
 from evflex.sim.model import SecuritySettings
@@ -249,7 +248,8 @@ class StationSecurity:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.security.ca_file:
-            ctx.load_verify_locations(cadata=pki.cert_pem(pki.load_cert(self.security.ca_file)))
+            bundle = pki.load_certs(self.security.ca_file)
+            ctx.load_verify_locations(cadata="".join(pki.cert_pem(c) for c in bundle))
         roots = [pki.cert_pem(i.cert) for i in self.installed if i.use in CSMS_ROOTS]
         if roots:
             ctx.load_verify_locations(cadata="".join(roots))
@@ -300,10 +300,7 @@ class StationSecurity:
         )
 
     def _subject(self, common_name: str) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-        if self.organization():
-            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(self.organization())))
-        return x509.Name(attrs)
+        return pki.subject_name(common_name, self.organization())
 
     def connected_with(self, profile: int) -> None:
         """The CSMS accepted a connection with ``profile``."""
