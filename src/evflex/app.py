@@ -17,6 +17,7 @@ from evflex import __version__
 from evflex.api.monitoring import router as monitoring_router
 from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.schedule import router as schedule_router
+from evflex.api.security import router as security_router
 from evflex.api.smart import router as smart_router
 from evflex.api.v2x import router as v2x_router
 from evflex.clock import Clock
@@ -51,6 +52,10 @@ class Runtime(Services):
             lifespan="off",
             access_log=False,
         )
+        if self.tls is not None and self.tls.http_context is not None:
+            # our context, held by the server, so that a reload reaches new handshakes
+            config.load()
+            config.ssl = self.tls.http_context
         self._http = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._http.serve(), name="evflex-http")
         while not self._http.started:
@@ -90,7 +95,8 @@ def create_api(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
-    for r in (router, smart_router, schedule_router, v2x_router, monitoring_router):
+    routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)
+    for r in (*routers, security_router):
         app.include_router(r, dependencies=guarded)
     app.include_router(web.router)
     app.include_router(web.auth_router)

@@ -24,6 +24,8 @@ from evflex.config import ConfigError, Settings
 from evflex.config import load_settings as _load_settings
 from evflex.demo import create_demo_admin, demo_clock, demo_settings, run_demo, v2x_summary
 from evflex.security import hash_password
+from evflex.security.cli import ca_app
+from evflex.security.tls import TlsError
 from evflex.sim.cli import sim_command
 from evflex.store import repo
 from evflex.store.db import make_engine, make_sessionmaker, migrate
@@ -46,6 +48,7 @@ app.add_typer(token_app, name="id-token")
 app.add_typer(user_app, name="user")
 app.add_typer(api_token_app, name="token")
 app.add_typer(bench_app, name="bench")
+app.add_typer(ca_app, name="ca")
 
 console = Console()
 
@@ -85,10 +88,37 @@ def serve(
     ] = None,
     heartbeat_interval: Annotated[int | None, typer.Option(help="Heartbeat interval (s)")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning")] = None,
+    tls_cert: Annotated[
+        list[Path] | None,
+        typer.Option(help="Server certificate (PEM); repeatable, e.g. one ECDSA and one RSA"),
+    ] = None,
+    tls_key: Annotated[
+        list[Path] | None, typer.Option(help="Its key (PEM); paired in order with --tls-cert")
+    ] = None,
+    tls_client_ca: Annotated[
+        list[Path] | None,
+        typer.Option(help="CA (file or bundle) of station certificates, profile 3; repeatable"),
+    ] = None,
+    cpo_name: Annotated[
+        str | None, typer.Option(help="The O of station certificates (profile 3)")
+    ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(help="Address of a TLS-terminating proxy; repeatable"),
+    ] = None,
+    client_cert_header: Annotated[
+        str | None, typer.Option(help="Header in which a trusted proxy forwards the certificate")
+    ] = None,
 ) -> None:
     """Run the CSMS: OCPP endpoint, REST API and store in one process."""
     settings = load_settings(
         config,
+        tls_cert=tls_cert or None,
+        tls_key=tls_key or None,
+        tls_client_ca=tls_client_ca or None,
+        cpo_name=cpo_name,
+        trusted_proxy=trusted_proxy or None,
+        client_cert_header=client_cert_header,
         host=host,
         ocpp_port=ocpp_port,
         http_port=http_port,
@@ -100,15 +130,20 @@ def serve(
     _logging(settings.log_level)
 
     async def main() -> None:
-        rt = Runtime(settings)
+        try:
+            rt = Runtime(settings)
+        except TlsError as exc:
+            raise ConfigError([str(exc)]) from None
         await rt.start()
         tune_gc()  # a long-running server: see its doc
+        web = "https" if settings.tls_cert else "http"
         console.print(
-            f"[bold green]evflex[/] OCPP  ws://{settings.host}:{rt.ocpp_port}/ocpp/{{station_id}}\n"
-            f"       dashboard http://{settings.host}:{rt.http_port}/  "
+            f"[bold green]evflex[/] OCPP  {'ws:// and wss' if settings.tls_cert else 'ws'}://"
+            f"{settings.host}:{rt.ocpp_port}/ocpp/{{station_id}}\n"
+            f"       dashboard {web}://{settings.host}:{rt.http_port}/  "
             "(accounts: evflex user add; API tokens: evflex token create)\n"
-            f"       API   http://{settings.host}:{rt.http_port}/api/v1  "
-            f"(docs: http://{settings.host}:{rt.http_port}/docs)\n"
+            f"       API   {web}://{settings.host}:{rt.http_port}/api/v1  "
+            f"(docs: {web}://{settings.host}:{rt.http_port}/docs)\n"
             f"       store {settings.database_url}"
         )
         try:
@@ -156,13 +191,23 @@ def station_add(
     station_id: Annotated[str, typer.Argument(help="Station identity as in the OCPP URL")],
     password: Annotated[str | None, typer.Option(help="Basic-auth password (16..40)")] = None,
     site_id: Annotated[str | None, typer.Option(help="Site the station belongs to")] = None,
+    security_profile: Annotated[
+        int | None,
+        typer.Option(help="1 password, 2 TLS + password, 3 TLS client certificate (default 1)"),
+    ] = None,
+    serial: Annotated[
+        str | None, typer.Option(help="Serial number a profile-3 certificate may name as CN")
+    ] = None,
     config: ConfigOpt = None,
     database_url: DbOpt = None,
 ) -> None:
-    """Register a station (optionally with a security-profile-1 password)."""
+    """Register a station, with its security profile and password."""
 
     try:
-        body = StationCreate(id=station_id, password=password, site_id=site_id)
+        body = StationCreate(
+            id=station_id, password=password, site_id=site_id,
+            security_profile=security_profile, serial_number=serial,
+        )  # fmt: skip
     except ValueError as exc:
         console.print(f"[red]invalid station: {exc}[/]")
         raise typer.Exit(2) from None
@@ -171,11 +216,15 @@ def station_add(
     async def fn(s):
         pw_hash = hash_password(body.password) if body.password else None
         return await repo.register_station(
-            s, body.id, utcnow(), pw_hash, body.model_dump(include=set(repo.STATION_TOPOLOGY))
-        )
+            s, body.id, utcnow(), pw_hash, body.model_dump(include=set(repo.STATION_TOPOLOGY)),
+            body.model_dump(include={"security_profile", "serial_number"}),
+        )  # fmt: skip
 
     _in_store(settings, fn, missing=f"station '{station_id}' already exists")
-    console.print(f"station '{station_id}' registered" + (" with password" if password else ""))
+    console.print(
+        f"station '{station_id}' registered, security profile {body.security_profile or 1}"
+        + (" with password" if password else "")
+    )
 
 
 @station_app.command("list")

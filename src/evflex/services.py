@@ -11,6 +11,7 @@ from evflex.csms import commands
 from evflex.csms.server import OcppServer
 from evflex.csms.service import CsmsService
 from evflex.events import EventBus
+from evflex.security.tls import Tls
 from evflex.smartcharging.dispatcher import ProfileDispatcher
 from evflex.smartcharging.frequency import FrequencyController
 from evflex.smartcharging.manager import LoadManager
@@ -44,6 +45,16 @@ class Services:
             clock_tolerance_s=settings.clock_tolerance_s,
             remote_start_timeout_s=settings.remote_start_timeout_s,
         )
+        #: Both ports' TLS (None: plain); raises TlsError if its files cannot be used.
+        self.tls = (
+            Tls(
+                list(zip(settings.tls_cert, settings.tls_key, strict=True)),
+                settings.tls_client_ca,
+                settings.tls_reload_s,
+            )
+            if settings.tls_cert or settings.tls_client_ca
+            else None
+        )
         self.ocpp = OcppServer(
             self.service,
             allow_unknown_stations=settings.allow_unknown_stations,
@@ -52,6 +63,10 @@ class Services:
             ping_interval=settings.ws_ping_interval,
             validate_responses=settings.validate_responses,
             open_timeout=settings.ws_open_timeout,
+            tls=self.tls,
+            cpo_name=settings.cpo_name,
+            trusted_proxies=settings.trusted_proxy,
+            client_cert_header=settings.client_cert_header,
         )
         self.dispatcher = ProfileDispatcher(
             self.ocpp.send_command,
@@ -108,6 +123,8 @@ class Services:
         await self.lm.start()
         self.sampler.start()
         await self.ocpp.start(self.settings.host, self.settings.ocpp_port)
+        if self.tls is not None:
+            self.tls.start()
 
     @property
     def ocpp_port(self) -> int:
@@ -154,6 +171,8 @@ class Services:
         await self.lm.stop()
         await self.dispatcher.close()
         await self.ocpp.stop()
+        if self.tls is not None:
+            await self.tls.stop()
         await self.service.close()
         await self.writer.stop()
         await self.engine.dispose()

@@ -60,6 +60,8 @@ def _station_out(rt: Services, st: Station, connectors: list[Connector]) -> sc.S
         clock_skewed=_clock_skewed(rt, st.id),
         steerable=rt.lm.steerability(st.id)[0],
         not_steerable_reason=rt.lm.steerability(st.id)[1],
+        security_profile=st.security_profile,
+        security_profile_reached=st.security_profile_reached,
         connectors=[
             sc.ConnectorOut(
                 evse_id=c.evse_id,
@@ -133,9 +135,10 @@ async def create_station(body: sc.StationCreate, rt: Rt):
     now = rt.clock.now()
 
     topology = body.model_dump(include=set(repo.STATION_TOPOLOGY), exclude_unset=True)
+    security = body.model_dump(include=set(sc.StationSecurity.model_fields), exclude_unset=True)
 
     async def job(s):
-        return await repo.register_station(s, body.id, now, pw_hash, topology)
+        return await repo.register_station(s, body.id, now, pw_hash, topology, security)
 
     try:
         created = await rt.writer.submit(job)
@@ -146,6 +149,10 @@ async def create_station(body: sc.StationCreate, rt: Rt):
     if body.site_id:
         await rt.lm.reload()
     return await _load_station(rt, body.id)
+
+
+class ProfileError(ValueError):
+    """A station's security profile that its other settings do not allow."""
 
 
 @router.patch("/stations/{station_id}", response_model=sc.StationOut, tags=["stations"])
@@ -161,13 +168,17 @@ async def patch_station(station_id: str, body: sc.StationPatch, rt: Rt):
             st.password_hash = pw_hash
         elif body.clear_password:
             st.password_hash = None
+        for name in fields & set(sc.StationSecurity.model_fields):
+            setattr(st, name, getattr(body, name))
+        if st.security_profile == 2 and not st.password_hash:
+            raise ProfileError("security profile 2 needs a password")
         await repo.set_topology(s, st, {k: getattr(body, k) for k in topology})
         return True
 
     topology = fields & set(repo.STATION_TOPOLOGY)
     try:
         found = await rt.writer.submit(job)
-    except repo.TopologyError as exc:
+    except (repo.TopologyError, ProfileError) as exc:
         raise HTTPException(422, str(exc)) from None
     if not found:
         raise HTTPException(404, f"station '{station_id}' is not registered")

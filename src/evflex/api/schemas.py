@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StationTopology(BaseModel):
@@ -29,17 +29,37 @@ class StationTopology(BaseModel):
     )
 
 
-class StationCreate(StationTopology):
+class StationSecurity(BaseModel):
+    """How a station must connect (docs/security.md)."""
+
+    security_profile: Literal[1, 2, 3] | None = Field(
+        None,
+        description="OCPP security profile: 1 password (ws or wss), 2 TLS + password, "
+        "3 TLS client certificate; unset: 1",
+    )
+    serial_number: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="Serial number a profile-3 certificate may carry as CN instead of the id",
+    )  # fmt: skip
+
+
+class StationCreate(StationTopology, StationSecurity):
     id: str = Field(min_length=1, max_length=48, pattern=r"^[^/\s]+$")
     password: str | None = Field(
         None,
         min_length=16,
         max_length=40,
-        description="OCPP security profile 1 basic-auth password (16..40 characters)",
+        description="HTTP Basic password of security profiles 1 and 2 (16..40 characters)",
     )
 
+    @model_validator(mode="after")
+    def _profile_2_password(self) -> StationCreate:
+        if self.security_profile == 2 and not self.password:
+            raise ValueError("security profile 2 needs a password")
+        return self
 
-class StationPatch(StationTopology):
+
+class StationPatch(StationTopology, StationSecurity):
     password: str | None = Field(None, min_length=16, max_length=40)
     clear_password: bool = False
 
@@ -89,6 +109,10 @@ class StationOut(BaseModel):
     )
     not_steerable_reason: str | None = Field(
         None, description="Why not steerable: the station's last refusal of a profile"
+    )
+    security_profile: int | None = Field(None, description="Required profile (unset: 1)")
+    security_profile_reached: int | None = Field(
+        None, description="Highest profile it connected with; a lower one is refused"
     )
     connectors: list[ConnectorOut] = []
 

@@ -77,6 +77,7 @@ _ADMIN_ROUTES = {
     ("POST", f"{API}/circuits"),
     ("PATCH", f"{API}/circuits/{{circuit_id}}"),
     ("DELETE", f"{API}/circuits/{{circuit_id}}"),
+    ("POST", f"{API}/admin/tls/reload"),
 }
 # Card numbers are personal data: not for viewers.
 _OPERATOR_READS = {f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}"}
