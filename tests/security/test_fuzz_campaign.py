@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from evflex.bench.fuzz import FuzzConfig, run_fuzz
-from evflex.bench.fuzzgen import CATEGORIES
+from evflex.bench.fuzzgen import CATEGORIES, ocpp_schemas
 from evflex.bench.fuzzhttp import BODY_KINDS
 
 SEED = 20261207
@@ -51,6 +51,12 @@ def test_the_campaign_sends_every_category_on_every_version(campaign):
     assert set(campaign["inputs_per_category"]) == set(CATEGORIES)
     assert set(campaign["inputs_per_version"]) == {"1.6", "2.0.1", "2.1"}
     assert campaign["good_stations"]["during"]["requests"] > 0  # others were served meanwhile
+
+
+def test_every_action_of_every_version_has_a_valid_template(campaign):
+    for version, actions in campaign["actions"].items():
+        assert actions["without_template"] == []
+        assert actions["with_template"] == len(ocpp_schemas(version)) > 20
 
 
 def test_the_server_never_died(campaign):

@@ -252,6 +252,7 @@ class Tally:
     codes: Counter[str] = field(default_factory=Counter)  # every CALLERROR code received
     unexpected_answers: int = 0
     reconnects: int = 0
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)  # per version
     samples: list[str] = field(default_factory=list)
 
     def add(self, version: str, inp: Input, outcome: str, got: Any) -> None:
@@ -270,13 +271,13 @@ class Tally:
 class Feed:
     """One version's inputs, made on demand and split by whether they may be taken."""
 
-    def __init__(self, fuzzer: OcppFuzzer, total: int, seed: int) -> None:
+    def __init__(self, fuzzer: OcppFuzzer, total: int, seed: int, batch: int) -> None:
         self.fuzzer = fuzzer
         self.rng = random.Random(f"feed:{fuzzer.version}:{seed}")
         self.left = split_counts(total)
         self.queues: dict[str, deque[list[Input]]] = {"refused": deque(), "taken": deque()}
         self._open: dict[str, list[Input]] = {"refused": [], "taken": []}
-        self.batch = 40
+        self.batch = batch
 
     def _produce(self) -> bool:
         cats = [c for c, n in self.left.items() if n > 0]
@@ -533,8 +534,12 @@ async def _campaign(
     for version in config.versions:
         handled = frozenset(HANDLERS[version].actions())
         fuzzer = OcppFuzzer(version, seed, handled, config.max_frame_bytes)
-        feed = Feed(fuzzer, share, seed)
-        feed.batch = config.batch
+        tally.actions[version] = {
+            "with_template": len({t.action for t in fuzzer.templates}),
+            "without_template": fuzzer.failed,
+            "handled_by_the_csms": len(handled),
+        }
+        feed = Feed(fuzzer, share, seed, config.batch)
         short = version.replace(".", "")
         for kind in ("refused", "taken"):
             station = f"fuzz-{tag}-{short}-{kind}"
@@ -663,6 +668,8 @@ def _result(config: FuzzConfig, started: datetime, seed: int, run: dict, http: H
     ratio = run["good"]["p99_ratio"]
     checks = {
         "process_alive": bool(run["alive"] and alive_end),
+        "good_stations_served": run["good"]["booted"] == config.good_stations
+        and not run["good"]["errors"],
         "inputs_sent": sum(tally.sent.values()) >= config.inputs,
         "every_input_answered_right": wrong == 0,
         "no_internal_error": totals["internal_error"] == 0,
@@ -682,6 +689,7 @@ def _result(config: FuzzConfig, started: datetime, seed: int, run: dict, http: H
         "inputs": sum(tally.sent.values()),
         "inputs_per_category": dict(tally.sent),
         "inputs_per_version": dict(tally.per_version),
+        "actions": tally.actions,
         "outcomes": outcomes,
         "outcome_totals": dict(totals),
         "wrong_answers": wrong,
@@ -750,6 +758,8 @@ def render_checks(result: dict[str, Any]):
     rows = [
         ("server alive, same PID, serving", str(result["process"]["pid_unchanged"]),
          "process_alive"),
+        ("good stations booted, errors", f"{good['booted']}/{good['stations']}, "
+         f"{sum(good['errors'].values())}", "good_stations_served"),
         ("InternalError answers", f"{result['internal_errors']:,}", "no_internal_error"),
         ("wrong answers", f"{result['wrong_answers']:,}", "every_input_answered_right"),
         ("good stations p50 before / during",
