@@ -165,3 +165,17 @@ async def test_the_station_api_sets_and_shows_the_profile(database_url, lab):
         )  # fmt: skip
         pair = lab.station_pair("SN-API")
         assert await boot(wss(node, "CS-API"), "CS-API", ssl_ctx=lab.client(pair)) == "Accepted"
+
+
+async def test_certificates_refused_in_the_handshake_count_as_failed_logins(database_url, lab):
+    async with tls_node(database_url, lab) as node:
+        await register(node, "CS-R", 3, password=None)
+        rogue = lab.client(lab.station_pair("CS-R", ca=other_ca()))
+        for _ in range(node.rt.ocpp.limiter.max_failures):
+            with pytest.raises((ssl.SSLError, OSError, InvalidHandshake)):
+                await boot(wss(node, "CS-R"), "CS-R", ssl_ctx=rogue)
+        await node.wait_for(lambda: node.rt.ocpp.limiter.blocked(["ip:127.0.0.1"]))
+        good = lab.client(lab.station_pair("CS-R"))
+        with pytest.raises(InvalidStatus) as err:  # the source waits, even with a good one
+            await boot(wss(node, "CS-R"), "CS-R", ssl_ctx=good)
+        assert err.value.response.status_code == 429

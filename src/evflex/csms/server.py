@@ -194,6 +194,7 @@ class OcppServer:
         reason = f"TLS handshake failed: {why}"
         log.warning("connection from %s refused: %s", source, reason)
         if "CERTIFICATE" in why.upper():  # a client certificate ssl did not accept
+            self.limiter.fail([f"ip:{source}"])  # counts as a failed login
             record = audit.record(self.service, "InvalidCertificate", source, reason)
             asyncio.ensure_future(record).add_done_callback(_logged)
 
