@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import running_node
 from evflex.cli import app
+from evflex.config import ConfigError, load_settings
 from evflex.security import pki
 from security.tls_lab import boot
 
@@ -67,3 +69,26 @@ def test_serve_refuses_unusable_tls_files(tmp_path):
     assert code == 2 and "cannot load certificate" in out
     code, out = cli("serve", "--tls-cert", "a.pem", "--ocpp-port", "0")
     assert code == 2 and "tls_cert and tls_key are paired in order" in out
+
+
+def test_tls_settings_from_toml_and_environment(tmp_path, monkeypatch):
+    toml = tmp_path / "evflex.toml"
+    toml.write_text(
+        'tls_cert = ["ec.pem", "rsa.pem"]\ntls_key = ["ec.key", "rsa.key"]\n'
+        'tls_client_ca = ["ca.pem"]\ncpo_name = "Lab CPO"\n'
+        'trusted_proxy = ["10.0.0.0/8"]\nclient_cert_header = "X-SSL-Cert"\n'
+    )
+    s = load_settings(toml)
+    assert [p.name for p in s.tls_cert] == ["ec.pem", "rsa.pem"]
+    assert (s.cpo_name, s.trusted_proxy, s.client_cert_header) == (
+        "Lab CPO", ["10.0.0.0/8"], "X-SSL-Cert",
+    )  # fmt: skip
+    monkeypatch.setenv("EVFLEX_TRUSTED_PROXY", '["192.0.2.7"]')
+    assert load_settings(toml).trusted_proxy == ["192.0.2.7"]
+    monkeypatch.setenv("EVFLEX_TRUSTED_PROXY", '["not an address"]')
+    with pytest.raises(ConfigError, match="trusted_proxy"):
+        load_settings(toml)
+    monkeypatch.delenv("EVFLEX_TRUSTED_PROXY")
+    toml.write_text('tls_cert = ["ec.pem"]\ntls_key = ["ec.key"]\ntls_client_ca = ["ca.pem"]\n')
+    with pytest.raises(ConfigError, match="tls_client_ca needs cpo_name"):
+        load_settings(toml)
