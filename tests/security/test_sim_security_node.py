@@ -26,12 +26,15 @@ def signing_node(url, lab):
     return tls_node(url, lab, ca_cert_file=lab.ca_file, ca_key_file=lab.dir / "ca.key")
 
 
-def sim(node, stations: list, sid: str, version: str = "2.0.1", password=PASSWORD, **security):
+def sim(
+    node, stations: list, sid: str, version="2.0.1", password=PASSWORD, serial=None, **security
+):
     spec = StationSpec(
         id=sid,
         ocpp_version=version,
         evses=1,
         password=password,
+        serial=serial,
         security=SecuritySettings(cpo_name=CPO, **security),
     )
     url = f"wss://127.0.0.1:{node.rt.ocpp_port}/ocpp"
@@ -42,6 +45,16 @@ def sim(node, stations: list, sid: str, version: str = "2.0.1", password=PASSWOR
 
 def _der(cert) -> bytes:
     return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+async def accepted_by_node(node, sid: str, count: int = 1) -> None:
+    """Wait until the node has recorded ``count`` certificates of ``sid`` as Accepted."""
+
+    async def done() -> bool:
+        r = await node.http.get(f"/api/v1/stations/{sid}/certificates")
+        return sum(c["status"] == "Accepted" for c in r.json()) == count
+
+    await node.wait_for(done)
 
 
 async def security_events(node, type_: str) -> list[dict]:
@@ -74,11 +87,7 @@ async def test_profile_2_then_a_signed_certificate_then_profile_3(
         assert pki.names(leaf) == ("SIM-1", CPO)
         leaf.verify_directly_issued_by(pki.load_cert(lab.ca_file))
 
-        async def accepted() -> bool:
-            r = await node.http.get("/api/v1/stations/SIM-1/certificates")
-            return any(c["status"] == "Accepted" for c in r.json())
-
-        await node.wait_for(accepted)
+        await accepted_by_node(node, "SIM-1")
         url = f"wss://127.0.0.1:{node.rt.ocpp_port}/ocpp"
         r = await node.http.post(
             "/api/v1/stations/SIM-1/security-profile", json={"profile": 3, "csms_url": url}
@@ -169,6 +178,7 @@ async def test_a_renewal_the_node_asks_for_is_signed_and_used(sqlite_url, lab, s
         assert await st.request_certificate() == "Accepted"
         await wait_until(lambda: st.station_chain, 10)
         first = st.station_chain[0]
+        await accepted_by_node(node, "SIM-R")
         url = f"wss://127.0.0.1:{node.rt.ocpp_port}/ocpp"
         r = await node.http.post(
             "/api/v1/stations/SIM-R/security-profile", json={"profile": 3, "csms_url": url}
@@ -183,9 +193,24 @@ async def test_a_renewal_the_node_asks_for_is_signed_and_used(sqlite_url, lab, s
         assert _der(renewed) != _der(first)  # a new key, not the old one again
         await wait_until(lambda: st.online and st.connected_certificate == renewed, 10)
 
-        async def both_accepted() -> bool:
-            r = await node.http.get("/api/v1/stations/SIM-R/certificates")
-            return sum(c["status"] == "Accepted" for c in r.json()) == 2
-
-        await node.wait_for(both_accepted)
+        await accepted_by_node(node, "SIM-R", 2)
         assert (await node.station("SIM-R"))["connected"]
+
+
+async def test_a_certificate_named_by_serial_number(sqlite_url, lab, stations):
+    async with signing_node(sqlite_url, lab) as node:
+        await register(node, "SIM-S", 2, serial="SN-0042")
+        st = sim(node, stations, "SIM-S", serial="SN-0042", profile=2,
+                 ca_file=str(lab.ca_file), csr_common_name="serial")  # fmt: skip
+        await st.start(timeout=10)
+        assert await st.request_certificate() == "Accepted"
+        await wait_until(lambda: st.station_chain, 10)
+        assert pki.names(st.station_chain[0]) == ("SN-0042", CPO)
+        await accepted_by_node(node, "SIM-S")
+        url = f"wss://127.0.0.1:{node.rt.ocpp_port}/ocpp"
+        r = await node.http.post(
+            "/api/v1/stations/SIM-S/security-profile", json={"profile": 3, "csms_url": url}
+        )
+        assert r.json()["accepted"] is True, r.text
+        await wait_until(lambda: st.connected_certificate == st.station_chain[0] and st.online, 15)
+        assert (await node.station("SIM-S"))["security_profile_reached"] == 3

@@ -136,6 +136,12 @@ def sim_command(
     cpo_name: Annotated[
         str | None, typer.Option("--cpo-name", help="The CPO's name: the O of the stations' CSRs.")
     ] = None,
+    csr_cn: Annotated[
+        str,
+        typer.Option(
+            "--csr-cn", help="CN of the stations' CSRs: 'id' (the station id) or 'serial'."
+        ),
+    ] = "id",
     attack: Annotated[
         str | None,
         typer.Option(
@@ -170,8 +176,8 @@ def sim_command(
     try:
         security = SecuritySettings(
             profile=security_profile, ca_file=ca, client_cert=client_cert, client_key=client_key,
-            cpo_name=cpo_name, attack=attack, signer_cert=attack_ca, signer_key=attack_ca_key,
-            other_station=other_station,
+            cpo_name=cpo_name, csr_common_name=csr_cn, attack=attack,  # type: ignore[arg-type]
+            signer_cert=attack_ca, signer_key=attack_ca_key, other_station=other_station,
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
