@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+#: Sane ranges of the physical quantities a body carries: a slip such as 1e306 kW is
+#: refused with its reason instead of being stored (as infinity it would stop the site's
+#: planning). A site, a circuit or a station beyond these is not a charging site.
+MAX_POWER_KW = 1e6
+MAX_CURRENT_A = 1e5
+MAX_PRICE = 1e6  # per kWh, per kW
+#: The largest value of the database's integer columns (EVSE ids, profile ids, ...).
+MAX_INT32 = 2**31 - 1
+#: An integer as the database stores it: a row id (BIGINT), an EVSE or profile id (INTEGER).
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Int32 = Annotated[int, Field(ge=-(2**31), le=MAX_INT32)]
 
-class StationTopology(BaseModel):
+Amps = Annotated[float, Field(ge=-MAX_CURRENT_A, le=MAX_CURRENT_A)]
+
+
+class ApiModel(BaseModel):
+    """A request body: NaN and the infinities are refused (JSON has neither)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class StationTopology(ApiModel):
     """Where a station hangs in its site's tree, and what it can take."""
 
     model_config = ConfigDict(extra="forbid")
@@ -17,9 +37,11 @@ class StationTopology(BaseModel):
     circuit_id: str | None = Field(
         None, max_length=64, description="Circuit of the site it hangs on"
     )
-    max_current_a: float | None = Field(None, gt=0, description="Station limit per phase (A)")
+    max_current_a: float | None = Field(
+        None, gt=0, le=MAX_CURRENT_A, description="Station limit per phase (A)"
+    )
     evse_max_current_a: float | None = Field(
-        None, gt=0, description="Each EVSE's maximum (A); 32 if unset"
+        None, gt=0, le=MAX_CURRENT_A, description="Each EVSE's maximum (A); 32 if unset"
     )
     phases: Literal[1, 3] | None = Field(
         None, description="Phases the station is wired with (3 if unset)"
@@ -29,7 +51,7 @@ class StationTopology(BaseModel):
     )
 
 
-class StationSecurity(BaseModel):
+class StationSecurity(ApiModel):
     """How a station must connect (docs/security.md)."""
 
     security_profile: Literal[1, 2, 3] | None = Field(
@@ -117,7 +139,7 @@ class StationOut(BaseModel):
     connectors: list[ConnectorOut] = []
 
 
-class IdTokenIn(BaseModel):
+class IdTokenIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     id_token: str = Field(min_length=1, max_length=36)
@@ -221,15 +243,19 @@ Objective = Literal[
 ]  # fmt: skip
 
 
-class SiteIn(BaseModel):
+class SiteIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[^/\s]+$")
     name: str | None = Field(None, max_length=128)
-    import_limit_kw: float = Field(ge=0, description="Grid connection import limit (kW)")
-    export_limit_kw: float | None = Field(None, ge=0, description="Export limit (kW), V2X")
+    import_limit_kw: float = Field(
+        ge=0, le=MAX_POWER_KW, description="Grid connection import limit (kW)"
+    )
+    export_limit_kw: float | None = Field(
+        None, ge=0, le=MAX_POWER_KW, description="Export limit (kW), V2X"
+    )
     max_current_a: float | None = Field(
-        None, gt=0, description="Per-phase fuse of the connection (A)"
+        None, gt=0, le=MAX_CURRENT_A, description="Per-phase fuse of the connection (A)"
     )
     phases: Literal[1, 3] = 3
     voltage: float = Field(230.0, gt=0, le=1000, description="Phase-to-neutral voltage")
@@ -238,40 +264,59 @@ class SiteIn(BaseModel):
     )
     objective: Objective | None = Field(None, description="Use case of policy 'optimal'")
     capacity_tariff_per_kw: float | None = Field(
-        None, ge=0, description="Price per kW of the month's peak import (policy 'optimal')"
+        None,
+        ge=0,
+        le=MAX_PRICE,
+        description="Price per kW of the month's peak import (policy 'optimal')",
     )
     import_tariff_per_kwh: float | None = Field(
-        None, ge=0, description="Billing: price per kWh a session imports"
+        None, ge=0, le=MAX_PRICE, description="Billing: price per kWh a session imports"
     )
     export_tariff_per_kwh: float | None = Field(
-        None, ge=0, description="Billing: reward per kWh a session feeds back (V2X)"
+        None, ge=0, le=MAX_PRICE, description="Billing: reward per kWh a session feeds back (V2X)"
     )
 
 
-class SitePatch(BaseModel):
+class SitePatch(ApiModel):
+    """The fields to change; null removes an optional one (a required one cannot be removed)."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, max_length=128)
-    import_limit_kw: float | None = Field(None, ge=0)
-    export_limit_kw: float | None = Field(None, ge=0)
-    max_current_a: float | None = Field(None, gt=0)
+    import_limit_kw: float | None = Field(None, ge=0, le=MAX_POWER_KW)
+    export_limit_kw: float | None = Field(None, ge=0, le=MAX_POWER_KW)
+    max_current_a: float | None = Field(None, gt=0, le=MAX_CURRENT_A)
     phases: Literal[1, 3] | None = None
     voltage: float | None = Field(None, gt=0, le=1000)
     policy: Policy | None = None
     objective: Objective | None = None
-    capacity_tariff_per_kw: float | None = Field(None, ge=0)
-    import_tariff_per_kwh: float | None = Field(None, ge=0)
-    export_tariff_per_kwh: float | None = Field(None, ge=0)
+    capacity_tariff_per_kw: float | None = Field(None, ge=0, le=MAX_PRICE)
+    import_tariff_per_kwh: float | None = Field(None, ge=0, le=MAX_PRICE)
+    export_tariff_per_kwh: float | None = Field(None, ge=0, le=MAX_PRICE)
+
+    @model_validator(mode="after")
+    def _required_kept(self) -> SitePatch:
+        removed = [
+            name
+            for name in ("import_limit_kw", "phases", "voltage", "policy")
+            if name in self.model_fields_set and getattr(self, name) is None
+        ]
+        if removed:
+            raise ValueError(f"{', '.join(removed)} cannot be removed (null): give a value")
+        return self
 
 
-class SiteLoadIn(BaseModel):
+class SiteLoadIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
-    current_a: list[float] | None = Field(
+    current_a: list[Amps] | None = Field(
         None, min_length=1, max_length=3, description="Uncontrolled load per phase L1..L3 (A)"
     )
     power_kw: float | None = Field(
-        None, ge=0, description="Uncontrolled load as total power, spread evenly over the phases"
+        None,
+        ge=0,
+        le=MAX_POWER_KW,
+        description="Uncontrolled load as total power, spread evenly over the phases",
     )
 
 
@@ -311,12 +356,15 @@ class SiteOut(BaseModel):
     stations: list[str] = []
     circuits: list[str] = []
     plan: PlanOut | None = None
+    planning_error: str | None = Field(
+        None, description="Why the load manager could not plan the site the last time it tried"
+    )
     managed_by_config: list[str] = Field(
         [], description="Fields set by the configuration file's [[sites]] table: read-only here"
     )
 
 
-class CircuitIn(BaseModel):
+class CircuitIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[^/\s]+$")
@@ -325,17 +373,19 @@ class CircuitIn(BaseModel):
         None, max_length=64, description="Parent circuit; none = the site"
     )
     name: str | None = Field(None, max_length=128)
-    max_current_a: float | None = Field(None, gt=0, description="Per-phase limit (A)")
-    max_power_kw: float | None = Field(None, gt=0)
+    max_current_a: float | None = Field(
+        None, gt=0, le=MAX_CURRENT_A, description="Per-phase limit (A)"
+    )
+    max_power_kw: float | None = Field(None, gt=0, le=MAX_POWER_KW)
 
 
-class CircuitPatch(BaseModel):
+class CircuitPatch(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     parent_id: str | None = Field(None, max_length=64)
     name: str | None = Field(None, max_length=128)
-    max_current_a: float | None = Field(None, gt=0)
-    max_power_kw: float | None = Field(None, gt=0)
+    max_current_a: float | None = Field(None, gt=0, le=MAX_CURRENT_A)
+    max_power_kw: float | None = Field(None, gt=0, le=MAX_POWER_KW)
 
 
 class CircuitOut(BaseModel):
@@ -347,10 +397,10 @@ class CircuitOut(BaseModel):
     max_power_kw: float | None = None
 
 
-class ProfileIn(BaseModel):
+class ProfileIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
-    evse_id: int = Field(ge=0, description="0 = the whole station")
+    evse_id: int = Field(ge=0, le=MAX_INT32, description="0 = the whole station")
     profile: dict = Field(description="OCPP chargingProfile object (2.0.1 form, or 1.6 form)")
 
 
@@ -368,7 +418,7 @@ class ProfileOut(BaseModel):
     note: str | None = None
 
 
-class PreferencesIn(BaseModel):
+class PreferencesIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     departure_time: AwareDatetime | None = Field(None, description="With a time zone")

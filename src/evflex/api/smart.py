@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
 
 from evflex.api import schemas as sc
 from evflex.api.deps import Rt
+from evflex.api.guard import errors_out
 from evflex.api.routes import station_command
 from evflex.csms import commands
 from evflex.domain.model import ChargingNeeds
@@ -98,6 +99,7 @@ async def _site_out(rt: Services, site_id: str) -> sc.SiteOut:
         stations=stations,
         circuits=circuits,
         plan=_plan_out(rt, site_id),
+        planning_error=status.last_error if (status := rt.lm.status.get(site_id)) else None,
         managed_by_config=site.config_fields or [],
     )
 
@@ -145,8 +147,6 @@ async def patch_site(site_id: str, body: sc.SitePatch, rt: Rt):
     """Change a site; a new limit is planned and sent at once (decreases first)."""
     now = rt.clock.now()
     fields = set(body.model_fields_set)
-    if "import_limit_kw" in fields and body.import_limit_kw is None:
-        raise HTTPException(422, "import_limit_kw cannot be removed")
     values = sc.body_values(body, fields)
 
     async def job(s):
@@ -336,7 +336,7 @@ def _profile_out(evse_id: int, p: pf.ChargingProfile, w, note: str | None = None
     response_model=list[sc.ProfileOut],
     tags=["smart charging"],
 )
-async def list_profiles(station_id: str, rt: Rt, evse_id: int | None = None):
+async def list_profiles(station_id: str, rt: Rt, evse_id: sc.Int32 | None = None):
     """The profiles evflex has set on the station (operator's and load manager's)."""
     await _station(rt, station_id)
     wanted = rt.lm.dispatcher.wanted(station_id)
@@ -467,10 +467,10 @@ async def _voltage(rt: Services, st: Station) -> float:
 async def clear_profiles(
     station_id: str,
     rt: Rt,
-    profile_id: int | None = Query(None, alias="id"),
-    evse_id: int | None = None,
+    profile_id: sc.Int32 | None = Query(None, alias="id"),
+    evse_id: sc.Int32 | None = None,
     purpose: str | None = None,
-    stack_level: int | None = None,
+    stack_level: sc.Int32 | None = None,
 ):
     """ClearChargingProfile with these criteria (none: all), then forget the matches."""
     await _station(rt, station_id)
@@ -479,9 +479,12 @@ async def clear_profiles(
             purpose = pf.Purpose.parse(purpose).value
         except ValueError:
             raise HTTPException(422, f"unknown purpose '{purpose}'") from None
-    body = commands.ClearChargingProfileBody(
-        id=profile_id, evse=evse_id, purpose=purpose, stack_level=stack_level
-    )
+    try:
+        body = commands.ClearChargingProfileBody(
+            id=profile_id, evse=evse_id, purpose=purpose, stack_level=stack_level
+        )
+    except ValidationError as exc:  # e.g. a negative id
+        raise HTTPException(422, errors_out(exc.errors(include_url=False))) from None
     answer = await station_command(rt, station_id, "clear-charging-profile", body)
     forgotten = []
     for pid, w in rt.lm.dispatcher.wanted(station_id).items():
@@ -503,7 +506,7 @@ async def clear_profiles(
 async def composite(
     station_id: str,
     rt: Rt,
-    evse: int = Query(0, ge=0),
+    evse: int = Query(0, ge=0, le=sc.MAX_INT32),
     duration: int = Query(3600, ge=1, le=7 * 86400),
     unit: str | None = Query(None, pattern="^(A|W)$"),
 ):
@@ -587,7 +590,7 @@ async def _tx(rt: Services, tx_pk: int) -> Transaction:
     response_model=sc.PreferencesOut,
     tags=["smart charging"],
 )
-async def put_preferences(tx_pk: int, body: sc.PreferencesIn, rt: Rt):
+async def put_preferences(tx_pk: sc.Int64, body: sc.PreferencesIn, rt: Rt):
     """A driver's departure time and energy; the answer says whether the site can deliver."""
     return await apply_preferences(rt, tx_pk, body)
 
@@ -616,7 +619,7 @@ async def apply_preferences(rt: Services, tx_pk: int, body: sc.PreferencesIn) ->
 
 
 @router.get("/transactions/{tx_pk}/bill", response_model=sc.BillOut, tags=["smart charging"])
-async def bill(tx_pk: int, rt: Rt):
+async def bill(tx_pk: sc.Int64, rt: Rt):
     """Imported energy at the site's import tariff minus exported energy at its feed-in reward."""
     tx = await _tx(rt, tx_pk)
     async with rt.sessionmaker() as s:
@@ -762,7 +765,7 @@ async def _preferences_answer(rt: Services, tx_pk: int, *, request: str):
     response_model=sc.PreferencesOut,
     tags=["smart charging"],
 )
-async def set_priority(tx_pk: int, rt: Rt):
+async def set_priority(tx_pk: sc.Int64, rt: Rt):
     """Priority charging: the session gets the most the site allows, before all others."""
     return await apply_priority(rt, tx_pk, True)
 
@@ -772,7 +775,7 @@ async def set_priority(tx_pk: int, rt: Rt):
     response_model=sc.PreferencesOut,
     tags=["smart charging"],
 )
-async def clear_priority(tx_pk: int, rt: Rt):
+async def clear_priority(tx_pk: sc.Int64, rt: Rt):
     return await apply_priority(rt, tx_pk, False)
 
 
