@@ -170,3 +170,20 @@ async def test_a_certificate_header_is_believed_from_a_trusted_proxy_only(
         assert "ignored the X-Client-Cert header from 127.0.0.1" in caplog.text
         r = await node.http.get("/api/v1/events", params={"station_id": "CS-4"})
         assert [e["type"] for e in r.json()] == ["PlainConnectionRefused"]
+
+
+async def test_connections_cut_short_leave_the_port_serving(database_url, lab, caplog):
+    async with tl.tls_node(database_url, lab, ws_open_timeout=0.5) as node:
+        port = node.rt.ocpp_port
+        for first in (b"", b"\x16\x03", b"GET / HT"):  # nothing, half a hello, half a request
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(first)
+            await w.drain()
+            w.close()
+        r, w = await asyncio.open_connection("127.0.0.1", port)  # silent: dropped in time
+        assert await asyncio.wait_for(r.read(), 10) == b""
+        w.close()
+        await tl.register(node, "CS-1", 1, password=None)
+        plain = f"ws://127.0.0.1:{port}/ocpp/CS-1"
+        assert await tl.boot(plain, "CS-1", "1.6") == "Accepted"
+        assert "Fatal error" not in caplog.text and "Traceback" not in caplog.text

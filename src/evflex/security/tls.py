@@ -230,6 +230,8 @@ def sniffing_connection(
             self._start_tls(raw, data)
 
         def _start_tls(self, raw: asyncio.Transport, data: bytes) -> None:
+            # asyncio has no public way to begin TLS over bytes already read; this is
+            # what loop.start_tls does, with the first bytes fed in (Python 3.11+).
             loop = asyncio.get_running_loop()
             ctx = context()
             assert ctx is not None
@@ -256,9 +258,17 @@ def sniffing_connection(
 
             waiter.add_done_callback(done)
 
+        def eof_received(self) -> bool | None:
+            if self._started:
+                return super().eof_received()
+            self._idle.cancel()  # closed before its first byte
+            return False
+
         def connection_lost(self, exc: Exception | None) -> None:
             if hasattr(self, "recv_messages"):  # the WebSocket began
                 super().connection_lost(exc)
+            elif not self._started:
+                self._idle.cancel()
 
     return SniffingConnection
 
