@@ -8,6 +8,7 @@ from evflex.api import schemas
 from evflex.clock import Clock, SystemClock
 from evflex.config import ConfigError, Settings
 from evflex.csms import commands
+from evflex.csms.certificates import CertificateManager
 from evflex.csms.server import OcppServer
 from evflex.csms.service import CsmsService
 from evflex.events import EventBus
@@ -103,6 +104,18 @@ class Services:
             session_hours=settings.session_hours,
             secure_cookies=settings.secure_cookies,
         )
+        self.certificates = CertificateManager(
+            self.service,
+            cpo_name=settings.cpo_name,
+            ca_cert_file=settings.ca_cert_file,
+            ca_key_file=settings.ca_key_file,
+            validity_days=settings.cert_validity_days,
+            renew_days=settings.cert_renew_days,
+            signing_hook=settings.cert_signing_hook,
+            ev_hook=settings.ev_certificate_hook,
+        )
+        self.certificates.attach(self.ocpp)
+        self.service.certificates = self.certificates
         self.stopping = asyncio.Event()  # ends the dashboards' event streams
 
     async def _remote_stop(self, station_id: str, transaction_id: str) -> dict:
@@ -122,6 +135,7 @@ class Services:
         await self.dispatcher.load(self.sessionmaker)
         await self.lm.start()
         self.sampler.start()
+        self.certificates.start()
         await self.ocpp.start(self.settings.host, self.settings.ocpp_port)
         if self.tls is not None:
             self.tls.start()
@@ -170,6 +184,7 @@ class Services:
             await self.frequency.stop()
         await self.lm.stop()
         await self.dispatcher.close()
+        await self.certificates.stop()
         await self.ocpp.stop()
         if self.tls is not None:
             await self.tls.stop()
