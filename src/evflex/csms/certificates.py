@@ -164,8 +164,10 @@ class CertificateManager:
             log.error("certificate delivery failed", exc_info=task.exception())
 
     async def _renewals(self) -> None:
+        wait = min(60.0, self.check_interval_s)  # the first look soon after start
         while True:
-            await asyncio.sleep(self.check_interval_s)
+            await asyncio.sleep(wait)
+            wait = self.check_interval_s
             try:
                 await self.check_expiry()
             except Exception:  # the next round tries again
