@@ -101,8 +101,10 @@ class Services:
         )
         self.auth = AuthService(
             self.sessionmaker,
+            self.service,
             session_hours=settings.session_hours,
             secure_cookies=settings.secure_cookies,
+            trusted_proxies=settings.trusted_proxy,
         )
         self.certificates = CertificateManager(
             self.service,

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from conftest import Node
 from evflex.cli import app
+from evflex.security.audit import FailureLimiter
 from evflex.web import auth
-from evflex.web.auth import LoginLimiter, required_role, totp_step
+from evflex.web.auth import required_role, totp_step
 
 PASSWORD = "correct horse battery"
 
@@ -167,7 +168,7 @@ async def test_login_rate_limit_and_secure_cookie(node):
         assert 1 <= int(r.headers["retry-after"]) <= 300
         # the process and everyone else live on
         assert (await node.http.get("/api/v1/stations")).status_code == 200
-    node.rt.auth.limiter = LoginLimiter()  # the window has passed
+    node.rt.auth.limiter = FailureLimiter()  # the window has passed
     async with _client(node) as web:
         r = await web.post("/api/v1/auth/login", json=right, headers={"X-Forwarded-Proto": "https"})
         assert r.status_code == 200, r.text
@@ -215,7 +216,7 @@ def test_totp_window_and_replay():
 
 
 def test_limiter_counts_per_key_and_forgets():
-    lim = LoginLimiter(max_failures=3, window_s=60)
+    lim = FailureLimiter(max_failures=3, window_s=60)
     lim.fail(["ip:a", "user:x"], now=0)
     lim.fail(["ip:a", "user:x"], now=10)
     assert lim.retry_after(["ip:a"], now=11) is None

@@ -194,7 +194,7 @@ async def refused(
             sink,
             "RateLimited",
             source,
-            f"too many failed {what} from {key.partition(':')[2] or key}; refused for {wait} s",
+            f"too many failed {what} for {key}; refused for {wait} s",
             station_id,
             limit=limiter.max_failures,
             window_s=limiter.window_s,

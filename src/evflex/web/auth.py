@@ -6,9 +6,14 @@
 - The second factor is TOTP (RFC 6238, 30 s steps, SHA-1, six digits: what
   every authenticator app speaks). One step either side is accepted for clock
   drift, and no step is accepted twice per user (a seen code cannot be replayed).
-- Failed logins are counted per client address and per user name; after
+- Failed logins are counted per source address and per user name; after
   ``max_failures`` within ``window_s`` the next attempts get 429 until the
-  oldest failure leaves the window.
+  oldest failure leaves the window. Bad API tokens and forged driver tokens
+  are counted per source address alike. Behind a reverse proxy the source is
+  the client it forwarded for, if the proxy is in ``trusted_proxies``.
+- Every refusal is a ``Security`` event with its source address
+  (:mod:`evflex.security.audit`): a failed login, a role too low for the
+  route, a bad API or driver token, a source being rate limited.
 - A browser gets an opaque session id in an HttpOnly, SameSite=Strict cookie
   (Secure over HTTPS); only its SHA-256 is stored. Requests that change
   something with that cookie must repeat the session's CSRF token in
@@ -26,7 +31,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
@@ -40,6 +45,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evflex.clock import utcnow
+from evflex.security import audit
+from evflex.security.audit import FailureLimiter
 from evflex.store.tables import ApiToken, User, WebSession
 
 ROLES = ("viewer", "operator", "admin")
@@ -121,39 +128,6 @@ class LoginRefused(Exception):
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
-
-
-class LoginLimiter:
-    """Failures per key in a sliding window; a key over the limit is refused."""
-
-    def __init__(self, max_failures: int = 5, window_s: float = 300.0) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures[key]
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
-        return q
-
-    def retry_after(self, keys: list[str], now: float | None = None) -> int | None:
-        """Seconds until the first of ``keys`` may try again; None if none is blocked."""
-        now = time.monotonic() if now is None else now
-        waits = [
-            q[0] + self.window_s - now
-            for q in (self._recent(k, now) for k in keys)
-            if len(q) >= self.max_failures
-        ]
-        return max(1, int(max(waits)) + 1) if waits else None
-
-    def fail(self, keys: list[str], now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        for k in keys:
-            self._recent(k, now).append(now)
-
-    def clear(self, key: str) -> None:
-        self._failures.pop(key, None)
 
 
 def new_totp_secret() -> str:
@@ -244,20 +218,56 @@ async def add_token(s: AsyncSession, role: str, name: str | None = None) -> str:
 
 
 class AuthService:
-    """Checks credentials against the store; keeps the login limiter and ephemeral tokens."""
+    """Checks credentials against the store; keeps the failure limiter and ephemeral
+    tokens; records every refusal as a ``Security`` event in ``events``."""
 
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
+        events: audit.EventSink,
         session_hours: float = 12.0,
-        limiter: LoginLimiter | None = None,
+        limiter: FailureLimiter | None = None,
         secure_cookies: bool | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.sessionmaker = sessionmaker
+        self.events = events
         self.session_s = session_hours * 3600.0
-        self.limiter = limiter or LoginLimiter()
+        self.limiter = limiter or FailureLimiter()
         self.secure_cookies = secure_cookies
+        self.trusted = audit.networks(trusted_proxies)
         self._ephemeral: dict[str, Principal] = {}
+
+    def source(self, request: Request) -> str:
+        """The client's address (behind a trusted proxy: the client it forwarded for)."""
+        peer = request.client.host if request.client else ""
+        return audit.source_address(peer, request.headers.getlist("x-forwarded-for"), self.trusted)
+
+    async def refuse(self, request: Request, code: str, reason: str, **detail: object) -> str:
+        """Record the refusal of ``request`` (its source, method and path); returns the source."""
+        source = self.source(request)
+        await audit.record(
+            self.events, code, source, reason, method=request.method, path=request.url.path,
+            **detail,
+        )  # fmt: skip
+        return source
+
+    async def limited(self, request: Request, counter: str, what: str) -> None:
+        """429 (one ``RateLimited`` event per window) while the request's source has
+        too many recent ``counter`` failures."""
+        source = self.source(request)
+        wait = await audit.refused(self.events, self.limiter, [f"{counter}:{source}"], source, what)
+        if wait is not None:
+            raise HTTPException(
+                429, f"too many failed {what}; try again in {wait} s", {"Retry-After": str(wait)}
+            )
+
+    async def failed(
+        self, request: Request, counter: str, code: str, reason: str, **detail: object
+    ) -> None:
+        """Record the refusal and count it against the request's source."""
+        source = await self.refuse(request, code, reason, **detail)
+        self.limiter.fail([f"{counter}:{source}"])
 
     def ephemeral_token(self, role: str = "admin", name: str = "in-process") -> str:
         """A token valid while this process runs; nothing is stored."""
@@ -309,9 +319,10 @@ class AuthService:
     async def login(
         self, username: str, password: str, code: str, client: str
     ) -> tuple[str, Principal]:
-        """A new session id (for the cookie) and who logged in, or :class:`LoginRefused`."""
+        """A new session id (for the cookie) and who logged in, or :class:`LoginRefused`.
+        ``client`` is the source address (:meth:`source`)."""
         keys = [f"ip:{client}", f"user:{username.lower()}"]
-        wait = self.limiter.retry_after(keys)
+        wait = await audit.refused(self.events, self.limiter, keys, client, "logins")
         if wait is not None:
             raise LoginRefused(429, f"too many failed logins; try again in {wait} s", wait)
         async with self.sessionmaker() as s, s.begin():
@@ -322,6 +333,13 @@ class AuthService:
                 step = totp_step(user.totp_secret, code, time.time(), user.totp_last_step)
             if step is None or user is None:
                 self.limiter.fail(keys)
+                why = (
+                    "no such user" if user is None
+                    else "wrong password" if not ok
+                    else "account disabled" if user.disabled
+                    else "wrong or already used one-time code"
+                )  # fmt: skip
+                await audit.record(self.events, "LoginFailed", client, why, user=username)
                 # one answer for every failure: which factor was wrong is not told
                 raise LoginRefused(401, "wrong user name, password or one-time code")
             self.limiter.clear(keys[1])
@@ -384,8 +402,13 @@ async def authorize(
 ) -> Principal:
     """FastAPI dependency of every ``/api/v1`` route: 401 without credentials, 403 below role."""
     auth: AuthService = request.app.state.runtime.auth
+    bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+    if bearer:
+        await auth.limited(request, "token", "API tokens")
     principal = await auth.principal(request)
     if principal is None:
+        if bearer:
+            await auth.failed(request, "token", "InvalidApiToken", "unknown or revoked API token")
         raise HTTPException(
             401,
             "authentication required: a session cookie (log in at /login) or "
@@ -396,9 +419,11 @@ async def authorize(
     path = getattr(route, "path", request.url.path)
     need = required_role(request.method, path, request.path_params)
     if rank(principal.role) < rank(need):
-        raise HTTPException(
-            403, f"role '{principal.role}' may not {request.method} {path}: needs '{need}'"
+        reason = f"role '{principal.role}' may not {request.method} {path}: needs '{need}'"
+        await auth.refuse(
+            request, "ForbiddenRole", reason, user=principal.name, role=principal.role, needs=need
         )
+        raise HTTPException(403, reason)
     if principal.kind == "session" and request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not (principal.csrf_token and hmac.compare_digest(sent, principal.csrf_token)):

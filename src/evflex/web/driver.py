@@ -34,7 +34,7 @@ class ClaimIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     station_id: str = Field(min_length=1, max_length=48)
-    evse_id: int = Field(ge=1)
+    evse_id: int = Field(ge=1, le=sc.MAX_INT32)
 
 
 class ClaimOut(BaseModel):
@@ -105,15 +105,22 @@ def _refused(detail: str) -> HTTPException:
 
 
 async def _claimed(rt: Services, request: Request) -> tuple[Transaction, DriverToken]:
+    """The session a driver token is for; a forged token counts against its source
+    (429 after too many), a forged or ended one is a security event."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _refused("this page needs its session token")
+    await rt.auth.limited(request, "driver", "driver tokens")
     async with rt.sessionmaker() as s:
         row = await s.get(DriverToken, sha256(token.strip()))
         tx = await s.get(Transaction, row.transaction_pk) if row is not None else None
     if row is None or tx is None:
+        await rt.auth.failed(request, "driver", "InvalidDriverToken", "unknown driver token")
         raise _refused("unknown session token")
     if tx.state != "active":
+        await rt.auth.refuse(
+            request, "InvalidDriverToken", "driver token of an ended session", transaction=tx.id
+        )
         raise _refused("this charging session has ended")
     return tx, row
 

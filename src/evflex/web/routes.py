@@ -48,7 +48,7 @@ def _whoami(p: Principal) -> WhoAmI:
 @auth_router.post("/login", response_model=WhoAmI)
 async def login(body: LoginIn, request: Request, rt: Rt, response: Response):
     """Password and TOTP code: sets the session cookie; 401 if wrong, 429 when rate limited."""
-    client = request.client.host if request.client else "?"
+    client = rt.auth.source(request)
     try:
         sid, principal = await rt.auth.login(body.username, body.password, body.totp, client)
     except LoginRefused as exc:

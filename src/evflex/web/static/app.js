@@ -7,13 +7,14 @@
   const main = $("#view");
   const MAX_POINTS = 2000;
   const PLAN_MAX_AGE_MS = 30000;
+  const SECURITY = "Security"; // the kind of a refused connection or control attempt
 
   const S = {
     me: null, csrf: "", view: null, params: [], gen: 0,
     stations: [], stationsAt: 0,
     txs: [], needs: new Map(), notices: [], plansStale: true, plansAt: 0,
     availPending: new Map(), // station id -> "inoperative" while the station has it scheduled
-    sites: [], events: [], kinds: new Set(["security"]), eventsKind: "",
+    sites: [], events: [], kinds: new Set(["security", SECURITY]), eventsKind: "",
     site: null, plan: null, hist: [], chart: null, chartKey: "", nowX: null, kpiPeriod: "day",
   };
 
@@ -606,23 +607,37 @@
 
   /* ---------- events ---------- */
 
+  const KIND_LABELS = { [SECURITY]: "Security: refused attempts", security: "Security: station reports" };
+  const isSecurity = (kind) => (kind || "").toLowerCase() === "security";
+
+  /** The detail cell: a refused attempt reads as its reason, then what else it carries. */
+  function eventDetail(e) {
+    const d = e.detail || {};
+    if (e.kind !== SECURITY) return e.detail == null ? "" : JSON.stringify(e.detail);
+    const rest = Object.entries(d).filter(([k]) => k !== "source" && k !== "reason")
+      .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`);
+    return [d.reason, ...rest].filter(Boolean).join(" · ");
+  }
+
   function renderEvents() {
     const sel = $("#events-kind");
     const known = new Set([...sel.options].map((o) => o.value));
     [...S.kinds].sort().forEach((k) => {
-      if (!known.has(k)) sel.add(new Option(k, k));
+      if (!known.has(k)) sel.add(new Option(KIND_LABELS[k] || k, k));
     });
     sel.value = S.eventsKind;
-    $("#events-body").innerHTML = table("events-table", "Event log", ["Time", "Station", "Kind", "Type", "Detail"],
+    $("#events-body").innerHTML = table("events-table", "Event log", ["Time", "Station", "Kind", "Type", "Source", "Detail"],
       S.events.map((e) => {
-        const json = e.detail == null ? "" : JSON.stringify(e.detail);
-        const short = json.length > 400 ? json.slice(0, 400) + "…" : json;
-        return `<tr data-event="${esc(e.id)}" class="kind-${esc(e.kind)}">
+        const text = eventDetail(e);
+        const short = text.length > 400 ? text.slice(0, 400) + "…" : text;
+        const source = e.detail && typeof e.detail.source === "string" ? e.detail.source : "";
+        return `<tr data-event="${esc(e.id)}" class="kind-${esc((e.kind || "").toLowerCase())}">
           <td class="nowrap">${esc(dateTime(e.timestamp))}</td>
-          <td>${esc(e.station_id ?? DASH)}</td>
-          <td><span class="badge ${e.kind === "security" ? "badge-bad" : "badge-neutral"}">${esc(e.kind || DASH)}</span></td>
+          <td>${esc(e.station_id || DASH)}</td>
+          <td><span class="badge ${isSecurity(e.kind) ? "badge-bad" : "badge-neutral"}">${esc(e.kind || DASH)}</span></td>
           <td>${esc(e.type || DASH)}</td>
-          <td class="detail"><code title="${esc(short !== json ? json : "")}">${esc(short || DASH)}</code></td>
+          <td class="nowrap source">${esc(source || DASH)}</td>
+          <td class="detail"><code title="${esc(short !== text ? text : "")}">${esc(short || DASH)}</code></td>
         </tr>`;
       }), "No events.");
   }
@@ -878,7 +893,7 @@
   const TOPICS = ["station.connected", "station.disconnected", "station.booted", "connector.status",
     "transaction.started", "transaction.updated", "transaction.ended", "meter.values",
     "ev.charging_needs", "transaction.priority", "site.sample", "site.changed", "station.security",
-    "station.notify"];
+    `station.${SECURITY}`, "station.notify"];
 
   function onEvent(topic, raw) {
     let msg = {};
