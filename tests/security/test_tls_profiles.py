@@ -8,6 +8,9 @@ import ssl
 import pytest
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from evflex.clock import utcnow
+from evflex.security import pki
+from evflex.store.tables import Certificate
 from ocpp_clients import basic_auth
 from security.tls_lab import (
     PASSWORD,
@@ -179,3 +182,26 @@ async def test_certificates_refused_in_the_handshake_count_as_failed_logins(data
         with pytest.raises(InvalidStatus) as err:  # the source waits, even with a good one
             await boot(wss(node, "CS-R"), "CS-R", ssl_ctx=good)
         assert err.value.response.status_code == 429
+
+
+async def test_a_certificate_issued_to_another_station_never_opens_this_one(database_url, lab):
+    async with tls_node(database_url, lab) as node:
+        await register(node, "CS-OLD", 3, password=None)
+        await register(node, "CS-NEW", 3, password=None, serial="SN-9")
+        pair = lab.station_pair("SN-9")  # its names fit CS-NEW (CN = its serial number)
+        issued = pki.info(pki.load_cert(pair[0]))
+
+        async def job(s):  # ... but the store has it as issued to CS-OLD
+            s.add(Certificate(
+                station_id="CS-OLD", kind="ChargingStationCertificate", status="Accepted",
+                sha256=issued.sha256, common_name="SN-9", created_at=utcnow(),
+            ))  # fmt: skip
+
+        await node.rt.writer.submit(job)
+        ev = await refused(
+            node, 403, "CertificateForOtherStation", wss(node, "CS-NEW"), "CS-NEW",
+            ssl_ctx=lab.client(pair),
+        )  # fmt: skip
+        assert "CS-OLD" in ev["detail"]["reason"]
+        fresh = lab.station_pair("SN-9")
+        assert await boot(wss(node, "CS-NEW"), "CS-NEW", ssl_ctx=lab.client(fresh)) == "Accepted"

@@ -385,17 +385,27 @@ class OcppServer:
         self, station_id: str, auth: StationAuth, cert: x509.Certificate, refusal: Refusal
     ) -> bool:
         """O is the CPO's; CN is this station's id, or its serial number when no other
-        station has that id or serial number; and the certificate opened no other station."""
+        station has that id or serial number; and the certificate neither opened nor was
+        issued to another station."""
         cn, _ = pki.names(cert)
+        sha256 = pki.info(cert).sha256
         serial = auth.serial_number
-        if cn is not None and cn != station_id and cn == serial:
+        owner = self.certificate_owner.get(sha256)  # the station it opened before
+        owners = {owner} if owner is not None else set()
+        by_serial = cn is not None and cn != station_id and cn == serial
+        if owner is None or by_serial:
             async with self.service.sessionmaker() as s:
-                if await repo.stations_named(s, cn) != [station_id]:
+                if by_serial and await repo.stations_named(s, cn) != [station_id]:
                     serial = None  # that name is also another station's
+                if owner is None:
+                    owners = await repo.certificate_stations(s, sha256)
         problem = station_certificate_problem(cert, station_id, serial, self.cpo_name)
-        owner = self.certificate_owner.get(pki.info(cert).sha256)
-        if problem is None and owner not in (None, station_id):
-            problem = ("CertificateForOtherStation", f"the certificate opened station {owner}")
+        others = sorted(owners - {station_id})
+        if problem is None and others:
+            problem = (
+                "CertificateForOtherStation",
+                f"the certificate belongs to station {', '.join(others)}",
+            )
         if problem is not None:
             refusal.set(HTTPStatus.FORBIDDEN, *problem, certificate_cn=cn)
             return False

@@ -33,6 +33,7 @@ from evflex.domain.model import (
     soc_percent,
 )
 from evflex.store.tables import (
+    Certificate,
     Circuit,
     Connector,
     EventLog,
@@ -243,6 +244,12 @@ async def stations_named(session: AsyncSession, name: str) -> list[str]:
     """Ids of the stations whose id or serial number is ``name``."""
     query = select(Station.id).where(or_(Station.id == name, Station.serial_number == name))
     return list((await session.execute(query)).scalars())
+
+
+async def certificate_stations(session: AsyncSession, sha256: str) -> set[str]:
+    """The stations a certificate (by its SHA-256) was issued to or installed at."""
+    query = select(Certificate.station_id).where(Certificate.sha256 == sha256)
+    return {sid for sid in (await session.execute(query)).scalars() if sid is not None}
 
 
 async def raise_profile_reached(session: AsyncSession, station_id: str, profile: int) -> None:
