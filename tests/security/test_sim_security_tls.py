@@ -177,3 +177,26 @@ async def test_the_default_profile_follows_certificate_url_and_password(lab):
         st = SimStation(spec, url)
         assert (st.security_profile, st.connect_url()) == (profile, connect_url)
         assert st.basic_auth_password() == (password if profile in (1, 2) else None)
+
+
+async def test_profile_3_without_a_certificate_says_so_and_never_connects(lab, stations):
+    async with MiniCsms(lab) as csms:
+        st = station(csms, "2.0.1", stations, profile=3, ca_file=str(lab.ca_file))
+        st.launch()
+        await wait_until(lambda: st.connect_failures, 10)
+        assert "profile 3 needs a client certificate" in str(st.connect_failures[0])
+        assert not csms.handshakes and not st.booted
+
+
+async def test_1_6_authorization_key_is_write_only_and_used_at_the_next_connect(lab, stations):
+    async with MiniCsms(lab) as csms:
+        st = station(csms, "1.6", stations, profile=2, ca_file=str(lab.ca_file))
+        await st.start(timeout=10)
+        new = "a-new-password-0123"
+        answer = await csms.call("CS1", "ChangeConfiguration", key="AuthorizationKey", value=new)
+        assert answer.status == "Accepted"
+        keys = await csms.call("CS1", "GetConfiguration", key=["AuthorizationKey"])
+        assert keys.unknown_key == ["AuthorizationKey"] and not keys.configuration_key
+        await st.reconnect()
+        await wait_until(lambda: len(csms.of("CS1")) == 2 and st.online, 10)
+        assert [h.password for h in csms.of("CS1")] == ["pw-0123456789abcdef", new]
