@@ -142,7 +142,8 @@ async def test_a_certificate_for_another_key_is_rejected_and_reported(lab, versi
         assert answer.status == "Rejected"
         assert st.station_chain == []
         await wait_until(lambda: csms.security_events, 5)
-        assert csms.security_events == [("CS1", "InvalidChargingStationCertificate")]
+        kind = "ChargePoint" if version == "1.6" else "ChargingStation"
+        assert csms.security_events == [("CS1", f"Invalid{kind}Certificate")]
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.1"])

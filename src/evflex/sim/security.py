@@ -169,6 +169,8 @@ class StationSecurity:
     spawn: Callable[[Coroutine[Any, Any, Any]], Any]
     error: Callable[[str], None]
     reconnect: Callable[[], Coroutine[Any, Any, None]]
+    #: The security event of a CertificateSigned the station rejects (1.6 names it otherwise).
+    invalid_own_certificate = "InvalidChargingStationCertificate"
 
     def _init_security(self) -> None:
         settings: SecuritySettings = self.spec.security
@@ -337,13 +339,13 @@ class StationSecurity:
         """
         try:
             if kind not in (None, "ChargingStationCertificate"):
-                raise SecurityRefusal("UnsupportedCertificateType", f"{kind} is not kept")
+                raise SecurityRefusal("UnsupportedType", f"{kind} is not kept")
             key = self.pending_key or self.station_key
             certs = check_chain(chain_pem, key, self._max_chain_size())
         except SecurityRefusal as refusal:
             self.security_log.append(("CertificateSigned", "Rejected"))
             self.error(f"CertificateSigned rejected: {refusal.info}")
-            self.spawn(self._security_event("InvalidChargingStationCertificate", refusal.info))
+            self.spawn(self._security_event(self.invalid_own_certificate, refusal.info))
             return refusal
         self.station_key, self.station_chain, self.pending_key = key, certs, None
         self.security_log.append(("CertificateSigned", "Accepted"))

@@ -74,6 +74,7 @@ class Security16(StationSecurity):
 
     config: ConfigTable
     now_text: Any
+    invalid_own_certificate = "InvalidChargePointCertificate"
 
     def _add_security_keys(self) -> None:
         for key in (
