@@ -105,3 +105,14 @@ def test_source_address_behind_trusted_proxies(peer, forwarded, expected):
 
 def test_source_address_without_trusted_proxies_is_the_peer():
     assert audit.source_address("10.0.0.2", ["198.51.100.1"]) == "10.0.0.2"
+
+
+class BrokenSink(Sink):
+    async def record_event(self, event: StationEvent, text: str | None = None) -> None:
+        raise RuntimeError("writer not started")
+
+
+async def test_a_refusal_stands_when_its_event_cannot_be_stored(caplog):
+    ev = await audit.record(BrokenSink(), "ForbiddenRole", "192.0.2.1", "role too low")
+    assert ev.type == "ForbiddenRole"
+    assert "security event not recorded" in caplog.text and "192.0.2.1" in caplog.text

@@ -19,6 +19,7 @@ but only when the proxy is trusted (:func:`source_address`).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 
 from evflex.clock import Clock
 from evflex.domain.model import StationEvent
+
+log = logging.getLogger(__name__)
 
 SECURITY = "Security"
 CODES = frozenset({
@@ -94,9 +97,14 @@ async def record(
     station_id: str | None = "",
     **detail: Any,
 ) -> StationEvent:
-    """Record (store + publish) the ``Security`` event of a refused attempt; returns it."""
+    """Record (store + publish) the ``Security`` event of a refused attempt; returns it.
+    The refusal stands whatever happens to the record: a store that cannot take it
+    (stopped, failing) is logged with the event, never raised to the caller."""
     event = security_event(code, source, reason, sink.clock.now(), station_id, **detail)
-    await sink.record_event(event)
+    try:
+        await sink.record_event(event)
+    except Exception as exc:
+        log.error("security event not recorded (%r): %s %s", exc, event.type, event.detail)
     return event
 
 
