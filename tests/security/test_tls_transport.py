@@ -159,8 +159,12 @@ async def test_a_certificate_header_is_believed_from_a_trusted_proxy_only(
         assert await tl.boot(url, "CS-3", headers=forwarded(good)) == "Accepted"
         assert (await node.station("CS-3"))["security_profile_reached"] == 3
         with pytest.raises(InvalidStatus) as err:
-            await tl.boot(url, "CS-3", headers=forwarded(rogue))
+            headers = {**forwarded(rogue), "X-Forwarded-For": "198.51.100.7"}
+            await tl.boot(url, "CS-3", headers=headers)
         assert err.value.response.status_code == 401
+        r = await node.http.get("/api/v1/events", params={"station_id": "CS-3"})
+        event = r.json()[0]  # the station the proxy forwarded for is the source
+        assert (event["type"], event["detail"]["source"]) == ("InvalidCertificate", "198.51.100.7")
     async with running_node(database_url, trusted_proxy=["192.0.2.1"], **settings) as node:
         await tl.register(node, "CS-4", 3, password=None)
         url = plain.format(node.rt.ocpp_port, "CS-4")
