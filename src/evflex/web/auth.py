@@ -85,6 +85,7 @@ _ADMIN_ROUTES = {
     ("PATCH", f"{API}/circuits/{{circuit_id}}"),
     ("DELETE", f"{API}/circuits/{{circuit_id}}"),
     ("POST", f"{API}/admin/tls/reload"),
+    ("POST", f"{API}/stations/{{station_id}}/security-profile"),
 }
 # Card numbers are personal data: not for viewers.
 _OPERATOR_READS = {f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}"}
