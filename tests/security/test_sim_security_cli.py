@@ -21,10 +21,10 @@ def sqlite_url(tmp_path):
 
 
 async def evflex_sim(node, *flags: str) -> tuple[int, str]:
-    """Run ``evflex sim`` for 3 real seconds with two stations: (exit code, output)."""
+    """Run ``evflex sim`` for 6 real seconds with two stations: (exit code, output)."""
     proc = await asyncio.create_subprocess_exec(
         EVFLEX, "sim", "--url", f"ws://127.0.0.1:{node.rt.ocpp_port}/ocpp",
-        "--stations", "2", "--evses", "1", "--speed", "60", "--hours", "0.05",
+        "--stations", "2", "--evses", "1", "--speed", "60", "--hours", "0.1",
         "--v201-share", "0.5", *flags,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={"COLUMNS": "200", "PATH": str(Path(sys.executable).parent)},
