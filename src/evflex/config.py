@@ -94,6 +94,21 @@ class Settings(BaseSettings):
     secure_cookies: bool | None = Field(
         None, description="Mark the login cookie Secure; unset: when the request is HTTPS"
     )
+    login_max_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed logins (or API / driver tokens) per address or user name "
+        "within failure_window_s before 429",
+    )
+    station_login_max_failures: int = Field(
+        10,
+        ge=1,
+        description="Failed station logins (password, unknown id, certificate) per "
+        "address within failure_window_s before the opening handshake gets 429",
+    )
+    failure_window_s: float = Field(
+        300.0, gt=0, description="The sliding window those failures are counted in (s)"
+    )
 
     # Certificates (OCPP security profiles 2 and 3)
     cpo_name: str | None = Field(
@@ -136,7 +151,8 @@ class Settings(BaseSettings):
     )
     trusted_proxy: list[str] = Field(
         default_factory=list,
-        description="Addresses of TLS-terminating proxies whose client_cert_header is believed",
+        description="Addresses of TLS-terminating proxies whose client_cert_header is believed; "
+        "behind them the source of a request is the client in X-Forwarded-For",
     )
     client_cert_header: str = Field(
         "X-Client-Cert",

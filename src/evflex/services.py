@@ -12,6 +12,7 @@ from evflex.csms.certificates import CertificateManager
 from evflex.csms.server import OcppServer
 from evflex.csms.service import CsmsService
 from evflex.events import EventBus
+from evflex.security.audit import FailureLimiter
 from evflex.security.tls import Tls
 from evflex.smartcharging.dispatcher import ProfileDispatcher
 from evflex.smartcharging.frequency import FrequencyController
@@ -64,6 +65,7 @@ class Services:
             ping_interval=settings.ws_ping_interval,
             validate_responses=settings.validate_responses,
             open_timeout=settings.ws_open_timeout,
+            limiter=FailureLimiter(settings.station_login_max_failures, settings.failure_window_s),
             tls=self.tls,
             cpo_name=settings.cpo_name,
             trusted_proxies=settings.trusted_proxy,
@@ -105,6 +107,7 @@ class Services:
             session_hours=settings.session_hours,
             secure_cookies=settings.secure_cookies,
             trusted_proxies=settings.trusted_proxy,
+            limiter=FailureLimiter(settings.login_max_failures, settings.failure_window_s),
         )
         self.certificates = CertificateManager(
             self.service,

@@ -11,7 +11,7 @@ import pytest
 from ocpp.v16 import call
 from websockets.exceptions import InvalidStatus
 
-from conftest import Node
+from conftest import Node, node_with
 from evflex.security.audit import FailureLimiter
 from ocpp_clients import Lib16, basic_auth, connected
 
@@ -81,3 +81,15 @@ async def test_repeated_failures_are_refused_per_source_before_the_password(stri
     # refused before the password was checked: no event beyond the first three failures
     assert len(await security_events(node, "InvalidPassword")) == 2
     assert len(await security_events(node, "UnknownStation")) == 1
+
+
+tight = node_with(station_login_max_failures=1, failure_window_s=600)
+
+
+async def test_the_station_limit_comes_from_the_settings(tight):
+    node = tight
+    await _register(node, "PW-3")
+    assert (await refused_with(node, "PW-3", "127.0.0.24", "guess-one-xxxx")).status_code == 401
+    response = await refused_with(node, "PW-3", "127.0.0.24", PASSWORD)
+    assert response.status_code == 429
+    assert 590 <= int(response.headers["Retry-After"]) <= 601
