@@ -289,7 +289,8 @@ class Feed:
             return False
         cat = self.rng.choices(cats, weights=[self.left[c] for c in cats])[0]
         made = self.fuzzer.make(cat)
-        if not made:  # nothing in this version to mutate that way
+        if not made:  # nothing in this version to mutate that way: wrong types instead
+            self.left["wrong_type"] += self.left[cat]
             self.left[cat] = 0
             return True
         self.left[cat] -= len(made)

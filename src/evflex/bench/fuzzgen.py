@@ -462,6 +462,7 @@ class OcppFuzzer:
         self.known = frozenset(t.action for t in self.templates) | frozenset(self.failed)
         self.max_frame = max_frame
         self.counter = 0
+        self._candidates: dict[str, list[tuple[Template, list[Site]]]] = {}
         self.tag = {V16: "a", V201: "b", V21: "c"}[version]
 
     # ---------------------------------------------------------------- helpers
@@ -481,14 +482,19 @@ class OcppFuzzer:
         frame = json.dumps([2, mid, t.action, payload], separators=(",", ":"))
         return Input(category, frame, (mid,), self.codes(*codes), action=t.action, **kw)
 
-    def pick(self, want) -> tuple[Template, Site] | None:
-        """A random template and a site in it for which ``want(site)`` holds."""
-        for _ in range(30):
-            t = self.rng.choice(self.templates)
-            sites = [s for s in t.sites if want(s)]
-            if sites:
-                return t, self.rng.choice(sites)
-        return None
+    def pick(self, category: str, want: Callable[[Site], Any]) -> tuple[Template, Site] | None:
+        """A random template and a site in it for which ``want(site)`` holds (the
+        candidates of a category are found once: every template, every site)."""
+        found = self._candidates.get(category)
+        if found is None:
+            found = [
+                (t, sites) for t in self.templates if (sites := [s for s in t.sites if want(s)])
+            ]
+            self._candidates[category] = found
+        if not found:
+            return None
+        t, sites = self.rng.choice(found)
+        return t, self.rng.choice(sites)
 
     # ---------------------------------------------------------------- categories
 
@@ -606,7 +612,7 @@ class OcppFuzzer:
     ) -> list[Input]:
         """A CALL of a template changed at a site where ``want`` holds (none if no
         template of the version has such a site)."""
-        found = self.pick(want)
+        found = self.pick(category, want)
         if found is None:
             return []
         t, site = found
