@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 import time
 from datetime import datetime
@@ -246,7 +245,7 @@ class OcppServer:
                 f"{', '.join(SUPPORTED_SUBPROTOCOLS)})\n",
             )
         peer = connection.remote_address[0] if connection.remote_address else ""
-        proxied = self._trusted(peer)
+        proxied = audit.within(peer, self.trusted_proxies)
         source = audit.source_address(
             peer, request.headers.get_all("X-Forwarded-For"), self.trusted_proxies
         )
@@ -286,13 +285,6 @@ class OcppServer:
             return await refusal.send()
         await self._reached(station_id, auth, reached, cert)
         return None
-
-    def _trusted(self, peer: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted_proxies)
 
     def _client_certificate(
         self,

@@ -221,7 +221,8 @@ def networks(specs: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(s.strip(), strict=False) for s in specs)
 
 
-def _within(address: str, trusted: tuple[Network, ...]) -> bool:
+def within(address: str, trusted: tuple[Network, ...]) -> bool:
+    """Whether ``address`` (an IP, IPv6 possibly in brackets) is in one of ``trusted``."""
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]"))
     except ValueError:
@@ -235,11 +236,11 @@ def source_address(
     """The client's address: the peer, or, when the peer is a trusted proxy, the
     nearest ``X-Forwarded-For`` hop that is not itself a trusted proxy."""
     address = peer or ""
-    if not trusted or not _within(address, trusted):
+    if not trusted or not within(address, trusted):
         return address
     hops = [h.strip() for header in forwarded_for for h in header.split(",") if h.strip()]
     for hop in reversed(hops):
         address = hop
-        if not _within(hop, trusted):
+        if not within(hop, trusted):
             break
     return address
