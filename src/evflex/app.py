@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from evflex import __version__
+from evflex.api.certificates import router as certificates_router
 from evflex.api.monitoring import router as monitoring_router
 from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.schedule import router as schedule_router
@@ -96,7 +97,7 @@ def create_api(rt: Runtime) -> FastAPI:
     app.state.runtime = rt
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
     routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)
-    for r in (*routers, security_router):
+    for r in (*routers, certificates_router, security_router):
         app.include_router(r, dependencies=guarded)
     app.include_router(web.router)
     app.include_router(web.auth_router)
