@@ -129,6 +129,15 @@ async def test_driver_claims_session_sets_needs_and_charges_fast(site_node):
             await node.wait_for(lambda: _ended(node, st.id), timeout=10)
             r = await drv.get("/session")
             assert r.status_code == 401 and "ended" in r.json()["detail"]
+            # a forged token and one of an ended session are security events, without the token
+            r = await node.http.get("/api/v1/events", params={"kind": "Security"})
+            refused = [e for e in r.json() if e["type"] == "InvalidDriverToken"]
+            assert [e["detail"]["reason"] for e in refused] == [
+                "driver token of an ended session",
+                "unknown driver token",
+            ]
+            assert {e["detail"]["source"] for e in refused} == {"127.0.0.1"}
+            assert token not in r.text and "drv_forged" not in r.text
     finally:
         await st.stop()
 
