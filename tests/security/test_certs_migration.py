@@ -4,7 +4,10 @@ lowered without force."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from cryptography import x509
 
 from conftest import running_node
 from evflex.security import pki
@@ -114,25 +117,30 @@ async def test_lowering_needs_force_and_is_a_security_event(sqlite_url):
             assert event["station_id"] == "LOW" and "from 2 to 1" in event["detail"]["reason"]
 
 
-async def test_profile_3_needs_a_valid_certificate(sqlite_url, tmp_path):
-    cert_file, key_file = pki.init_ca(tmp_path / "ca", CPO)
-    settings = dict(allow_unknown_stations=True, cpo_name=CPO, ca_cert_file=cert_file,
-                    ca_key_file=key_file)  # fmt: skip
-    async with running_node(sqlite_url, **settings) as node:
+async def test_profile_3_needs_a_valid_certificate(sqlite_url):
+    ca_cert, ca_key = pki.make_ca("Test CA", CPO)
+    async with running_node(sqlite_url, allow_unknown_stations=True) as node:
         async with connected(STATIONS["1.6"], node.ocpp_url, "P3", "ocpp1.6") as cp:
             await set_profile(node, "P3", 2)
             r = await migrate(node, "P3", profile=3)
             assert r.status_code == 409 and "certificate" in r.json()["detail"]
             assert cp.received == []
 
-            assert await cp.sign(cp.csr("P3")) == "Accepted"
-            await node.wait_for(cp.got_chain.is_set)
+            subject = x509.Name.from_rfc4514_string(f"CN=P3,O={CPO}")
+            for status, days in (("Rejected", 365), ("Accepted", -1)):  # neither counts
+                start = datetime.now(UTC) - timedelta(days=2)
+                cert = pki.issue(ca_cert, ca_key, subject, cp.key.public_key(), days=days + 2,
+                                 not_before=start if days < 0 else None)  # fmt: skip
+                await node.rt.certificates.record(
+                    "P3", "ChargingStationCertificate", cert, status, pki.cert_pem(cert)
+                )
+            r = await migrate(node, "P3", profile=3)
+            assert r.status_code == 409 and cp.received == []
 
-            async def accepted():
-                rows = await node.http.get("/api/v1/stations/P3/certificates")
-                return [c for c in rows.json() if c["status"] == "Accepted"]
-
-            await node.wait_for(accepted)
+            cert = pki.issue(ca_cert, ca_key, subject, cp.key.public_key())
+            await node.rt.certificates.record(
+                "P3", "ChargingStationCertificate", cert, "Accepted", pki.cert_pem(cert)
+            )
             r = await migrate(node, "P3", profile=3)
             assert r.status_code == 200 and r.json()["accepted"] is True
             assert (await stored(node, "P3"))[0] == 3
