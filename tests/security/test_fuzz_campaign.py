@@ -85,6 +85,7 @@ def test_refused_input_leaves_the_database_unchanged(campaign):
     assert db["refused_input_changed_nothing"], db["violations"]
 
 
+@pytest.mark.xfail(strict=True, reason="a huge meter value is stored as an infinite number")
 def test_no_non_finite_number_is_stored(campaign):
     assert campaign["database"]["non_finite"] == {}
 

@@ -59,7 +59,7 @@ import random
 import re
 import string
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -463,6 +463,7 @@ class OcppFuzzer:
         self.max_frame = max_frame
         self.counter = 0
         self._candidates: dict[str, list[tuple[Template, list[Site]]]] = {}
+        self._answered: list[Input] = []  # valid CALLs sent earlier, to send again
         self.tag = {V16: "a", V201: "b", V21: "c"}[version]
 
     # ---------------------------------------------------------------- helpers
@@ -713,17 +714,15 @@ class OcppFuzzer:
         return self._at_site("deep_nesting", lambda s: bool(s.path), change)
 
     def _replay(self) -> list[Input]:
+        """A valid CALL and its repeat at once (its id still being answered), or the
+        repeat of one answered long ago (an id out of order)."""
         first = self._valid_call("replay")
-        again = Input(
-            "replay",
-            first.frame,
-            first.ids,
-            first.codes,
-            result_ok=True,
-            optional=True,
-            action=first.action,
-            note="same message id again",
-        )
+        again = replace(first, optional=True, note="same message id again")
+        if self._answered and self.rng.random() < 0.5:
+            old = self.rng.choice(self._answered)
+            again = replace(old, optional=True, note=f"message id {old.ids[0]} again, later")
+        if len(self._answered) < 200:
+            self._answered.append(first)
         return [first, again]
 
     def _flood(self) -> list[Input]:
@@ -731,17 +730,7 @@ class OcppFuzzer:
         for _ in range(self.rng.choice([150, 300, 600])):
             inp = self._valid_call("flood")
             codes = inp.codes | self.codes("RpcFrameworkError", "GenericError")
-            out.append(
-                Input(
-                    "flood",
-                    inp.frame,
-                    inp.ids,
-                    codes,
-                    result_ok=True,
-                    closes=True,
-                    action=inp.action,
-                )
-            )
+            out.append(replace(inp, codes=codes, closes=True))
         return out
 
     def _unknown_answer(self) -> list[Input]:
