@@ -456,7 +456,7 @@ def _outcome(inp: Input, msg: list | None, closed: bool) -> str:
 
 
 async def db_snapshot(url: str, groups: dict[str, set[str]]) -> dict[str, Any]:
-    """Rows per table and per station group; non-finite numbers per table."""
+    """Rows per table and per station group; non-finite numbers per column."""
     engine = create_async_engine(url)
     counts: dict[str, dict[str, int]] = {}
     non_finite: dict[str, int] = {}
@@ -478,11 +478,11 @@ async def db_snapshot(url: str, groups: dict[str, set[str]]) -> dict[str, Any]:
                     for station, n in (await conn.execute(query)).all():
                         row[_group_of(station, groups)] += n
                 counts[name] = dict(row)
-                floats = [c for c in table.c if isinstance(c.type, sa.Float | sa.Numeric)]
-                if floats:
-                    cond = sa.or_(*(sa.or_(c > 1.7e308, c < -1.7e308) for c in floats))
-                    query = sa.select(sa.func.count()).select_from(table).where(cond)
-                    non_finite[name] = (await conn.execute(query)).scalar_one()
+                for c in table.c:
+                    if isinstance(c.type, sa.Float | sa.Numeric):  # +-inf (and NaN on PostgreSQL)
+                        where = sa.or_(c > 1.7e308, c < -1.7e308)
+                        query = sa.select(sa.func.count()).select_from(table).where(where)
+                        non_finite[f"{name}.{c.name}"] = (await conn.execute(query)).scalar_one()
     finally:
         await engine.dispose()
     return {"rows": counts, "non_finite": non_finite}
