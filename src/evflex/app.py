@@ -8,6 +8,7 @@ from contextlib import suppress
 
 import uvicorn
 from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
@@ -15,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from evflex import __version__
 from evflex.api.certificates import router as certificates_router
+from evflex.api.guard import BodyGuard, validation_failed
 from evflex.api.monitoring import router as monitoring_router
 from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.schedule import router as schedule_router
@@ -95,6 +97,8 @@ def create_api(rt: Runtime) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = rt
+    app.add_middleware(BodyGuard, max_body_bytes=rt.settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_failed)
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
     routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)
     for r in (*routers, certificates_router, security_router):

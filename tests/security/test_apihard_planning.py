@@ -28,9 +28,7 @@ async def _site_with_session(node: Node, site_id: str) -> SimStation:
 
 async def _planned(node: Node, site_id: str) -> dict:
     await node.rt.lm.rebalance_now(site_id)
-    site = (await node.http.get(f"/api/v1/sites/{site_id}")).json()
-    site["planning_error"] = node.rt.lm.status[site_id].last_error
-    return site
+    return (await node.http.get(f"/api/v1/sites/{site_id}")).json()
 
 
 def _session_limit(site: dict, station_id: str) -> float:
@@ -63,6 +61,8 @@ async def test_a_site_with_an_infinite_stored_limit_is_skipped_and_others_plan_o
         logged = [r for r in caplog.records if "not a finite number" in r.getMessage()]
         assert len(logged) == 1 and not logged[0].exc_info  # one line, not a traceback per try
         assert not [r for r in caplog.records if r.exc_info]
+        r = await node.http.get("/api/v1/sites/bad/plan")
+        assert r.status_code == 409 and "not a finite number" in r.json()["detail"], r.text
 
         r = await node.http.patch("/api/v1/sites/bad", json={"import_limit_kw": 30})
         assert r.status_code == 200, r.text

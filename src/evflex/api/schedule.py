@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from evflex.api import schemas as sc
 from evflex.api.deps import Rt
 from evflex.api.smart import KW
 from evflex.scheduling.flex import flexibility
-from evflex.scheduling.lp import series
+from evflex.scheduling.lp import SchedulingError, series
 from evflex.services import Services
 from evflex.smartcharging.mpc import DEFAULT, Forecast, MpcResult
 from evflex.store import repo
@@ -22,7 +23,12 @@ router = APIRouter(prefix="/api/v1", tags=["scheduling"])
 MAX_FORECAST_SLOTS = 7 * 24 * 4 * 4  # a week of 3.75-min slots is plenty
 
 
-class ForecastIn(BaseModel):
+# Within sane ranges: a price of 1e306 would make the site's LP unsolvable.
+Price = Annotated[float, Field(ge=-sc.MAX_PRICE, le=sc.MAX_PRICE)]
+Power = Annotated[float, Field(le=sc.MAX_POWER_KW)]  # >= 0 is checked below with a reason
+
+
+class ForecastIn(sc.ApiModel):
     """Step series from ``start``, one value per slot, all of the same length.
 
     Nothing is extrapolated: after the last slot the site's defaults hold (its
@@ -31,16 +37,14 @@ class ForecastIn(BaseModel):
     says so); a forecast that ends before now is refused.
     """
 
-    # NaN and infinity are let through to be refused in the route with a reason:
-    # pydantic's own error would echo the value, which JSON cannot carry.
     model_config = ConfigDict(extra="forbid")
 
     start: AwareDatetime
     slot_minutes: float = Field(15.0, gt=0, le=1440)
-    import_price: list[float] = Field([], max_length=MAX_FORECAST_SLOTS, description="per kWh")
-    export_price: list[float] = Field([], max_length=MAX_FORECAST_SLOTS, description="per kWh")
-    pv_kw: list[float] = Field([], max_length=MAX_FORECAST_SLOTS)
-    base_load_kw: list[float] = Field(
+    import_price: list[Price] = Field([], max_length=MAX_FORECAST_SLOTS, description="per kWh")
+    export_price: list[Price] = Field([], max_length=MAX_FORECAST_SLOTS, description="per kWh")
+    pv_kw: list[Power] = Field([], max_length=MAX_FORECAST_SLOTS)
+    base_load_kw: list[Power] = Field(
         [], max_length=MAX_FORECAST_SLOTS, description="Uncontrolled load"
     )
 
@@ -183,8 +187,14 @@ async def _plan(rt: Services, site_id: str) -> tuple[MpcResult, bool]:
     async with rt.sessionmaker() as s:
         if await repo.get_site(s, site_id) is None:
             raise HTTPException(404, f"site '{site_id}' does not exist")
-    result, applied = await rt.lm.plan_ahead(site_id)
+    try:
+        result, applied = await rt.lm.plan_ahead(site_id)
+    except SchedulingError as exc:  # stored values the solver refuses
+        raise HTTPException(409, f"site '{site_id}' cannot be planned ahead: {exc}") from None
     if result is None:
+        status = rt.lm.status.get(site_id)
+        if status is not None and status.last_error:
+            raise HTTPException(409, f"site '{site_id}' {status.last_error}")
         raise HTTPException(404, f"site '{site_id}' does not exist")
     return result, applied
 
@@ -247,7 +257,10 @@ async def get_flexibility(
     without any driver getting less than planned (for an aggregator or DSO)."""
     result, _ = await _plan(rt, site_id)
     last = min(result.problem.slots, slots) - 1
-    flex = await asyncio.to_thread(flexibility, result.problem, result.schedule, 0, last)
+    try:
+        flex = await asyncio.to_thread(flexibility, result.problem, result.schedule, 0, last)
+    except SchedulingError as exc:
+        raise HTTPException(409, f"site '{site_id}' cannot be planned ahead: {exc}") from None
     return [
         FlexSlotOut(
             start=result.problem.slot_start(f.slot),

@@ -837,7 +837,8 @@ class LoadManager:
         if self._unplannable.get(site.id) != problem:
             log.error("site %s: %s", site.id, problem)
         self._unplannable[site.id] = problem
-        self.status.setdefault(site.id, SiteStatus()).plan = None
+        status = self.status.setdefault(site.id, SiteStatus())
+        status.plan, status.last_error = None, problem
         return None
 
     def build_model(
