@@ -133,3 +133,19 @@ async def test_forged_driver_token_is_an_event_and_limited_per_source(node):
     assert "forged-token-value" not in json.dumps(await security_events(node))
     [limited] = await security_events(node, "RateLimited")
     assert "driver tokens" in limited["detail"]["reason"]
+
+
+async def test_a_change_without_the_csrf_token_is_an_event(node):
+    secret = await _add_user(node, "erin", "admin")
+    async with _client(node, source="127.0.0.10") as web:
+        r = await web.post(
+            "/api/v1/auth/login", json=_login("erin", PASSWORD, pyotp.TOTP(secret).now())
+        )
+        assert r.status_code == 200, r.text
+        csrf = r.json()["csrf_token"]
+        r = await web.post("/api/v1/sites", json={"id": "s9", "import_limit_kw": 40})
+        assert r.status_code == 403 and "X-CSRF-Token" in r.json()["detail"]
+    [ev] = await security_events(node, "InvalidCsrfToken")
+    assert ev["detail"]["source"] == "127.0.0.10" and ev["detail"]["user"] == "erin"
+    assert ev["detail"]["path"] == "/api/v1/sites"
+    assert csrf not in json.dumps(ev)

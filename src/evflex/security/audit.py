@@ -35,7 +35,8 @@ SECURITY = "Security"
 CODES = frozenset({
     "InvalidPassword", "UnknownStation", "InvalidCertificate", "CertificateForOtherStation",
     "ProfileDowngrade", "PlainConnectionRefused", "LoginFailed", "ForbiddenRole",
-    "InvalidDriverToken", "InvalidApiToken", "RateLimited", "InvalidCsr", "CertificateRejected",
+    "InvalidDriverToken", "InvalidApiToken", "InvalidCsrfToken", "RateLimited", "InvalidCsr",
+    "CertificateRejected",
 })  # fmt: skip
 #: Refusals that count as a failed login against their source (the limiter).
 AUTH_FAILURES = frozenset({

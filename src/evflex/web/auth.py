@@ -428,6 +428,8 @@ async def authorize(
     if principal.kind == "session" and request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not (principal.csrf_token and hmac.compare_digest(sent, principal.csrf_token)):
-            raise HTTPException(403, "missing or wrong X-CSRF-Token header")
+            reason = "missing or wrong X-CSRF-Token header"
+            await auth.refuse(request, "InvalidCsrfToken", reason, user=principal.name)
+            raise HTTPException(403, reason)
     request.state.principal = principal
     return principal
