@@ -30,6 +30,8 @@ def test_event_values_are_one_short_line():
     assert len(ev.detail["reason"]) <= audit.MAX_VALUE_CHARS
     assert len(ev.detail["username"]) <= audit.MAX_VALUE_CHARS
     assert ev.station_id == ""
+    long_id = audit.security_event("UnknownStation", "::1", "x", NOW, station_id="S" * 300)
+    assert long_id.station_id == "S" * 48  # fits the events table on PostgreSQL too
 
 
 def test_unknown_code_is_refused():

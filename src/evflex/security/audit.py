@@ -47,6 +47,7 @@ AUTH_FAILURES = frozenset({
 SECRET_WORDS = ("password", "passwd", "secret", "token", "authorization", "cookie")
 SECRET_KEYS = frozenset({"code", "otp", "totp", "key", "private_key"})
 MAX_VALUE_CHARS = 120
+STATION_ID_CHARS = 48
 
 
 class EventSink(Protocol):
@@ -86,7 +87,8 @@ def security_event(
     clean = {k: _clean(v) for k, v in detail.items() if not _secret(k) and v is not None}
     clean["source"] = _clean(source or "")
     clean["reason"] = _clean(reason)
-    return StationEvent(_clean(station_id or ""), SECURITY, now, code, clean)
+    station = _clean(station_id or "")[:STATION_ID_CHARS]  # what the events table holds
+    return StationEvent(station, SECURITY, now, code, clean)
 
 
 async def record(
