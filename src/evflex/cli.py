@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from evflex.api.schemas import IdTokenIn, StationCreate
 from evflex.app import Runtime
+from evflex.bench.fuzz import bench_fuzz_command
 from evflex.bench.ocpp import bench_ocpp_command
 from evflex.bench.scheduling import bench_scheduling_command
 from evflex.bench.smartcharging import bench_smartcharging_command
@@ -590,6 +591,11 @@ def _register_plugins() -> None:
     bench_app.command(
         "v2x", help="Central frequency control: N V2X EVSEs follow a frequency trace."
     )(bench_v2x_command)
+    bench_app.command(
+        "fuzz",
+        help="Malformed and hostile OCPP frames and API requests: right answers, "
+        "no crash, others' latency, database unchanged.",
+    )(bench_fuzz_command)
 
 
 _register_plugins()

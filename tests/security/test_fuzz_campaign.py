@@ -9,10 +9,12 @@ that run. The full 100,000 inputs are the slow variant.
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
 from evflex.bench.fuzz import FuzzConfig, run_fuzz
 from evflex.bench.fuzzgen import CATEGORIES, ocpp_schemas
 from evflex.bench.fuzzhttp import BODY_KINDS
+from evflex.cli import app
 
 SEED = 20261207
 
@@ -118,3 +120,9 @@ def test_full_campaign_of_100000_inputs(tmp_path):
     assert result["wrong_answers"] == 0, result["samples"][:10]
     assert result["database"]["ok"], result["database"]["violations"]
     assert result["http"]["server_errors"] == 0, result["http"]["samples"][:10]
+
+
+def test_the_command_says_what_is_wrong_with_its_options():
+    result = CliRunner().invoke(app, ["bench", "fuzz", "--inputs", "5"])
+    assert result.exit_code == 2
+    assert "inputs must be at least" in result.output
