@@ -4,6 +4,7 @@ database's columns, a required site field set to null."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from conftest import Node
@@ -103,3 +104,32 @@ async def test_integers_beyond_the_database_are_refused_with_a_reason(node: Node
     assert r.status_code == 422, r.text
     assert "less than or equal" in _reasons(r) or "greater than or equal" in _reasons(r)
     assert (await node.http.get("/api/v1/health")).status_code == 200
+
+
+async def test_a_drivers_claim_beyond_the_database_is_refused_without_a_token(node: Node):
+    r = await node.http.post("/api/v1/stations", json={"id": "CP-1"})
+    assert r.status_code == 201, r.text
+    async with httpx.AsyncClient(base_url=str(node.http.base_url)) as anon:
+        for evse_id in (2**40, 2**64):
+            r = await anon.post(
+                "/api/v1/driver/sessions", json={"station_id": "CP-1", "evse_id": evse_id}
+            )
+            assert r.status_code == 422, r.text
+        r = await anon.post("/api/v1/driver/sessions", json={"station_id": "CP-1", "evse_id": 1})
+        assert r.status_code == 404 and "no such charger" in r.text
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"curve": [[49.8, -1e306], [50.2, 8000.0]]}, "curve"),
+        ({"curve": [[1e306, -8000.0], [50.2, 8000.0]]}, "curve"),
+        ({"baseline_w": 1e306}, "baseline_w"),
+        ({"evses": [{"station_id": "CP-1", "evse_id": 2**40}]}, "evse_id"),
+    ],
+)
+async def test_a_frequency_service_beyond_sane_ranges_is_refused(node: Node, change, field):
+    body = {"evses": [{"station_id": "CP-1", "evse_id": 1}], "curve": [[49.8, -8e3], [50.2, 8e3]]}
+    r = await node.http.put("/api/v1/frequency-service", json=body | change)
+    assert r.status_code == 422 and field in _reasons(r), r.text
+    assert (await node.http.get("/api/v1/frequency-service")).json()["running"] is False

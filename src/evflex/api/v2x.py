@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from evflex.api import schemas as sc
 from evflex.api.deps import Rt
 from evflex.api.routes import bidirectional
 from evflex.csms import commands, v21
@@ -33,22 +35,26 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 
 
-class EvseRef(BaseModel):
+#: A power of the frequency service's curve or baseline (W), within the API's sane range.
+Watts = Annotated[float, Field(ge=-sc.MAX_POWER_KW * 1000, le=sc.MAX_POWER_KW * 1000)]
+
+
+class EvseRef(sc.ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     station_id: str
-    evse_id: int = Field(ge=1)
+    evse_id: int = Field(ge=1, le=sc.MAX_INT32)
     share: float = Field(1.0, gt=0, le=10, description="multiplies the curve's power")
 
 
-class FrequencyServiceIn(BaseModel):
+class FrequencyServiceIn(sc.ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     evses: list[EvseRef] = Field(min_length=1)
-    curve: list[tuple[float, float]] = Field(
+    curve: list[tuple[Annotated[float, Field(ge=40, le=70)], Watts]] = Field(
         min_length=2, max_length=20, description="(Hz, W) points; W > 0 charges, < 0 discharges"
     )
-    baseline_w: float = 0.0
+    baseline_w: Watts = 0.0
     reporting_interval_s: int | None = Field(
         1, ge=1, description="periodic reporting of the enrolled stations (None: leave as is)"
     )
@@ -73,7 +79,7 @@ class FrequencyServiceOut(BaseModel):
     stats: dict = {}
 
 
-class SampleIn(BaseModel):
+class SampleIn(sc.ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     frequency_hz: float = Field(ge=40, le=70)
