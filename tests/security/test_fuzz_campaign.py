@@ -22,7 +22,6 @@ SEED = 20261207
 KNOWN_OCPP: dict[str, str] = {}
 #: Kinds of API request that still meet a 5xx.
 KNOWN_HTTP: dict[str, str] = {
-    "non_finite": "NaN/Infinity in a body is a 500",
     "deep": "a body nested thousands deep is a 500 (RecursionError)",
 }
 
