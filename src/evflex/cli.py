@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -148,7 +149,7 @@ def serve(
             f"       store {settings.database_url}"
         )
         try:
-            await asyncio.Event().wait()
+            await _until_signalled()
         finally:
             await rt.stop()
 
@@ -160,6 +161,20 @@ def serve(
         for line in exc.problems:
             typer.echo(line, err=True)
         raise typer.Exit(2) from None
+
+
+async def _until_signalled() -> None:
+    """Wait for SIGTERM or SIGINT: either one leads to the orderly stop (stations are told
+    1001 going away, their disconnects are recorded, the writer is flushed)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 async def _with_store(settings: Settings, fn):
