@@ -249,8 +249,8 @@ class Tally:
     sent: Counter[str] = field(default_factory=Counter)  # per category
     outcomes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     per_version: Counter[str] = field(default_factory=Counter)
-    codes: Counter[str] = field(default_factory=Counter)  # every CALLERROR code received
     unexpected_answers: int = 0
+    unclaimed_internal_errors: int = 0
     reconnects: int = 0
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)  # per version
     samples: list[str] = field(default_factory=list)
@@ -370,8 +370,8 @@ class Attacker:
                 msg = orjson.loads(
                     await asyncio.wait_for(self.ws.recv(), self.config.answer_timeout)
                 )
-                if msg[0] != 2:
-                    self.tally.add(self.version, inp, "no_answer", msg)
+                if msg[0] != 2:  # answered instead of closed
+                    self.tally.add(self.version, inp, _outcome(inp, msg, False), msg)
                     return
         except ConnectionClosed:
             self.tally.add(self.version, inp, "right", None)
@@ -409,9 +409,8 @@ class Attacker:
         except ConnectionClosed:
             closed = True
             self.ws = None
-        except TimeoutError:
-            closed = True  # an unanswered connection is not trusted further: start afresh
-            with contextlib.suppress(Exception):
+        except TimeoutError:  # what is unanswered by now gets no answer
+            with contextlib.suppress(Exception):  # and the connection is not trusted further
                 await ws.close()
             self.ws = None
         self._judge(batch, answers, closed)
@@ -424,15 +423,11 @@ class Attacker:
                     msg = answers[mid].popleft()
                     break
             self.tally.add(self.version, inp, _outcome(inp, msg, closed), msg)
-        self.tally.unexpected_answers += sum(len(q) for q in answers.values())
-        for q in answers.values():
-            for msg in q:
-                if msg[0] == 4 and msg[2] == "InternalError":
-                    self.tally.codes["InternalError (unclaimed)"] += 1
-        for q in answers.values():
-            for msg in q:
-                if len(self.tally.samples) < 40:
-                    self.tally.samples.append(f"{self.version} unexpected answer {msg!r:.160}")
+        for msg in (msg for q in answers.values() for msg in q):  # answers no input claimed
+            self.tally.unexpected_answers += 1
+            self.tally.unclaimed_internal_errors += msg[0] == 4 and msg[2] == "InternalError"
+            if len(self.tally.samples) < 40:
+                self.tally.samples.append(f"{self.version} unexpected answer {msg!r:.160}")
 
 
 def _outcome(inp: Input, msg: list | None, closed: bool) -> str:
@@ -673,7 +668,7 @@ def _result(config: FuzzConfig, started: datetime, seed: int, run: dict, http: H
         and not run["good"]["errors"],
         "inputs_sent": sum(tally.sent.values()) >= config.inputs,
         "every_input_answered_right": wrong == 0,
-        "no_internal_error": totals["internal_error"] == 0,
+        "no_internal_error": totals["internal_error"] + tally.unclaimed_internal_errors == 0,
         "latency_within_2x": all(
             r is not None and r <= 2.0 for r in (ratio, run["good"]["p50_ratio"])
         ),
@@ -694,7 +689,7 @@ def _result(config: FuzzConfig, started: datetime, seed: int, run: dict, http: H
         "outcomes": outcomes,
         "outcome_totals": dict(totals),
         "wrong_answers": wrong,
-        "internal_errors": totals["internal_error"],
+        "internal_errors": totals["internal_error"] + tally.unclaimed_internal_errors,
         "unexpected_answers": tally.unexpected_answers,
         "reconnects": tally.reconnects,
         "samples": tally.samples,

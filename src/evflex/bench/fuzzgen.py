@@ -605,7 +605,7 @@ class OcppFuzzer:
         value, ids, codes, note = self.rng.choice(cases)
         frame = json.dumps(value, separators=(",", ":"))
         if not ids:  # a SEND gets no answer
-            return [Input("bad_frame", frame, silent=True, action=t.action, note=note)]
+            return [Input("bad_frame", frame, (mid,), silent=True, action=t.action, note=note)]
         return [Input("bad_frame", frame, ids, self.codes(*codes), action=t.action, note=note)]
 
     def _at_site(
@@ -745,7 +745,8 @@ class OcppFuzzer:
         if self.version == V21:
             choices.append([5, mid, "GenericError", "fuzz", {}])
         frame = json.dumps(self.rng.choice(choices), separators=(",", ":"))
-        return [Input("unknown_answer", frame, silent=True, note="answer to an id never sent")]
+        note = "answer to an id never sent"
+        return [Input("unknown_answer", frame, (mid,), silent=True, note=note)]
 
     def _oversize(self) -> list[Input]:
         mid = self.mid()
