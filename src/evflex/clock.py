@@ -18,6 +18,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def utc_holds(value: object) -> object:
+    """For a model's validator: ValueError for an aware date-time UTC cannot hold (its
+    offset moves it beyond year 1 or 9999); any other value passes unchanged."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"{value.isoformat()} is beyond the years UTC can hold") from None
+    return value
+
+
 class Clock(Protocol):
     """A source of time. ``now`` is timezone-aware UTC; ``sleep`` waits clock-seconds."""
 

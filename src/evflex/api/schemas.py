@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from evflex.clock import utc_holds
+
 #: Sane ranges of the physical quantities a body carries: a slip such as 1e306 kW is
 #: refused with its reason instead of being stored (as infinity it would stop the site's
 #: planning). A site, a circuit or a station beyond these is not a charging site.
@@ -23,9 +25,15 @@ Amps = Annotated[float, Field(ge=-MAX_CURRENT_A, le=MAX_CURRENT_A)]
 
 
 class ApiModel(BaseModel):
-    """A request body: NaN and the infinities are refused (JSON has neither)."""
+    """A request body: NaN and the infinities are refused (JSON has neither), and so is a
+    date-time UTC cannot hold (the store keeps UTC)."""
 
     model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc_holds(cls, value: object) -> object:
+        return utc_holds(value)
 
 
 class StationTopology(ApiModel):

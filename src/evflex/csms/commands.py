@@ -18,11 +18,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from evflex.clock import utc_holds
 from evflex.smartcharging import profiles as sc_profiles
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc_holds(cls, value: object) -> object:
+        """A date-time the station is sent must be one UTC can hold."""
+        return utc_holds(value)
 
 
 class ResetBody(_Body):

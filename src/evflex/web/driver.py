@@ -30,7 +30,7 @@ from evflex.web.auth import sha256
 router = APIRouter(prefix="/api/v1/driver", tags=["driver"])
 
 
-class ClaimIn(BaseModel):
+class ClaimIn(sc.ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     station_id: str = Field(min_length=1, max_length=48)
@@ -42,7 +42,7 @@ class ClaimOut(BaseModel):
     transaction: int
 
 
-class DriverPrefsIn(BaseModel):
+class DriverPrefsIn(sc.ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     departure_time: AwareDatetime | None = None
