@@ -4,8 +4,9 @@ A frame nests at most :data:`MAX_DEPTH` levels (no OCPP message comes near;
 a deeper one is refused before it reaches a handler, the store or a JSON
 encoder with a depth limit of its own). Free-form data that is stored (a
 DataTransfer's ``data``) is kept up to :data:`MAX_STORED_CHARS` characters of
-JSON, and the event says when it was cut. Wire text in a log line is cut by
-:func:`shorten`.
+JSON, and the event says when it was cut. No string may hold the character
+NUL (PostgreSQL stores it in no text column): :func:`nul_path`. Wire text in a
+log line is cut by :func:`shorten`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,28 @@ def text_too_deep(raw: str, value: Any, limit: int = MAX_DEPTH) -> bool:
     if raw.count("[") + raw.count("{") <= limit:
         return False
     return too_deep(value, limit)
+
+
+def nul_path(raw: str, value: Any) -> str | None:
+    """Where in ``value`` (parsed from ``raw``) a string or key holds NUL (U+0000), as
+    ``a/0/b``; None if none does (a text without the escape ``\\u0000`` is not walked)."""
+    if "\\u0000" not in raw:
+        return None
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}/{key}" if path else str(key)
+                if "\x00" in key:
+                    return where
+                stack.append((child, where))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}/{i}" if path else str(i)) for i, child in enumerate(item))
+    return None
 
 
 def shorten(text: Any, limit: int = LOG_CHARS) -> str:

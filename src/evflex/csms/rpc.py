@@ -12,7 +12,6 @@ from __future__ import annotations
 import decimal
 import functools
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
 
 from evflex.clock import parse_datetime
-from evflex.csms.limits import MAX_DEPTH, text_too_deep
+from evflex.csms.limits import MAX_DEPTH, nul_path, shorten, text_too_deep
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 #: OCPP 2.1 only: an error about a CALLRESULT, and a CALL that gets no answer.
@@ -112,6 +111,11 @@ def parse_frame(raw: str | bytes, version: str = "2.0.1") -> Frame:
     mid = {"message_id": message_id}
     if text_too_deep(raw, msg):
         raise RpcError("FormatViolation", f"message nests deeper than {MAX_DEPTH} levels", mid)
+    nul = nul_path(raw, msg[3]) if type_id in (CALL, SEND) and len(msg) == 4 else None
+    if nul is not None:
+        where = shorten(nul or "payload", 100).replace("\x00", "\\u0000")
+        text = f"{where} holds the character NUL, which no text column stores"
+        raise RpcError("PropertyConstraintViolation", text, {**mid, "path": where})
     if not isinstance(type_id, int) or isinstance(type_id, bool):
         raise RpcError("RpcFrameworkError", "messageTypeId is not an integer", mid)
     if type_id == CALL:
@@ -310,13 +314,19 @@ def schema_error(e: JsonSchemaValueException) -> RpcError:
     return RpcError("FormatViolation", text, details)
 
 
-def finite(value: float, where: str) -> float:
-    """``value`` if it is a finite number, else the CALLERROR for ``where``."""
-    if not math.isfinite(value):
+#: The largest meter reading taken, in base units (Wh, W, A, ...): a thousand times the
+#: lifetime register of a fast charger, and small enough that sums of them stay finite.
+MAX_READING = 1e15
+
+
+def reading(value: float, where: str) -> float:
+    """``value`` if it is a meter reading evflex can do sums with (finite, at most
+    :data:`MAX_READING` either way), else the CALLERROR for ``where``."""
+    if not abs(value) <= MAX_READING:  # NaN fails this too
         raise RpcError(
             "PropertyConstraintViolation",
-            f"{where} is not a finite number",
-            {"path": where, "rule": "finite"},
+            f"{where} is not a finite number within ±{MAX_READING:g}",
+            {"path": where, "rule": "maximum"},
         )
     return value
 
