@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from evflex import __version__
 from evflex.api.certificates import router as certificates_router
-from evflex.api.guard import BodyGuard, validation_failed
+from evflex.api.guard import InputGuard, validation_failed
 from evflex.api.monitoring import router as monitoring_router
 from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.schedule import router as schedule_router
@@ -97,7 +97,7 @@ def create_api(rt: Runtime) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = rt
-    app.add_middleware(BodyGuard, max_body_bytes=rt.settings.max_body_bytes)
+    app.add_middleware(InputGuard, max_body_bytes=rt.settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_failed)
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
     routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)

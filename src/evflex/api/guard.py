@@ -1,11 +1,12 @@
 """The HTTP API under hostile input: a body size limit, JSON as RFC 8259 has it, short 422s.
 
-- :class:`BodyGuard` (pure ASGI) refuses a body over ``max_body_bytes`` with 413: at once
+- :class:`InputGuard` (pure ASGI) refuses a body over ``max_body_bytes`` with 413: at once
   when its Content-Length says so (nothing of it is read), and as soon as a chunked body
   grows past the limit (the rest is not read). A JSON body with ``NaN`` or ``Infinity``,
-  a number too large for a float or an integer beyond 64 bits is refused with 422 before
-  any route sees it: the store cannot hold such values, and one stored infinity stops a
-  site's planning.
+  a number too large for a float, an integer beyond 64 bits or the character NUL in a
+  string is refused with 422 before any route sees it, a URL with NUL with 400: the store
+  cannot hold such values (PostgreSQL keeps NUL in no text column), and one stored
+  infinity stops a site's planning.
 - :func:`validation_failed` answers a body that breaks its schema with 422 and the
   reasons, each input cut to :data:`ECHO_CHARS` (a 10 MB body is not sent back) and shown
   as text where JSON cannot carry it.
@@ -30,7 +31,8 @@ ECHO_CHARS = 200
 _INT64 = 2**63
 
 # Only a body with one of these is parsed a second time (strictly) by the guard.
-_SUSPECT = re.compile(rb"NaN|Infinity|\d{19}|[eE]\+?\d{3}")
+_SUSPECT = re.compile(rb"NaN|Infinity|\d{19}|[eE]\+?\d{3}|\\u0000")
+NUL = "the character NUL (\\u0000) is not allowed in text"
 
 
 class _NotJsonNumber(ValueError):
@@ -54,24 +56,43 @@ def _float(text: str) -> float:
     return value
 
 
-def json_problem(body: bytes) -> str | None:
-    """Why a JSON body is refused (NaN, Infinity, an overflowing number), else None.
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
-    A body that is not JSON at all is left to the route, which says so.
+
+def json_problem(body: bytes) -> str | None:
+    """Why a JSON body is refused (NaN, Infinity, an overflowing number, NUL in a string),
+    else None. A body that is not JSON at all is left to the route, which says so.
     """
     if not _SUSPECT.search(body):
         return None
     try:
-        json.loads(body, parse_constant=_constant, parse_int=_integer, parse_float=_float)
+        data = json.loads(body, parse_constant=_constant, parse_int=_integer, parse_float=_float)
     except _NotJsonNumber as exc:
         return str(exc)
     except (ValueError, RecursionError):
         return None
-    return None
+    return NUL if _has_nul(data) else None
 
 
-class BodyGuard:
-    """ASGI middleware: the body size limit and the strict JSON numbers (module doc)."""
+def _nul_in_url(scope: Scope) -> bool:
+    query = scope.get("query_string", b"")
+    return "\x00" in scope.get("path", "") or b"\x00" in query or b"%00" in query
+
+
+class InputGuard:
+    """ASGI middleware: the body size limit, strict JSON numbers, no NUL (module doc)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -80,6 +101,10 @@ class BodyGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if _nul_in_url(scope):
+            detail = NUL.replace("text", "a URL")
+            await JSONResponse({"detail": detail}, 400)(scope, receive, send)
             return
         headers = Headers(scope=scope)
         length = headers.get("content-length")
