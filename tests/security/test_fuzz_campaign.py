@@ -2,11 +2,15 @@
 
 One run of ``evflex bench fuzz``'s campaign (a few thousand OCPP inputs over
 1.6, 2.0.1 and 2.1, a few hundred API requests, a fixed seed) against
-``evflex serve`` in a child process on SQLite; each test reads one verdict of
-that run. The full 100,000 inputs are the slow variant.
+``evflex serve`` in a child process, on SQLite and on PostgreSQL; each test
+reads one verdict of that run. The full 100,000 inputs are the slow variant.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -14,9 +18,13 @@ from typer.testing import CliRunner
 from evflex.bench.fuzz import FuzzConfig, run_fuzz
 from evflex.bench.fuzzgen import CATEGORIES, ocpp_schemas
 from evflex.bench.fuzzhttp import BODY_KINDS
+from evflex.bench.ocpp import PostgresUnavailable, fresh_postgres_database
 from evflex.cli import app
 
 SEED = 20261207
+PG_URL = os.environ.get(
+    "EVFLEX_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
 
 #: Categories the CSMS does not yet answer right (strict: an xfail that passes fails).
 KNOWN_OCPP: dict[str, str] = {}
@@ -33,13 +41,21 @@ def _marked(names, known: dict[str, str]):
     ]
 
 
-@pytest.fixture(scope="module")
-def campaign(tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def campaign(request, tmp_path_factory) -> Iterator[dict]:
+    """One run per database kind (PostgreSQL: a fresh database, skipped if none answers)."""
     out = tmp_path_factory.mktemp("fuzz") / "fuzz.json"
     config = FuzzConfig(
         inputs=3000, good_stations=3, seed=SEED, http_cases=600, baseline=1.0, out=out
     )
-    return run_fuzz(config)
+    if request.param == "sqlite":
+        yield run_fuzz(config)
+        return
+    try:
+        with fresh_postgres_database(PG_URL) as url:
+            yield run_fuzz(replace(config, database_url=url))
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server reachable: {exc}")
 
 
 def _wrong(result: dict, category: str) -> dict:
