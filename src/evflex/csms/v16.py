@@ -16,7 +16,7 @@ from ocpp.v16 import datatypes as dt
 from evflex.clock import isoformat, parse_datetime
 from evflex.csms import commands as c
 from evflex.csms.handlers import StationHandlers, handles
-from evflex.csms.rpc import RpcError, to_payload
+from evflex.csms.rpc import RpcError, reading, to_payload
 from evflex.csms.service import CsmsService
 from evflex.domain.model import (
     ConnectorStatus,
@@ -49,6 +49,7 @@ def parse_meter_values(meter_value: list[dict]) -> list[MeterSample]:
                     "PropertyConstraintViolation", f"sampledValue '{sv['value']}' is not a number"
                 ) from None
             value, unit = normalise(raw, sv.get("unit"), measurand)
+            reading(value, "sampledValue/value")
             samples.append(
                 MeterSample(
                     ts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import Any
 
@@ -13,7 +14,7 @@ from evflex.clock import isoformat, parse_datetime
 from evflex.csms import commands as c
 from evflex.csms.handlers import StationHandlers, handles
 from evflex.csms.monitoring import state_for as monitoring_state
-from evflex.csms.rpc import to_payload
+from evflex.csms.rpc import reading, to_payload
 from evflex.csms.service import CsmsService
 from evflex.domain.model import (
     ChargingNeeds,
@@ -41,8 +42,12 @@ def parse_meter_values(meter_value: list[dict]) -> list[MeterSample]:
         for sv in mv["sampledValue"]:
             measurand = sv.get("measurand", "Energy.Active.Import.Register")
             uom = sv.get("unitOfMeasure") or {}
-            raw = float(sv["value"]) * (10 ** uom.get("multiplier", 0))
+            try:
+                raw = float(sv["value"]) * 10.0 ** uom.get("multiplier", 0)
+            except OverflowError:  # 10 to a power beyond any float
+                raw = math.inf
             value, unit = normalise(raw, uom.get("unit"), measurand)
+            reading(value, "sampledValue/value")
             samples.append(
                 MeterSample(
                     ts,
