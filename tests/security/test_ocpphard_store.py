@@ -10,9 +10,11 @@ import json
 import logging
 
 import websockets
+from sqlalchemy import text
 
 from evflex.csms.connection import LOGGED_REFUSALS
 from evflex.csms.limits import MAX_STORED_CHARS
+from evflex.store.tables import EventLog
 from security.ocpphard import crashes, frame, hostile_and_good, row_counts
 
 BIG = 500_000
@@ -36,6 +38,27 @@ async def test_free_form_data_is_kept_within_bounds(node):
     assert kept[1]["truncated"] is True
     assert kept[1]["data"].startswith('{"log":"xxx') and len(kept[1]["data"]) < MAX_STORED_CHARS + 40
     assert kept[0] == {"messageId": None, "data": {"a": [1, {"b": 2}]}}  # small data as sent
+
+
+async def test_the_event_api_shows_every_stored_row(node):
+    """Rows written by older versions or by hand: nested past any JSON encoder's depth, not
+    an object, not JSON at all (SQLite keeps any text). Each is shown with a note; the
+    others as they are."""
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    now = node.rt.clock.now()
+    odd = [{"deep": deep}, ["a", "list"], "text", 12]
+    async with node.rt.sessionmaker() as s, s.begin():
+        for i, detail in enumerate([*odd, {"fine": 1}, None]):
+            s.add(EventLog(station_id="ODD", timestamp=now, kind="old", type=str(i), detail=detail))
+        if s.bind.dialect.name == "sqlite":
+            odd.append("not JSON")
+            await s.execute(text("INSERT INTO events (station_id, timestamp, kind, type, detail)"
+                                 " VALUES ('ODD', '2026-01-01 00:00:00.000000', 'old', 'x', '{x')"))
+    got = {e["type"]: e["detail"] for e in await events(node, "ODD")}
+    assert got.pop("4") == {"fine": 1} and got.pop("5") is None
+    assert len(got) == len(odd) and all(set(d) == {"unreadable"} for d in got.values()), got
 
 
 async def test_wire_text_in_log_lines_is_cut_short(node, caplog):

@@ -6,16 +6,18 @@ import json
 from datetime import datetime
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
-from sqlalchemy import select, tuple_
+from sqlalchemy import Text, cast, select, tuple_
 
 from evflex.api import schemas as sc
 from evflex.api.deps import Rt, delete_row
 from evflex.csms import commands
 from evflex.csms.capabilities import ev_capabilities
 from evflex.csms.connection import CallErrorReceived
+from evflex.csms.limits import too_deep
 from evflex.security import hash_password
 from evflex.services import Services
 from evflex.store import repo
@@ -384,24 +386,30 @@ async def events(
     kind: str | None = None,
     limit: int = Query(200, ge=1, le=10_000),
 ):
-    q = select(EventLog).order_by(EventLog.id.desc()).limit(limit)
+    # the detail is read as text and parsed row by row: one that cannot be read is shown
+    # with a note, and never fails the list
+    detail = cast(EventLog.detail, Text).label("detail")
+    cols = (EventLog.id, EventLog.station_id, EventLog.timestamp, EventLog.kind, EventLog.type)
+    q = select(*cols, detail).order_by(EventLog.id.desc()).limit(limit)
     if station_id:
         q = q.where(EventLog.station_id == station_id)
     if kind:
         q = q.where(EventLog.kind == kind)
     async with rt.sessionmaker() as s:
-        rows = list((await s.execute(q)).scalars())
-    return [
-        sc.EventOut(
-            id=e.id,
-            station_id=e.station_id,
-            timestamp=e.timestamp,
-            kind=e.kind,
-            type=e.type,
-            detail=e.detail,
-        )
-        for e in rows
-    ]
+        rows = (await s.execute(q)).all()
+    return [sc.EventOut(**{**row._asdict(), "detail": _shown_detail(row.detail)}) for row in rows]
+
+
+def _shown_detail(text: str | None) -> dict | None:
+    """A stored event detail as the API shows it: a JSON object within the depth JSON
+    encoders take, else a note saying it cannot be shown."""
+    try:
+        detail = None if text is None else orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {"unreadable": "stored text that is not JSON"}
+    if detail is not None and (not isinstance(detail, dict) or too_deep(detail)):
+        return {"unreadable": f"a stored {type(detail).__name__} that cannot be shown"}
+    return detail
 
 
 # ------------------------------------------------------------------ commands
