@@ -110,7 +110,9 @@ CASES_201 = [
 ]
 
 
-@pytest.mark.parametrize("proto,cases", [("ocpp1.6", CASES_16), ("ocpp2.0.1", CASES_201)])
+@pytest.mark.parametrize(
+    "proto,cases", [("ocpp1.6", CASES_16), ("ocpp2.0.1", CASES_201), ("ocpp2.1", CASES_201)]
+)
 async def test_hostile_values_get_the_spec_callerror_before_the_store(node, caplog, proto, cases):
     caplog.set_level(logging.INFO)
     async with hostile_and_good(node, proto) as pair:
