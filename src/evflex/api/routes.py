@@ -16,6 +16,7 @@ from evflex.api import schemas as sc
 from evflex.api.deps import Rt, delete_row
 from evflex.csms import commands
 from evflex.csms.capabilities import ev_capabilities
+from evflex.csms.certificates import PROFILE_COMMANDS
 from evflex.csms.connection import CallErrorReceived
 from evflex.csms.limits import too_deep
 from evflex.security import hash_password
@@ -462,9 +463,14 @@ async def run_command(station_id: str, command: str, request: Request, rt: Servi
         if not known:
             raise HTTPException(404, f"station '{station_id}' is not registered")
         raise HTTPException(409, f"station '{station_id}' is not connected")
+    if command in PROFILE_COMMANDS:  # certificates: profile 2 or 3 only, nothing sent else
+        refusal = await rt.certificates.refusal(station_id)
+        if refusal is not None:
+            raise HTTPException(409, refusal)
     if command == "remote-start":
         return await _remote_start(rt, station_id, body, conn.version)
     response = await station_command(rt, station_id, command, body)
+    await rt.certificates.after_command(station_id, command, body, response)
     return sc.CommandResult(
         station_id=station_id, command=command, ocpp_version=conn.version, response=response
     )

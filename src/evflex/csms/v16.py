@@ -225,6 +225,11 @@ class V16Handlers(StationHandlers):
     async def diagnostics_status(self, p: dict) -> dict:
         return await self._event("diagnostics", p["status"])
 
+    @handles("SignCertificate")
+    async def sign_certificate(self, p: dict) -> dict:
+        refusal = await self.service.certificates.sign_request(self.station_id, p["csr"])
+        return {"status": "Accepted" if refusal is None else "Rejected"}
+
 
 def _auth_status_16(status: str) -> str:
     # 1.6 knows Accepted, Blocked, Expired, Invalid, ConcurrentTx only.

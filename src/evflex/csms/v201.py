@@ -186,6 +186,24 @@ class V201Handlers(StationHandlers):
             await self.service.meter_values(self.station_id, evse_id, samples)
         return {}
 
+    @handles("SignCertificate")
+    async def sign_certificate(self, p: dict) -> dict:
+        refusal = await self.service.certificates.sign_request(
+            self.station_id, p["csr"], p.get("certificateType"), p.get("requestId")
+        )
+        if refusal is None:
+            return {"status": "Accepted"}
+        info = {"reasonCode": refusal.code, "additionalInfo": refusal.reason[:500]}
+        return {"status": "Rejected", "statusInfo": info}
+
+    @handles("Get15118EVCertificate")
+    async def get_15118_ev_certificate(self, p: dict) -> dict:
+        return await self.service.certificates.ev_request("Get15118EVCertificate", p, self.version)
+
+    @handles("GetCertificateStatus")
+    async def get_certificate_status(self, p: dict) -> dict:
+        return await self.service.certificates.ev_request("GetCertificateStatus", p, self.version)
+
     @handles("FirmwareStatusNotification")
     async def firmware_status(self, p: dict) -> dict:
         return await self._event("firmware", p["status"], {"requestId": p.get("requestId")})
