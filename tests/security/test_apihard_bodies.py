@@ -71,7 +71,26 @@ async def test_a_422_does_not_send_a_large_input_back(node: Node):
         assert r.status_code == 422, r.text[:300]
         assert len(r.content) < 4_000, len(r.content)
         assert r.json()["detail"]  # the reasons are there
+    # a command body is checked by its own model: the same
+    r = await node.http.post("/api/v1/stations", json={"id": "CP-1"})
+    assert r.status_code == 201
+    r = await node.http.post("/api/v1/stations/CP-1/commands/reset", json={"type": big})
+    assert r.status_code == 422 and len(r.content) < 4_000, r.text[:300]
     await _no_sites(node)
+
+
+async def test_a_command_body_that_is_not_json_is_a_400_with_the_reason(node: Node):
+    r = await node.http.post("/api/v1/stations", json={"id": "CP-1"})
+    assert r.status_code == 201
+    for body in (b"\xff\xfe{", b"[" * 100_000, b'{"type": "soft"'):  # bad UTF-8, deep, cut
+        r = await node.http.post(
+            "/api/v1/stations/CP-1/commands/reset",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 400, r.text[:300]
+        assert r.json()["detail"].startswith("body is not valid JSON")
+        assert len(r.content) < 1_000
 
 
 async def _raw(node: Node, head: str, *chunks: bytes) -> bytes:

@@ -88,6 +88,9 @@ HUGE = str(2**64)
 @pytest.mark.parametrize(
     ("method", "path"),
     [
+        ("GET", f"/api/v1/transactions/{HUGE}"),
+        ("GET", f"/api/v1/transactions?offset={HUGE}"),
+        ("GET", f"/api/v1/stations/CP-1/meter-values?evse={2**40}"),
         ("POST", f"/api/v1/transactions/{HUGE}/priority"),
         ("DELETE", f"/api/v1/transactions/{HUGE}/priority"),
         ("GET", f"/api/v1/transactions/{HUGE}/bill"),

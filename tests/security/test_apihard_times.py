@@ -33,6 +33,9 @@ async def test_a_date_time_utc_cannot_hold_is_refused_with_a_reason(node: Node):
                 headers={"Authorization": "Bearer drv_none"},
             )
         assert r.status_code == 422 and "UTC can hold" in r.text, r.text
+        for param in ("from", "to"):  # a query's date-time alike
+            r = await node.http.get("/api/v1/stations/CP-1/meter-values", params={param: when})
+            assert r.status_code == 422 and "UTC can hold" in r.text, r.text
     assert (await node.http.get("/api/v1/id-tokens")).json() == []
     r = await node.http.post("/api/v1/id-tokens", json={"id_token": "T1", "expiry": LATE[:-6]})
     assert r.status_code == 201, r.text  # the last second UTC holds is fine

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated
 
 import orjson
@@ -14,6 +13,7 @@ from sqlalchemy import Text, cast, select, tuple_
 
 from evflex.api import schemas as sc
 from evflex.api.deps import Rt, delete_row
+from evflex.api.guard import errors_out, shown
 from evflex.csms import commands
 from evflex.csms.capabilities import ev_capabilities
 from evflex.csms.certificates import PROFILE_COMMANDS
@@ -333,7 +333,7 @@ async def list_transactions(
     active: bool | None = None,
     station_id: str | None = None,
     limit: int = Query(100, ge=1, le=10_000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=sc.MAX_INT32),
 ):
     q = select(Transaction).order_by(Transaction.id.desc()).limit(limit).offset(offset)
     if active is not None:
@@ -346,7 +346,7 @@ async def list_transactions(
 
 
 @router.get("/transactions/{tx_pk}", response_model=sc.TransactionOut, tags=["transactions"])
-async def get_transaction(tx_pk: int, rt: Rt):
+async def get_transaction(tx_pk: sc.Int64, rt: Rt):
     async with rt.sessionmaker() as s:
         tx = await s.get(Transaction, tx_pk)
         if tx is None:
@@ -365,9 +365,9 @@ async def get_transaction(tx_pk: int, rt: Rt):
 async def meter_values(
     station_id: str,
     rt: Rt,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
-    evse: int | None = None,
+    from_: Annotated[sc.UtcDatetime | None, Query(alias="from")] = None,
+    to: sc.UtcDatetime | None = None,
+    evse: sc.Int32 | None = None,
     measurand: str | None = None,
     limit: int = Query(10_000, ge=1, le=100_000),
 ):
@@ -452,11 +452,12 @@ async def run_command(station_id: str, command: str, request: Request, rt: Servi
     raw = await request.body()
     try:
         data = json.loads(raw) if raw.strip() else {}
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, nested too deep
+        raise HTTPException(400, f"body is not valid JSON: {shown(str(exc))}") from None
+    try:
         body = model.model_validate(data)
-    except json.JSONDecodeError as exc:
-        raise HTTPException(400, f"body is not valid JSON: {exc}") from None
     except ValidationError as exc:
-        raise HTTPException(422, json.loads(exc.json(include_url=False))) from None
+        raise HTTPException(422, errors_out(exc.errors(include_url=False))) from None
     if conn is None:
         async with rt.sessionmaker() as s:
             known = await repo.get_station(s, station_id) is not None

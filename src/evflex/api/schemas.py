@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from evflex.clock import utc_holds
 
@@ -22,6 +30,8 @@ Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 Int32 = Annotated[int, Field(ge=-(2**31), le=MAX_INT32)]
 
 Amps = Annotated[float, Field(ge=-MAX_CURRENT_A, le=MAX_CURRENT_A)]
+#: A date-time in a path or query: one UTC can hold (the store keeps UTC).
+UtcDatetime = Annotated[datetime, AfterValidator(utc_holds)]
 
 
 class ApiModel(BaseModel):
