@@ -4,10 +4,12 @@ PostgreSQL; refusals, retries, the signing hook and the certificate table."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import textwrap
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import running_node
 from evflex.security import pki
@@ -172,6 +174,7 @@ async def _rows_where(node, sid, pred):
 
 
 SIGNING_HOOK = """
+import asyncio
 import sys
 from evflex.security import pki
 ca = pki.CertificateAuthority.load(sys.argv[1], sys.argv[2], days=7)
@@ -211,3 +214,38 @@ async def test_no_ca_configured_is_a_reason(sqlite_url):
             await set_profile(node, "NOCA", 2)
             answer = await cp.sign(cp.csr("NOCA"))
             assert answer.status == "Rejected" and answer.status_info["reason_code"] == "NoCA"
+
+
+async def test_weak_keys_are_refused(sqlite_url, ca):
+    async with running_node(sqlite_url, **ca_settings(ca)) as node:
+        async with connected(STATIONS["2.0.1"], node.ocpp_url, "WEAK", "ocpp2.0.1") as cp:
+            await set_profile(node, "WEAK", 2)
+            small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+            answer = await cp.sign(pki.make_csr(small, "WEAK", CPO).decode())
+            assert answer.status == "Rejected"
+            assert answer.status_info["reason_code"] == "WeakKey"
+            assert "1024" in answer.status_info["additional_info"]
+            assert (await cp.sign(cp.csr("WEAK"))).status == "Accepted"  # P-256
+
+
+async def test_a_newer_csr_supersedes_a_certificate_waiting_for_a_retry(sqlite_url, ca):
+    async with running_node(sqlite_url, **ca_settings(ca)) as node:
+        node.rt.certificates.retry_delays = (0.5, 0.5)
+        async with connected(STATIONS["1.6"], node.ocpp_url, "NEW", "ocpp1.6") as cp:
+            await set_profile(node, "NEW", 2)
+            cp.signed_answers = ["Rejected"]
+            assert await cp.sign(cp.csr("NEW")) == "Accepted"
+            await node.wait_for(lambda: cp.actions().count("CertificateSigned") == 1)
+            assert await cp.sign(cp.csr("NEW")) == "Accepted"
+            await node.wait_for(cp.got_chain.is_set)
+
+            async def settled():
+                return len(await _rows_where(node, "NEW", lambda r: r["status"] != "Issued")) == 2
+
+            await node.wait_for(settled)
+            await asyncio.sleep(0.7)  # past the first one's retry time
+            assert cp.actions().count("CertificateSigned") == 2
+            first, second = await certificates(node, "NEW")
+            assert first["status"] == "Superseded" and first["attempts"] == 1
+            assert str(second["id"]) in first["reason"]
+            assert second["status"] == "Accepted"

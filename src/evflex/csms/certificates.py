@@ -1,15 +1,16 @@
 """Station certificates, CSMS side (OCPP 2.0.1 A02-A05, M; 1.6 security extension).
 
 * **SignCertificate**: a station on security profile 2 or 3 sends a CSR; it is
-  checked (parseable, self-signature valid, O = the CPO's name, CN = the
-  station's id or serial number) and answered Accepted or Rejected (2.x with a
+  checked (parseable, self-signature valid, RSA >= 2048 or EC >= 224 bits,
+  O = the CPO's name, CN = the station's id or serial number) and answered Accepted or Rejected (2.x with a
   reason). An accepted CSR is signed in the background by the CPO CA
   (``ca_cert_file``/``ca_key_file``) or by ``cert_signing_hook`` (a command
   reading the CSR on stdin and printing the PEM chain), stored in the
   ``certificates`` table (Issued) and sent with **CertificateSigned**. A
   station that rejects it gets it again after a back-off; after the last
   attempt the certificate is flagged Rejected with a ``CertificateRejected``
-  security event. A refused CSR is an ``InvalidCsr`` security event.
+  security event; a newer CSR of the station supersedes one still waiting for
+  a retry (Superseded). A refused CSR is an ``InvalidCsr`` security event.
 * CA certificates installed or deleted with the commands ``install-certificate``
   and ``delete-certificate`` are recorded (Installed, Deleted); these commands
   are refused for stations below profile 2 (:meth:`CertificateManager.refusal`).
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
@@ -73,6 +75,17 @@ class Refusal:
 
     code: str
     reason: str
+
+
+def weak_key(key: Any) -> str | None:
+    """Why a CSR's key is too weak for a station certificate (OCPP security whitepaper:
+    RSA of 2048 bits or more, EC of 224 bits or more), or None."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return None if key.key_size >= 2048 else f"RSA key of {key.key_size} bits (2048 at least)"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        size = key.curve.key_size
+        return None if size >= 224 else f"EC key of {size} bits (224 at least)"
+    return f"{type(key).__name__}: only RSA and EC keys are signed"
 
 
 def profile_of(row: Any) -> int:
@@ -134,6 +147,9 @@ class CertificateManager:
         self.stations: Stations | None = None
         self._ca: pki.CertificateAuthority | None = None
         self._tasks: set[asyncio.Task] = set()
+        #: The newest certificate being delivered to each station: an older one still
+        #: waiting for a retry is not sent again (status Superseded).
+        self._latest: dict[str, int] = {}
         self._loop: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -238,6 +254,9 @@ class CertificateManager:
             return Refusal("InvalidCsr", f"not a PEM certificate signing request: {exc}")
         if not csr.is_signature_valid:
             return Refusal("InvalidCsr", "the CSR's signature does not match its key")
+        weak = weak_key(csr.public_key())
+        if weak:
+            return Refusal("WeakKey", weak)
         cn, org = pki.csr_names(csr_pem)
         expected = self._organization()
         if expected is None:
@@ -302,9 +321,14 @@ class CertificateManager:
         conn = (self.stations.connections if self.stations else {}).get(station_id)
         if conn is not None:
             await conn.drain()  # our SignCertificate answer goes out first
+        self._latest[station_id] = cert_id
         delays = [*self.retry_delays, None]
         attempts, why = 0, ""
         for delay in delays:
+            if self._latest.get(station_id) != cert_id:
+                newer = self._latest.get(station_id)
+                await self._update(cert_id, "Superseded", attempts, f"certificate {newer} is newer")
+                return "Superseded"
             attempts += 1
             try:
                 assert self.stations is not None
