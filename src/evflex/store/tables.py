@@ -262,8 +262,9 @@ class Certificate(Base):
     """A certificate evflex signed for a station, or one a station reports installed.
 
     ``status``: Issued (signed, CertificateSigned not yet accepted), Accepted,
-    Rejected (the station refused it; retried and flagged), Installed (a CA
-    certificate installed at the station), Deleted, Revoked.
+    Rejected (the station refused it; retried and flagged), Superseded (a newer
+    one was issued before a retry), Installed (a CA certificate installed at the
+    station), Deleted, Revoked.
     """
 
     __tablename__ = "certificates"
