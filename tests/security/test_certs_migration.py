@@ -115,6 +115,7 @@ async def test_lowering_needs_force_and_is_a_security_event(sqlite_url):
             r = await node.http.get("/api/v1/events", params={"kind": "Security"})
             (event,) = [e for e in r.json() if e["type"] == "ProfileDowngrade"]
             assert event["station_id"] == "LOW" and "from 2 to 1" in event["detail"]["reason"]
+            assert event["detail"]["source"] == "127.0.0.1"  # the API client
 
 
 async def test_profile_3_needs_a_valid_certificate(sqlite_url):

@@ -137,7 +137,7 @@ async def change_security_profile(
                 "ProfileDowngrade",
                 f"security profile lowered from {current} to {body.profile} through the API "
                 "(force)",
-                api_client=request.client.host if request.client else None,
+                source=request.client.host if request.client else "",
             )
     return SecurityProfileOut(
         station_id=station_id,

@@ -210,12 +210,14 @@ class CertificateManager:
         address = getattr(getattr(conn, "websocket", None), "remote_address", None)
         return str(address[0]) if address else ""
 
-    async def security_event(self, station_id: str, type_: str, reason: str, **detail: Any) -> None:
-        """A refused attempt, in the one shape of security events."""
+    async def security_event(
+        self, station_id: str, type_: str, reason: str, source: str | None = None, **detail: Any
+    ) -> None:
+        """A refused attempt, in the one shape of security events; ``source`` defaults to
+        the station's address."""
         now = self.service.clock.now()
-        event = audit.security_event(
-            type_, self._peer(station_id), reason, now, station_id, **detail
-        )
+        source = source if source is not None else self._peer(station_id)
+        event = audit.security_event(type_, source, reason, now, station_id, **detail)
         await self.service.record_event(event)
 
     # ------------------------------------------------------------------ signing
