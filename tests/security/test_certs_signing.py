@@ -174,11 +174,13 @@ async def _rows_where(node, sid, pred):
 
 
 SIGNING_HOOK = """
-import asyncio
 import sys
 from evflex.security import pki
 ca = pki.CertificateAuthority.load(sys.argv[1], sys.argv[2], days=7)
-print(pki.cert_pem(ca.sign_csr(sys.stdin.read())), end="")
+csr = sys.stdin.read()
+if sys.argv[3:] == ["other-key"]:  # a broken signer: a certificate for another key
+    csr = pki.make_csr(pki.new_key(), "HOOK", "ACME Charging")
+print(pki.cert_pem(ca.sign_csr(csr)), end="")
 """
 
 
@@ -206,6 +208,21 @@ async def test_signing_hook_signs_instead_of_the_ca_files(sqlite_url, ca, tmp_pa
             (event,) = await node.wait_for(lambda: security_events(node, "CertificateRejected"))
             assert "exited with 3" in event["detail"]["reason"]
             assert "CertificateSigned" not in cp.actions()
+
+        # a hook that signs another key: never sent
+        node.rt.certificates.signing_hook = command + " other-key"
+        async with connected(STATIONS["2.1"], node.ocpp_url, "HOOK", "ocpp2.1") as cp:
+            assert (await cp.sign(cp.csr("HOOK"))).status == "Accepted"
+            events = await node.wait_for(
+                lambda: _two(security_events(node, "CertificateRejected")), timeout=15
+            )
+            assert "not for the CSR's key" in events[0]["detail"]["reason"]  # newest first
+            assert "CertificateSigned" not in cp.actions()
+
+
+async def _two(events):
+    found = await events
+    return found if len(found) == 2 else None
 
 
 async def test_no_ca_configured_is_a_reason(sqlite_url):

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
@@ -86,6 +87,10 @@ def weak_key(key: Any) -> str | None:
         size = key.curve.key_size
         return None if size >= 224 else f"EC key of {size} bits (224 at least)"
     return f"{type(key).__name__}: only RSA and EC keys are signed"
+
+
+def _spki(key: Any) -> bytes:
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def profile_of(row: Any) -> int:
@@ -292,6 +297,12 @@ class CertificateManager:
             chain = pki.load_certs(await run_hook(self.signing_hook, csr_pem.encode()))
             if not chain:
                 raise pki.CertificateError("the signing hook printed no certificate")
+            if _spki(chain[0].public_key()) != _spki(
+                x509.load_pem_x509_csr(csr_pem.encode()).public_key()
+            ):
+                raise pki.CertificateError(
+                    "the signing hook's certificate is not for the CSR's key"
+                )
             return chain
         ca = self._authority()
         assert ca is not None  # checked in check_csr
