@@ -136,6 +136,7 @@ async def test_profile_1_station_is_refused(sqlite_url, ca, version):
             for name, payload in [
                 ("install-certificate", body),
                 ("get-installed-certificate-ids", {"certificate_type": ["CSMSRootCertificate"]}),
+                ("certificate-signed", {"certificate_chain": pki.cert_pem(ca[0])}),
                 ("delete-certificate", {"certificate_hash_data": {
                     "issuer_name_hash": "a", "issuer_key_hash": "b", "serial_number": "c"}}),
             ]:  # fmt: skip

@@ -55,7 +55,12 @@ log = logging.getLogger(__name__)
 STATION_CERTIFICATE = "ChargingStationCertificate"
 #: The commands that only stations on security profile 2 or 3 are sent.
 PROFILE_COMMANDS = frozenset(
-    {"install-certificate", "get-installed-certificate-ids", "delete-certificate"}
+    {
+        "install-certificate",
+        "get-installed-certificate-ids",
+        "delete-certificate",
+        "certificate-signed",
+    }
 )
 #: Event kind and type of a renewal request (one a day per station at most).
 RENEWAL = ("certificate", "RenewalRequested")
