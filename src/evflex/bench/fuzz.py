@@ -65,7 +65,7 @@ from evflex.bench.fuzzgen import (
     split_counts,
 )
 from evflex.bench.fuzzhttp import HttpFuzzResult, fuzz_api
-from evflex.bench.ocpp import _log_summary, percentile
+from evflex.bench.ocpp import log_summary, percentile
 from evflex.bench.results import stamped_path, validated, wide_console, write_json
 from evflex.bench.server import ServerProcess
 from evflex.csms.v16 import V16Handlers
@@ -646,7 +646,7 @@ def run_fuzz(config: FuzzConfig, progress: Callable[[str], None] | None = None) 
             alive_end = server.alive() and server.pid is not None
             log_size = server.log_path.stat().st_size
             exit_code = server.stop()
-            log = _log_summary(server.log_path.read_text(errors="replace"))
+            log = log_summary(server.log_path.read_text(errors="replace"))
     result = _result(config, started, seed, run, http, alive_end, exit_code, log, log_size)
     write_json(out, result)
     result["out"] = str(out)

@@ -328,7 +328,8 @@ def _register_tokens(client: httpx.Client, api_url: str) -> int:
 _LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) (.*)$")
 
 
-def _log_summary(text: str) -> dict[str, Any]:
+def log_summary(text: str) -> dict[str, Any]:
+    """A server log's warnings, errors and tracebacks counted, and a few distinct lines."""
     levels: Counter[str] = Counter()
     samples: list[str] = []
     seen: set[str] = set()
@@ -562,7 +563,7 @@ def _run_target(
         gens.stop()
         server_alive = server.alive() if server else None
         exit_code = server.stop() if server else None
-        log = _log_summary(server.log_path.read_text(errors="replace")) if server else None
+        log = log_summary(server.log_path.read_text(errors="replace")) if server else None
         db_size = _sqlite_size_mb(db_url)
 
         result = _build_result(
