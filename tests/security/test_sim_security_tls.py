@@ -7,8 +7,10 @@ library's ChargePoint on 127.0.0.1, with a CA of its own.
 from __future__ import annotations
 
 import ssl
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
 
 from evflex.security import pki
 from evflex.sim import SimStation
@@ -201,3 +203,27 @@ async def test_1_6_authorization_key_is_write_only_and_used_at_the_next_connect(
         await st.reconnect()
         await wait_until(lambda: len(csms.of("CS1")) == 2 and st.online, 10)
         assert [h.password for h in csms.of("CS1")] == ["pw-0123456789abcdef", new]
+
+
+@pytest.mark.parametrize("flaw", ["expired", "broken chain", "not PEM"])
+async def test_a_certificate_for_its_key_that_is_not_valid_is_rejected(lab, stations, flaw):
+    async with MiniCsms(lab, sign=False) as csms:
+        st = station(csms, "2.0.1", stations, profile=2, ca_file=str(lab.ca_file))
+        await st.start(timeout=10)
+        assert await st.request_certificate() == "Accepted"
+        csr = x509.load_pem_x509_csr(csms.csrs[0][1].encode())
+        old = datetime.now(UTC) - timedelta(days=400)
+        if flaw == "expired":
+            cert = pki.issue(lab.ca.cert, lab.ca.key, csr.subject, csr.public_key(), days=30,
+                             not_before=old)  # fmt: skip
+            chain = pki.cert_pem(cert)
+        elif flaw == "broken chain":  # signed by our CA, followed by a CA that did not sign it
+            cert = lab.ca.sign_csr(csms.csrs[0][1])
+            stranger, _ = pki.make_ca("Stranger", "Lab")
+            chain = pki.cert_pem(cert) + pki.cert_pem(stranger)
+        else:
+            chain = "-----BEGIN CERTIFICATE-----\nnonsense\n-----END CERTIFICATE-----\n"
+        answer = await csms.call("CS1", "CertificateSigned", certificate_chain=chain)
+        why = {"expired": "not valid now", "broken chain": "is not issued by", "not PEM": "PEM"}
+        assert answer.status == "Rejected" and why[flaw] in answer.status_info["additional_info"]
+        assert st.station_chain == [] and st.pending_key is not None
