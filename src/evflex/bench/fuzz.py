@@ -64,7 +64,7 @@ from evflex.bench.fuzzgen import (
     OcppFuzzer,
     split_counts,
 )
-from evflex.bench.fuzzhttp import HttpFuzzResult, fuzz_api
+from evflex.bench.fuzzhttp import PUBLIC_OPERATIONS, HttpFuzzResult, fuzz_api
 from evflex.bench.ocpp import log_summary, percentile
 from evflex.bench.results import stamped_path, validated, wide_console, write_json
 from evflex.bench.server import ServerProcess
@@ -677,6 +677,7 @@ def _result(config: FuzzConfig, started: datetime, seed: int, run: dict, http: H
         "no_traceback_in_log": log["tracebacks"] == 0,
         "api_no_5xx": http.server_errors == 0,
         "api_4xx_with_reason": http.without_reason == 0,
+        "api_refuses_without_credentials": set(http.unauthenticated_ok) <= PUBLIC_OPERATIONS,
     }
     return {
         "benchmark": "fuzz",
@@ -758,11 +759,8 @@ def render_checks(result: dict[str, Any]):
          f"{sum(good['errors'].values())}", "good_stations_served"),
         ("InternalError answers", f"{result['internal_errors']:,}", "no_internal_error"),
         ("wrong answers", f"{result['wrong_answers']:,}", "every_input_answered_right"),
-        ("good stations p50 before / during",
-         f"{good['before']['p50_ms']} / {good['during']['p50_ms']} ms (×{good['p50_ratio']})", None),
-        ("good stations p99 before / during",
-         f"{good['before']['p99_ms']} / {good['during']['p99_ms']} ms (×{good['p99_ratio']})",
-         "latency_within_2x"),
+        ("good stations p50 before / during", _latency_cell(good, "p50"), None),
+        ("good stations p99 before / during", _latency_cell(good, "p99"), "latency_within_2x"),
         ("database (refused input, non-finite)",
          "; ".join(result["database"]["violations"]
                    + [f"{t}: {n} non-finite" for t, n in result["database"]["non_finite"].items()])
@@ -773,11 +771,20 @@ def render_checks(result: dict[str, Any]):
                        f"{result['server_log']['tracebacks']} tracebacks", "no_traceback_in_log"),
         ("API requests (5xx)", f"{http['requests']:,} ({http['server_errors']})", "api_no_5xx"),
         ("API 4xx without detail", str(http["without_reason"]), "api_4xx_with_reason"),
+        ("API 2xx without credentials", ", ".join(http["unauthenticated_2xx"]) or "none",
+         "api_refuses_without_credentials"),
     ]  # fmt: skip
     for name, value, check in rows:
         ok = "" if check is None else ("yes" if result["checks"][check] else "[red]NO[/]")
         table.add_row(name, value, ok)
     return table
+
+
+def _latency_cell(good: dict[str, Any], p: str) -> str:
+    before, during, ratio = good["before"][f"{p}_ms"], good["during"][f"{p}_ms"], good[f"{p}_ratio"]
+    if during is None:
+        return f"{before} ms / none during (a campaign shorter than one request)"
+    return f"{before} / {during} ms (×{ratio})"
 
 
 def bench_fuzz_command(

@@ -9,8 +9,9 @@ schema (:class:`evflex.bench.fuzzgen.SchemaTool`) or one broken in one place
 number, huge string, deep nesting, null) or a body that is no JSON at all.
 Three requests in four carry the admin's token, the fourth none.
 
-Right is: never a 5xx (nor a dropped connection), and every 4xx says why
-in ``detail``. The server-sent event stream (``GET /api/v1/stream``) never
+Right is: never a 5xx (nor a dropped connection), every 4xx says why in
+``detail``, and without credentials nothing but :data:`PUBLIC_OPERATIONS`
+answers 2xx. The server-sent event stream (``GET /api/v1/stream``) never
 ends and is left out.
 """
 
@@ -29,6 +30,16 @@ from evflex.bench.fuzzgen import SchemaTool, drop, nested_text, put, type_of
 
 #: Operations not sent: the event stream does not end.
 SKIPPED = frozenset({("get", "/api/v1/stream")})
+#: What answers without credentials by design: health, logging in and out, and the
+#: driver's session opened from the QR code at the charger.
+PUBLIC_OPERATIONS = frozenset(
+    {
+        "GET /api/v1/health",
+        "POST /api/v1/auth/login",
+        "POST /api/v1/auth/logout",
+        "POST /api/v1/driver/sessions",
+    }
+)
 
 _HOSTILE_TEXT = [
     "", " ", "-1", "0", "99999999999999999999999", "1e306", "NaN", "Infinity", "null",
