@@ -65,9 +65,9 @@ async def security_events(node, type_: str) -> list[dict]:
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1", "2.1"])
 async def test_profile_2_then_a_signed_certificate_then_profile_3(
-    sqlite_url, lab, stations, version
+    database_url, lab, stations, version
 ):
-    async with signing_node(sqlite_url, lab) as node:
+    async with signing_node(database_url, lab) as node:
         await register(node, "SIM-1", 2)
         st = sim(node, stations, "SIM-1", version, profile=2, ca_file=str(lab.ca_file))
         await st.start(timeout=10)
@@ -121,9 +121,9 @@ async def refused_with(node, st: SimStation, event: str) -> dict:
     ],
 )
 async def test_certificate_attacks_are_refused_by_the_node(
-    sqlite_url, lab, stations, attack, event
+    database_url, lab, stations, attack, event
 ):
-    async with tls_node(sqlite_url, lab) as node:
+    async with tls_node(database_url, lab) as node:
         await register(node, "SIM-A", 3, password=None)
         await register(node, "SIM-B", 3, password=None)
         st = sim(
@@ -137,8 +137,8 @@ async def test_certificate_attacks_are_refused_by_the_node(
         assert not (await node.station("SIM-A"))["connected"]
 
 
-async def test_a_downgrade_from_3_to_2_is_refused_by_the_node(sqlite_url, lab, stations):
-    async with tls_node(sqlite_url, lab) as node:
+async def test_a_downgrade_from_3_to_2_is_refused_by_the_node(database_url, lab, stations):
+    async with tls_node(database_url, lab) as node:
         await register(node, "SIM-D", 2)
         cert, key = lab.station_pair("SIM-D")
         st = sim(
@@ -156,8 +156,8 @@ async def test_a_downgrade_from_3_to_2_is_refused_by_the_node(sqlite_url, lab, s
         assert not st.online
 
 
-async def test_a_downgrade_to_plain_ws_is_refused_by_the_node(sqlite_url, lab, stations):
-    async with tls_node(sqlite_url, lab) as node:
+async def test_a_downgrade_to_plain_ws_is_refused_by_the_node(database_url, lab, stations):
+    async with tls_node(database_url, lab) as node:
         await register(node, "SIM-P", 2)
         st = sim(node, stations, "SIM-P", profile=2, ca_file=str(lab.ca_file), attack="downgrade")
         assert st.connect_url().startswith("ws://")
