@@ -76,3 +76,9 @@ async def test_attack_names_are_checked(sqlite_url, lab):
     async with tls_node(sqlite_url, lab) as node:
         code, out = await evflex_sim(node, "--attack", "sneaky")
         assert code == 2 and "wrong-ca, expired, other-station, downgrade" in out
+        # a certificate file that is not there is named, not a traceback
+        code, out = await evflex_sim(
+            node, "--security-profile", "3", "--client-cert", "nowhere/{id}.pem",
+            "--client-key", "nowhere/{id}.key",
+        )  # fmt: skip
+        assert code == 2 and "no such file: nowhere/" in out and "Traceback" not in out

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from evflex.sim.model import ATTACKS, SecuritySettings
-from evflex.sim.runner import SimConfig, SimSummary, Simulation
+from evflex.sim.runner import SimConfig, SimSummary, Simulation, station_ids
 from evflex.sim.station import TIME_SOURCES
 
 DEFAULT_TOKENS = ",".join(f"TOKEN{i}" for i in range(1, 11))
@@ -181,6 +181,8 @@ def sim_command(
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if (missing := security.missing_file(station_ids(prefix, stations))) is not None:
+        raise typer.BadParameter(f"no such file: {missing}")
     config = SimConfig(
         url=url,
         stations=stations,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from evflex.sim.ev import EvBattery
@@ -131,6 +132,18 @@ class SecuritySettings:
             if isinstance(value := getattr(self, name), str)
         }
         return replace(self, **changes)
+
+    def missing_file(self, station_ids: list[str]) -> str | None:
+        """The first TLS file these settings name that is not there for one of
+        ``station_ids`` (after ``{id}`` is replaced), or None."""
+        files = ("ca_file", "client_cert", "client_key", "signer_cert", "signer_key")
+        for sid in station_ids:
+            one = self.for_station(sid)
+            for name in files:
+                path = getattr(one, name)
+                if isinstance(path, str) and not Path(path).is_file():
+                    return path
+        return None
 
 
 @dataclass
