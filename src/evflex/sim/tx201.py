@@ -233,19 +233,21 @@ class TransactionEvents201:
             remote=remote,
         )
 
-    def _begin_value(self, evse: EvseState) -> dict[str, Any] | None:
-        return self.meter_value(evse, self._measurands("begin"), "Transaction.Begin")
+    def _begin_value(self, evse: EvseState, ts: datetime) -> dict[str, Any] | None:
+        return self.meter_value(evse, self._measurands("begin"), "Transaction.Begin", ts)
 
     async def _plugged_in(self, evse: EvseState, id_token: str) -> bool:
         tx = self._new_tx(evse)
+        now = self.now()  # the event and its meter value carry one stamp
         await self._event(
             evse,
             tx,
             "Started",
             "CablePluggedIn",
             charging_state="EVConnected",
-            meter_value=self._begin_value(evse),
+            meter_value=self._begin_value(evse, now),
             include_evse=True,
+            ts=now,
         )
         await self.refresh_status(evse)
         if not await self.authorize(id_token):
@@ -301,6 +303,7 @@ class TransactionEvents201:
             tx.authorized = True
             self.advance(evse)  # the vehicle draws power from now on
             self.stats.sessions_started += 1
+            now = self.now()
             await self._event(
                 evse,
                 tx,
@@ -308,9 +311,10 @@ class TransactionEvents201:
                 "RemoteStart",
                 charging_state="EVConnected",
                 id_token=True,
-                meter_value=self._begin_value(evse),
+                meter_value=self._begin_value(evse, now),
                 include_evse=True,
                 reservation_id=reservation.id if reservation else None,
+                ts=now,
             )
             await self.refresh_status(evse)
             tx.charging_state = self._supply_state(evse)
