@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Annotated
 
 import typer
@@ -11,7 +12,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from evflex.sim.model import ATTACKS, SecuritySettings
-from evflex.sim.runner import SimConfig, SimSummary, Simulation, station_ids
+from evflex.sim.runner import SimConfig, SimSummary, Simulation, ocpp_versions, station_ids
 from evflex.sim.station import TIME_SOURCES
 
 DEFAULT_TOKENS = ",".join(f"TOKEN{i}" for i in range(1, 11))
@@ -233,14 +234,12 @@ def summary_table(summary: SimSummary, config: SimConfig | None = None) -> Table
     table = Table(title="Simulation summary", show_header=False)
     table.add_column("item", style="bold")
     table.add_column("value", justify="right")
-    v201 = ""
-    if config is not None:
-        v201 = f" ({config.v201_share:.0%} OCPP 2.0.1"
-        if config.v21_share > 0:
-            v201 += f", {config.v21_share:.0%} OCPP 2.1"
-        v201 += ")"
+    versions = ""
+    if config is not None:  # how many stations speak each version, as they were made
+        counts = Counter(ocpp_versions(config.stations, config.v201_share, config.v21_share))
+        versions = " (" + ", ".join(f"{counts[v]} on OCPP {v}" for v in sorted(counts)) + ")"
     rows = [
-        ("stations", f"{summary.stations}{v201}"),
+        ("stations", f"{summary.stations}{versions}"),
         ("stations booted", str(summary.stations_booted)),
         ("stations refused", str(summary.stations_refused)),
         ("sessions started", str(summary.sessions_started)),
