@@ -15,10 +15,15 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from evflex import __version__
+from evflex.api.accounts import router as accounts_router
+from evflex.api.alerts import router as alerts_router
+from evflex.api.audit import router as audit_router
 from evflex.api.certificates import router as certificates_router
+from evflex.api.circuits import router as circuits_router
 from evflex.api.guard import InputGuard, validation_failed
 from evflex.api.monitoring import router as monitoring_router
 from evflex.api.routes import COMMAND_SCHEMAS, router
+from evflex.api.records import router as records_router
 from evflex.api.schedule import router as schedule_router
 from evflex.api.security import router as security_router
 from evflex.api.smart import router as smart_router
@@ -101,7 +106,8 @@ def create_api(rt: Runtime) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_failed)
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
     routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)
-    for r in (*routers, certificates_router, security_router):
+    console = (records_router, alerts_router, audit_router, accounts_router, circuits_router)
+    for r in (*routers, certificates_router, security_router, *console):
         app.include_router(r, dependencies=guarded)
     app.include_router(web.router)
     app.include_router(web.auth_router)

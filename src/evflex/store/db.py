@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from evflex.store import alert_tables, audit_tables, record_tables  # noqa: F401 (their tables)
 from evflex.store.tables import Base, SchemaVersion
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,15 @@ async def _v7_security(conn: AsyncConnection) -> None:
     await _add_missing(conn, "stations")
 
 
+async def _v8_console(conn: AsyncConnection) -> None:
+    """The operator console: charge records and tariffs, alerts, the audit trail,
+    firmware and log upload status."""
+    await _add_missing(conn, *(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__))
+
+
 MIGRATIONS: list[Migration] = [
     _v1_initial, _v2_smart_charging, _v3_scheduling, _v4_v2x, _v5_web, _v6_operations,
-    _v7_security,
+    _v7_security, _v8_console,
 ]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -791,7 +791,8 @@
       if (gen === S.gen) main.removeAttribute("aria-busy");
     }
   }
-  Object.values(views).forEach((v) => { v.refresh = debounce(() => refresh(v), v.delay || 500); });
+  const withRefresh = (v) => { v.refresh = debounce(() => refresh(v), v.delay || 500); return v; };
+  Object.values(views).forEach(withRefresh);
 
   function show(ev) {
     const hash = location.hash || "#/fleet";
@@ -895,6 +896,9 @@
     "ev.charging_needs", "transaction.priority", "site.sample", "site.changed", "station.security",
     `station.${SECURITY}`, "station.notify"];
 
+  /** Functions called with (topic, message) for every live event, whatever the view. */
+  const LISTENERS = [];
+
   function onEvent(topic, raw) {
     let msg = {};
     try { msg = JSON.parse(raw.data) || {}; } catch { /* not JSON: still refresh below */ }
@@ -911,6 +915,8 @@
     }
     if (v === views.events) v.refresh();
     if (topic === "message" && v !== views.site && v !== views.events) v.refresh();
+    if (v && v.onEvent) v.onEvent(topic, msg);
+    LISTENERS.forEach((fn) => fn(topic, msg));
   }
 
   function setLive(open) {
@@ -966,5 +972,22 @@
     setInterval(tickAges, 1000);
   }
 
-  start();
+  const isAdmin = () => !!S.me && S.me.role === "admin";
+
+  /* ---------- the registry the other views (static/views/*.js) use ---------- */
+
+  EV.app = {
+    S, $, enc, api, command, run, toast, confirmDialog, btn, table, summary, canAct, isAdmin,
+    views, ACTIONS, TOPICS, LISTENERS, show,
+    /** Add a view: {re, nav, title, skeleton(), load(...params), render(), mount?(), onEvent?(topic, msg)}. */
+    register(name, view) { views[name] = withRefresh(view); return view; },
+    /** Add row actions: buttons with data-action="name" inside a <tr> call fn(row.dataset). */
+    actions(map) { Object.assign(ACTIONS, map); },
+    /** Listen to live topics (added to the stream before it opens) on every view. */
+    listen(topics, fn) { topics.forEach((t) => TOPICS.includes(t) || TOPICS.push(t)); LISTENERS.push(fn); },
+    get me() { return S.me; },
+  };
+
+  // The view scripts load after this one; start once they have registered.
+  document.addEventListener("DOMContentLoaded", start);
 })();

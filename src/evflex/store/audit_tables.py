@@ -1,0 +1,5 @@
+"""The audit trail: every operator and API action, append-only."""
+
+from __future__ import annotations
+
+from evflex.store.tables import Base  # noqa: F401 (tables of this module go on its metadata)

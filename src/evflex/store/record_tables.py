@@ -1,0 +1,5 @@
+"""Charge records and tariffs."""
+
+from __future__ import annotations
+
+from evflex.store.tables import Base  # noqa: F401 (tables of this module go on its metadata)

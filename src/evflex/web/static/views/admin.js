@@ -1,0 +1,1 @@
+/* evflex operator app: the admin view (registered with EV.app). */

@@ -1,0 +1,1 @@
+/* evflex operator app: the alerts view (registered with EV.app). */

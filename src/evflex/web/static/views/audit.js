@@ -1,0 +1,1 @@
+/* evflex operator app: the audit view (registered with EV.app). */

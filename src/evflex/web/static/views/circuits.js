@@ -1,0 +1,1 @@
+/* evflex operator app: the circuits view (registered with EV.app). */

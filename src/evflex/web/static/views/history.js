@@ -1,0 +1,1 @@
+/* evflex operator app: the history view (registered with EV.app). */

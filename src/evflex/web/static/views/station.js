@@ -1,0 +1,1 @@
+/* evflex operator app: the station view (registered with EV.app). */
