@@ -213,7 +213,7 @@
     const reg = s.registration_status && s.registration_status !== "Accepted"
       ? `<div class="sub">registration ${esc(s.registration_status)}</div>` : "";
     return `<tr data-station="${esc(s.id)}">
-      <th scope="row">${esc(s.id)}${s.site_id != null ? `<div class="sub">site ${esc(s.site_id)}</div>` : ""}${reg}</th>
+      <th scope="row"><a class="station-link" href="#/stations/${enc(s.id)}">${esc(s.id)}</a>${s.site_id != null ? `<div class="sub">site ${esc(s.site_id)}</div>` : ""}${reg}</th>
       <td class="ocpp-version">${esc(s.ocpp_version || DASH)}</td>
       <td>${esc([s.vendor, s.model].filter(Boolean).join(" ") || DASH)}${s.serial_number ? `<div class="sub">SN ${esc(s.serial_number)}</div>` : ""}</td>
       <td>${esc(s.firmware_version || DASH)}</td>
