@@ -86,9 +86,17 @@ _ADMIN_ROUTES = {
     ("DELETE", f"{API}/circuits/{{circuit_id}}"),
     ("POST", f"{API}/admin/tls/reload"),
     ("POST", f"{API}/stations/{{station_id}}/security-profile"),
+    ("POST", f"{API}/users"),
+    ("PATCH", f"{API}/users/{{username}}"),
+    ("POST", f"{API}/users/{{username}}/reset-totp"),
+    ("POST", f"{API}/users/{{username}}/reset-password"),
+    ("POST", f"{API}/api-tokens"),
+    ("DELETE", f"{API}/api-tokens/{{token_id}}"),
 }
 # Card numbers are personal data: not for viewers.
 _OPERATOR_READS = {f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}"}
+# Accounts and API tokens: admins only, reading them too.
+_ADMIN_READS = {f"{API}/users", f"{API}/api-tokens"}
 # Day-to-day station commands an operator may send; the rest (configuration,
 # local lists, data transfer, monitoring set-up ...) are for admins.
 OPERATOR_COMMANDS = frozenset({
@@ -103,6 +111,8 @@ _COMMAND_ROUTES = f"{API}/stations/{{station_id}}/commands/"  # + {command} or i
 def required_role(method: str, route_path: str, path_params: dict) -> str:
     """The least role that may call ``method route_path``."""
     if method in SAFE_METHODS:
+        if route_path in _ADMIN_READS:
+            return "admin"
         return "operator" if route_path in _OPERATOR_READS else "viewer"
     if (method, route_path) in _ADMIN_ROUTES:
         return "admin"
@@ -184,7 +194,8 @@ def _check_password(password: str) -> None:
         raise ValueError("the password must have at least 10 characters")
 
 
-async def _end_sessions(s: AsyncSession, username: str) -> None:
+async def end_sessions(s: AsyncSession, username: str) -> None:
+    """Log the user's browsers out."""
     await s.execute(delete(WebSession).where(WebSession.username == username))
 
 
@@ -195,7 +206,7 @@ async def set_password(s: AsyncSession, username: str, password: str) -> bool:
     if user is None:
         return False
     user.password_hash = _hasher.hash(password)
-    await _end_sessions(s, username)
+    await end_sessions(s, username)
     return True
 
 
@@ -206,7 +217,7 @@ async def reset_totp(s: AsyncSession, username: str) -> str | None:
         return None
     user.totp_secret = new_totp_secret()
     user.totp_last_step = None
-    await _end_sessions(s, username)
+    await end_sessions(s, username)
     return user.totp_secret
 
 
