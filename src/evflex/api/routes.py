@@ -65,6 +65,24 @@ def _station_out(rt: Services, st: Station, connectors: list[Connector]) -> sc.S
         not_steerable_reason=rt.lm.steerability(st.id)[1],
         security_profile=st.security_profile,
         security_profile_reached=st.security_profile_reached,
+        firmware=None
+        if st.firmware_status is None
+        else sc.FirmwareOut(
+            status=st.firmware_status,
+            at=st.firmware_status_at,
+            request_id=st.firmware_request_id,
+            location=st.firmware_location,
+        ),
+        upload=None
+        if st.upload_status is None
+        else sc.UploadOut(
+            kind=st.upload_kind,
+            status=st.upload_status,
+            at=st.upload_status_at,
+            request_id=st.upload_request_id,
+            location=st.upload_location,
+            file=st.upload_file,
+        ),
         connectors=[
             sc.ConnectorOut(
                 evse_id=c.evse_id,

@@ -114,6 +114,28 @@ class ConnectorOut(BaseModel):
     status_at: datetime | None = None
 
 
+class FirmwareOut(BaseModel):
+    status: str | None = Field(
+        None,
+        description="Requested (accepted, nothing reported yet), then the station's "
+        "FirmwareStatus: Downloading, Downloaded, Installing, Installed, DownloadFailed ...",
+    )
+    at: datetime | None = None
+    request_id: int | None = None
+    location: str | None = None
+
+
+class UploadOut(BaseModel):
+    kind: str | None = Field(None, description="diagnostics (1.6 GetDiagnostics) or log (GetLog)")
+    status: str | None = Field(
+        None, description="Requested, then Uploading, Uploaded, UploadFailed / UploadFailure ..."
+    )
+    at: datetime | None = None
+    request_id: int | None = None
+    location: str | None = Field(None, description="where to; this node's token shows as {token}")
+    file: str | None = Field(None, description="the file name the station gave or uploaded")
+
+
 class StationOut(BaseModel):
     id: str
     connected: bool
@@ -154,6 +176,8 @@ class StationOut(BaseModel):
     security_profile_reached: int | None = Field(
         None, description="Highest profile it connected with; a lower one is refused"
     )
+    firmware: FirmwareOut | None = Field(None, description="the last firmware update")
+    upload: UploadOut | None = Field(None, description="the last diagnostics or log upload")
     connectors: list[ConnectorOut] = []
 
 

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from evflex.clock import utc_holds
+from evflex.clock import isoformat, utc_holds
 from evflex.smartcharging import profiles as sc_profiles
 
 
@@ -292,6 +293,81 @@ class SetNetworkProfileBody(_Body):
     message_timeout: int = Field(30, ge=1)
 
 
+# ------------------------------------------------------------------ firmware and logs
+
+#: URL schemes a station can fetch firmware from or upload a file to.
+TRANSFER_SCHEMES = ("http", "https", "ftp", "ftps", "sftp")
+
+
+def transfer_url(value: str | None) -> str | None:
+    """A location a station can reach: an absolute URL of a known scheme with a host."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in TRANSFER_SCHEMES or not parts.hostname or " " in value:
+        raise ValueError(
+            f"location must be an absolute {'/'.join(TRANSFER_SCHEMES)} URL with a host"
+        )
+    return value
+
+
+class _TransferBody(_Body):
+    location: str | None = Field(
+        None,
+        max_length=512,
+        description="URL (http, https, ftp, ftps, sftp); for an upload, omitted: this node's "
+        "upload endpoint with a one-time token",
+    )
+    retries: int | None = Field(None, ge=0, le=100, description="attempts after the first")
+    retry_interval_s: int | None = Field(None, ge=0, le=86400, description="between attempts")
+    request_id: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="2.x and 1.6 security extension: omitted = assigned"
+    )
+
+    @field_validator("location")
+    @classmethod
+    def _reachable(cls, value: str | None) -> str | None:
+        return transfer_url(value)
+
+
+class UpdateFirmwareBody(_TransferBody):
+    location: str = Field(max_length=512, description="URL of the firmware image")  # type: ignore[assignment]
+    retrieve_at: datetime | None = Field(None, description="download from then on (omitted: now)")
+    install_at: datetime | None = Field(None, description="2.x / signed: install from then on")
+    signing_certificate: str | None = Field(
+        None,
+        min_length=1,
+        max_length=5500,
+        description="PEM; given: 1.6 sends SignedUpdateFirmware",
+    )
+    signature: str | None = Field(
+        None, min_length=1, max_length=800, description="base64 signature of the image"
+    )
+
+
+class GetDiagnosticsBody(_TransferBody):
+    start_time: datetime | None = None
+    stop_time: datetime | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> GetDiagnosticsBody:
+        if self.start_time and self.stop_time and self.start_time > self.stop_time:
+            raise ValueError("start_time is after stop_time")
+        return self
+
+
+class GetLogBody(_TransferBody):
+    log_type: Literal["DiagnosticsLog", "SecurityLog"] = "DiagnosticsLog"
+    oldest: datetime | None = None
+    latest: datetime | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> GetLogBody:
+        if self.oldest and self.latest and self.oldest > self.latest:
+            raise ValueError("oldest is after latest")
+        return self
+
+
 class CommandNotAvailable(Exception):
     """The command does not exist in the station's OCPP version."""
 
@@ -464,6 +540,42 @@ async def _set_network_profile(v: str, b: SetNetworkProfileBody, _s: Any) -> tup
     return "SetNetworkProfile", {"configurationSlot": b.slot, "connectionData": data}
 
 
+def retry_fields(b: _TransferBody) -> dict:
+    """retries and retryInterval, where given."""
+    payload: dict = {}
+    if b.retries is not None:
+        payload["retries"] = b.retries
+    if b.retry_interval_s is not None:
+        payload["retryInterval"] = b.retry_interval_s
+    return payload
+
+
+def firmware_payload(b: UpdateFirmwareBody, now: datetime) -> dict:
+    """2.x UpdateFirmware and 1.6 SignedUpdateFirmware: requestId, firmware, retries."""
+    firmware: dict = {"location": b.location, "retrieveDateTime": isoformat(b.retrieve_at or now)}
+    if b.install_at is not None:
+        firmware["installDateTime"] = isoformat(b.install_at)
+    if b.signing_certificate is not None:
+        firmware["signingCertificate"] = b.signing_certificate
+    if b.signature is not None:
+        firmware["signature"] = b.signature
+    return {"requestId": b.request_id, "firmware": firmware, **retry_fields(b)}
+
+
+async def _get_log(_v: str, b: GetLogBody, _s: Any) -> tuple[str, dict]:
+    log: dict = {"remoteLocation": b.location}
+    if b.oldest is not None:
+        log["oldestTimestamp"] = isoformat(b.oldest)
+    if b.latest is not None:
+        log["latestTimestamp"] = isoformat(b.latest)
+    return "GetLog", {
+        "logType": b.log_type,
+        "requestId": b.request_id,
+        "log": log,
+        **retry_fields(b),
+    }
+
+
 COMMANDS: dict[str, Command] = {
     "reset": Command(ResetBody, EVERY),
     "change-availability": Command(ChangeAvailabilityBody, EVERY),
@@ -503,6 +615,9 @@ COMMANDS: dict[str, Command] = {
     "delete-certificate": Command(DeleteCertificateBody, EVERY, _delete_certificate),
     "extended-trigger-message": Command(TriggerMessageBody, (V16,), _extended_trigger),
     "set-network-profile": Command(SetNetworkProfileBody, V2, _set_network_profile),
+    "update-firmware": Command(UpdateFirmwareBody, EVERY),
+    "get-diagnostics": Command(GetDiagnosticsBody, (V16,)),
+    "get-log": Command(GetLogBody, EVERY, _get_log),
 }
 
 #: The REST body of each command.

@@ -34,7 +34,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from evflex.clock import isoformat
-from evflex.csms import commands, rpc, v16, v21, v201
+from evflex.csms import commands, firmware, rpc, v16, v21, v201
 from evflex.csms.connection import StationConnection
 from evflex.csms.service import CsmsService
 from evflex.domain.model import StationEvent
@@ -548,6 +548,7 @@ class OcppServer:
         if conn is None:
             raise commands.StationNotConnected(station_id)
         builder = commands.builder(name, conn.version, _ADAPTERS[conn.version][1])
+        body = firmware.prepare(self.service, station_id, name, body)
         action, payload = await builder(body, self.service)
         result = await conn.call(action, payload)
         await self._after_command(station_id, conn.version, name, body, payload, result)
@@ -592,6 +593,7 @@ class OcppServer:
         )
 
     async def _after_command(self, station_id, version, name, body, payload, result) -> None:
+        await firmware.after_command(self.service, station_id, name, body, payload, result)
         if name == "reserve-now":
             rid = payload.get("reservationId", payload.get("id"))
             evse = payload.get("connectorId", payload.get("evseId"))

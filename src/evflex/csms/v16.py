@@ -15,6 +15,7 @@ from ocpp.v16 import datatypes as dt
 
 from evflex.clock import isoformat, parse_datetime
 from evflex.csms import commands as c
+from evflex.csms import firmware
 from evflex.csms.handlers import StationHandlers, handles
 from evflex.csms.rpc import RpcError, reading, to_payload
 from evflex.csms.service import CsmsService
@@ -219,11 +220,25 @@ class V16Handlers(StationHandlers):
 
     @handles("FirmwareStatusNotification")
     async def firmware_status(self, p: dict) -> dict:
-        return await self._event("firmware", p["status"])
+        return await firmware.record_status(self.service, self.station_id, "firmware", p["status"])
+
+    @handles("SignedFirmwareStatusNotification")
+    async def signed_firmware_status(self, p: dict) -> dict:
+        return await firmware.record_status(
+            self.service, self.station_id, "firmware", p["status"], p.get("requestId")
+        )
 
     @handles("DiagnosticsStatusNotification")
     async def diagnostics_status(self, p: dict) -> dict:
-        return await self._event("diagnostics", p["status"])
+        return await firmware.record_status(
+            self.service, self.station_id, "diagnostics", p["status"]
+        )
+
+    @handles("LogStatusNotification")
+    async def log_status(self, p: dict) -> dict:
+        return await firmware.record_status(
+            self.service, self.station_id, "log", p["status"], p.get("requestId")
+        )
 
     @handles("SignCertificate")
     async def sign_certificate(self, p: dict) -> dict:
@@ -342,6 +357,31 @@ async def _get_configuration(b: c.GetConfigurationBody, _s):
 @builds("change-configuration")
 async def _change_configuration(b: c.ChangeConfigurationBody, _s):
     return to_payload(call.ChangeConfiguration(key=b.key, value=b.value))
+
+
+@builds("update-firmware")
+async def _update_firmware(b: c.UpdateFirmwareBody, s: CsmsService):
+    now = s.clock.now()
+    if b.signing_certificate is not None or b.signature is not None:
+        if b.signing_certificate is None or b.signature is None:
+            raise c.CommandNotAvailable(
+                "OCPP 1.6 SignedUpdateFirmware needs both signing_certificate and signature"
+            )
+        return "SignedUpdateFirmware", c.firmware_payload(b, now)
+    if b.install_at is not None:
+        raise c.CommandNotAvailable("OCPP 1.6 UpdateFirmware has no install_at (signed only)")
+    retrieve = isoformat(b.retrieve_at or now)
+    return "UpdateFirmware", {"location": b.location, "retrieveDate": retrieve, **c.retry_fields(b)}
+
+
+@builds("get-diagnostics")
+async def _get_diagnostics(b: c.GetDiagnosticsBody, _s):
+    payload: dict = {"location": b.location, **c.retry_fields(b)}
+    if b.start_time is not None:
+        payload["startTime"] = isoformat(b.start_time)
+    if b.stop_time is not None:
+        payload["stopTime"] = isoformat(b.stop_time)
+    return "GetDiagnostics", payload
 
 
 # -------------------------------------------------------------- smart charging

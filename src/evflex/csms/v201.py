@@ -12,6 +12,7 @@ from ocpp.v201 import datatypes as dt
 
 from evflex.clock import isoformat, parse_datetime
 from evflex.csms import commands as c
+from evflex.csms import firmware
 from evflex.csms.handlers import StationHandlers, handles
 from evflex.csms.monitoring import state_for as monitoring_state
 from evflex.csms.rpc import reading, to_payload
@@ -206,11 +207,15 @@ class V201Handlers(StationHandlers):
 
     @handles("FirmwareStatusNotification")
     async def firmware_status(self, p: dict) -> dict:
-        return await self._event("firmware", p["status"], {"requestId": p.get("requestId")})
+        rid = p.get("requestId")
+        return await firmware.record_status(
+            self.service, self.station_id, "firmware", p["status"], rid
+        )
 
     @handles("LogStatusNotification")
     async def log_status(self, p: dict) -> dict:
-        return await self._event("log", p["status"], {"requestId": p.get("requestId")})
+        rid = p.get("requestId")
+        return await firmware.record_status(self.service, self.station_id, "log", p["status"], rid)
 
     @handles("NotifyReport")
     async def notify_report(self, p: dict) -> dict:
@@ -418,6 +423,11 @@ async def _data_transfer(b: c.DataTransferBody, _s):
 def _component(v: c.VariableRef) -> dt.ComponentType:
     evse = dt.EVSEType(id=v.evse, connector_id=v.connector) if v.evse is not None else None
     return dt.ComponentType(name=v.component, instance=v.component_instance, evse=evse)
+
+
+@builds("update-firmware")
+async def _update_firmware(b: c.UpdateFirmwareBody, s: CsmsService):
+    return "UpdateFirmware", c.firmware_payload(b, s.clock.now())
 
 
 @builds("get-variables")

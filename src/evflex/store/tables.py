@@ -96,6 +96,18 @@ class Station(Base):
     # silently: a reconnect below it is refused).
     security_profile: Mapped[int | None] = mapped_column(Integer)
     security_profile_reached: Mapped[int | None] = mapped_column(Integer)
+    # Firmware update and diagnostics/log upload (schema 8): the last request's state
+    # as the station reports it ("Requested" once the station accepted the command).
+    firmware_status: Mapped[str | None] = mapped_column(String(32))
+    firmware_status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    firmware_request_id: Mapped[int | None] = mapped_column(Integer)
+    firmware_location: Mapped[str | None] = mapped_column(String(512))
+    upload_kind: Mapped[str | None] = mapped_column(String(16))  # diagnostics or log
+    upload_status: Mapped[str | None] = mapped_column(String(32))
+    upload_status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    upload_request_id: Mapped[int | None] = mapped_column(Integer)
+    upload_location: Mapped[str | None] = mapped_column(String(512))
+    upload_file: Mapped[str | None] = mapped_column(String(255))
 
 
 class Connector(Base):
