@@ -28,7 +28,7 @@ from evflex.domain.model import (
     TransactionUpdate,
 )
 from evflex.events import EventBus
-from evflex.store import repo
+from evflex.store import records, repo
 from evflex.store.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class CsmsService:
         #: Station certificates (a :class:`evflex.csms.certificates.CertificateManager`,
         #: wired by the node): the adapters hand it SignCertificate and the ISO 15118 calls.
         self.certificates: Any = None
+        #: The currency of charge records (the node's setting).
+        self.currency = "EUR"
 
     async def close(self) -> None:
         """End the background work (clock corrections, remote starts being followed)."""
@@ -236,7 +238,11 @@ class CsmsService:
             if tx is None:
                 return None
             self._note_start(tx, upd, now, live)
-            return (
+            record = None
+            if upd.event == "ended":  # in the same commit: never lost, never twice
+                stop = now if live else self.clocks.to_csms(upd.station_id, upd.timestamp, now)
+                record = await records.create_record(s, tx, stop, self.currency, now)
+            return record, (
                 tx.state,
                 tx.charging_state,
                 tx.power_w,
@@ -251,7 +257,7 @@ class CsmsService:
         result = await self.writer.submit(job, prefetch=(repo.prefetch_transactions, key))
         if result is None:
             return False
-        state, charging_state, power, e_in, e_out, soc, evse_id, ev_phases = result
+        record, (state, charging_state, power, e_in, e_out, soc, evse_id, ev_phases) = result
         self.bus.publish(
             f"transaction.{upd.event}",
             upd.station_id,
@@ -265,6 +271,15 @@ class CsmsService:
             soc_percent=soc,
             ev_phases=ev_phases,
         )
+        if record is not None:
+            self.bus.publish(
+                "record.created",
+                upd.station_id,
+                record_id=record.id,
+                transaction_id=upd.transaction_id,
+                total_cost=record.total_cost,
+                currency=record.currency,
+            )
         return True
 
     async def meter_values(self, station_id: str, evse_id: int, samples: list[MeterSample]):

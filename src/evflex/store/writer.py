@@ -97,6 +97,12 @@ async def add_rows(session: AsyncSession, bulk: Bulk, rows: list[dict]) -> None:
         await bulk.execute(session, rows)
 
 
+def queued_rows(session: AsyncSession, bulk: Bulk) -> list[dict]:
+    """Rows of ``bulk`` that jobs of the running batch queued (not yet in the database)."""
+    queued = session.info.get(_BATCH_ROWS)
+    return list(queued.get(bulk, ())) if queued is not None else []
+
+
 class _Rows:
     """Rows of one or more bulk statements that one caller waits for together."""
 
