@@ -1,6 +1,7 @@
 """The history view in a real browser: a simulated 1.6 station's session ends and its charge
 record appears live with the energy the CSMS measured and the cost at the site's tariff;
-filters narrow the list; the CSV link downloads the same records."""
+filters narrow the list; the CSV link downloads the same records; an admin sets a
+site's tariff in the form."""
 
 from __future__ import annotations
 
@@ -107,6 +108,23 @@ async def test_an_ended_session_appears_in_history(tmp_path):
             assert [r["station_id"] for r in rows] == ["HB-16"]
             assert float(rows[0]["total_cost"]) == pytest.approx(kwh_in * PRICE, abs=1e-3)
             assert rows[0]["currency"] == "EUR"
+
+            # the site's tariff: the version in force, and a new one from the form
+            await page.click("#tariff-card summary")
+            current = page.locator("#tariff-current")
+            await expect(current).to_contain_text("0.300 EUR/kWh")
+            await page.fill("#tariff-form textarea[name=windows]", "22:00-06:00 0.12\nbad line")
+            await page.click("#tariff-form button[type=submit]")
+            await expect(page.locator("#toast")).to_contain_text("line 2")
+            await page.fill("#tariff-form input[name=energy]", "0.35")
+            await page.fill("#tariff-form textarea[name=windows]", "22:00-06:00 0.12 Sat,Sun")
+            await page.click("#tariff-form button[type=submit]")
+            await expect(current).to_contain_text("0.350 EUR/kWh")
+            await expect(current).to_contain_text("2 version(s)")
+            tariff = (await http.get("/api/v1/sites/depot/tariff")).json()["current"]
+            assert tariff["time_of_use"] == [
+                {"start": "22:00", "end": "06:00", "days": ["Sat", "Sun"], "price_per_kwh": 0.12}
+            ]
             assert errors == []
             await browser.close()
     finally:

@@ -107,6 +107,80 @@
     H.detail = null;
   }
 
+  /* ---------- site tariffs ---------- */
+
+  const windowText = (w) => `${w.start}-${w.end} ${w.price_per_kwh}${w.days ? " " + w.days.join(",") : ""}`;
+
+  /** Windows from the textarea's lines; throws with the line that is not one. */
+  function parseWindows(text) {
+    return text.split("\n").map((l) => l.trim()).filter(Boolean).map((line, i) => {
+      const m = line.match(/^(\d\d:\d\d)\s*-\s*(\d\d:\d\d)\s+([0-9.]+)(?:\s+([A-Za-z, ]+))?$/);
+      if (!m) throw new Error(`line ${i + 1} ("${line}") is not HH:MM-HH:MM price [days]`);
+      const w = { start: m[1], end: m[2], price_per_kwh: Number(m[3]) };
+      if (m[4]) w.days = m[4].split(",").map((d) => d.trim()).filter(Boolean);
+      return w;
+    });
+  }
+
+  async function showTariff(siteId) {
+    const box = $("#tariff-current");
+    if (!box || !siteId) return;
+    let t;
+    try {
+      t = await A.api(`/api/v1/sites/${enc(siteId)}/tariff`);
+    } catch (e) {
+      box.textContent = `Could not load the tariff: ${e.detail || e.message}`;
+      return;
+    }
+    const c = t.current;
+    const f = $("#tariff-form");
+    if (c) {
+      box.innerHTML = `<p>In force: version ${esc(c.version)} from ${esc(dateTime(c.valid_from))}:
+        ${esc(num(c.energy_price_per_kwh, 3))} ${esc(t.currency)}/kWh,
+        ${c.time_of_use.length} time-of-use window${c.time_of_use.length === 1 ? "" : "s"},
+        feed-in ${esc(num(c.feed_in_reward_per_kwh, 3))}, idle ${esc(num(c.idle_fee_per_minute, 3))}/min
+        after ${esc(num(c.idle_grace_minutes, 0))} min (${esc(c.timezone)}); ${t.history.length} version(s) in all.</p>`;
+      f.energy.value = c.energy_price_per_kwh;
+      f.feedin.value = c.feed_in_reward_per_kwh;
+      f.idle.value = c.idle_fee_per_minute;
+      f.grace.value = c.idle_grace_minutes;
+      f.tz.value = c.timezone;
+      f.windows.value = c.time_of_use.map(windowText).join("\n");
+    } else {
+      const fb = t.fallback;
+      box.innerHTML = `<p class="muted">No tariff version: ${fb
+        ? `the site's own prices (${esc(num(fb.energy_price_per_kwh, 3))} ${esc(t.currency)}/kWh, feed-in ${esc(num(fb.feed_in_reward_per_kwh, 3))})`
+        : "sessions here are not priced"}.</p>`;
+    }
+  }
+
+  async function saveTariff() {
+    const f = $("#tariff-form");
+    const site = $("#tariff-site").value;
+    let body;
+    try {
+      body = {
+        energy_price_per_kwh: Number(f.energy.value),
+        feed_in_reward_per_kwh: Number(f.feedin.value || 0),
+        idle_fee_per_minute: Number(f.idle.value || 0),
+        idle_grace_minutes: Number(f.grace.value || 0),
+        timezone: f.tz.value.trim(),
+        time_of_use: parseWindows(f.windows.value),
+      };
+    } catch (e) {
+      A.toast(`Tariff for ${site}: ${e.message}`, "error");
+      return;
+    }
+    try {
+      const v = await A.api(`/api/v1/sites/${enc(site)}/tariff`, { method: "PUT", body });
+      A.toast(`Tariff for ${site}: version ${v.version} in force from ${dateTime(v.valid_from)}`);
+    } catch (e) {
+      A.toast(`Tariff for ${site} refused: ${e.detail || e.message}`, "error");
+      return;
+    }
+    showTariff(site);
+  }
+
   A.register("history", {
     re: /^#\/history$/, nav: "#/history", title: "History",
     skeleton: () => `<div class="section-head"><h1>History</h1>
@@ -125,7 +199,25 @@
       <div id="history-body"></div>
       <div class="pager"><button type="button" class="btn btn-small" id="history-prev">Newer</button>
         <button type="button" class="btn btn-small" id="history-next">Older</button></div>
-      <div id="history-detail-box"></div>`,
+      <div id="history-detail-box"></div>
+      <details id="tariff-card" class="card">
+        <summary>Site tariffs</summary>
+        <label class="inline">Site <select id="tariff-site"></select></label>
+        <div id="tariff-current" role="status"></div>
+        <form id="tariff-form" class="tariff-form">
+          <fieldset ${A.isAdmin() ? "" : 'disabled title="admins only"'}>
+            <legend>New version ${A.isAdmin() ? "" : "(admins only)"}</legend>
+            <label>Energy price /kWh <input name="energy" type="number" step="any" min="0" required></label>
+            <label>Feed-in reward /kWh <input name="feedin" type="number" step="any" value="0"></label>
+            <label>Idle fee /min <input name="idle" type="number" step="any" min="0" value="0"></label>
+            <label>Grace (min) <input name="grace" type="number" step="any" min="0" value="0"></label>
+            <label>Time zone <input name="tz" value="UTC" required></label>
+            <label class="wide">Time-of-use windows, one a line: <code>HH:MM-HH:MM price [Mon,Tue,…]</code>
+              <textarea name="windows" rows="3" spellcheck="false"></textarea></label>
+            <button type="submit" class="btn btn-small btn-primary">Save tariff</button>
+          </fieldset>
+        </form>
+      </details>`,
     mount() {
       const f = $("#history-filters");
       const v = A.views.history;
@@ -135,6 +227,8 @@
       f.addEventListener("reset", () => setTimeout(() => { readFilters(); v.refresh(); }));
       $("#history-prev").addEventListener("click", () => { H.offset = Math.max(0, H.offset - PAGE); v.refresh(); });
       $("#history-next").addEventListener("click", () => { H.offset += PAGE; v.refresh(); });
+      $("#tariff-site").addEventListener("change", (e) => showTariff(e.target.value));
+      $("#tariff-form").addEventListener("submit", (e) => { e.preventDefault(); saveTariff(); });
       $("#history-detail-box").addEventListener("click", (e) => {
         if (e.target.id === "history-detail-close") { H.detail = null; v.render(); }
       });
@@ -151,6 +245,11 @@
       sel.innerHTML = `<option value="">All</option>` + H.sites.map((s) =>
         `<option value="${esc(s.id)}">${esc(s.name || s.id)}</option>`).join("");
       sel.value = chosen;
+      const ts = $("#tariff-site");
+      if (!ts.options.length && H.sites.length) {
+        ts.innerHTML = H.sites.map((x) => `<option value="${esc(x.id)}">${esc(x.name || x.id)}</option>`).join("");
+        showTariff(ts.value);
+      }
       $("#history-csv").setAttribute("href", "/api/v1/charge-records.csv" + query());
       const first = H.total ? H.offset + 1 : 0;
       $("#history-count").textContent =
