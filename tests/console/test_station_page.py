@@ -81,6 +81,12 @@ async def test_station_page(tmp_path, browser):  # noqa: F811
         await expect(row.locator("input")).to_have_value("7")  # read again from the station
         ro = page.locator('#config-table tr[data-key="NumberOfConnectors"]')
         await expect(ro.locator(".btn-save")).to_be_disabled()
+        await row.locator("input").fill("soon")  # a value the station refuses: its answer shows
+        await row.locator(".btn-save").click()
+        await _confirm(page)
+        await expect(row.locator(".cfg-answer")).to_have_text("Rejected")
+        await expect(row.locator("input")).to_have_value("7")
+        assert st16.config.text("MeterValueSampleInterval") == "7"
 
         # one connector inoperative and back: the simulator's connector follows
         conn = page.locator('#connectors-table tr[data-evse="2"]')
@@ -110,6 +116,29 @@ async def test_station_page(tmp_path, browser):  # noqa: F811
         )
         await node.wait_for(lambda: _seen(log16, "out", "StatusNotification") > before)
 
+        # a reservation made and cancelled; a local list sent and its version read
+        await page.click(".btn-reserve")
+        await page.fill("#res-token", "CARD1")
+        await page.select_option("#res-evse", "2")
+        await _confirm(page)
+        res = page.locator("#reservations-table tbody tr").first
+        await expect(res.locator(".res-answer")).to_have_text("Accepted")
+        await expect(conn.locator(".conn-status")).to_have_text("Reserved")
+        assert st16.evse(2).reservation is not None
+        await res.locator(".btn-cancel-res").click()
+        await _confirm(page)
+        await expect(res.locator(".res-answer")).to_have_text("cancel: Accepted")
+        await expect(conn.locator(".conn-status")).to_have_text("Available")
+        assert st16.evse(2).reservation is None
+        await page.click(".btn-local-version")
+        await expect(page.locator("#local-version")).to_have_text("0")
+        await page.click(".btn-send-list")
+        await page.fill("#list-tokens", "CARD1\nCARD2")
+        await expect(page.locator("#list-version")).to_have_value("1")
+        await _confirm(page)
+        await expect(page.locator("#local-version")).to_have_text("1")
+        assert st16.local_list_version_now == 1 and set(st16.local_list) == {"CARD1", "CARD2"}
+
         # the 2.0.1 station: a variable set through SetVariables
         await page.goto(f"{base}/#/stations/PAGE-201")
         await expect(page.locator('[data-id="ocpp_version"]')).to_have_text("2.0.1")
@@ -119,6 +148,14 @@ async def test_station_page(tmp_path, browser):  # noqa: F811
         await _confirm(page)
         await expect(var.locator(".cfg-answer")).to_have_text("Accepted")
         assert st201.dm.text("OCPPCommCtrlr", "HeartbeatInterval") == "123"
+        # its whole device model, from the report it sends: with each variable's mutability
+        await page.click(".btn-base-report")
+        await _confirm(page)
+        await expect(page.locator(".cfg-source")).to_contain_text("Device model report")
+        ident = page.locator('#config-table tr[data-key="SecurityCtrlr.Identity"]')
+        await expect(ident).to_contain_text("ReadOnly")
+        await expect(ident.locator(".btn-save")).to_be_disabled()
+        await expect(var.locator("input")).to_have_value("123")
 
         # the meter chart of the charging EVSE has points and grows live
         chart = page.locator('[data-meter-evse="1"]')

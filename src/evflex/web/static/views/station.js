@@ -316,6 +316,10 @@
     P.report = { at: parts[0].timestamp, rows };
   }
 
+  /** A configuration row's name: the 1.6 key, or Component[instance]@evse.connector.Variable[instance]. */
+  const rowId = (r) => r.key || `${r.component}${r.componentInstance ? `[${r.componentInstance}]` : ""}` +
+    `${r.evse != null ? `@${r.evse}${r.connector != null ? `.${r.connector}` : ""}` : ""}` +
+    `.${r.variable}${r.variableInstance ? `[${r.variableInstance}]` : ""}`;
   const cfgRows = () => (is16() ? P.cfg : P.report ? P.report.rows : P.cfg) || [];
   const varName = (r) => `${r.component}${r.componentInstance ? `[${r.componentInstance}]` : ""}` +
     `${r.evse != null ? ` EVSE ${r.evse}${r.connector != null ? `.${r.connector}` : ""}` : ""}`;
@@ -336,23 +340,22 @@
     box.innerHTML = (P.cfgError ? `<p class="muted cfg-error">${esc(P.cfgError)}</p>` : "") +
       (source ? `<p class="muted small cfg-source">${esc(source)}</p>` : "") +
       A.table("config-table", "Configuration", heads, shown.map(([r, i]) => {
-        const answer = P.answers.get("cfg:" + i) || "";
+        const answer = P.answers.get("cfg:" + rowId(r)) || "";
         const input = `<input class="cfg-value" aria-label="${esc(r.key || `${r.component} ${r.variable}`)}" value="${esc(r.value)}"` +
           `${editable(r) && isAdmin() ? "" : " readonly"} spellcheck="false">`;
         const cells = is16()
           ? `<th scope="row" class="cfg-key">${esc(r.key)}</th><td>${input}</td><td>${r.readonly ? "read-only" : "read-write"}</td>`
           : `<th scope="row">${esc(varName(r))}</th><td class="cfg-key">${esc(r.variable)}${r.variableInstance ? `<div class="sub">${esc(r.variableInstance)}</div>` : ""}</td>` +
             `<td>${input}</td><td>${esc(r.mutability || DASH)}</td>`;
-        return `<tr data-station="${esc(P.id)}" data-cfg="${i}" data-key="${esc(r.key || `${r.component}.${r.variable}`)}">${cells}` +
+        return `<tr data-station="${esc(P.id)}" data-cfg="${i}" data-key="${esc(rowId(r))}">${cells}` +
           `<td class="cfg-answer">${esc(answer || DASH)}</td>` +
           `<td class="actions">${adminBtn("stSetConfig", "Save", "btn-save", why(r))}</td></tr>`;
       }), P.cfgError ? DASH : P.cfg || P.report ? "No matching entries." : "Not read yet.");
   }
 
   async function setConfig({ cfg }) {
-    const i = Number(cfg);
-    const r = cfgRows()[i];
-    const row = $(`#config-table tr[data-cfg="${i}"]`);
+    const row = $(`#config-table tr[data-cfg="${Number(cfg)}"]`);
+    const r = row && cfgRows().find((x) => rowId(x) === row.dataset.key);
     if (!r || !row) return;
     const value = row.querySelector("input").value;
     const name = r.key || `${varName(r)} ${r.variable}`;
@@ -377,7 +380,7 @@
           if (v && v.attributeValue != null) r.value = v.attributeValue;
         }
       }
-      P.answers.set("cfg:" + i, answer.status || DASH);
+      P.answers.set("cfg:" + rowId(r), answer.status || DASH);
       return { response: answer };
     }, async () => {
       if (is16()) await loadConfig();
