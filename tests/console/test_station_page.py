@@ -156,6 +156,10 @@ async def test_station_page(tmp_path, browser):  # noqa: F811
         await expect(ident).to_contain_text("ReadOnly")
         await expect(ident.locator(".btn-save")).to_be_disabled()
         await expect(var.locator("input")).to_have_value("123")
+        st201.dm.put("OCPPCommCtrlr", "OfflineThreshold", "77")  # changed at the station
+        await page.click("#cfg-read")
+        offline = page.locator('#config-table tr[data-key="OCPPCommCtrlr.OfflineThreshold"]')
+        await expect(offline.locator("input")).to_have_value("77")
 
         # the meter chart of the charging EVSE has points and grows live
         chart = page.locator('[data-meter-evse="1"]')

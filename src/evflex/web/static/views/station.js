@@ -320,6 +320,33 @@
   const rowId = (r) => r.key || `${r.component}${r.componentInstance ? `[${r.componentInstance}]` : ""}` +
     `${r.evse != null ? `@${r.evse}${r.connector != null ? `.${r.connector}` : ""}` : ""}` +
     `.${r.variable}${r.variableInstance ? `[${r.variableInstance}]` : ""}`;
+  const varRef = (r) => {
+    const ref = { component: r.component, variable: r.variable };
+    if (r.evse != null) ref.evse = r.evse;
+    if (r.connector != null) ref.connector = r.connector;
+    if (r.componentInstance) ref.component_instance = r.componentInstance;
+    if (r.variableInstance) ref.variable_instance = r.variableInstance;
+    return ref;
+  };
+
+  /** The device model report's variables read again from the station (20 a request). */
+  async function rereadReport() {
+    const rows = P.report.rows.filter((r) => r.mutability !== "WriteOnly");
+    try {
+      for (let i = 0; i < rows.length; i += 20) {
+        const part = rows.slice(i, i + 20);
+        const r = await cmd("get-variables", { variables: part.map(varRef) });
+        const byId = new Map(part.map((x) => [rowId(x), x]));
+        ((r.response && r.response.getVariableResult) || []).forEach((v) => {
+          const row = byId.get(rowId(variableRow(v.component, v.variable, "", null)));
+          if (v.attributeStatus === "Accepted" && row) row.value = v.attributeValue ?? "";
+        });
+      }
+    } catch (e) {
+      P.cfgError = `Could not read the variables: ${e.detail || e.message}`;
+    }
+  }
+
   const cfgRows = () => (is16() ? P.cfg : P.report ? P.report.rows : P.cfg) || [];
   const varName = (r) => `${r.component}${r.componentInstance ? `[${r.componentInstance}]` : ""}` +
     `${r.evse != null ? ` EVSE ${r.evse}${r.connector != null ? `.${r.connector}` : ""}` : ""}`;
@@ -366,11 +393,7 @@
       if (is16()) {
         answer = (await cmd("change-configuration", { key: r.key, value })).response;
       } else {
-        const ref = { component: r.component, variable: r.variable };
-        if (r.evse != null) ref.evse = r.evse;
-        if (r.connector != null) ref.connector = r.connector;
-        if (r.componentInstance) ref.component_instance = r.componentInstance;
-        if (r.variableInstance) ref.variable_instance = r.variableInstance;
+        const ref = varRef(r);
         const res = (await cmd("set-variables", { variables: [{ ...ref, value }] })).response;
         const one = (res.setVariableResult || [])[0] || {};
         answer = { status: one.attributeStatus, ...(one.attributeStatusInfo ? { info: one.attributeStatusInfo } : {}) };
@@ -538,7 +561,7 @@
     async stReadConfig() {
       P.cfgError = "";
       $("#st-config").setAttribute("aria-busy", "true");
-      await loadConfig();
+      await (P.report ? rereadReport() : loadConfig());
       $("#st-config").removeAttribute("aria-busy");
       renderConfig();
     },
