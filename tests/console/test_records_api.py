@@ -271,6 +271,7 @@ async def test_paging_filters_csv_and_bad_input(node: Node):
         ("/api/v1/charge-records", {"limit": 1001}),
         ("/api/v1/charge-records", {"offset": -1}),
         ("/api/v1/charge-records", {"from": "yesterday"}),
+        ("/api/v1/charge-records", {"from": "0001-01-01T00:00:00+14:00"}),
         ("/api/v1/charge-records.csv", {"from": "2026-03-02T10:00:00Z", "to": "2026-03-01"}),
     ]
     for path, params in bad:
@@ -291,6 +292,9 @@ async def test_paging_filters_csv_and_bad_input(node: Node):
         ({"energy_price_per_kwh": -0.1}, "greater than or equal"),
         ({"idle_fee_per_minute": -1}, "greater than or equal"),
         ({"timezone": "Mars/Olympus"}, "IANA"),
+        ({"valid_from": "9999-12-31T23:59:59-14:00"}, "beyond"),
+        ({"time_of_use": [{**w, "days": ["Mon", "Mon"]}]}, "overlap"),
+        ({"surcharge": 1}, "extra"),
     ]:
         r = await node.http.put("/api/v1/sites/depot/tariff", json={**TARIFF, **body})
         assert r.status_code == 422 and reason in r.text, (body, r.text)

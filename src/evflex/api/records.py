@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from evflex.api.deps import Rt
-from evflex.api.schemas import BillOut, Int64
+from evflex.api.schemas import ApiModel, BillOut, Int64, UtcDatetime
 from evflex.billing import KWH, hhmm, week_map
 from evflex.services import Services
 from evflex.store import records
@@ -34,8 +34,8 @@ MAX_LIMIT = 1000
 # ------------------------------------------------------------------ models
 
 
-class TouWindow(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class TouWindow(ApiModel):
+    model_config = ConfigDict(extra="forbid")
 
     start: str = Field(description='"HH:MM" local time the window starts')
     end: str = Field(description='"HH:MM" (up to "24:00"); not after start: runs past midnight')
@@ -59,8 +59,8 @@ class TouWindow(BaseModel):
         return self
 
 
-class TariffIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class TariffIn(ApiModel):
+    model_config = ConfigDict(extra="forbid")
 
     energy_price_per_kwh: float = Field(
         ge=0, description="Price of imported energy outside windows"
@@ -210,9 +210,9 @@ def record_filter(
     station_id: Annotated[str | None, Query(max_length=48)] = None,
     site_id: Annotated[str | None, Query(max_length=64)] = None,
     id_token: Annotated[str | None, Query(max_length=255)] = None,
-    start: Annotated[datetime | None, Query(alias="from", description="Sessions from")] = None,
+    start: Annotated[UtcDatetime | None, Query(alias="from", description="Sessions from")] = None,
     end: Annotated[
-        datetime | None, Query(alias="to", description="Sessions started before")
+        UtcDatetime | None, Query(alias="to", description="Sessions started before")
     ] = None,
 ) -> records.RecordFilter:
     """The filters of a record query (on the session's start); 422 if ``to`` < ``from``."""
