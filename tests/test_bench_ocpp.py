@@ -200,6 +200,7 @@ def test_compare_end_to_end_sqlite(tmp_path):
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # the SQLite comparison runs by default; this one repeats it on PostgreSQL
 def test_compare_end_to_end_postgresql(tmp_path):
     try:
         _postgres_execute(PG_URL, "SELECT 1")
@@ -211,6 +212,7 @@ def test_compare_end_to_end_postgresql(tmp_path):
     assert data["ratios"]["evflex-postgresql"]["ratio_vs_bare_lib"] > 0
 
 
+@pytest.mark.slow  # the closed-loop runs above cover the benchmark's path by default
 def test_open_mode_small(tmp_path):
     out = tmp_path / "open.json"
     run_ocpp_bench(_light16(out, mode="open", rate_per_station=2.0))

@@ -27,7 +27,10 @@ PG_URL = os.environ.get(
 )
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+# The PostgreSQL campaign is benchmark-sized (a node in a child process, 3,000 inputs): -m slow.
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
 def campaign(request, tmp_path_factory) -> Iterator[dict]:
     """One run per database kind (PostgreSQL: a fresh database, skipped if none answers)."""
     out = tmp_path_factory.mktemp("fuzz") / "fuzz.json"
