@@ -25,7 +25,7 @@ from evflex.clock import utcnow
 from evflex.config import ConfigError, Settings
 from evflex.config import load_settings as _load_settings
 from evflex.demo import create_demo_admin, demo_clock, demo_settings, run_demo, v2x_summary
-from evflex.security import hash_password
+from evflex.security import hash_password, trail
 from evflex.security.cli import ca_app
 from evflex.security.tls import TlsError
 from evflex.sim.cli import sim_command
@@ -51,6 +51,10 @@ app.add_typer(user_app, name="user")
 app.add_typer(api_token_app, name="token")
 app.add_typer(bench_app, name="bench")
 app.add_typer(ca_app, name="ca")
+audit_app = typer.Typer(
+    help="The audit trail: check its hash chain, export it.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 
@@ -177,22 +181,26 @@ async def _until_signalled() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def _with_store(settings: Settings, fn):
+async def _with_store(settings: Settings, fn, audit: dict | None = None):
     engine = make_engine(settings.database_url)
     try:
         await migrate(engine)
         sm = make_sessionmaker(engine)
+        if audit is not None:  # the change and its audit row in one transaction
+            return await trail.recorded(sm, fn, **audit)
         async with sm() as session, session.begin():
             return await fn(session)
     finally:
         await engine.dispose()
 
 
-def _in_store(settings: Settings, fn, missing: str | None = None):
+def _in_store(settings: Settings, fn, missing: str | None = None, **audit):
     """``fn(session)`` in one transaction of the store. A ValueError it raises exits 2
-    with its message; with ``missing``, a falsy answer exits 1 with that message."""
+    with its message; with ``missing``, a falsy answer exits 1 with that message.
+    With ``action`` (and ``target``, ``data``): an audit row by ``cli:<os user>``."""
+    audit = {**audit, "missing": missing} if audit else None
     try:
-        result = asyncio.run(_with_store(settings, fn))
+        result = asyncio.run(_with_store(settings, fn, audit))
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
@@ -236,7 +244,9 @@ def station_add(
             body.model_dump(include={"security_profile", "serial_number"}),
         )  # fmt: skip
 
-    _in_store(settings, fn, missing=f"station '{station_id}' already exists")
+    data = body.model_dump(exclude_none=True)
+    _in_store(settings, fn, f"station '{station_id}' already exists",
+              action="station create", target=f"station {station_id}", data=data)  # fmt: skip
     console.print(
         f"station '{station_id}' registered, security profile {body.security_profile or 1}"
         + (" with password" if password else "")
@@ -285,7 +295,8 @@ def id_token_add(
     async def fn(s):
         await repo.put_id_token(s, body.id_token, utcnow(), body.status, body.type)
 
-    _in_store(settings, fn)
+    target = f"id-token {trail.mask(body.id_token)}"
+    _in_store(settings, fn, action="id-token set", target=target, data={"status": status})
     console.print(f"id token '{id_token}' is {status}")
 
 
@@ -325,7 +336,8 @@ def user_add(
     async def fn(s):
         return (await add_user(s, username, password, role)).totp_secret
 
-    secret = _in_store(settings, fn)
+    data = {"username": username, "role": role}
+    secret = _in_store(settings, fn, action="user create", target=f"user {username}", data=data)
     console.print(f"user '{username}' ({role}) created. Add this key to an authenticator app:")
     _print_totp(username, secret)
 
@@ -362,7 +374,10 @@ def user_disable(
             user.disabled = not enable
         return user is not None
 
-    _in_store(settings, fn, missing=f"no user '{username}'")
+    verb = "enable" if enable else "disable"
+    _in_store(
+        settings, fn, f"no user '{username}'", action=f"user {verb}", target=f"user {username}"
+    )
     console.print(f"user '{username}' " + ("enabled" if enable else "disabled"))
 
 
@@ -377,7 +392,10 @@ def user_reset_password(
 
     settings = load_settings(config, database_url=database_url)
     password = password or _ask_password()
-    _in_store(settings, lambda s: set_password(s, username, password), f"no user '{username}'")
+    _in_store(
+        settings, lambda s: set_password(s, username, password), f"no user '{username}'",
+        action="user reset-password", target=f"user {username}",
+    )  # fmt: skip
     console.print(f"user '{username}': new password set, browser sessions ended")
 
 
@@ -390,7 +408,10 @@ def user_reset_totp(
     """Give an account a new TOTP secret (a lost phone); its browser sessions end at once."""
 
     settings = load_settings(config, database_url=database_url)
-    secret = _in_store(settings, lambda s: reset_totp(s, username), f"no user '{username}'")
+    secret = _in_store(
+        settings, lambda s: reset_totp(s, username), f"no user '{username}'",
+        action="user reset-totp", target=f"user {username}",
+    )  # fmt: skip
     console.print(f"user '{username}': new TOTP key, browser sessions ended. Add it to the app:")
     _print_totp(username, secret)
 
@@ -405,7 +426,11 @@ def api_token_create(
     """Create an API token; it is printed once, on the last line (only its hash is kept)."""
 
     settings = load_settings(config, database_url=database_url)
-    token = _in_store(settings, lambda s: add_token(s, role, name))
+    token = _in_store(
+        settings, lambda s: add_token(s, role, name),
+        action="api-token create", target=f"api-token {name or ''}".strip(),
+        data={"role": role, "name": name},
+    )  # fmt: skip
     console.print(f"API token with role {role} (send it as 'Authorization: Bearer <token>'):")
     print(token)
 
@@ -448,8 +473,54 @@ def api_token_revoke(
         )
         return r.rowcount
 
-    _in_store(settings, fn, missing="no such token")
+    target = f"api-token {trail.mask(token)}"
+    _in_store(settings, fn, "no such token", action="api-token revoke", target=target)
     console.print("token revoked")
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """Walk the audit trail's hash chain; exit 1 at the first changed or missing row."""
+
+    settings = load_settings(config, database_url=database_url)
+    result = _in_store(settings, trail.verify)
+    if not result["ok"]:
+        console.print(
+            f"[red]audit trail broken at row {result['first_bad_id']}: {result['reason']}[/] "
+            f"({result['rows']} rows checked)"
+        )
+        raise typer.Exit(1)
+    console.print(f"audit trail intact: {result['rows']} rows")
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    actor: Annotated[str | None, typer.Option(help="Actor contains")] = None,
+    action: Annotated[str | None, typer.Option(help="Action contains")] = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Write the audit trail (oldest first) as CSV."""
+
+    settings = load_settings(config, database_url=database_url)
+
+    async def export() -> int:
+        engine = make_engine(settings.database_url)
+        rows = -1  # the header
+        try:
+            await migrate(engine)
+            with out.open("w", encoding="utf-8", newline="") as f:
+                async for line in trail.csv_lines(
+                    make_sessionmaker(engine), trail.filters(actor, action)
+                ):
+                    f.write(line)
+                    rows += 1
+        finally:
+            await engine.dispose()
+        return rows
+
+    console.print(f"{asyncio.run(export())} audit rows written to {out}")
 
 
 def main() -> None:  # pragma: no cover

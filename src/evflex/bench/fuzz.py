@@ -82,8 +82,9 @@ OUTCOMES = (
     "internal_error",
     "answered_silent",
 )
-#: Tables that change on their own while a node runs (the site sampler).
-_SELF_CHANGING = frozenset({"site_samples", "evflex_schema"})
+#: Tables that change on their own while a node runs (the site sampler), or with every API
+#: write and refusal, good or bad (the audit trail).
+_SELF_CHANGING = frozenset({"site_samples", "evflex_schema", "audit_log", "audit_chain"})
 #: Tables whose new rows the refused input may legitimately cause: the event log.
 _EVENT_LOG = frozenset({"events"})
 
