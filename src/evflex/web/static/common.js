@@ -100,7 +100,27 @@
   }
 
   /** fetch wrapper: JSON in and out; throws ApiError with a readable detail on failure. */
-  async function api(path, { method = "GET", body, headers = {} } = {}) {
+  async function api(path, opts) {
+    return (await call(path, opts)).data;
+  }
+
+  /** A list page and the number of all that match (X-Total-Count): {rows, total}. */
+  async function apiPage(path) {
+    const { data, res } = await call(path);
+    return { rows: data, total: parseInt(res.headers.get("X-Total-Count") || "0", 10) };
+  }
+
+  /** "?a=1&b=x" from the params whose value is set ("" when none is). */
+  function queryString(params) {
+    const p = new URLSearchParams();
+    Object.entries(params).forEach(([k, v]) => {
+      if (v !== "" && v != null) p.set(k, v);
+    });
+    const s = p.toString();
+    return s ? "?" + s : "";
+  }
+
+  async function call(path, { method = "GET", body, headers = {} } = {}) {
     const init = {
       method,
       headers: { Accept: "application/json", ...headers },
@@ -126,7 +146,7 @@
       const retry = parseInt(res.headers.get("Retry-After") || "", 10);
       throw new ApiError(res.status, detailText(data, res), Number.isFinite(retry) ? retry : null);
     }
-    return data;
+    return { data, res };
   }
 
   /** Run fn at most once per `ms`, trailing (calls during the wait are merged). */
@@ -197,7 +217,7 @@
 
   window.EV = {
     esc, isNum, num, kw, kwh, pct, money, perKwh, toDate, time, dateTime, ago,
-    isoWithOffset, toLocalInput, ApiError, api, debounce, figures, cssVar, axis, chart, nowMarker,
+    isoWithOffset, toLocalInput, ApiError, api, apiPage, queryString, debounce, figures, cssVar, axis, chart, nowMarker,
     DASH, MINUS,
   };
 })();
