@@ -1,7 +1,7 @@
 /* evflex operator app: the history view (charge records of ended sessions; registered with EV.app). */
 (function () {
   "use strict";
-  const { esc, num, kw, kwh, money, dateTime, isoWithOffset, ApiError, DASH } = EV;
+  const { esc, num, kw, kwh, money, dateTime, isoWithOffset, apiPage, queryString, DASH } = EV;
   const A = EV.app;
   const { $, enc } = A;
   const PAGE = 50;
@@ -9,27 +9,10 @@
   const H = { filters: {}, offset: 0, rows: [], total: 0, sites: [], detail: null };
 
   /** The query string of the filters (and paging when given). */
-  function query(extra = {}) {
-    const p = new URLSearchParams();
-    Object.entries({ ...H.filters, ...extra }).forEach(([k, v]) => {
-      if (v !== "" && v != null) p.set(k, v);
-    });
-    const s = p.toString();
-    return s ? "?" + s : "";
-  }
+  const query = (extra = {}) => queryString({ ...H.filters, ...extra });
 
-  /** A list page with its X-Total-Count (EV.api gives the body only). */
-  async function page() {
-    const res = await fetch("/api/v1/charge-records" + query({ offset: H.offset, limit: PAGE }),
-      { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
-    const body = await res.json().catch(() => null);
-    if (res.status === 401) location.assign("/login");
-    if (!res.ok) {
-      const d = body && body.detail;
-      throw new ApiError(res.status, Array.isArray(d) ? d.map((e) => e.msg).join("; ") : d || `HTTP ${res.status}`);
-    }
-    return { rows: body, total: parseInt(res.headers.get("X-Total-Count") || "0", 10) };
-  }
+  /** A list page with its X-Total-Count. */
+  const page = () => apiPage("/api/v1/charge-records" + query({ offset: H.offset, limit: PAGE }));
 
   function duration(s) {
     if (s == null) return DASH;
