@@ -33,7 +33,15 @@ from evflex.store import repo
 from evflex.store.db import make_engine, make_sessionmaker, migrate
 from evflex.store.tables import ApiToken, Station, User
 from evflex.tuning import tune_gc
-from evflex.web.auth import add_token, add_user, reset_totp, set_password, sha256, totp_uri
+from evflex.web.auth import (
+    add_token,
+    add_user,
+    end_sessions,
+    reset_totp,
+    set_password,
+    sha256,
+    totp_uri,
+)
 
 app = typer.Typer(
     help="evflex: smart and bidirectional EV charging platform.",
@@ -372,6 +380,8 @@ def user_disable(
         user = await s.get(User, username)
         if user is not None:
             user.disabled = not enable
+            if not enable:  # enabling again does not bring the old sessions back
+                await end_sessions(s, username)
         return user is not None
 
     verb = "enable" if enable else "disable"

@@ -3,12 +3,15 @@ against locking the admins out, resets that end sessions, revocation that bites 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import pyotp
+from typer.testing import CliRunner
 
 from conftest import Node
+from evflex.cli import app
 
 PASSWORD = "correct horse battery"
 NEW_PASSWORD = "staple tongue sideways"
@@ -30,6 +33,11 @@ async def _login(web: httpx.AsyncClient, user: str, password: str, code: str) ->
     return r.status_code
 
 
+def _cli(database_url: str, *args: str) -> None:
+    out = CliRunner().invoke(app, [*args, "--database-url", database_url])
+    assert out.exit_code == 0, out.output
+
+
 def _next_code(secret: str) -> str:
     """The next step's code: accepted (one step of drift) after this step's was used."""
     return pyotp.TOTP(secret).at(time.time() + 30)
@@ -41,7 +49,7 @@ async def _user(node: Node, name: str) -> dict:
     return next(u for u in r.json() if u["username"] == name)
 
 
-async def test_users_created_listed_changed_and_reset(node: Node):
+async def test_users_created_listed_changed_and_reset(node: Node, database_url):
     admin = node.http  # a token, not one of the users
     r = await admin.post(
         "/api/v1/users", json={"username": "ada", "role": "admin", "password": PASSWORD}
@@ -130,6 +138,12 @@ async def test_users_created_listed_changed_and_reset(node: Node):
         assert not (await _user(node, "bo"))["totp_configured"]
         assert await _login(bo, "bo", NEW_PASSWORD, pyotp.TOTP(bo_secret).now()) == 401
         assert await _login(bo, "bo", NEW_PASSWORD, pyotp.TOTP(new_secret).now()) == 200
+
+        # the CLI's disable ends the sessions too
+        for args in (["disable", "bo"], ["disable", "bo", "--enable"]):
+            await asyncio.to_thread(_cli, database_url, "user", *args)
+        assert (await bo.get("/api/v1/auth/me")).status_code == 401
+        assert not (await _user(node, "bo"))["disabled"]
 
     for method, path, body in (
         ("PATCH", "/api/v1/users/nobody", {"disabled": True}),
