@@ -152,7 +152,7 @@ async def test_a_session_is_priced_with_the_tariff_in_force(node: Node):
     assert tariff["current"]["version"] == r.json()["version"]
     assert (await node.http.get(f"/api/v1/charge-records/{rec['id']}")).json() == detail
 
-    # roles: a viewer sees the card masked and may not filter by it
+    # roles: a viewer sees the card masked and may not filter by it nor set a tariff
     viewer = {"Authorization": f"Bearer {node.rt.auth.ephemeral_token('viewer')}"}
     operator = {"Authorization": f"Bearer {node.rt.auth.ephemeral_token('operator')}"}
     r = await node.http.get("/api/v1/charge-records", headers=viewer)
@@ -167,6 +167,8 @@ async def test_a_session_is_priced_with_the_tariff_in_force(node: Node):
         "/api/v1/charge-records", params={"id_token": "CARD-00123456"}, headers=operator
     )
     assert r.status_code == 200 and len(r.json()) == 1
+    r = await node.http.put("/api/v1/sites/depot/tariff", json=TARIFF, headers=operator)
+    assert r.status_code == 403, r.text
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

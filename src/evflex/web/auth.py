@@ -92,6 +92,7 @@ _ADMIN_ROUTES = {
     ("POST", f"{API}/users/{{username}}/reset-password"),
     ("POST", f"{API}/api-tokens"),
     ("DELETE", f"{API}/api-tokens/{{token_id}}"),
+    ("PUT", f"{API}/sites/{{site_id}}/tariff"),
 }
 # Card numbers are personal data: not for viewers.
 _OPERATOR_READS = {f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}"}
