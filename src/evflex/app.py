@@ -22,8 +22,8 @@ from evflex.api.certificates import router as certificates_router
 from evflex.api.circuits import router as circuits_router
 from evflex.api.guard import InputGuard, validation_failed
 from evflex.api.monitoring import router as monitoring_router
-from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.records import router as records_router
+from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.schedule import router as schedule_router
 from evflex.api.security import router as security_router
 from evflex.api.smart import router as smart_router
@@ -34,6 +34,7 @@ from evflex.services import Services
 from evflex.web import driver
 from evflex.web import routes as web
 from evflex.web.auth import authorize
+from evflex.web.trail import AuditTrail
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def create_api(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     app.add_middleware(InputGuard, max_body_bytes=rt.settings.max_body_bytes)
+    app.add_middleware(AuditTrail)  # outermost: it sees what the guard refuses too
     app.add_exception_handler(RequestValidationError, validation_failed)
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
     routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)

@@ -753,6 +753,8 @@
       re: /^#\/events$/, nav: "#/events", title: "Events", delay: 1000,
       skeleton: () => `<div class="section-head"><h1>Events</h1>
         <label class="inline">Kind <select id="events-kind"><option value="">All</option></select></label></div>
+        <nav class="event-tabs" aria-label="Event views"><a href="#/events" aria-current="page">Station events</a>
+        <a href="#/audit">Audit trail</a></nav>
         <div id="events-body"></div>`,
       mount() {
         $("#events-kind").addEventListener("change", (e) => { S.eventsKind = e.target.value; views.events.refresh(); });
