@@ -212,9 +212,16 @@ async def test_audit_trail(database_url, tmp_path):
             rows = await _rows(node, 1, action="user disable")
             assert rows[0]["outcome"] == "failed" and rows[0]["reason"] == "no user 'nobody'"
 
-            # 8 + 2 exports + 6 refused edits (405) + logout + a read without login + 2 CLI
-            rows = await _rows(node, 20)
-            assert len(rows) == 20
+            # the driver page's writes: a claim where no session runs
+            claim = {"station_id": "AUD-1", "evse_id": 1}
+            assert (await ops.post("/api/v1/driver/sessions", json=claim)).status_code == 404
+            rows = await _rows(node, 1, action="driver session create")
+            assert (rows[0]["actor"], rows[0]["outcome"]) == ("driver", "failed")
+            assert rows[0]["target"] == "station AUD-1" and rows[0]["summary"] == claim
+
+            # 8 + 2 exports + 6 refused edits (405) + logout + a read without login + 2 CLI + 1
+            rows = await _rows(node, 21)
+            assert len(rows) == 21
             edits = [r for r in rows if r["status"] == 405]
             assert len(edits) == 6 and {r["outcome"] for r in edits} == {"failed"}
             assert {r["actor"] for r in edits} == {"token:in-process"}
@@ -236,7 +243,7 @@ async def test_audit_trail(database_url, tmp_path):
 
             # the chain is intact; a changed row, then a deleted last row, are found
             r = await viewer.get("/api/v1/audit/verify")
-            assert r.json() == {"ok": True, "rows": 20, "first_bad_id": None, "reason": None}
+            assert r.json() == {"ok": True, "rows": 21, "first_bad_id": None, "reason": None}
             out = tmp_path / "audit.csv"
             r = await asyncio.to_thread(CliRunner().invoke, cli, [
                 "audit", "export", "--out", str(out), "--actor", "otto",
