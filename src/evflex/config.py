@@ -12,9 +12,9 @@ import difflib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,16 @@ from pydantic_settings import (
 
 from evflex.api.schemas import CircuitIn, SiteIn
 from evflex.security.audit import networks
+
+AlertRule = Literal[
+    "station_offline",
+    "connector_faulted",
+    "need_at_risk",
+    "profile_rejected",
+    "site_over_limit",
+    "clock_off",
+]
+ALERT_RULES: tuple[str, ...] = get_args(AlertRule)
 
 
 class Settings(BaseSettings):
@@ -163,6 +173,33 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Look for changed certificate files this often (s)"
     )
 
+    # Alerts (see docs/console.md#alerts)
+    alert_rules: list[AlertRule] = Field(
+        default_factory=lambda: list(ALERT_RULES), description="The alert rules that are on"
+    )
+    alert_tick_s: float = Field(10.0, gt=0, description="Evaluate the alert rules this often (s)")
+    alert_offline_min: float = Field(
+        5.0, gt=0, description="Alert when a station is disconnected longer than this (min)"
+    )
+    alert_profile_ack_s: float = Field(
+        60.0, gt=0, description="Alert when a charging profile is unacknowledged this long (s)"
+    )
+    alert_site_over_s: float = Field(
+        60.0, ge=0, description="Alert when a site imports 2 % over its limit this long (s)"
+    )
+    alert_webhook_url: str | None = Field(
+        None, pattern=r"^https?://", description="POST each alert (JSON) to this URL"
+    )
+    alert_smtp_host: str | None = Field(None, description="Send alerts by e-mail via this server")
+    alert_smtp_port: int = Field(25, ge=1, le=65535, description="Its port (587: submission)")
+    alert_smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection to TLS")
+    alert_smtp_user: str | None = Field(None, description="SMTP login, if the server wants one")
+    alert_smtp_password: SecretStr | None = Field(None, description="Its password")
+    alert_smtp_from: str | None = Field(None, description="Sender address of alert e-mails")
+    alert_smtp_to: list[str] = Field(
+        default_factory=list, description="Recipients of alert e-mails"
+    )
+
     toml_file: ClassVar[Path | None] = None
 
     @model_validator(mode="after")
@@ -183,6 +220,12 @@ class Settings(BaseSettings):
             networks(self.trusted_proxy)
         except ValueError as exc:
             raise ValueError(f"trusted_proxy: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _alert_mail(self) -> Settings:
+        if self.alert_smtp_host and not (self.alert_smtp_from and self.alert_smtp_to):
+            raise ValueError("alert_smtp_host needs alert_smtp_from and alert_smtp_to")
         return self
 
     @model_validator(mode="after")

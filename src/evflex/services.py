@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from evflex.alerts import AlertEngine
 from evflex.api import schemas
 from evflex.clock import Clock, SystemClock
 from evflex.config import ConfigError, Settings
@@ -101,6 +102,17 @@ class Services:
         self.sampler = SiteSampler(
             self.sessionmaker, self.writer, self.bus, self.clock, settings.site_sample_s
         )
+        self.alerts = AlertEngine(
+            self.sessionmaker,
+            self.writer,
+            self.bus,
+            self.clock,
+            settings,
+            is_connected=self.ocpp.is_connected,
+            clocks=self.service.clocks,
+            dispatcher=self.dispatcher,
+            lm=self.lm,
+        )
         self.auth = AuthService(
             self.sessionmaker,
             self.service,
@@ -141,6 +153,7 @@ class Services:
         await self.lm.start()
         self.sampler.start()
         self.certificates.start()
+        await self.alerts.start()
         await self.ocpp.start(self.settings.host, self.settings.ocpp_port)
         if self.tls is not None:
             self.tls.start()
@@ -184,6 +197,7 @@ class Services:
 
     async def stop(self) -> None:
         self.stopping.set()
+        await self.alerts.stop()
         await self.sampler.stop()
         if self.frequency is not None:
             await self.frequency.stop()

@@ -22,8 +22,7 @@ from evflex.smartcharging import profiles as pf
 from evflex.smartcharging.composite import CompositeSchedule, InstalledProfile, composite_schedule
 from evflex.smartcharging.manager import is_lm_profile
 from evflex.smartcharging.planner import evse_key
-from evflex.smartcharging.planner import plan as plan_site
-from evflex.smartcharging.verdict import Verdict, session_verdict
+from evflex.smartcharging.verdict import Verdict
 from evflex.store import repo
 from evflex.store.tables import Circuit, Station, Transaction
 
@@ -682,20 +681,7 @@ def verdict_out(tx: Transaction, v: Verdict) -> VerdictOut:
 
 async def site_verdicts(rt: Services, site_id: str) -> dict[str, Verdict]:
     """The verdict of every session of a site (evse key -> verdict), from the applied plan."""
-    model, _ = await rt.lm.load_model(site_id)
-    if model is None:
-        return {}
-    now = rt.clock.now()
-    st = rt.lm.status.get(site_id)
-    current = st.plan if st is not None else None
-    if current is None:
-        current = plan_site(model, now, initial_full_power_s=0.0)
-    mpc = st.mpc if st is not None else None
-    return {
-        key: session_verdict(model, key, now, targets=current.targets, mpc=mpc)
-        for key, ev in model.evses.items()
-        if ev.session is not None
-    }
+    return await rt.lm.verdicts(site_id)
 
 
 async def tx_verdict(rt: Services, tx: Transaction) -> Verdict:

@@ -89,6 +89,7 @@ from evflex.smartcharging.profiles import (
     Schedule,
     convert,
 )
+from evflex.smartcharging.verdict import Verdict, session_verdict
 from evflex.store import repo
 from evflex.store.tables import Connector, Site, Station, Transaction
 from evflex.store.writer import GroupCommitWriter
@@ -780,6 +781,24 @@ class LoadManager:
             )
 
     # ------------------------------------------------------------- model
+
+    async def verdicts(self, site_id: str) -> dict[str, Verdict]:
+        """The verdict on every session's need at a site (evse key -> verdict), from the
+        plan applied to it (:mod:`evflex.smartcharging.verdict`)."""
+        model, _ = await self.load_model(site_id)
+        if model is None:
+            return {}
+        now = self.clock.now()
+        st = self.status.get(site_id)
+        current = st.plan if st is not None else None
+        if current is None:
+            current = plan(model, now, initial_full_power_s=0.0)
+        mpc = st.mpc if st is not None else None
+        return {
+            key: session_verdict(model, key, now, targets=current.targets, mpc=mpc)
+            for key, ev in model.evses.items()
+            if ev.session is not None
+        }
 
     async def load_model(self, site_id: str) -> tuple[SiteModel | None, dict[str, int]]:
         """The site as the planner sees it now, and evse key -> transaction pk."""
