@@ -151,6 +151,9 @@ async def test_a_session_is_priced_with_the_tariff_in_force(node: Node):
     assert [t["version"] for t in tariff["history"]][1] == version
     assert tariff["current"]["version"] == r.json()["version"]
     assert (await node.http.get(f"/api/v1/charge-records/{rec['id']}")).json() == detail
+    # the bill of the ended transaction is its record's
+    bill = (await node.http.get(f"/api/v1/transactions/{tx['id']}/bill")).json()
+    assert bill["total"] == pytest.approx(2.6) and bill["import_cost"] == pytest.approx(2.0)
 
     # roles: a viewer sees the card masked and may not filter by it nor set a tariff
     viewer = {"Authorization": f"Bearer {node.rt.auth.ephemeral_token('viewer')}"}

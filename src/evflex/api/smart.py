@@ -14,6 +14,7 @@ from sqlalchemy import select
 from evflex.api import schemas as sc
 from evflex.api.deps import Rt
 from evflex.api.guard import errors_out
+from evflex.api.records import bill_of_record
 from evflex.api.routes import station_command
 from evflex.csms import commands
 from evflex.domain.model import ChargingNeeds
@@ -23,7 +24,7 @@ from evflex.smartcharging.composite import CompositeSchedule, InstalledProfile, 
 from evflex.smartcharging.manager import is_lm_profile
 from evflex.smartcharging.planner import evse_key
 from evflex.smartcharging.verdict import Verdict
-from evflex.store import repo
+from evflex.store import records, repo
 from evflex.store.tables import Circuit, Station, Transaction
 
 log = logging.getLogger(__name__)
@@ -619,7 +620,12 @@ async def apply_preferences(rt: Services, tx_pk: int, body: sc.PreferencesIn) ->
 
 @router.get("/transactions/{tx_pk}/bill", response_model=sc.BillOut, tags=["smart charging"])
 async def bill(tx_pk: sc.Int64, rt: Rt):
-    """Imported energy at the site's import tariff minus exported energy at its feed-in reward."""
+    """Imported energy at the site's import tariff minus exported energy at its feed-in reward
+    (an ended transaction: its charge record's cost, with the tariff that priced it)."""
+    async with rt.sessionmaker() as s:
+        record = await records.record_of_transaction(s, tx_pk)
+    if record is not None:
+        return bill_of_record(record)
     tx = await _tx(rt, tx_pk)
     async with rt.sessionmaker() as s:
         st = await repo.get_station(s, tx.station_id)
