@@ -132,6 +132,8 @@ class SiteStatus:
     sent: int = 0
     last_error: str | None = None
     mpc: MpcResult | None = None  # the site's plan ahead (policy ``optimal``)
+    model: SiteModel | None = None  # what ``plan`` was made from (the circuit view explains it)
+    caps: dict[str, float] | None = None  # the scheduler's caps ``plan`` was made with
 
 
 class LoadManager:
@@ -569,7 +571,7 @@ class LoadManager:
         st.planned_at = time.perf_counter()
         st.compute_s = st.planned_at - t1
         st.load_s = t1 - t0
-        st.plan = result
+        st.plan, st.model, st.caps = result, model, caps
         st.rebalances += 1
         self._guard_unsteerable(model, result, now)
         if result.problems:
