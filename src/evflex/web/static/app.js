@@ -334,6 +334,7 @@
           ["Objective", s.objective || DASH, "data-field", "objective"],
           ["Stations", String((s.stations || []).length), "data-field", "stations"],
         ])}</dl>
+        <a class="site-circuits" href="#/sites/${enc(s.id)}/circuits">Circuit view</a>
       </li>`).join("")}</ul>` : '<p class="muted">No sites configured.</p>';
   }
 
@@ -687,6 +688,7 @@
         <p class="crumbs"><a href="#/sites">Sites</a> / <span id="site-crumb"></span></p>
         <h1 id="site-name">Site</h1>
         <p id="site-meta" class="muted"></p>
+        <p><a id="site-circuits" href="#/sites/${enc(S.params[0])}/circuits">Circuit view</a>: load per phase and why an EVSE is held back</p>
         <section class="card" aria-labelledby="now-h">
           <h2 id="now-h">Now <small id="site-now-at" class="muted"></small></h2>
           <dl id="site-now" class="figures"></dl>
@@ -904,8 +906,8 @@
   function onEvent(topic, raw) {
     let msg = {};
     try { msg = JSON.parse(raw.data) || {}; } catch { /* not JSON: still refresh below */ }
-    if (topic === "site.sample") { onSample(msg.data || {}); return; }
     const v = S.view;
+    if (topic === "site.sample") { onSample(msg.data || {}); if (v && v.onEvent) v.onEvent(topic, msg); return; }
     const is = (re) => re.test(topic);
     if (!/^(meter\.values|transaction\.updated)$/.test(topic)) S.plansStale = true;
     if (v === views.fleet && is(/^(station|connector)\./)) v.refresh();
