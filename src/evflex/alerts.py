@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 TOPICS = ("alert.raised", "alert.cleared", "alert.acked")
 #: A site is over its limit when its net import exceeds the limit by more than this share.
 OVER_SHARE = 0.02
+#: Rounds after events are at least this far apart (s): a burst of connections costs one.
+MIN_ROUND_S = 1.0
 #: Events after which the rules are evaluated at once (besides the periodic round).
 _WAKE = frozenset({
     "station.connected", "station.disconnected", "connector.status", "station.clock",
@@ -176,6 +178,7 @@ class AlertEngine:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at: datetime | None = None
+        self._round_at = 0.0  # when the last round began (event loop time)
         self._soon: list[datetime] = []  # when a waiting condition becomes due
         self._over: dict[str, _Over] = {}
         # (station, profile id) -> since when not acknowledged; the last refusal's reason
@@ -215,18 +218,24 @@ class AlertEngine:
     async def _loop(self) -> None:
         speed = getattr(self.clock, "speed", 1.0) or 1.0
         while True:
+            self._round_at = asyncio.get_running_loop().time()
             try:
                 await self.evaluate()
             except Exception:  # a failed round must not end the alerts
                 log.exception("alert rules failed")
                 await self._load_open()
-            timeout = max(0.1, self.settings.alert_tick_s / speed)
+            # at most one round per MIN_ROUND_S however fast a simulation clock runs
+            timeout = max(
+                min(MIN_ROUND_S, self.settings.alert_tick_s), self.settings.alert_tick_s / speed
+            )
             if self._soon:
                 due = (min(self._soon) - self.clock.now()).total_seconds() / speed
                 timeout = min(timeout, max(0.05, due + 0.05))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
-                await asyncio.sleep(0.05)  # a burst of events makes one round
+                # a burst of events makes one round; rounds at most every MIN_ROUND_S
+                loop = asyncio.get_running_loop()
+                await asyncio.sleep(max(0.05, self._round_at + MIN_ROUND_S - loop.time()))
             except TimeoutError:
                 pass
             self._wake.clear()
