@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -97,6 +99,7 @@ def make_settings(database_url: str, **kw) -> Settings:
     base = dict(
         host="127.0.0.1", ocpp_port=0, http_port=0, database_url=database_url,
         heartbeat_interval=60, response_timeout=5.0,
+        upload_dir=Path(tempfile.mkdtemp(prefix="evflex-uploads-")),  # not the working folder
     )
     base.update(kw)
     return Settings(**base)

@@ -27,9 +27,13 @@ from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.schedule import router as schedule_router
 from evflex.api.security import router as security_router
 from evflex.api.smart import router as smart_router
+from evflex.api.uploads import attach as attach_uploads
+from evflex.api.uploads import router as uploads_router
+from evflex.api.uploads import station_router as upload_station_router
 from evflex.api.v2x import router as v2x_router
 from evflex.clock import Clock
 from evflex.config import Settings
+from evflex.csms.firmware import UPLOAD_PATH
 from evflex.services import Services
 from evflex.web import driver
 from evflex.web import routes as web
@@ -103,14 +107,18 @@ def create_api(rt: Runtime) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = rt
-    app.add_middleware(InputGuard, max_body_bytes=rt.settings.max_body_bytes)
+    app.add_middleware(
+        InputGuard, max_body_bytes=rt.settings.max_body_bytes, exempt=(UPLOAD_PATH + "/",)
+    )  # a station's upload is limited by upload_max_bytes
     app.add_middleware(AuditTrail)  # outermost: it sees what the guard refuses too
     app.add_exception_handler(RequestValidationError, validation_failed)
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
     routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)
     console = (records_router, alerts_router, audit_router, accounts_router, circuits_router)
-    for r in (*routers, certificates_router, security_router, *console):
+    for r in (*routers, certificates_router, security_router, uploads_router, *console):
         app.include_router(r, dependencies=guarded)
+    app.include_router(upload_station_router)  # stations: a one-time token in the path
+    attach_uploads(rt, lambda: rt.http_port)
     app.include_router(web.router)
     app.include_router(web.auth_router)
     app.include_router(driver.router)

@@ -147,6 +147,21 @@ class Settings(BaseSettings):
         "request as JSON on stdin, the answer as JSON on stdout",
     )
 
+    # Firmware updates and diagnostics/log uploads (docs/console.md)
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+",
+        description="Base URL stations reach this node's HTTP port at (e.g. "
+        "https://csms.example.com), for the upload locations it builds; default: "
+        "http(s)://host:http_port (this host's name when host is a wildcard)",
+    )
+    upload_dir: Path = Field(
+        Path("evflex-uploads"), description="Where uploaded diagnostics and logs are kept"
+    )
+    upload_max_bytes: int = Field(
+        50 * 1024 * 1024, ge=1, description="Largest diagnostics or log file a station may upload"
+    )
+
     # TLS and security profiles 2 and 3 (docs/security.md)
     tls_cert: list[Path] = Field(
         default_factory=list,

@@ -60,10 +60,12 @@ class SecurityLink16:
         actions = {
             **self.trigger_actions(connector_id),
             "SignChargePointCertificate": st.request_certificate,
-            "FirmwareStatusNotification": lambda: st.send(
-                call.SignedFirmwareStatusNotification(status="Idle")
+            "FirmwareStatusNotification": lambda: st.report_transfer(
+                "firmware", call.SignedFirmwareStatusNotification(status="Idle")
             ),
-            "LogStatusNotification": lambda: st.send(call.LogStatusNotification(status="Idle")),
+            "LogStatusNotification": lambda: st.report_transfer(
+                "log", call.LogStatusNotification(status="Idle")
+            ),
         }
         del actions["DiagnosticsStatusNotification"]
         return call_result.ExtendedTriggerMessage(status=self.trigger(requested_message, actions))

@@ -16,6 +16,7 @@ from evflex.clock import isoformat, parse_datetime
 from evflex.sim.charging import ProfileRejected, profile_from_kwargs
 from evflex.sim.config16 import ConfigTable, default_config_16
 from evflex.sim.ev import EvBattery
+from evflex.sim.firmware import FirmwareLink16, FirmwareUpdates
 from evflex.sim.handlers import CommonHandlers
 from evflex.sim.link import LinkMixin
 from evflex.sim.metering import Sample
@@ -47,7 +48,7 @@ def _text(value: float) -> str:
     return text if text not in ("", "-0") else "0"
 
 
-class Link16(SecurityLink16, CommonHandlers, LinkMixin, OcppChargePoint):
+class Link16(SecurityLink16, FirmwareLink16, CommonHandlers, LinkMixin, OcppChargePoint):
     """Handlers for the requests of an OCPP 1.6 central system."""
 
     results = call_result
@@ -118,11 +119,11 @@ class Link16(SecurityLink16, CommonHandlers, LinkMixin, OcppChargePoint):
             "Heartbeat": st.send_heartbeat,
             "StatusNotification": lambda: st.trigger_status(connector_id),
             "MeterValues": lambda: st.trigger_meter_values(connector_id),
-            "FirmwareStatusNotification": lambda: st.send(
-                call.FirmwareStatusNotification(status="Idle")
+            "FirmwareStatusNotification": lambda: st.report_transfer(
+                "firmware", call.FirmwareStatusNotification(status="Idle")
             ),
-            "DiagnosticsStatusNotification": lambda: st.send(
-                call.DiagnosticsStatusNotification(status="Idle")
+            "DiagnosticsStatusNotification": lambda: st.report_transfer(
+                "diagnostics", call.DiagnosticsStatusNotification(status="Idle")
             ),
         }
 
@@ -234,7 +235,7 @@ class Link16(SecurityLink16, CommonHandlers, LinkMixin, OcppChargePoint):
         )
 
 
-class Station16(Security16, SimStation):
+class Station16(Security16, FirmwareUpdates, SimStation):
     """A simulated OCPP 1.6-J charge point (one connector per EVSE, connector id = EVSE id)."""
 
     version = "1.6"

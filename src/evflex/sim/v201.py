@@ -19,6 +19,7 @@ from evflex.clock import isoformat, parse_datetime
 from evflex.sim.charging import ProfileRejected, profile_from_kwargs
 from evflex.sim.devicemodel import READ_ONLY, Variable, build_device_model
 from evflex.sim.ev import EvBattery
+from evflex.sim.firmware import FirmwareLink201, FirmwareUpdates
 from evflex.sim.handlers import CommonHandlers
 from evflex.sim.link import LinkMixin
 from evflex.sim.model import DEFAULT_SAMPLED, EvseState, Reservation, Transaction
@@ -44,7 +45,7 @@ def status_info(reason: str, info: str = "", max_info: int = 512) -> dict[str, A
     return out
 
 
-class Link201(SecurityLink201, CommonHandlers, LinkMixin, OcppChargePoint):
+class Link201(SecurityLink201, FirmwareLink201, CommonHandlers, LinkMixin, OcppChargePoint):
     """Handlers for the requests of an OCPP 2.0.1 CSMS."""
 
     results = call_result
@@ -180,10 +181,12 @@ class Link201(SecurityLink201, CommonHandlers, LinkMixin, OcppChargePoint):
             "StatusNotification": lambda: st.trigger_status(targets),
             "MeterValues": lambda: st.trigger_meter_values(targets),
             "TransactionEvent": lambda: st.trigger_transaction_events(targets),
-            "FirmwareStatusNotification": lambda: st.send(
-                call.FirmwareStatusNotification(status="Idle")
+            "FirmwareStatusNotification": lambda: st.report_transfer(
+                "firmware", call.FirmwareStatusNotification(status="Idle")
             ),
-            "LogStatusNotification": lambda: st.send(call.LogStatusNotification(status="Idle")),
+            "LogStatusNotification": lambda: st.report_transfer(
+                "log", call.LogStatusNotification(status="Idle")
+            ),
             "SignChargingStationCertificate": st.request_certificate,
         }
         return call_result.TriggerMessage(status=self.trigger(msg, actions))
@@ -341,7 +344,7 @@ class Link201(SecurityLink201, CommonHandlers, LinkMixin, OcppChargePoint):
         return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)
 
 
-class Station201(TransactionEvents201, Security201, SimStation):
+class Station201(TransactionEvents201, Security201, FirmwareUpdates, SimStation):
     """A simulated OCPP 2.0.1 charging station (one connector per EVSE)."""
 
     version = "2.0.1"

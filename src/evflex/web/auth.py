@@ -97,7 +97,11 @@ _ADMIN_ROUTES = {
 # Card numbers are personal data: not for viewers.
 _OPERATOR_READS = {f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}"}
 # Accounts and API tokens: admins only, reading them too.
-_ADMIN_READS = {f"{API}/users", f"{API}/api-tokens"}
+_ADMIN_READS = {
+    f"{API}/users", f"{API}/api-tokens",
+    # diagnostics and logs a station uploaded may hold anything
+    f"{API}/stations/{{station_id}}/uploads", f"{API}/stations/{{station_id}}/uploads/{{name}}",
+}  # fmt: skip
 # Day-to-day station commands an operator may send; the rest (configuration,
 # local lists, data transfer, monitoring set-up ...) are for admins.
 OPERATOR_COMMANDS = frozenset({
