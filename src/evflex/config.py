@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         30.0, description="Re-plan every site at least this often (deadlines, boosts)"
     )
     profile_retry_max_s: float = Field(60.0, description="Longest backoff between profile retries")
+    currency: str = Field(
+        "EUR",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code (three capital letters) of tariffs and charge records",
+    )
     sites: list[SiteIn] = Field(
         default_factory=list,
         description="Sites to create at start ([[sites]] tables in the TOML config), "

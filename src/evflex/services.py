@@ -48,6 +48,7 @@ class Services:
             clock_tolerance_s=settings.clock_tolerance_s,
             remote_start_timeout_s=settings.remote_start_timeout_s,
         )
+        self.service.currency = settings.currency
         #: Both ports' TLS (None: plain); raises TlsError if its files cannot be used.
         self.tls = (
             Tls(

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from ocpp.v201 import call
 
-from conftest import Node, start_node
+from conftest import Node, running_node, start_node
 from evflex.clock import AcceleratedClock
 from evflex.sim import SimStation, StationSpec
 from ocpp_clients import Lib201, connected
@@ -314,3 +314,13 @@ async def test_paging_filters_csv_and_bad_input(node: Node):
           "feed_in_reward_per_kwh": -0.02}  # fmt: skip
     r = await node.http.put("/api/v1/sites/depot/tariff", json={**TARIFF, **ok})
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_currency_setting(database_url):
+    with pytest.raises(ValueError, match="currency"):
+        async with running_node(database_url, currency="eur"):
+            pass
+    async with running_node(database_url, currency="CHF") as node:
+        await node.http.post("/api/v1/sites", json=SITE)
+        assert (await node.http.get("/api/v1/sites/depot/tariff")).json()["currency"] == "CHF"
