@@ -1,5 +1,6 @@
 """The character NUL, which PostgreSQL keeps in no text column, is refused in any JSON
-body (422) and in any URL (400) before a route or the store sees it, on both databases."""
+body (422) and in any URL (400) before a route or the store sees it, on both databases;
+so is a lone UTF-16 surrogate in a body, which no UTF-8 holds."""
 
 from __future__ import annotations
 
@@ -32,3 +33,18 @@ async def test_nul_in_a_body_or_a_url_is_refused_and_nothing_is_stored(node: Nod
     # text that merely spells the escape is text
     r = await node.http.post("/api/v1/id-tokens", json={"id_token": "T\\u0000"})
     assert r.status_code == 201, r.text
+
+    # a lone UTF-16 surrogate is no character (no UTF-8 holds it): refused, not a 500;
+    # a pair is one character
+    json_type = {"content-type": "application/json"}
+    for path, raw in (
+        ("/api/v1/users", r'{"username": "zed", "password": "abcdefghij\ud800"}'),
+        ("/api/v1/auth/login", r'{"username": "zed", "password": "x", "totp": "1\uDFFF"}'),
+        ("/api/v1/id-tokens", r'{"id_token": "T\udc00"}'),
+    ):
+        r = await node.http.post(path, content=raw, headers=json_type)
+        assert r.status_code == 422 and "surrogate" in r.json()["detail"], (path, r.text)
+    r = await node.http.post(
+        "/api/v1/id-tokens", content=r'{"id_token": "P\ud83d\ude00"}', headers=json_type
+    )
+    assert r.status_code == 201 and r.json()["id_token"] == "P\U0001f600", r.text

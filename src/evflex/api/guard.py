@@ -3,9 +3,10 @@
 - :class:`InputGuard` (pure ASGI) refuses a body over ``max_body_bytes`` with 413: at once
   when its Content-Length says so (nothing of it is read), and as soon as a chunked body
   grows past the limit (the rest is not read). A JSON body with ``NaN`` or ``Infinity``,
-  a number too large for a float, an integer beyond 64 bits or the character NUL in a
-  string is refused with 422 before any route sees it, a URL with NUL with 400: the store
-  cannot hold such values (PostgreSQL keeps NUL in no text column), and one stored
+  a number too large for a float, an integer beyond 64 bits, the character NUL or a lone
+  UTF-16 surrogate (``\\ud800`` without its pair) in a string is refused with 422 before
+  any route sees it, a URL with NUL with 400: the store cannot hold such values
+  (PostgreSQL keeps NUL in no text column, a surrogate is no UTF-8), and one stored
   infinity stops a site's planning.
 - :func:`validation_failed` answers a body that breaks its schema with 422 and the
   reasons, each input cut to :data:`ECHO_CHARS` (a 10 MB body is not sent back) and shown
@@ -31,8 +32,11 @@ ECHO_CHARS = 200
 _INT64 = 2**63
 
 # Only a body with one of these is parsed a second time (strictly) by the guard.
-_SUSPECT = re.compile(rb"NaN|Infinity|\d{19}|[eE]\+?\d{3}|\\u0000")
+_SUSPECT = re.compile(rb"NaN|Infinity|\d{19}|[eE]\+?\d{3}|\\u0000|\\u[dD][89a-fA-F]")
 NUL = "the character NUL (\\u0000) is not allowed in text"
+SURROGATE = "a lone UTF-16 surrogate (\\ud800 to \\udfff) is no character"
+#: What is left of a surrogate after JSON decoding: one without its pair.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _NotJsonNumber(ValueError):
@@ -56,24 +60,28 @@ def _float(text: str) -> float:
     return value
 
 
-def _has_nul(value: Any) -> bool:
+def _bad_text(value: Any) -> str | None:
+    """Why a string in ``value`` cannot be stored (NUL, a lone surrogate), else None."""
     stack = [value]
     while stack:
         v = stack.pop()
         if isinstance(v, str):
             if "\x00" in v:
-                return True
+                return NUL
+            if _LONE_SURROGATE.search(v):
+                return SURROGATE
         elif isinstance(v, dict):
             stack.extend(v)
             stack.extend(v.values())
         elif isinstance(v, list):
             stack.extend(v)
-    return False
+    return None
 
 
 def json_problem(body: bytes) -> str | None:
-    """Why a JSON body is refused (NaN, Infinity, an overflowing number, NUL in a string),
-    else None. A body that is not JSON at all is left to the route, which says so.
+    """Why a JSON body is refused (NaN, Infinity, an overflowing number, NUL or a lone
+    surrogate in a string), else None. A body that is not JSON at all is left to the
+    route, which says so.
     """
     if not _SUSPECT.search(body):
         return None
@@ -83,7 +91,7 @@ def json_problem(body: bytes) -> str | None:
         return str(exc)
     except (ValueError, RecursionError):
         return None
-    return NUL if _has_nul(data) else None
+    return _bad_text(data)
 
 
 def _nul_in_url(scope: Scope) -> bool:
