@@ -37,13 +37,13 @@ async def test_admin_onboards_station_and_card_and_manages_accounts(tmp_path, br
 
         # onboard a station: site, circuit, phases, a generated password
         await page.click("button[data-add='station']")
-        await page.fill("#st-id", "ONB-1")
-        await page.select_option("#st-site", "depot")
-        await page.select_option("#st-circuit", "feeder-1")
-        await page.select_option("#st-phases", "1")
-        await page.select_option("#st-rotation", "2")
-        await page.click("[data-generate='st-password']")
-        password = await page.input_value("#st-password")
+        await page.fill("#sf-id", "ONB-1")
+        await page.select_option("#sf-site", "depot")
+        await page.select_option("#sf-circuit", "feeder-1")
+        await page.select_option("#sf-phases", "1")
+        await page.select_option("#sf-rotation", "2")
+        await page.click("[data-generate='sf-password']")
+        password = await page.input_value("#sf-password")
         assert 16 <= len(password) <= 40
         await page.click("#confirm-ok")
         await expect(page.locator("#toast")).to_contain_text("Add station ONB-1: added")
@@ -71,7 +71,7 @@ async def test_admin_onboards_station_and_card_and_manages_accounts(tmp_path, br
         # edit: the form says how a security profile change goes for an online station
         await row.locator("[data-action='station-edit']").click()
         await expect(page.locator("#confirm-fields")).to_contain_text("The station is online")
-        await page.fill("#st-max", "16")
+        await page.fill("#sf-max", "16")
         await page.click("#confirm-ok")
         await expect(row.locator("td.num")).to_have_text("16 A")
         assert (await node.station("ONB-1"))["site_id"] == "depot"

@@ -89,14 +89,14 @@
     }
   });
   fields.addEventListener("change", (ev) => {
-    if (ev.target.id === "st-site") fillCircuits(ev.target.value, "");
-    if (ev.target.id === "st-phases") $("#st-rotation-field").hidden = ev.target.value !== "1";
+    if (ev.target.id === "sf-site") fillCircuits(ev.target.value, "");
+    if (ev.target.id === "sf-phases") $("#sf-rotation-field").hidden = ev.target.value !== "1";
   });
 
   /* ---------- stations ---------- */
 
   function fillCircuits(siteId, selected) {
-    const sel = $("#st-circuit");
+    const sel = $("#sf-circuit");
     const list = D.circuits.filter((c) => String(c.site_id) === String(siteId));
     sel.innerHTML = '<option value="">None (the site itself)</option>' +
       options(list.map((c) => c.id), selected, (id) => {
@@ -111,31 +111,31 @@
     const profile = (s && s.security_profile) || 1;
     const move = editing && s.connected;
     const v2 = editing && /^2/.test(s.ocpp_version || "");
-    return `${editing ? "" : `<div class="field"><label for="st-id">Station id</label>
-        <input id="st-id" name="id" required maxlength="48" pattern="[^\\/\\s]+" autocomplete="off" spellcheck="false"></div>`}
-      <div class="field"><label for="st-site">Site</label><select id="st-site" name="site_id">
+    return `${editing ? "" : `<div class="field"><label for="sf-id">Station id</label>
+        <input id="sf-id" name="id" required maxlength="48" pattern="[^\\/\\s]+" autocomplete="off" spellcheck="false"></div>`}
+      <div class="field"><label for="sf-site">Site</label><select id="sf-site" name="site_id">
         <option value="">None</option>${options(D.sites.map((x) => x.id), s && s.site_id,
           (id) => { const x = D.sites.find((y) => y.id === id); return x.name ? `${x.name} (${id})` : id; })}</select></div>
-      <div class="field"><label for="st-circuit">Circuit</label><select id="st-circuit" name="circuit_id"></select></div>
-      <div class="field"><label for="st-phases">Phases</label><select id="st-phases" name="phases">
+      <div class="field"><label for="sf-circuit">Circuit</label><select id="sf-circuit" name="circuit_id"></select></div>
+      <div class="field"><label for="sf-phases">Phases</label><select id="sf-phases" name="phases">
         ${options([3, 1], (s && s.phases) || 3)}</select></div>
-      <div class="field" id="st-rotation-field"${s && s.phases === 1 ? "" : " hidden"}>
-        <label for="st-rotation">Grid phase (single-phase station)</label>
-        <select id="st-rotation" name="phase_rotation"><option value="">Unknown</option>${options([1, 2, 3], s && s.phase_rotation, (p) => "L" + p)}</select></div>
-      <div class="field"><label for="st-max">Station limit per phase (A)</label>
-        <input id="st-max" name="max_current_a" type="number" min="1" step="0.1" value="${esc((s && s.max_current_a) ?? "")}"></div>
-      ${passwordField("st-password", "Password (HTTP Basic)", editing
+      <div class="field" id="sf-rotation-field"${s && s.phases === 1 ? "" : " hidden"}>
+        <label for="sf-rotation">Grid phase (single-phase station)</label>
+        <select id="sf-rotation" name="phase_rotation"><option value="">Unknown</option>${options([1, 2, 3], s && s.phase_rotation, (p) => "L" + p)}</select></div>
+      <div class="field"><label for="sf-max">Station limit per phase (A)</label>
+        <input id="sf-max" name="max_current_a" type="number" min="1" step="0.1" value="${esc((s && s.max_current_a) ?? "")}"></div>
+      ${passwordField("sf-password", "Password (HTTP Basic)", editing
         ? (s.has_password ? "Set. Empty keeps it; 16 to 40 characters replace it." : "None set. 16 to 40 characters.")
         : "Profiles 1 and 2: 16 to 40 characters, to be set in the station too.", { min: 16, max: 40 })}
       ${editing && s.has_password ? '<label class="inline"><input type="checkbox" name="clear_password" value="1"> Remove the password</label>' : ""}
       <fieldset class="choices"><legend>Security profile</legend>
-        <select id="st-profile" name="security_profile" aria-label="Security profile">${options([1, 2, 3], profile, (p) => ({
+        <select id="sf-profile" name="security_profile" aria-label="Security profile">${options([1, 2, 3], profile, (p) => ({
           1: "1: password, ws or wss", 2: "2: TLS and password", 3: "3: TLS client certificate" })[p])}</select>
         ${editing ? `<p class="muted small">Now: profile ${profile}${s.security_profile_reached ? `, reached ${s.security_profile_reached}` : ""}.
           ${move ? "The station is online: a new profile is sent to it over OCPP and stored once it accepts (lowering is forced and recorded as a security event)."
             : "The station is offline: only the stored requirement changes; it must connect with that profile."}</p>` : ""}
-        ${move && v2 ? `<div class="field"><label for="st-url">New CSMS URL (OCPP 2.x)</label>
-          <input id="st-url" name="csms_url" type="url" placeholder="wss://host:port/ocpp" spellcheck="false"></div>` : ""}
+        ${move && v2 ? `<div class="field"><label for="sf-url">New CSMS URL (OCPP 2.x)</label>
+          <input id="sf-url" name="csms_url" type="url" placeholder="wss://host:port/ocpp" spellcheck="false"></div>` : ""}
       </fieldset>`;
   }
 
