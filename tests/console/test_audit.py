@@ -25,6 +25,7 @@ STATION_PASSWORD = "station-secret-pw-4711"
 OTTO_PASSWORD = "otto-secret-pw-0815"
 CLI_PASSWORD = "cli-made-secret-pw-99"
 BAD_TOKEN = "evf_not-a-real-token-but-secret-looking"
+JSON = {"content-type": "application/json"}
 
 
 async def _rows(node, total: int, **params) -> list[dict]:
@@ -219,9 +220,16 @@ async def test_audit_trail(database_url, tmp_path):
             assert (rows[0]["actor"], rows[0]["outcome"]) == ("driver", "failed")
             assert rows[0]["target"] == "station AUD-1" and rows[0]["summary"] == claim
 
-            # 8 + 2 exports + 6 refused edits (405) + logout + a read without login + 2 CLI + 1
-            rows = await _rows(node, 21)
-            assert len(rows) == 21
+            # a body the input guard refuses: a lone UTF-16 surrogate is stored as "?"
+            body = b'{"id": "\\ud800x"}'
+            r = await admin.post("/api/v1/sites", content=body, headers=JSON)
+            assert r.status_code == 422
+            [row] = await _rows(node, 1, action="site create")
+            assert row["outcome"] == "failed" and row["summary"] == {"id": "?x"}
+
+            # 8 + 2 exports + 6 refused edits (405) + logout + a read without login + 2 CLI + 2
+            rows = await _rows(node, 22)
+            assert len(rows) == 22
             edits = [r for r in rows if r["status"] == 405]
             assert len(edits) == 6 and {r["outcome"] for r in edits} == {"failed"}
             assert {r["actor"] for r in edits} == {"token:in-process"}
@@ -243,7 +251,7 @@ async def test_audit_trail(database_url, tmp_path):
 
             # the chain is intact; a changed row, then a deleted last row, are found
             r = await viewer.get("/api/v1/audit/verify")
-            assert r.json() == {"ok": True, "rows": 21, "first_bad_id": None, "reason": None}
+            assert r.json() == {"ok": True, "rows": 22, "first_bad_id": None, "reason": None}
             out = tmp_path / "audit.csv"
             r = await asyncio.to_thread(CliRunner().invoke, cli, [
                 "audit", "export", "--out", str(out), "--actor", "otto",

@@ -89,7 +89,8 @@ def outcome(status: int) -> Outcome:
 
 
 def _text(value: Any, limit: int) -> str:
-    text = str(value).replace("\x00", "")
+    """Text a column holds: no NUL, no lone UTF-16 surrogate (as "?"), at most ``limit`` long."""
+    text = str(value).replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
