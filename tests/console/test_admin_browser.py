@@ -12,7 +12,7 @@ from conftest import Node, start_node
 from evflex.demo import DemoLogin, create_demo_admin
 from evflex.sim import EvSpec, SimStation, StationSpec
 from ocpp_clients import basic_auth
-from web.test_browser import _login, browser, expect  # noqa: F401 (browser: a fixture)
+from web.test_browser import _login, _shot, browser, expect  # noqa: F401 (browser: a fixture)
 
 VIEWER_PASSWORD = "a viewer's passphrase"
 
@@ -75,6 +75,8 @@ async def test_admin_onboards_station_and_card_and_manages_accounts(tmp_path, br
         await page.click("#confirm-ok")
         await expect(row.locator("td.num")).to_have_text("16 A")
         assert (await node.station("ONB-1"))["site_id"] == "depot"
+        await page.evaluate("document.getElementById('toast').replaceChildren()")
+        await _shot(page, "admin")
 
         # a card: unknown, the plug-in is refused; added in the dashboard, accepted
         assert not await station.plug_in(1, EvSpec(), "CARD-77")
