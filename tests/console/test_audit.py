@@ -220,12 +220,12 @@ async def test_audit_trail(database_url, tmp_path):
             assert (rows[0]["actor"], rows[0]["outcome"]) == ("driver", "failed")
             assert rows[0]["target"] == "station AUD-1" and rows[0]["summary"] == claim
 
-            # a body the input guard refuses: a lone UTF-16 surrogate is stored as "?"
-            body = b'{"id": "\\ud800x"}'
+            # a body the input guard refuses: a lone UTF-16 surrogate is stored as "?", NaN as text
+            body = b'{"id": "\\ud800x", "n": NaN}'
             r = await admin.post("/api/v1/sites", content=body, headers=JSON)
             assert r.status_code == 422
             [row] = await _rows(node, 1, action="site create")
-            assert row["outcome"] == "failed" and row["summary"] == {"id": "?x"}
+            assert row["outcome"] == "failed" and row["summary"] == {"id": "?x", "n": "nan"}
 
             # 8 + 2 exports + 6 refused edits (405) + logout + a read without login + 2 CLI + 2
             rows = await _rows(node, 22)

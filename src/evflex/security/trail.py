@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -115,6 +116,8 @@ def _cleaned(value: Any, depth: int = 0) -> Any:
         return out_list
     if isinstance(value, str):
         return REDACTED if _PRIVATE_PEM in value else _text(value, MAX_VALUE_CHARS)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # a summary is JSON: "nan", "inf"
     if isinstance(value, bool | int | float) or value is None:
         return value
     return _text(value, MAX_VALUE_CHARS)
