@@ -9,10 +9,23 @@ from datetime import timedelta
 import pyotp
 
 from conftest import Node, start_node
+from console.test_firmware import IMAGE, file_server
 from evflex.demo import create_demo_admin
 from evflex.sim import EvSpec, SimStation, StationSpec
 from evflex.web.auth import add_user
 from web.test_browser import _shot, browser, expect  # noqa: F401  (the browser fixture)
+
+#: Keeps every firmware status the page shows, in order, in window.fwSeen.
+FIRMWARE_WATCH = """() => {
+  window.fwSeen = [];
+  const box = document.querySelector("#st-firmware");
+  const note = () => {
+    const el = box.querySelector('[data-fw="status"]');
+    const text = el && el.textContent.trim();
+    if (text && window.fwSeen[window.fwSeen.length - 1] !== text) window.fwSeen.push(text);
+  };
+  new MutationObserver(note).observe(box, {childList: true, subtree: true, characterData: true});
+}"""
 
 
 async def _sign_in(page, base: str, username: str, password: str, code: str) -> None:
@@ -51,6 +64,7 @@ async def test_station_page(tmp_path, browser):  # noqa: F811
     )  # fmt: skip
     try:
         for st in (st16, st201):
+            st.firmware_step_s = 0.8
             await st.start(timeout=10)
         await http.post("/api/v1/id-tokens", json={"id_token": "CARD1", "status": "Accepted"})
         assert await st201.plug_in(1, EvSpec(battery_kwh=60, soc=0.4), "CARD1")
@@ -138,6 +152,25 @@ async def test_station_page(tmp_path, browser):  # noqa: F811
         await _confirm(page)
         await expect(page.locator("#local-version")).to_have_text("1")
         assert st16.local_list_version_now == 1 and set(st16.local_list) == {"CARD1", "CARD2"}
+
+        # a firmware update: its statuses appear live, then the new version; diagnostics
+        await page.evaluate(FIRMWARE_WATCH)
+        with file_server({"/fw/page-2.bin": IMAGE}) as web:
+            await page.click(".btn-firmware")
+            await page.fill("#fw-location", f"{web}/fw/page-2.bin")
+            await _confirm(page)
+            fw = page.locator('#fw-status [data-fw="status"]')
+            await expect(fw).to_have_text("Installed", timeout=30_000)
+        await expect(page.locator('[data-id="firmware_version"]')).to_have_text("2.0.0-sim")
+        shown = await page.evaluate("window.fwSeen")
+        # each status is shown as it comes (the view refreshes at most every 0.5 s)
+        assert shown[-1] == "Installed", shown
+        assert len({"Requested", "Downloading", "Downloaded", "Installing"} & set(shown)) >= 2
+        await page.click(".btn-upload")
+        await _confirm(page)
+        await expect(page.locator('#upload-status [data-upload="status"]')).to_have_text("Uploaded")
+        name = await page.locator('#upload-status [data-upload="file"]').text_content()
+        await expect(page.locator("#uploads-table tbody")).to_contain_text(name)
 
         # the 2.0.1 station: a variable set through SetVariables
         await page.goto(f"{base}/#/stations/PAGE-201")
