@@ -237,10 +237,12 @@
           <div class="chart meter-chart" role="img" aria-label="Meter values of EVSE ${e}: power, current per phase, voltage, SoC"></div>`;
         box.append(wrap);
       }
-      wrap.querySelector(".meter-count").textContent = `${pts.size} sample${pts.size === 1 ? "" : "s"}`;
+      wrap.querySelector(".meter-count").textContent = pts.size
+        ? `${pts.size} sample${pts.size === 1 ? "" : "s"}` : "no samples in this period";
       const data = chartData(pts);
       const u = P.charts.get(e);
       if (u) { u.setData(data); continue; }
+      if (!pts.size) continue; // the chart comes with the first sample
       const el = wrap.querySelector(".meter-chart");
       const fmt = (unit) => (_u, v) => (v == null ? DASH : num(v, unit === "A" || unit === "kW" ? 1 : 0, unit));
       P.charts.set(e, EV.chart(el, {
