@@ -29,7 +29,7 @@ from evflex.security import hash_password, trail
 from evflex.security.cli import ca_app
 from evflex.security.tls import TlsError
 from evflex.sim.cli import sim_command
-from evflex.store import repo
+from evflex.store import records, repo
 from evflex.store.db import make_engine, make_sessionmaker, migrate
 from evflex.store.tables import ApiToken, Station, User
 from evflex.tuning import tune_gc
@@ -63,6 +63,8 @@ audit_app = typer.Typer(
     help="The audit trail: check its hash chain, export it.", no_args_is_help=True
 )
 app.add_typer(audit_app, name="audit")
+records_app = typer.Typer(help="Charge records of ended sessions.", no_args_is_help=True)
+app.add_typer(records_app, name="records")
 
 console = Console()
 
@@ -501,6 +503,16 @@ def audit_verify(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
         )
         raise typer.Exit(1)
     console.print(f"audit trail intact: {result['rows']} rows")
+
+
+@records_app.command("rebuild")
+def records_rebuild(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """Write the charge records that ended transactions lack (e.g. ended before records
+    existed), priced at the tariff in force at their start."""
+    settings = load_settings(config, database_url=database_url)
+    now = utcnow()
+    made = _in_store(settings, lambda s: records.rebuild(s, settings.currency, now))
+    console.print(f"{made} charge record(s) written")
 
 
 @audit_app.command("export")

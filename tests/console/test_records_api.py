@@ -9,6 +9,7 @@ matches the transaction and its feed-in reward the exported kWh.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import UTC, datetime, timedelta
@@ -17,10 +18,14 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from ocpp.v201 import call
+from sqlalchemy import delete
+from typer.testing import CliRunner
 
 from conftest import Node, running_node, start_node
+from evflex.cli import app as cli
 from evflex.clock import AcceleratedClock
 from evflex.sim import SimStation, StationSpec
+from evflex.store.record_tables import ChargeRecord
 from ocpp_clients import Lib201, connected
 from sim.test_sim_v21 import _put_profile, bidi, profile
 
@@ -61,6 +66,16 @@ async def _tx_event(cp, kind: str, seq: int, at: datetime, meter: dict, **more) 
     )
 
 
+async def _boot_at_depot(node: Node, cp, station_id: str) -> None:
+    """The library station boots; the CSMS puts it on the site 'depot'."""
+    boot = call.BootNotification(
+        charging_station={"model": "R", "vendor_name": "L"}, reason="PowerUp"
+    )
+    await cp.call(boot)
+    r = await node.http.patch(f"/api/v1/stations/{station_id}", json={"site_id": "depot"})
+    assert r.status_code == 200, r.text
+
+
 async def _records(node: Node, **params) -> httpx.Response:
     r = await node.http.get("/api/v1/charge-records", params=params)
     assert r.status_code == 200, r.text
@@ -97,13 +112,7 @@ async def test_a_session_is_priced_with_the_tariff_in_force(node: Node):
 
     start = hour + timedelta(minutes=30)
     async with connected(Lib201, node.ocpp_url, "REC-1", "ocpp2.0.1") as cp:
-        await cp.call(
-            call.BootNotification(
-                charging_station={"model": "R", "vendor_name": "L"}, reason="PowerUp"
-            )
-        )
-        r = await node.http.patch("/api/v1/stations/REC-1", json={"site_id": "depot"})
-        assert r.status_code == 200, r.text
+        await _boot_at_depot(node, cp, "REC-1")
         evse = {"id": 1, "connector_id": 1}
         await _tx_event(
             cp, "Started", 0, start, _sample(start, 1000.0, 500.0, "Transaction.Begin"),
@@ -235,12 +244,7 @@ async def test_paging_filters_csv_and_bad_input(node: Node):
     await node.http.post("/api/v1/sites", json=SITE)
     t0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
     async with connected(Lib201, node.ocpp_url, "REC-2", "ocpp2.0.1") as cp:
-        await cp.call(
-            call.BootNotification(
-                charging_station={"model": "R", "vendor_name": "L"}, reason="PowerUp"
-            )
-        )
-        await node.http.patch("/api/v1/stations/REC-2", json={"site_id": "depot"})
+        await _boot_at_depot(node, cp, "REC-2")
         for i in range(3):
             at = t0 + timedelta(hours=i)
             meter = _sample(at, 1000.0 * i, 0.0, "Transaction.Begin")
@@ -324,3 +328,32 @@ async def test_currency_setting(database_url):
     async with running_node(database_url, currency="CHF") as node:
         await node.http.post("/api/v1/sites", json=SITE)
         assert (await node.http.get("/api/v1/sites/depot/tariff")).json()["currency"] == "CHF"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_records_rebuild_writes_the_missing_ones(database_url):
+    """A session that ended without a record (as before records existed) gets one from
+    `evflex records rebuild`, priced like the one written at its end; a second run adds none."""
+    async with running_node(database_url, allow_unknown_stations=True) as node:
+        await node.http.post("/api/v1/sites", json=SITE)
+        at = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+        async with connected(Lib201, node.ocpp_url, "REC-3", "ocpp2.0.1") as cp:
+            await _boot_at_depot(node, cp, "REC-3")
+            meter = _sample(at, 0.0, 0.0, "Transaction.Begin")
+            await _tx_event(cp, "Started", 0, at, meter, evse={"id": 1, "connector_id": 1})
+            end = at + timedelta(minutes=30)
+            await _tx_event(cp, "Ended", 1, end, _sample(end, 4000.0, 0.0, "Transaction.End"))
+        [written] = (await _records(node)).json()
+        async with node.rt.sessionmaker() as s, s.begin():
+            await s.execute(delete(ChargeRecord))
+    runner = CliRunner()
+    args = ["records", "rebuild", "--database-url", database_url]
+    r = await asyncio.to_thread(runner.invoke, cli, args)
+    assert r.exit_code == 0 and "1 charge record(s) written" in r.output, r.output
+    r = await asyncio.to_thread(runner.invoke, cli, args)
+    assert "0 charge record(s) written" in r.output, r.output
+    async with running_node(database_url) as node:
+        [rebuilt] = (await _records(node)).json()
+    assert rebuilt["total_cost"] == written["total_cost"] == pytest.approx(4 * 0.5)
+    same = ("transaction", "energy_imported_kwh", "started_at", "stopped_at", "idle_s")
+    assert {k: rebuilt[k] for k in same} == {k: written[k] for k in same}

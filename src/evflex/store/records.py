@@ -15,6 +15,7 @@ from evflex.domain.model import (
     ENERGY_IMPORT_REGISTER,
     POWER_EXPORT,
     POWER_IMPORT,
+    TransactionState,
 )
 from evflex.store import repo
 from evflex.store.record_tables import ChargeRecord, SiteTariff
@@ -259,6 +260,22 @@ async def create_record(
     session.add(rec)
     await session.flush()
     return rec
+
+
+async def rebuild(session: AsyncSession, currency: str, now: datetime) -> int:
+    """Write the missing records of ended transactions (ended before records existed);
+    their stop on the CSMS's clock is taken as the station's stamp. Returns how many."""
+    res = await session.execute(
+        select(Transaction)
+        .outerjoin(ChargeRecord, ChargeRecord.transaction_pk == Transaction.id)
+        .where(Transaction.state == TransactionState.ENDED.value, ChargeRecord.id.is_(None))
+        .order_by(Transaction.id)
+    )
+    made = 0
+    for tx in res.scalars().all():
+        if await create_record(session, tx, tx.stopped_at or tx.updated_at, currency, now):
+            made += 1
+    return made
 
 
 # ------------------------------------------------------------------ queries
