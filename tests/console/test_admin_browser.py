@@ -17,6 +17,12 @@ from web.test_browser import _login, _shot, browser, expect  # noqa: F401 (brows
 VIEWER_PASSWORD = "a viewer's passphrase"
 
 
+async def _dismiss_toasts(page) -> None:
+    await page.evaluate(
+        "document.querySelectorAll('#toast .toast-close').forEach((b) => b.click())"
+    )
+
+
 async def test_admin_onboards_station_and_card_and_manages_accounts(tmp_path, browser):  # noqa: F811
     rt, http = await start_node(f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}")
     node = Node(rt, http)
@@ -75,7 +81,7 @@ async def test_admin_onboards_station_and_card_and_manages_accounts(tmp_path, br
         await page.click("#confirm-ok")
         await expect(row.locator("td.num")).to_have_text("16 A")
         assert (await node.station("ONB-1"))["site_id"] == "depot"
-        await page.evaluate("document.getElementById('toast').replaceChildren()")
+        await _dismiss_toasts(page)
         await _shot(page, "admin")
 
         # a card: unknown, the plug-in is refused; added in the dashboard, accepted
@@ -127,6 +133,7 @@ async def test_admin_onboards_station_and_card_and_manages_accounts(tmp_path, br
             assert (await machine.get("/api/v1/stations")).status_code == 200
             entry = page.locator("#admin-tokens tbody tr").filter(has_text="meter reader")
             await expect(entry.locator(".token-state")).to_have_text("active")
+            await _dismiss_toasts(page)  # they sit over the table's right-hand column
             await entry.locator("[data-action='token-revoke']").click()
             await page.click("#confirm-ok")
             await expect(entry.locator(".token-state")).to_have_text("revoked")

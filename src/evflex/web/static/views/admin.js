@@ -36,6 +36,10 @@
       `${why ? ` disabled title="${esc(why)}"` : ""}>${esc(label)}</button>`;
   }
 
+  /** A tab's heading with its add button beside it (left: toasts show top right). */
+  const head = (title, kind, label) => `<div class="admin-head"><h2>${esc(title)}</h2>` +
+    `${adminBtn(kind, label, "btn-primary", "", "data-add")}</div>`;
+
   const options = (values, selected, label = (v) => v) => values.map((v) =>
     `<option value="${esc(v)}"${String(v) === String(selected ?? "") ? " selected" : ""}>${esc(label(v))}</option>`).join("");
 
@@ -224,7 +228,7 @@
   }
 
   const renderStations = () =>
-    `<div class="section-head"><h2>Stations</h2>${adminBtn("station", "Add station", "btn-primary", "", "data-add")}</div>` +
+    head("Stations", "station", "Add station") +
     table("admin-stations", "Stations", ["Station", "Site", "Circuit", "Phases", "Limit", "Security", "Password", "Connection", "Actions"],
       D.stations.map(stationRow), "No stations registered yet.");
 
@@ -308,7 +312,7 @@
   }
 
   const renderCards = () =>
-    `<div class="section-head"><h2>Cards</h2>${adminBtn("card", "Add card", "btn-primary", "", "data-add")}</div>` +
+    head("Cards", "card", "Add card") +
     table("admin-cards", "Cards (id tokens)", ["Card", "Type", "Status", "Expires", "Group", "Added", "Actions"],
       D.cards.map(cardRow), "No cards yet.");
 
@@ -394,7 +398,7 @@
   }
 
   const renderUsers = () =>
-    `<div class="section-head"><h2>Users</h2>${adminBtn("user", "Add user", "btn-primary", "", "data-add")}</div>` +
+    head("Users", "user", "Add user") +
     table("admin-users", "Dashboard accounts", ["User", "Role", "Status", "TOTP", "Created", "Last login", "Actions"],
       D.users.map(userRow), "No accounts yet.");
 
@@ -439,7 +443,7 @@
   }
 
   const renderTokens = () =>
-    `<div class="section-head"><h2>API tokens</h2>${adminBtn("token", "Create token", "btn-primary", "", "data-add")}</div>` +
+    head("API tokens", "token", "Create token") +
     table("admin-tokens", "API tokens", ["Id", "Name", "Role", "Created", "Last used", "Status", "Actions"],
       D.tokens.map(tokenRow), "No API tokens yet.") +
     '<p class="muted small">Tokens of the in-process tools live in memory and are not listed.</p>';
