@@ -118,7 +118,7 @@
         <button class="btn" type="reset">Clear</button>
       </form>
       <div id="audit-body"></div>
-      <div class="pager"><span id="audit-count" class="muted" aria-live="polite"></span>
+      <div class="pager audit-pager"><span id="audit-count" class="muted" aria-live="polite"></span>
         <button id="audit-prev" class="btn btn-small" type="button">Newer</button>
         <button id="audit-next" class="btn btn-small" type="button">Older</button></div>`,
     mount() {
