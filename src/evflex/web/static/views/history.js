@@ -35,7 +35,7 @@
       <td class="num">${esc(kwh(r.energy_imported_kwh))}</td>
       <td class="num">${esc(kwh(r.energy_exported_kwh))}</td>
       <td class="num">${esc(kw(r.peak_import_kw))}</td>
-      <td><span class="need need-${cls}">${esc(need)}</span></td>
+      <td><span class="rec-need rec-need-${cls}">${esc(need)}</span></td>
       <td class="num"${noCost}>${esc(cost(r))}</td>
       <td><button type="button" class="btn btn-small" data-action="recordDetail"
         aria-expanded="${H.detail && H.detail.id === r.id}">Details</button></td>
@@ -168,7 +168,7 @@
     re: /^#\/history$/, nav: "#/history", title: "History",
     skeleton: () => `<div class="section-head"><h1>History</h1>
       <a id="history-csv" class="btn btn-small" href="/api/v1/charge-records.csv" download>Download CSV</a></div>
-      <form id="history-filters" class="filters" aria-label="Filter the charge records">
+      <form id="history-filters" aria-label="Filter the charge records">
         <label>Station <input name="station" autocomplete="off" maxlength="48"></label>
         <label>Site <select name="site"><option value="">All</option></select></label>
         <label>Card <input name="card" autocomplete="off" maxlength="255"
@@ -180,7 +180,7 @@
       </form>
       <p id="history-count" class="muted" role="status"></p>
       <div id="history-body"></div>
-      <div class="pager"><button type="button" class="btn btn-small" id="history-prev">Newer</button>
+      <div class="history-pager"><button type="button" class="btn btn-small" id="history-prev">Newer</button>
         <button type="button" class="btn btn-small" id="history-next">Older</button></div>
       <div id="history-detail-box"></div>
       <details id="tariff-card" class="card">
