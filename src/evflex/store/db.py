@@ -62,6 +62,14 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 Migration = Callable[[AsyncConnection], Awaitable[None]]
 
 
+def _create_tables(sync_conn) -> None:
+    """Every table but the schema version's, on a database that has none of them yet."""
+    tables = [t for t in Base.metadata.sorted_tables if t.name != SchemaVersion.__tablename__]
+    have = set(inspect(sync_conn).get_table_names())
+    Base.metadata.create_all(sync_conn, tables=[t for t in tables if t.name not in have],
+                             checkfirst=False)  # fmt: skip
+
+
 async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
@@ -130,7 +138,12 @@ async def migrate(engine: AsyncEngine) -> int:
     async with engine.begin() as conn:
         await conn.run_sync(SchemaVersion.__table__.create, checkfirst=True)
         current = (await conn.execute(select(SchemaVersion.version))).scalar()
-        version = current or 0
+        # A new database gets today's tables at once: every migration after the first only
+        # adds tables and columns that the table definitions already hold.
+        version = current or SCHEMA_VERSION
+        if current is None:
+            log.info("creating database schema version %d", SCHEMA_VERSION)
+            await conn.run_sync(_create_tables)
         for i in range(version, SCHEMA_VERSION):
             log.info("migrating database schema to version %d", i + 1)
             await MIGRATIONS[i](conn)
