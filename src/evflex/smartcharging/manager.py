@@ -99,6 +99,8 @@ log = logging.getLogger(__name__)
 # Profile ids the load manager owns on every station: one TxProfile and one
 # TxDefaultProfile per EVSE. Operators should use other ids.
 TX_PROFILE_BASE = 1_900_000_000
+#: How long a bare Rejected of a TxProfile waits for its transaction's end before it counts (s).
+TX_REJECT_GRACE_S = 2.0
 DEFAULT_PROFILE_BASE = 1_900_100_000
 
 
@@ -349,11 +351,27 @@ class LoadManager:
             mem.steerable = True
             if is_lm_profile(profile_id):
                 self._set_refusing(station_id, None)
+        elif w.status == "rejected" and w.code is None and w.profile.transaction_id:
+            # A bare Rejected (1.6 gives no reason) of a TxProfile: the transaction may have
+            # ended while the profile was on its way. Judge once the end has had time to
+            # arrive: a profile no longer wanted says nothing about the station.
+            loop = asyncio.get_running_loop()
+            loop.call_later(TX_REJECT_GRACE_S, self._refused, station_id, profile_id, w, mem)
+            return
         else:
-            mem.steerable = False
-            reason = refusal(w)
-            if reason is not None and is_lm_profile(profile_id):
-                self._set_refusing(station_id, reason)
+            self._refused(station_id, profile_id, w, mem)
+            return
+        if before != mem.steerable:
+            self.mark_dirty(self._station_site.get(station_id))
+
+    def _refused(self, station_id: str, profile_id: int, w: Wanted, mem: _EvseMemory) -> None:
+        if w.profile.transaction_id and mem.wanted_profile != profile_id:
+            return  # its transaction ended: the station dropped it with the transaction
+        before = mem.steerable
+        mem.steerable = False
+        reason = refusal(w)
+        if reason is not None and is_lm_profile(profile_id):
+            self._set_refusing(station_id, reason)
         if before != mem.steerable:
             self.mark_dirty(self._station_site.get(station_id))
 
