@@ -287,6 +287,7 @@ def _bench(*args: str):
 REQUIRED = ("energy_delivered_pct", "drivers_served_pct", "peak_kw", "cost")
 
 
+@pytest.mark.slow  # a whole benchmark run (tens of seconds)
 def test_cli_writes_json(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = _bench(

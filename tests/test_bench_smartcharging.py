@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from evflex.cli import app
 
 
+@pytest.mark.slow  # a whole benchmark run (tens of seconds)
 def test_bench_smartcharging_small(tmp_path):
     out = tmp_path / "sc.json"
     result = CliRunner().invoke(

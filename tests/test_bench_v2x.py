@@ -33,6 +33,7 @@ def _text(output: str) -> str:
     return re.sub(r"[\s\u2500-\u257f]+", " ", output)
 
 
+@pytest.mark.slow  # a whole benchmark run (tens of seconds)
 def test_bench_v2x_quick(tmp_path):
     out = tmp_path / "v2x.json"
     result = CliRunner().invoke(app, ["bench", "v2x", "--quick", "--out", str(out)])
