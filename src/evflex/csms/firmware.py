@@ -19,7 +19,6 @@ import hmac
 import random
 import secrets
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +29,7 @@ from pydantic import BaseModel
 from sqlalchemy import or_, update
 
 from evflex.csms import commands as c
+from evflex.csms.attached import attached
 from evflex.domain.model import StationEvent
 from evflex.store import repo
 from evflex.store.tables import Station
@@ -98,16 +98,9 @@ class UploadState:
         return f"{self.base_url().rstrip('/')}{UPLOAD_PATH}/{quote(station_id, safe='')}/{token}"
 
 
-_STATES: weakref.WeakKeyDictionary[Any, UploadState] = weakref.WeakKeyDictionary()
-
-
 def state_for(service: Any) -> UploadState:
     """The upload state of a CSMS (a CsmsService, or anything with ``.service``)."""
-    service = getattr(service, "service", service)
-    state = _STATES.get(service)
-    if state is None:
-        state = _STATES[service] = UploadState()
-    return state
+    return attached(service, UploadState)
 
 
 def prepare(service: Any, station_id: str, name: str, body: BaseModel) -> BaseModel:

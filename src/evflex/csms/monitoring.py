@@ -18,7 +18,6 @@ frequency service, 900 s otherwise.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -29,6 +28,7 @@ from sqlalchemy import select
 
 from evflex.clock import parse_datetime
 from evflex.csms import commands as c
+from evflex.csms.attached import attached
 from evflex.store.tables import Connector
 
 #: Reporting interval while a station delivers a frequency service (s).
@@ -237,16 +237,9 @@ class MonitoringState:
         return self.live.get(station_id, {}).get(key)
 
 
-_STATES: weakref.WeakKeyDictionary[Any, MonitoringState] = weakref.WeakKeyDictionary()
-
-
 def state_for(service: Any) -> MonitoringState:
     """The monitoring state of a CSMS (a CsmsService, or anything with ``.service``)."""
-    service = getattr(service, "service", service)
-    state = _STATES.get(service)
-    if state is None:
-        state = _STATES[service] = MonitoringState()
-    return state
+    return attached(service, MonitoringState)
 
 
 # ---------------------------------------------------------------- operations
