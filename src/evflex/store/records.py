@@ -17,6 +17,7 @@ from evflex.domain.model import (
     POWER_IMPORT,
     TransactionState,
 )
+from evflex.smartcharging.sitelog import need_served
 from evflex.store import repo
 from evflex.store.record_tables import ChargeRecord, SiteTariff
 from evflex.store.tables import MeterValue, Site, Station, Transaction
@@ -193,11 +194,18 @@ def _net_at(points: list[EnergyPoint], at: datetime) -> float:
     return prev.import_wh - prev.export_wh - first
 
 
-def _need_met(tx: Transaction, points: list[EnergyPoint], stop: datetime) -> str:
+def _need_met(
+    tx: Transaction, st: Station | None, site: Site | None, points: list[EnergyPoint],
+    stop: datetime,
+) -> str:  # fmt: skip
+    """``yes`` when the need was there by departure, or when the driver is served by the
+    rule the dashboard's KPI and ``evflex demo`` use (all the car could take in its stay)."""
     if tx.energy_target_wh is None:
         return "unknown"
     by = min(tx.departure_at, stop) if tx.departure_at is not None else stop
-    return "yes" if _net_at(points, by) >= tx.energy_target_wh - NEED_TOLERANCE_WH else "no"
+    if _net_at(points, by) >= tx.energy_target_wh - NEED_TOLERANCE_WH:
+        return "yes"
+    return "yes" if st is not None and site is not None and need_served(tx, st, site) else "no"
 
 
 async def create_record(
@@ -214,6 +222,7 @@ async def create_record(
         return None
     station = await session.get(Station, tx.station_id)
     site_id = station.site_id if station is not None else None
+    site = await session.get(Site, site_id) if site_id is not None else None
     readings = await _readings(session, tx)
     station_stop = tx.stopped_at or stopped_at
     started = tx.csms_started_at or tx.started_at or stopped_at
@@ -237,7 +246,7 @@ async def create_record(
         peak_export_w=readings.peak_export_w,
         departure_at=tx.departure_at,
         energy_need_wh=tx.energy_target_wh,
-        need_met=_need_met(tx, readings.points, station_stop),
+        need_met=_need_met(tx, station, site, readings.points, station_stop),
         charging_s=spent.charging_s,
         discharging_s=spent.discharging_s,
         idle_s=spent.idle_s,
