@@ -85,8 +85,10 @@ class PeerEmsp:
         assert r.status_code == 200, f"peer /control/{path}: {r.status_code} {r.text}"
         return r.json()
 
-    async def state(self) -> dict:
-        return await self.control("GET", "state")
+    async def state(self, partner: str | None = None) -> dict:
+        """What the peer knows; with ``partner`` (a node's versions URL), only what that
+        node sent it."""
+        return await self.control("GET", "state" + (f"?partner={partner}" if partner else ""))
 
     async def reset(self) -> None:
         """Forget every partner, token and object (the process stays)."""
@@ -97,25 +99,37 @@ class PeerEmsp:
         return await self.control("POST", "invite")
 
     async def register_with(self, versions_url: str, token: str) -> dict:
+        """The peer registers with a node (its versions URL and token A); the peer's
+        account of each step."""
         return await self.control(
             "POST", "register-with", {"versions_url": versions_url, "token": token}
         )
 
+    async def unregister(self, partner: str) -> dict:
+        """The peer DELETEs its credentials at the node: {status_code, body}."""
+        return await self.control("POST", "unregister", {"partner": partner})
+
     async def issue_token(self, uid: str, **fields: Any) -> dict:
+        """One of the peer's own tokens (whitelist, valid, kind: its type)."""
         return await self.control("POST", "tokens", {"uid": uid, **fields})
 
-    async def push_token(self, uid: str) -> dict:
-        return await self.control("POST", "push-token", {"uid": uid})
+    async def push_token(self, partner: str, uid: str) -> dict:
+        return await self.control("POST", "push-token", {"partner": partner, "uid": uid})
 
-    async def command(self, command: str, **fields: Any) -> dict:
-        return await self.control("POST", "command", {"command": command, **fields})
+    async def command(self, partner: str, command: str, **fields: Any) -> dict:
+        return await self.control(
+            "POST", "command", {"partner": partner, "command": command, **fields}
+        )
 
     async def command_result(self, uid: str) -> dict | None:
         return await self.control("GET", f"command-result/{uid}")
 
-    async def requests(self, method: str | None = None, module: str | None = None) -> list:
-        """The OCPI requests the peer received (method, path, status, body, answer)."""
-        found = (await self.state())["requests"]
+    async def requests(
+        self, partner: str, method: str | None = None, module: str | None = None
+    ) -> list[dict]:
+        """The OCPI requests a node made to the peer (partner, method, path, status, body,
+        answer)."""
+        found = (await self.state(partner))["requests"]
         return [
             r for r in found
             if (method is None or r["method"] == method)

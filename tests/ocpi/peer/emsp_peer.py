@@ -67,7 +67,7 @@ os.environ.update(
 
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
-from fastapi import Body, FastAPI  # noqa: E402
+from fastapi import Body, FastAPI, HTTPException  # noqa: E402
 from fastapi.encoders import jsonable_encoder  # noqa: E402
 from py_ocpi import get_application  # noqa: E402
 from py_ocpi.core.adapter import BaseAdapter  # noqa: E402
@@ -77,7 +77,7 @@ from py_ocpi.core.crud import Crud  # noqa: E402
 from py_ocpi.core.enums import Action, ModuleID, RoleEnum  # noqa: E402
 from py_ocpi.core.push import push_object  # noqa: E402
 from py_ocpi.core.schemas import Push, Receiver  # noqa: E402
-from py_ocpi.core.utils import encode_string_base64  # noqa: E402
+from py_ocpi.core.utils import decode_string_base64, encode_string_base64  # noqa: E402
 from py_ocpi.modules.commands.v_2_2_1.schemas import (  # noqa: E402
     CommandResponse,
     StartSession,
@@ -105,12 +105,14 @@ def now() -> str:
 
 
 class State:
-    """Everything the peer knows, in memory."""
+    """Everything the peer knows, in memory. It may be linked to several nodes at once
+    (each test module's own): a partner is known by its versions URL, and every token it
+    calls us with, and everything it sent us, by that URL."""
 
     token_a: set[str] = set()  # invitation tokens: a partner may register with one
-    token_c: set[str] = set()  # the tokens partners call us with
-    partner: dict[str, Any] = {}  # the registered partner (token we call it with, endpoints)
-    objects: dict[str, dict[tuple, dict]] = {m.value: {} for m in MODULES}
+    token_c: dict[str, str | None] = {}  # a token partners call us with -> partner's URL
+    partners: dict[str, dict[str, Any]] = {}  # by versions URL: token we call it with, ...
+    objects: dict[str, dict[tuple, dict]] = {m.value: {} for m in MODULES}  # (partner, ...)
     tokens: dict[str, dict] = {}  # our own tokens (the eMSP issues them), by lower uid
     requests: list[dict] = []  # every OCPI request received: method, path, status, ...
 
@@ -131,23 +133,30 @@ def _credentials(token: str) -> dict:
     ).dict()
 
 
-def _key(module: str, id: Any, kw: dict) -> tuple:
+def _caller(args: tuple, kwargs: dict) -> str | None:
+    """The versions URL of the partner that made this request (by its token)."""
+    token = kwargs.get("auth_token") or (args[0] if args else None)
+    return State.token_c.get(token)
+
+
+def _key(module: str, id: Any, args: tuple, kw: dict) -> tuple:
     if module in (ModuleID.locations, ModuleID.sessions, ModuleID.tariffs):
         return (
+            _caller(args, kw),
             str(kw.get("country_code", "")).lower(),
             str(kw.get("party_id", "")).lower(),
             str(id).lower(),
         )
-    return (str(id).lower(),)
+    return (_caller(args, kw), str(id).lower())
 
 
-def _partner_from(credentials: dict, endpoints: dict) -> None:
-    State.partner = {
+def _link(credentials: dict, endpoints: list, version_url: str | None = None) -> None:
+    State.partners[credentials["url"]] = {
         "token": credentials["token"],
         "url": credentials["url"],
         "roles": credentials["roles"],
-        "version_url": endpoints.get("version_url"),
-        "endpoints": endpoints.get("endpoints", []),
+        "version_url": version_url,
+        "endpoints": endpoints,
         "registered_at": now(),
     }
 
@@ -161,7 +170,7 @@ class Store(Crud):
             return _credentials(id) if id in State.token_c else None
         if module == ModuleID.tokens:
             return State.tokens.get(str(id).lower())
-        return State.objects[module.value].get(_key(module, id, kwargs))
+        return State.objects[module.value].get(_key(module, id, args, kwargs))
 
     async def list(self, module, role, filters, *args, **kwargs):
         items = (
@@ -178,24 +187,23 @@ class Store(Crud):
             # a partner registers with one of our invitation tokens (token A)
             State.token_a.discard(kwargs.get("auth_token"))
             return self._new_partner(data)
-        key = _key(module, data.get("id"), kwargs)
+        key = _key(module, data.get("id"), args, kwargs)
         State.objects[module.value][key] = data
         return data
 
     async def update(self, module, role, data, id, *args, **kwargs):
         if module == ModuleID.credentials_and_registration:
-            State.token_c.discard(kwargs.get("auth_token"))
+            State.token_c.pop(kwargs.get("auth_token"), None)  # its old token C
             return self._new_partner(data)
-        key = _key(module, id, kwargs)
+        key = _key(module, id, args, kwargs)
         State.objects[module.value][key] = data
         return data
 
     async def delete(self, module, role, id, *args, **kwargs):
         if module == ModuleID.credentials_and_registration:
-            State.token_c.discard(id)
-            State.partner = {}
+            State.partners.pop(State.token_c.pop(id, None), None)
             return
-        State.objects[module.value].pop(_key(module, id, kwargs), None)
+        State.objects[module.value].pop(_key(module, id, args, kwargs), None)
 
     async def do(self, module, role, action, *args, data=None, **kwargs):
         if action == Action.authorize_token:
@@ -207,9 +215,9 @@ class Store(Crud):
     @staticmethod
     def _new_partner(data: dict) -> dict:
         # the library passes the partner's version details, not where it found them
-        _partner_from(data["credentials"], {"endpoints": data["endpoints"].get("endpoints", [])})
+        _link(data["credentials"], data["endpoints"].get("endpoints", []))
         token_c = secrets.token_urlsafe(32)
-        State.token_c.add(token_c)
+        State.token_c[token_c] = data["credentials"]["url"]
         return _credentials(token_c)
 
 
@@ -226,7 +234,8 @@ class Keys(Authenticator):
 
 
 class Recorder:
-    """ASGI middleware: notes every OCPI request, with the bodies of those refused."""
+    """ASGI middleware: notes every OCPI request: who sent it (the partner's versions URL),
+    method, path, HTTP status, the body and the answer."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -235,6 +244,8 @@ class Recorder:
         if scope["type"] != "http" or not scope["path"].startswith("/ocpi"):
             return await self.app(scope, receive, send)
         body, answer, status = [], [], []
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        caller = State.token_c.get(_token_of(headers.get("authorization", "")))
 
         async def receive_():
             message = await receive()
@@ -251,15 +262,24 @@ class Recorder:
         try:
             await self.app(scope, receive_, send_)
         finally:
-            entry = {
-                "method": scope["method"],
-                "path": scope["path"],
-                "query": scope.get("query_string", b"").decode(),
-                "status": status[0] if status else None,
-                "body": _json(b"".join(body)),
-                "answer": _json(b"".join(answer)),
-            }
-            State.requests.append(entry)
+            State.requests.append(
+                {
+                    "partner": caller,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "query": scope.get("query_string", b"").decode(),
+                    "status": status[0] if status else None,
+                    "body": _json(b"".join(body)),
+                    "answer": _json(b"".join(answer)),
+                }
+            )
+
+
+def _token_of(header: str) -> str | None:
+    try:
+        return decode_string_base64(header.split()[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def _json(raw: bytes) -> Any:
@@ -284,11 +304,17 @@ def _auth(token: str) -> dict:
     return {"Authorization": f"Token {encode_string_base64(token)}"}
 
 
-def _endpoint(identifier: str, role: str = "RECEIVER") -> str:
-    for endpoint in State.partner.get("endpoints", []):
+def _partner(url: str) -> dict:
+    if url not in State.partners:
+        raise HTTPException(404, f"no partner registered with versions URL {url}")
+    return State.partners[url]
+
+
+def _endpoint(partner: dict, identifier: str, role: str = "RECEIVER") -> str:
+    for endpoint in partner.get("endpoints", []):
         if endpoint["identifier"] == identifier and endpoint["role"] == role:
             return endpoint["url"]
-    raise LookupError(f"the partner has no {identifier} {role} endpoint")
+    raise HTTPException(409, f"the partner has no {identifier} {role} endpoint")
 
 
 def _answer(response: httpx.Response) -> dict:
@@ -309,19 +335,26 @@ async def _version_details(client: httpx.AsyncClient, versions_url: str, token: 
     return out
 
 
+def _mine(partner: str | None, key: tuple) -> bool:
+    return partner is None or key[0] == partner
+
+
 @app.get("/control/state")
-async def control_state():
+async def control_state(partner: str | None = None):
+    """What we know; with ``partner`` (a versions URL): only what that partner sent."""
     return jsonable_encoder(
         {
             "port": PORT,
             "versions_url": VERSIONS_URL,
             "country_code": settings.COUNTRY_CODE,
             "party_id": settings.PARTY_ID,
-            "partner": State.partner,
-            "objects": {m: list(v.values()) for m, v in State.objects.items()},
+            "partners": State.partners,
+            "objects": {
+                m: [v for k, v in objects.items() if _mine(partner, k)]
+                for m, objects in State.objects.items()
+            },
             "tokens": list(State.tokens.values()),
-            "requests": State.requests,
-            "token_c_count": len(State.token_c),
+            "requests": [r for r in State.requests if partner is None or r["partner"] == partner],
         }
     )
 
@@ -331,7 +364,7 @@ async def control_reset():
     """Forget every partner, token and object."""
     State.token_a.clear()
     State.token_c.clear()
-    State.partner = {}
+    State.partners.clear()
     for objects in State.objects.values():
         objects.clear()
     State.tokens.clear()
@@ -359,26 +392,34 @@ async def control_register_with(versions_url: str = Body(...), token: str = Body
         endpoints = found["details"]["body"]["data"]["endpoints"]
         credentials_url = [e["url"] for e in endpoints if e["identifier"] == "credentials"][0]
         token_b = secrets.token_urlsafe(32)
-        State.token_c.add(token_b)
+        State.token_c[token_b] = versions_url
         ours = Credentials(**_credentials(token_b))
         posted = await client.post(credentials_url, json=ours.dict(), headers=_auth(token))
         result = {"posted": jsonable_encoder(ours.dict()), "answer": _answer(posted), **found}
         if posted.status_code != 200 or posted.json().get("status_code") != 1000:
-            State.token_c.discard(token_b)
+            State.token_c.pop(token_b, None)
             return {"ok": False, "step": "credentials", **result}
         theirs = Credentials(**posted.json()["data"])  # their answer, checked by the model
+        State.token_c[token_b] = theirs.url
         again = await _version_details(client, theirs.url, theirs.token)
         result["with_token_c"] = again
         if "details" not in again or again["details"]["status_code"] != 200:
             return {"ok": False, "step": "versions with token C", **result}
-        _partner_from(
-            theirs.dict(),
-            {
-                "version_url": again["version_url"],
-                "endpoints": again["details"]["body"]["data"]["endpoints"],
-            },
-        )
+        _link(theirs.dict(), again["details"]["body"]["data"]["endpoints"], again["version_url"])
         return {"ok": True, **result}
+
+
+@app.post("/control/unregister")
+async def control_unregister(partner: str = Body(..., embed=True)):
+    """DELETE our credentials at the partner (the 2.2.1 way to end a registration)."""
+    linked = _partner(partner)
+    async with httpx.AsyncClient(timeout=15) as client:
+        answer = await client.delete(
+            _endpoint(linked, "credentials"), headers=_auth(linked["token"])
+        )
+    if answer.status_code == 200:
+        State.partners.pop(partner, None)
+    return _answer(answer)
 
 
 @app.post("/control/tokens")
@@ -386,14 +427,14 @@ async def control_tokens(
     uid: str = Body(...),
     whitelist: str = Body("ALWAYS"),
     valid: bool = Body(True),
-    type: str = Body("RFID"),
+    kind: str = Body("RFID"),
 ):
     """Issue one of our tokens (the library's Token model: its uid comes out lower case)."""
     token = Token(
         country_code=settings.COUNTRY_CODE,
         party_id=settings.PARTY_ID,
         uid=uid,
-        type=type,
+        type=kind,
         contract_id=f"{settings.COUNTRY_CODE}-{settings.PARTY_ID}-C{uid}"[:36],
         visual_number=uid,
         issuer=ARGS.name,
@@ -406,25 +447,23 @@ async def control_tokens(
 
 
 @app.post("/control/push-token")
-async def control_push_token(uid: str = Body(..., embed=True)):
+async def control_push_token(partner: str = Body(...), uid: str = Body(...)):
     """Push one of our tokens to the partner with the library's own push client
     (``py_ocpi.core.push.push_object``: GET its version details, PUT the token to its
     tokens RECEIVER endpoint)."""
-    token_c = next(iter(State.token_c), None)
-    if not State.partner.get("version_url"):
+    linked = _partner(partner)
+    if not linked.get("version_url"):
         async with httpx.AsyncClient(timeout=15) as client:
-            found = await _version_details(client, State.partner["url"], State.partner["token"])
-        State.partner["version_url"] = found.get("version_url")
+            found = await _version_details(client, linked["url"], linked["token"])
+        linked["version_url"] = found.get("version_url")
     push = Push(
         module_id=ModuleID.tokens,
         object_id=uid,
-        receivers=[
-            Receiver(endpoints_url=State.partner["version_url"], auth_token=State.partner["token"])
-        ],
+        receivers=[Receiver(endpoints_url=linked["version_url"], auth_token=linked["token"])],
     )
     try:
-        result = await push_object(V221, push, Store(), BaseAdapter, token_c)
-    except Exception as exc:  # the library raises on a non-JSON answer
+        result = await push_object(V221, push, Store(), BaseAdapter)
+    except Exception as exc:  # the library raises on a non-JSON answer, a bad URL, ...
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     answers = [jsonable_encoder(r) for r in result.receiver_responses]
     ok = all(a["status_code"] == 200 and a["response"].get("status_code") == 1000 for a in answers)
@@ -433,6 +472,7 @@ async def control_push_token(uid: str = Body(..., embed=True)):
 
 @app.post("/control/command")
 async def control_command(
+    partner: str = Body(...),
     command: str = Body("START_SESSION"),
     location_id: str | None = Body(None),
     evse_uid: str | None = Body(None),
@@ -443,6 +483,7 @@ async def control_command(
     """Send a command to the partner's commands RECEIVER endpoint, its body built by the
     library's model, with a response_url at our own commands endpoint (the library's
     receiver of the CommandResult)."""
+    linked = _partner(partner)
     uid = secrets.token_hex(8)
     response_url = f"{BASE}/{settings.OCPI_PREFIX}/emsp/{V221.value}/commands/{uid}"
     if command == "START_SESSION":
@@ -457,12 +498,10 @@ async def control_command(
     elif command == "STOP_SESSION":
         body = StopSession(response_url=response_url, session_id=session_id).dict()
     else:
-        return {"ok": False, "error": f"unsupported command {command}"}
-    url = _endpoint("commands").rstrip("/") + f"/{command}"
+        raise HTTPException(400, f"unsupported command {command}")
+    url = _endpoint(linked, "commands").rstrip("/") + f"/{command}"
     async with httpx.AsyncClient(timeout=15) as client:
-        answer = await client.post(
-            url, json=jsonable_encoder(body), headers=_auth(State.partner["token"])
-        )
+        answer = await client.post(url, json=jsonable_encoder(body), headers=_auth(linked["token"]))
     out = {"uid": uid, "url": url, "sent": jsonable_encoder(body), **_answer(answer)}
     try:
         out["response"] = CommandResponse(**answer.json()["data"]).dict()
@@ -474,8 +513,11 @@ async def control_command(
 
 @app.get("/control/command-result/{uid}")
 async def control_command_result(uid: str):
-    """The CommandResult the partner POSTed to our response_url, if any yet."""
-    return jsonable_encoder(State.objects[ModuleID.commands.value].get((uid.lower(),)))
+    """The CommandResult a partner POSTed to our response_url for command ``uid``, if any."""
+    for key, result in State.objects[ModuleID.commands.value].items():
+        if key[-1] == uid.lower():
+            return jsonable_encoder(result)
+    return None
 
 
 def main() -> None:
