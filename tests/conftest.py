@@ -100,6 +100,7 @@ def make_settings(database_url: str, **kw) -> Settings:
         host="127.0.0.1", ocpp_port=0, http_port=0, database_url=database_url,
         heartbeat_interval=60, response_timeout=5.0,
         upload_dir=Path(tempfile.mkdtemp(prefix="evflex-uploads-")),  # not the working folder
+        ocpi_key_file=Path(tempfile.mkdtemp(prefix="evflex-ocpi-")) / "ocpi.key",
     )
     base.update(kw)
     return Settings(**base)

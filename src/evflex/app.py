@@ -34,6 +34,8 @@ from evflex.api.v2x import router as v2x_router
 from evflex.clock import Clock
 from evflex.config import Settings
 from evflex.csms.firmware import UPLOAD_PATH
+from evflex.ocpi import transport as ocpi
+from evflex.ocpi.versions import router as ocpi_router
 from evflex.services import Services
 from evflex.web import driver
 from evflex.web import routes as web
@@ -108,15 +110,27 @@ def create_api(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     app.add_middleware(
-        InputGuard, max_body_bytes=rt.settings.max_body_bytes, exempt=(UPLOAD_PATH + "/",)
-    )  # a station's upload is limited by upload_max_bytes
+        InputGuard,
+        max_body_bytes=rt.settings.max_body_bytes,
+        exempt=(UPLOAD_PATH + "/",),  # a station's upload is limited by upload_max_bytes
+        problem_replies={ocpi.PREFIX + "/": ocpi.problem_reply},  # OCPI's envelope
+    )
     app.add_middleware(AuditTrail)  # outermost: it sees what the guard refuses too
-    app.add_exception_handler(RequestValidationError, validation_failed)
+
+    async def invalid(request, exc):
+        if ocpi.is_ocpi(request):
+            return ocpi.validation_reply(request, exc)
+        return await validation_failed(request, exc)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ocpi.OcpiError, ocpi.ocpi_error)
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
     routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)
     console = (records_router, alerts_router, audit_router, accounts_router, circuits_router)
     for r in (*routers, certificates_router, security_router, uploads_router, *console):
         app.include_router(r, dependencies=guarded)
+    app.include_router(ocpi_router)  # partners: OCPI credentials tokens
+    rt.ocpi.http_port = lambda: rt.http_port
     app.include_router(upload_station_router)  # stations: a one-time token in the path
     attach_uploads(rt, lambda: rt.http_port)
     app.include_router(web.router)

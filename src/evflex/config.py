@@ -222,6 +222,42 @@ class Settings(BaseSettings):
 
     toml_file: ClassVar[Path | None] = None
 
+    # OCPI 2.2.1 roaming (docs/ocpi.md)
+    ocpi_country_code: str = Field(
+        "NL", pattern=r"^[A-Z]{2}$", description="Our OCPI country code (ISO 3166-1 alpha-2)"
+    )
+    ocpi_party_id: str = Field(
+        "EVF", pattern=r"^[A-Z0-9]{3}$", description="Our OCPI party id (3 characters, ISO 15118)"
+    )
+    ocpi_business_name: str = Field("evflex", description="Our name in OCPI credentials")
+    ocpi_roles: list[Literal["CPO", "EMSP"]] = Field(
+        default_factory=lambda: ["CPO", "EMSP"],
+        description="The OCPI roles this node plays (one deployment can be CPO and eMSP)",
+    )
+    ocpi_base_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+",
+        description="Public URL partners reach this node's HTTP port at; /ocpi/versions is "
+        "under it (default: public_url, else http(s)://host:http_port)",
+    )
+    ocpi_key_file: Path = Field(
+        Path("evflex-ocpi.key"),
+        description="Key that encrypts the tokens we send to partners (made on first use, 0600)",
+    )
+    ocpi_session_update_s: float = Field(
+        60.0, ge=0, description="At most one Session update per session to a partner this often"
+    )
+    ocpi_push_timeout_s: float = Field(10.0, gt=0, description="Wait for a partner's answer (s)")
+    ocpi_retry_max_s: float = Field(
+        300.0, gt=0, description="Longest wait between two tries of a failed push (s)"
+    )
+    ocpi_authorize_timeout_s: float = Field(
+        3.0, gt=0, description="Wait for a partner's real-time token authorization (s)"
+    )
+    ocpi_command_timeout_s: float = Field(
+        60.0, gt=0, description="A command's result is TIMEOUT after this long (s)"
+    )
+
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:
         if len(self.tls_cert) != len(self.tls_key):

@@ -13,6 +13,7 @@ from evflex.csms.certificates import CertificateManager
 from evflex.csms.server import OcppServer
 from evflex.csms.service import CsmsService
 from evflex.events import EventBus
+from evflex.ocpi.node import OcpiNode
 from evflex.security.audit import FailureLimiter
 from evflex.security.tls import Tls
 from evflex.smartcharging.dispatcher import ProfileDispatcher
@@ -134,6 +135,8 @@ class Services:
         )
         self.certificates.attach(self.ocpp)
         self.service.certificates = self.certificates
+        #: The OCPI 2.2.1 roaming node (CPO and/or eMSP), on the event bus.
+        self.ocpi = OcpiNode(self)
         self.stopping = asyncio.Event()  # ends the dashboards' event streams
 
     async def _remote_stop(self, station_id: str, transaction_id: str) -> dict:
@@ -155,6 +158,7 @@ class Services:
         self.sampler.start()
         self.certificates.start()
         await self.alerts.start()
+        await self.ocpi.start()
         await self.ocpp.start(self.settings.host, self.settings.ocpp_port)
         if self.tls is not None:
             self.tls.start()
@@ -198,6 +202,7 @@ class Services:
 
     async def stop(self) -> None:
         self.stopping.set()
+        await self.ocpi.stop()
         await self.alerts.stop()
         await self.sampler.stop()
         if self.frequency is not None:

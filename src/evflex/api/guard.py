@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: The longest input (as JSON text) a 422 answer repeats; longer ones are cut.
@@ -102,11 +103,27 @@ def _nul_in_url(scope: Scope) -> bool:
 class InputGuard:
     """ASGI middleware: the body size limit, strict JSON numbers, no NUL (module doc)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, exempt: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        exempt: tuple[str, ...] = (),
+        problem_replies: dict[str, Callable[[int, str], Response]] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         #: Paths whose routes read and limit their (non-JSON) bodies themselves.
         self.exempt = exempt
+        #: Path prefix -> the answer to a refused request there, from (HTTP status, detail)
+        #: (a protocol with its own error format, such as OCPI's envelope).
+        self.problem_replies = problem_replies or {}
+
+    def _problem(self, scope: Scope, status: int, detail: str) -> Response:
+        path = scope.get("path", "")
+        for prefix, make in self.problem_replies.items():
+            if path.startswith(prefix):
+                return make(status, detail)
+        return JSONResponse({"detail": detail}, status)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,7 +131,7 @@ class InputGuard:
             return
         if _nul_in_url(scope):
             detail = NUL.replace("text", "a URL")
-            await JSONResponse({"detail": detail}, 400)(scope, receive, send)
+            await self._problem(scope, 400, detail)(scope, receive, send)
             return
         if self.exempt and scope.get("path", "").startswith(self.exempt):
             await self.app(scope, receive, send)
@@ -141,7 +158,8 @@ class InputGuard:
             more = message.get("more_body", False)
         problem = json_problem(bytes(body))
         if problem is not None:
-            await JSONResponse({"detail": f"request body: {problem}"}, 422)(scope, receive, send)
+            status = 400 if scope.get("path", "").startswith(tuple(self.problem_replies)) else 422
+            await self._problem(scope, status, f"request body: {problem}")(scope, receive, send)
             return
         replayed = False
 
@@ -156,7 +174,7 @@ class InputGuard:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"request body over {self.max_body_bytes} bytes (max_body_bytes)"
-        await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+        await self._problem(scope, 413, detail)(scope, receive, send)
 
 
 def _cut(text: str, limit: int = ECHO_CHARS) -> str:

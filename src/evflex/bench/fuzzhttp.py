@@ -272,8 +272,10 @@ def _send(client: httpx.Client, req: Request, headers: dict[str, str]) -> httpx.
 
 
 def _has_reason(r: httpx.Response) -> bool:
+    """A ``detail`` (REST API), or an OCPI envelope's ``status_message``."""
     try:
-        detail = r.json().get("detail")
+        body = r.json()
+        detail = body.get("detail") or body.get("status_message")
     except (ValueError, AttributeError):
         return False
     return bool(detail)

@@ -17,16 +17,16 @@ import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 KeyKind = Literal["ec", "rsa"]
 
 
@@ -51,7 +51,7 @@ def subject_name(common_name: str, organization: str | None) -> x509.Name:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def make_ca(

@@ -19,7 +19,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from evflex.store import alert_tables, audit_tables, record_tables  # noqa: F401 (their tables)
+from evflex.store import (  # noqa: F401 (their tables)
+    alert_tables,
+    audit_tables,
+    ocpi_tables,
+    record_tables,
+)
 from evflex.store.tables import Base, SchemaVersion
 
 log = logging.getLogger(__name__)
@@ -126,9 +131,14 @@ async def _v8_console(conn: AsyncConnection) -> None:
     await _add_missing(conn, *(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__))
 
 
+async def _v9_ocpi(conn: AsyncConnection) -> None:
+    """OCPI roaming: partners, the push outbox, partners' tokens and objects, commands."""
+    await _add_missing(conn, *(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__))
+
+
 MIGRATIONS: list[Migration] = [
     _v1_initial, _v2_smart_charging, _v3_scheduling, _v4_v2x, _v5_web, _v6_operations,
-    _v7_security, _v8_console,
+    _v7_security, _v8_console, _v9_ocpi,
 ]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 

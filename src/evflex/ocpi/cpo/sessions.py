@@ -1,0 +1,13 @@
+"""OCPI 2.2.1 sessions (cpo)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+router = APIRouter()
+
+
+def attach(node: Any) -> None:
+    """Register this module's event handlers on the OCPI node."""

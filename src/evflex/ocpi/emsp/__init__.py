@@ -1,0 +1,1 @@
+"""The eMSP role's modules: tokens and commands out, partners' objects in."""

@@ -1,0 +1,164 @@
+"""The OCPI 2.2.1 node: this evflex's roaming face (CPO and/or eMSP).
+
+It holds what every module needs: our party and roles, the public base URL,
+the partner client, the durable outbox, and one subscriber to the node's event
+bus that hands each event to the modules that asked for its topic. Each module
+(:mod:`evflex.ocpi.cpo`, :mod:`evflex.ocpi.emsp`) has an ``attach(node)`` that
+registers its handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from evflex.events import Event
+from evflex.ocpi.client import OcpiClient, endpoint
+from evflex.ocpi.cpo import cdrs as cpo_cdrs
+from evflex.ocpi.cpo import commands as cpo_commands
+from evflex.ocpi.cpo import locations as cpo_locations
+from evflex.ocpi.cpo import sessions as cpo_sessions
+from evflex.ocpi.cpo import tariffs as cpo_tariffs
+from evflex.ocpi.cpo import tokens as cpo_tokens
+from evflex.ocpi.emsp import commands as emsp_commands
+from evflex.ocpi.emsp import receivers as emsp_receivers
+from evflex.ocpi.emsp import tokens as emsp_tokens
+from evflex.ocpi.outbox import Outbox
+from evflex.ocpi.secrets import TokenBox
+from evflex.store.ocpi_tables import OcpiPartner
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event], Awaitable[None]]
+
+MODULES = (
+    cpo_locations, cpo_tariffs, cpo_sessions, cpo_cdrs, cpo_tokens, cpo_commands,
+    emsp_receivers, emsp_tokens, emsp_commands,
+)  # fmt: skip
+
+
+class OcpiNode:
+    def __init__(self, services: Any) -> None:
+        #: The node's services (:class:`evflex.services.Services`): store, OCPP, bus, ...
+        self.services = services
+        settings = services.settings
+        self.settings = settings
+        self.clock = services.clock
+        self.sessionmaker = services.sessionmaker
+        self.writer = services.writer
+        self.country_code = settings.ocpi_country_code.upper()
+        self.party_id = settings.ocpi_party_id.upper()
+        self.roles = list(settings.ocpi_roles)
+        self.box = TokenBox(settings.ocpi_key_file)
+        self.client = OcpiClient((self.country_code, self.party_id), settings.ocpi_push_timeout_s)
+        self.outbox = Outbox(
+            self.sessionmaker, self.writer, self.clock, self.client, self.box,
+            settings.ocpi_retry_max_s,
+        )  # fmt: skip
+        #: The HTTP port once it is open (set by the app), for the default base URL.
+        self.http_port: Callable[[], int] | None = None
+        self._handlers: dict[str, list[Handler]] = {}
+        self._starters: list[Callable[[], Awaitable[None]]] = []
+        self._stoppers: list[Callable[[], Awaitable[None]]] = []
+        self._listener: asyncio.Task | None = None
+        #: Per-module state a module keeps on the node (``node.state["sessions"]``).
+        self.state: dict[str, Any] = {}
+        for module in MODULES:
+            module.attach(self)
+
+    # ------------------------------------------------------------ wiring for modules
+
+    def on(self, topic: str, handler: Handler) -> None:
+        """Call ``handler`` for each bus event whose topic is ``topic`` (or starts with
+        ``topic`` if it ends with a dot: ``"transaction."``)."""
+        self._handlers.setdefault(topic, []).append(handler)
+
+    def on_start(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._starters.append(fn)
+
+    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._stoppers.append(fn)
+
+    @property
+    def base_url(self) -> str:
+        """The URL partners reach this node's HTTP port at (no trailing slash)."""
+        s = self.settings
+        if s.ocpi_base_url:
+            return s.ocpi_base_url.rstrip("/")
+        if s.public_url:
+            return s.public_url.rstrip("/")
+        scheme = "https" if s.tls_cert else "http"
+        host = s.host if s.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        port = self.http_port() if self.http_port is not None else s.http_port
+        return f"{scheme}://{host}:{port}"
+
+    @property
+    def versions_url(self) -> str:
+        return f"{self.base_url}/ocpi/versions"
+
+    def our_roles(self) -> list[dict[str, Any]]:
+        """Our CredentialsRole objects."""
+        return [
+            {
+                "role": role,
+                "country_code": self.country_code,
+                "party_id": self.party_id,
+                "business_details": {"name": self.settings.ocpi_business_name},
+            }
+            for role in self.roles
+        ]
+
+    async def partners_with(self, identifier: str, role: str) -> list[OcpiPartner]:
+        """Registered partners that have module ``identifier`` in interface role ``role``."""
+        async with self.sessionmaker() as s:
+            rows = (
+                await s.scalars(select(OcpiPartner).where(OcpiPartner.status == "registered"))
+            ).all()
+        return [p for p in rows if endpoint(p, identifier, role) is not None]
+
+    def token_of(self, partner: OcpiPartner) -> str:
+        """The token we call ``partner`` with."""
+        if not partner.token_out:
+            raise ValueError(f"partner {partner.id} has no token for us to use")
+        return self.box.open(partner.token_out)
+
+    # ------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="ocpi-events")
+        await asyncio.sleep(0)  # subscribed before the first station connects
+        for fn in self._starters:
+            await fn()
+        await self.outbox.start()
+
+    async def stop(self) -> None:
+        for fn in self._stoppers:
+            await fn()
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self.outbox.close()
+        await self.client.close()
+
+    async def _listen(self) -> None:
+        if not self._handlers:
+            return
+        prefixes = [t for t in self._handlers if t.endswith(".")]
+        async with self.services.bus.subscribe(100_000) as q:
+            while True:
+                event = await q.get()
+                handlers = list(self._handlers.get(event.topic, ()))
+                for p in prefixes:
+                    if event.topic.startswith(p):
+                        handlers += self._handlers[p]
+                for h in handlers:
+                    try:
+                        await h(event)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("OCPI handler for %s", event.topic)
