@@ -65,6 +65,10 @@ audit_app = typer.Typer(
 app.add_typer(audit_app, name="audit")
 records_app = typer.Typer(help="Charge records of ended sessions.", no_args_is_help=True)
 app.add_typer(records_app, name="records")
+ocpi_app = typer.Typer(
+    help="OCPI 2.2.1 roaming: invite and register partners, list them.", no_args_is_help=True
+)
+app.add_typer(ocpi_app, name="ocpi")
 
 console = Console()
 
