@@ -41,47 +41,23 @@ MODULES = (
 )  # fmt: skip
 
 
-class OcpiNode:
-    def __init__(self, services: Any) -> None:
-        #: The node's services (:class:`evflex.services.Services`): store, OCPP, bus, ...
-        self.services = services
-        settings = services.settings
+class OcpiParty:
+    """Who this node is in OCPI (from the settings), its partner client and its store:
+    what registering with a partner needs. The CLI uses one when no node runs."""
+
+    def __init__(self, settings: Any, sessionmaker: Any, clock: Any, writer: Any = None) -> None:
         self.settings = settings
-        self.clock = services.clock
-        self.sessionmaker = services.sessionmaker
-        self.writer = services.writer
+        self.clock = clock
+        self.sessionmaker = sessionmaker
+        #: The group-commit writer of a running node; None: each write its own transaction.
+        self.writer = writer
         self.country_code = settings.ocpi_country_code.upper()
         self.party_id = settings.ocpi_party_id.upper()
         self.roles = list(settings.ocpi_roles)
         self.box = TokenBox(settings.ocpi_key_file)
         self.client = OcpiClient((self.country_code, self.party_id), settings.ocpi_push_timeout_s)
-        self.outbox = Outbox(
-            self.sessionmaker, self.writer, self.clock, self.client, self.box,
-            settings.ocpi_retry_max_s,
-        )  # fmt: skip
         #: The HTTP port once it is open (set by the app), for the default base URL.
         self.http_port: Callable[[], int] | None = None
-        self._handlers: dict[str, list[Handler]] = {}
-        self._starters: list[Callable[[], Awaitable[None]]] = []
-        self._stoppers: list[Callable[[], Awaitable[None]]] = []
-        self._listener: asyncio.Task | None = None
-        #: Per-module state a module keeps on the node (``node.state["sessions"]``).
-        self.state: dict[str, Any] = {}
-        for module in MODULES:
-            module.attach(self)
-
-    # ------------------------------------------------------------ wiring for modules
-
-    def on(self, topic: str, handler: Handler) -> None:
-        """Call ``handler`` for each bus event whose topic is ``topic`` (or starts with
-        ``topic`` if it ends with a dot: ``"transaction."``)."""
-        self._handlers.setdefault(topic, []).append(handler)
-
-    def on_start(self, fn: Callable[[], Awaitable[None]]) -> None:
-        self._starters.append(fn)
-
-    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
-        self._stoppers.append(fn)
 
     @property
     def base_url(self) -> str:
@@ -112,6 +88,58 @@ class OcpiNode:
             for role in self.roles
         ]
 
+    def token_of(self, partner: OcpiPartner) -> str:
+        """The token we call ``partner`` with."""
+        if not partner.token_out:
+            raise ValueError(f"partner {partner.id} has no token for us to use")
+        return self.box.open(partner.token_out)
+
+    async def write(self, job: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``job(session)`` in a committed transaction (the node's writer when there is one)."""
+        if self.writer is not None:
+            return await self.writer.submit(job)
+        async with self.sessionmaker() as s, s.begin():
+            return await job(s)
+
+    def publish(self, topic: str, **data: Any) -> None:
+        """An event on the node's bus (none without a node)."""
+
+
+class OcpiNode(OcpiParty):
+    def __init__(self, services: Any) -> None:
+        super().__init__(services.settings, services.sessionmaker, services.clock,
+                         services.writer)  # fmt: skip
+        #: The node's services (:class:`evflex.services.Services`): store, OCPP, bus, ...
+        self.services = services
+        self.outbox = Outbox(
+            self.sessionmaker, self.writer, self.clock, self.client, self.box,
+            self.settings.ocpi_retry_max_s,
+        )  # fmt: skip
+        self._handlers: dict[str, list[Handler]] = {}
+        self._starters: list[Callable[[], Awaitable[None]]] = []
+        self._stoppers: list[Callable[[], Awaitable[None]]] = []
+        self._listener: asyncio.Task | None = None
+        #: Per-module state a module keeps on the node (``node.state["sessions"]``).
+        self.state: dict[str, Any] = {}
+        for module in MODULES:
+            module.attach(self)
+
+    def publish(self, topic: str, **data: Any) -> None:
+        self.services.bus.publish(topic, None, **data)
+
+    # ------------------------------------------------------------ wiring for modules
+
+    def on(self, topic: str, handler: Handler) -> None:
+        """Call ``handler`` for each bus event whose topic is ``topic`` (or starts with
+        ``topic`` if it ends with a dot: ``"transaction."``)."""
+        self._handlers.setdefault(topic, []).append(handler)
+
+    def on_start(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._starters.append(fn)
+
+    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._stoppers.append(fn)
+
     async def partners_with(self, identifier: str, role: str) -> list[OcpiPartner]:
         """Registered partners that have module ``identifier`` in interface role ``role``."""
         async with self.sessionmaker() as s:
@@ -119,12 +147,6 @@ class OcpiNode:
                 await s.scalars(select(OcpiPartner).where(OcpiPartner.status == "registered"))
             ).all()
         return [p for p in rows if endpoint(p, identifier, role) is not None]
-
-    def token_of(self, partner: OcpiPartner) -> str:
-        """The token we call ``partner`` with."""
-        if not partner.token_out:
-            raise ValueError(f"partner {partner.id} has no token for us to use")
-        return self.box.open(partner.token_out)
 
     # ------------------------------------------------------------ life
 

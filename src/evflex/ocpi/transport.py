@@ -173,9 +173,11 @@ async def registered_partner(request: Request) -> OcpiPartner:
 
 async def any_partner(request: Request) -> OcpiPartner:
     """As :func:`registered_partner`, but an invitation's token A is good too (versions,
-    version details and credentials only)."""
+    version details and credentials only), and so is the token B we offer while our own
+    registration with a partner is under way (status ``pending``): the partner fetches our
+    versions and version details with it."""
     partner = await _partner_by_header(request)
-    if partner is None or partner.status not in ("invited", "registered"):
+    if partner is None or partner.status not in ("invited", "pending", "registered"):
         raise _unauthorized(_why(request, partner))
     request.state.ocpi_partner = partner
     return partner

@@ -28,7 +28,8 @@ class OcpiPartner(Base):
     business_name: Mapped[str | None] = mapped_column(String(100))
     # [{"role", "country_code", "party_id", "business_details"}], as in CredentialsRole
     roles: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    # invited (token A issued, unused), registered, unregistered
+    # invited (token A issued, unused), pending (our registration with it under way:
+    # token_in_hash is the token B we offered), registered, unregistered
     status: Mapped[str] = mapped_column(String(16))
     versions_url: Mapped[str | None] = mapped_column(String(255))
     version: Mapped[str | None] = mapped_column(String(8))
