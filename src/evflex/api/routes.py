@@ -238,7 +238,10 @@ async def _upsert_token(rt: Services, body: sc.IdTokenIn, create_only: bool) -> 
             create_only=create_only,
         )
 
-    return await rt.writer.submit(job)
+    done = await rt.writer.submit(job)
+    if done:  # roaming partners learn of the card (OCPI Tokens)
+        rt.bus.publish("id_token.changed", None, id_token=body.id_token)
+    return done
 
 
 @router.post("/id-tokens", response_model=sc.IdTokenOut, status_code=201, tags=["id tokens"])
@@ -273,7 +276,11 @@ async def get_id_token(id_token: str, rt: Rt):
 
 @router.delete("/id-tokens/{id_token}", status_code=204, tags=["id tokens"])
 async def delete_id_token(id_token: str, rt: Rt):
+    async with rt.sessionmaker() as s:
+        t = await repo.get_id_token(s, id_token)
     await delete_row(rt, repo.get_id_token, id_token, f"id token '{id_token}' not found")
+    rt.bus.publish("id_token.changed", None, id_token=id_token, deleted=True,
+                   type=t.type if t else None)  # fmt: skip
     return Response(status_code=204)
 
 

@@ -405,6 +405,7 @@ async def put_id_token(
     row.type = type
     row.expiry = expiry
     row.parent_id_token = parent_id_token
+    row.updated_at = now
     return True
 
 
