@@ -137,6 +137,8 @@ class IdToken(Base):
     expiry: Mapped[datetime | None] = mapped_column(UTCDateTime)
     parent_id_token: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Schema 9: when it was last added or changed (OCPI Token.last_updated); None: created_at
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Transaction(Base):
