@@ -29,6 +29,7 @@ from evflex.domain.model import (
 )
 from evflex.events import EventBus
 from evflex.store import records, repo
+from evflex.store.tables import IdToken
 from evflex.store.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class AuthResult:
 
 #: Why a new session at (station, evse or None) must be refused now; None: admit it.
 Admission = Callable[[str, int | None], Awaitable[str | None]]
+#: The answer for a card that is not one of ours: (station, id token, evse or None,
+#: new session) -> the roaming partner's answer, or None if no partner knows the card.
+RoamingAuth = Callable[[str, str, int | None, bool], Awaitable["AuthResult | None"]]
 
 
 class CsmsService:
@@ -74,6 +78,9 @@ class CsmsService:
         #: Admission of new sessions (the load manager's rule, wired by the app):
         #: a refusal answers the authorization NotAtThisTime (1.6: Blocked).
         self.admission: Admission | None = None
+        #: Cards of roaming partners (OCPI tokens, wired by the OCPI node): asked about a
+        #: card that is not in id_tokens; admission applies to its Accepted too.
+        self.roaming: RoamingAuth | None = None
         #: Station certificates (a :class:`evflex.csms.certificates.CertificateManager`,
         #: wired by the node): the adapters hand it SignCertificate and the ISO 15118 calls.
         self.certificates: Any = None
@@ -183,10 +190,17 @@ class CsmsService:
         """
         async with self.sessionmaker() as s:
             row = await repo.get_id_token(s, id_token)
-        if row is None:
+        card: IdToken | AuthResult | None = row
+        if row is None and self.roaming is not None:
+            card = await self.roaming(station_id, id_token, evse_id, new_session)
+        if card is None:
             return AuthResult(AuthorizationStatus.UNKNOWN)
-        status = AuthorizationStatus(row.status)
-        if status is AuthorizationStatus.ACCEPTED and row.expiry and row.expiry <= self.clock.now():
+        status = AuthorizationStatus(card.status)
+        if (
+            status is AuthorizationStatus.ACCEPTED
+            and card.expiry
+            and card.expiry <= self.clock.now()
+        ):
             status = AuthorizationStatus.EXPIRED
         if status is AuthorizationStatus.ACCEPTED and new_session and self.admission is not None:
             reason = await self.admission(station_id, evse_id)
@@ -199,7 +213,7 @@ class CsmsService:
                     )
                 )
                 return AuthResult(AuthorizationStatus.NOT_AT_THIS_TIME)
-        return AuthResult(status, row.expiry, row.parent_id_token)
+        return AuthResult(status, card.expiry, card.parent_id_token)
 
     # ------------------------------------------------------------ transactions
 
