@@ -127,6 +127,12 @@ class OcpiCommand(Base):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     response_url: Mapped[str | None] = mapped_column(String(255))
     station_id: Mapped[str | None] = mapped_column(String(48))
+    # the OCPI object the command names, lower case (CiString): the token uid
+    # (START_SESSION), session id, reservation id, evse_uid (UNLOCK_CONNECTOR)
+    object_id: Mapped[str | None] = mapped_column(String(36))
+    # what the station knows it by: the OCPP reservation id we gave (RESERVE_NOW,
+    # CANCEL_RESERVATION), the OCPP transaction id (STOP_SESSION)
+    station_ref: Mapped[str | None] = mapped_column(String(64))
     response: Mapped[str | None] = mapped_column(String(24))  # the CommandResponse result
     result: Mapped[str | None] = mapped_column(String(24))  # the CommandResult result
     message: Mapped[str | None] = mapped_column(String(255))
