@@ -22,6 +22,7 @@ from evflex.api.certificates import router as certificates_router
 from evflex.api.circuits import router as circuits_router
 from evflex.api.guard import InputGuard, validation_failed
 from evflex.api.monitoring import router as monitoring_router
+from evflex.api.ocpi import router as ocpi_api_router
 from evflex.api.records import router as records_router
 from evflex.api.routes import COMMAND_SCHEMAS, router
 from evflex.api.schedule import router as schedule_router
@@ -126,7 +127,8 @@ def create_api(rt: Runtime) -> FastAPI:
     app.add_exception_handler(ocpi.OcpiError, ocpi.ocpi_error)
     guarded = [Depends(authorize)]  # every /api/v1 route but login, health and the driver's
     routers = (router, smart_router, schedule_router, v2x_router, monitoring_router)
-    console = (records_router, alerts_router, audit_router, accounts_router, circuits_router)
+    console = (records_router, alerts_router, audit_router, accounts_router, circuits_router,
+               ocpi_api_router)  # fmt: skip
     for r in (*routers, certificates_router, security_router, uploads_router, *console):
         app.include_router(r, dependencies=guarded)
     app.include_router(ocpi_router)  # partners: OCPI credentials tokens

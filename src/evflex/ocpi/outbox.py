@@ -49,6 +49,7 @@ class Outbox:
         self.box = box
         self.retry_max_s = retry_max_s
         self._wake: dict[int, asyncio.Event] = {}
+        self._kick: dict[int, asyncio.Event] = {}  # cuts a backoff short (retry_now)
         self._tasks: dict[int, asyncio.Task] = {}
         self._closing = False
         #: Requests answered, per partner (for figures and the partner API).
@@ -112,6 +113,12 @@ class Outbox:
                 self._run(partner_id), name=f"ocpi-outbox-{partner_id}"
             )
 
+    def retry_now(self, partner_id: int) -> None:
+        """Try the partner's waiting rows now, not at the end of its backoff (an operator
+        knows it is back)."""
+        self._kick.setdefault(partner_id, asyncio.Event()).set()
+        self.wake(partner_id)
+
     async def start(self) -> None:
         """Resume every partner that has rows left."""
         async with self.sessionmaker() as s:
@@ -141,10 +148,12 @@ class Outbox:
     async def _run(self, partner_id: int) -> None:
         backoff = 0.0
         ev = self._wake[partner_id]
+        kick = self._kick.setdefault(partner_id, asyncio.Event())
         while not self._closing:
             ev.clear()
+            kick.clear()
             try:
-                result = await self._round(partner_id)
+                result = await self._round(partner_id, probe=backoff > 0)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a database hiccup: try again shortly
@@ -156,13 +165,19 @@ class Outbox:
             elif result == "retry":
                 # the partner is down or broken: new rows do not cut the wait short
                 backoff = min(self.retry_max_s, max(1.0, backoff * 2))
-                await asyncio.sleep(backoff)
-            elif result == "gone":
-                return
+                try:
+                    await asyncio.wait_for(kick.wait(), backoff)
+                    backoff = 0.0
+                except TimeoutError:
+                    pass
             else:
                 backoff = 0.0
 
-    async def _round(self, partner_id: int) -> str:
+    async def _round(self, partner_id: int, probe: bool = False) -> str:
+        """One batch of the partner's rows. ``probe`` (the last round failed): the oldest
+        row goes alone first, and if the partner still does not answer (no answer, HTTP
+        5xx) the round ends there: a partner that is down gets one request per retry, not
+        one per object."""
         async with self.sessionmaker() as s:
             partner = await s.get(OcpiPartner, partner_id)
             rows = (
@@ -177,19 +192,30 @@ class Outbox:
             return "idle"
         if partner is None or partner.status != "registered" or not partner.token_out:
             await self._finish([(r, "failed", "partner not registered") for r in rows])
-            return "gone" if partner is None else "idle"
+            return "more"  # until none is left
         token = self.box.open(partner.token_out)
+        done: list[tuple[OcpiOutbox, str, str | None]] = []
+        failures: list[tuple[OcpiOutbox, str]] = []
+        if probe:
+            head, rows = rows[0], rows[1:]
+            outcome, error, down = await self._send(partner, token, head)
+            if outcome != "retry":
+                done.append((head, outcome, error))
+            else:
+                failures.append((head, error or ""))
+                if down:
+                    await self._finish(done, failures, partner_id)
+                    return "retry"
+                rows = [r for r in rows if r.object_key != head.object_key]
         by_key: dict[str, list[OcpiOutbox]] = {}
         for r in rows:
             by_key.setdefault(r.object_key, []).append(r)
         gate = asyncio.Semaphore(PARALLEL)
-        done: list[tuple[OcpiOutbox, str, str | None]] = []
-        failures: list[tuple[OcpiOutbox, str]] = []
 
         async def object_rows(items: list[OcpiOutbox]) -> None:
             async with gate:
                 for r in items:
-                    outcome, error = await self._send(partner, token, r)
+                    outcome, error, _ = await self._send(partner, token, r)
                     if outcome == "retry":
                         failures.append((r, error or ""))
                         return  # this object's later rows wait for it
@@ -201,17 +227,20 @@ class Outbox:
 
     async def _send(
         self, partner: OcpiPartner, token: str, row: OcpiOutbox
-    ) -> tuple[str, str | None]:
+    ) -> tuple[str, str | None, bool]:
+        """(sent, failed or retry; the error; whether the partner seems down: no answer,
+        or an HTTP error rather than an OCPI refusal)."""
         base = endpoint(partner, row.module, "RECEIVER")
         if base is None:
-            return "failed", f"partner has no {row.module} RECEIVER endpoint"
+            return "failed", f"partner has no {row.module} RECEIVER endpoint", False
         url = base + row.path if row.path.startswith("/") or not row.path else f"{base}/{row.path}"
         try:
             await self.client.call(row.method, url, token, row.body, party_of(partner))
         except PartnerError as exc:
             log.info("OCPI push to partner %s: %s", partner.id, exc)
-            return ("retry" if exc.retry else "failed"), str(exc)[:500]
-        return "sent", None
+            answered = exc.http_status is not None and exc.http_status < 300
+            return ("retry" if exc.retry else "failed"), str(exc)[:500], not answered
+        return "sent", None, False
 
     async def _finish(
         self,

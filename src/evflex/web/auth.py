@@ -93,9 +93,14 @@ _ADMIN_ROUTES = {
     ("POST", f"{API}/api-tokens"),
     ("DELETE", f"{API}/api-tokens/{{token_id}}"),
     ("PUT", f"{API}/sites/{{site_id}}/tariff"),
+    ("POST", f"{API}/ocpi/invitations"),
+    ("DELETE", f"{API}/ocpi/partners/{{partner_id}}"),
 }
 # Card numbers are personal data: not for viewers.
-_OPERATOR_READS = {f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}"}
+_OPERATOR_READS = {
+    f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}",
+    f"{API}/ocpi/partners/{{partner_id}}/outbox",  # a token push's path holds a card's uid
+}  # fmt: skip
 # Accounts and API tokens: admins only, reading them too.
 _ADMIN_READS = {
     f"{API}/users", f"{API}/api-tokens",

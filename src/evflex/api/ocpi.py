@@ -1,0 +1,310 @@
+"""OCPI partners in the REST API: /api/v1/ocpi/... (see :mod:`evflex.ocpi`).
+
+Viewers read the partners (parties, roles, status, modules, delivery: last success,
+last error, queue depth, requests answered) and our own OCPI settings; operators
+read a partner's outbox rows (a token push's path holds a card's uid) and make its
+outbox try again now; admins invite a partner (the answer holds its token A, once)
+and unregister one. Writes are audited like every /api/v1 write.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from evflex.api.deps import Rt
+from evflex.ocpi import partners
+from evflex.store.ocpi_tables import OcpiOutbox, OcpiPartner
+
+router = APIRouter(prefix="/api/v1/ocpi", tags=["ocpi"])
+
+PartnerId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The partner's id")]
+Delivery = Literal["ok", "retrying", "none"]
+
+
+class PartyRole(BaseModel):
+    role: str = Field(description="CPO, EMSP, HUB, NAP, NSP, OTHER or SCSP")
+    country_code: str
+    party_id: str
+    name: str | None = Field(None, description="The role's business name")
+
+
+class Module(BaseModel):
+    identifier: str = Field(description="locations, sessions, cdrs, tariffs, tokens, commands...")
+    role: str | None = Field(description="The partner's interface role: SENDER or RECEIVER")
+    url: str
+
+
+class PartnerOut(BaseModel):
+    id: int
+    country_code: str = Field(description="The party the partner presented first")
+    party_id: str
+    business_name: str | None
+    roles: list[PartyRole]
+    status: str = Field(description="invited (token A issued, unused), registered or unregistered")
+    versions_url: str | None
+    version: str | None
+    modules: list[Module] = Field(description="From the partner's version details")
+    created_at: datetime
+    updated_at: datetime
+    last_success_at: datetime | None = Field(description="When a push was last answered")
+    last_error_at: datetime | None
+    last_error: str | None
+    queue_depth: int = Field(description="Pushes waiting in the outbox")
+    sent: int = Field(description="Pushes the partner answered")
+    failed: int = Field(description="Pushes given up (refused for good, or unregistered)")
+    delivery: Delivery = Field(
+        description="ok (the last push was answered), retrying (pushes wait and the last "
+        "attempt failed) or none (nothing pushed yet)"
+    )
+
+
+class InvitationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = Field(max_length=8, description="The partner's role: EMSP, CPO, HUB...")
+    country_code: str = Field(max_length=8, description="ISO 3166-1 alpha-2")
+    party_id: str = Field(max_length=8, description="Three letters or digits")
+    name: str | None = Field(None, max_length=100, description="The partner's name, for us")
+
+
+class InvitationOut(BaseModel):
+    id: int = Field(description="The partner's id")
+    role: str
+    country_code: str
+    party_id: str
+    versions_url: str = Field(description="Our versions URL, to give the partner")
+    token: str = Field(description="Token A, shown once: the partner registers with it")
+
+
+class OutboxRow(BaseModel):
+    id: int
+    module: str
+    object_key: str
+    method: str
+    path: str
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime | None
+    outcome: str | None = Field(description="sent or failed once done; null while pending")
+    done_at: datetime | None
+    last_error: str | None
+
+
+class RetryOut(BaseModel):
+    id: int
+    queue_depth: int
+
+
+class OcpiSettingsOut(BaseModel):
+    country_code: str
+    party_id: str
+    business_name: str
+    roles: list[str]
+    base_url: str
+    versions_url: str
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _delivery(p: OcpiPartner, depth: int) -> Delivery:
+    ok, err = p.last_success_at, p.last_error_at
+    if depth and err is not None and (ok is None or err >= ok):
+        return "retrying"
+    return "ok" if ok is not None else "none"
+
+
+def partner_out(p: OcpiPartner, counts: dict[str, int]) -> PartnerOut:
+    roles = [
+        PartyRole(
+            role=str(r.get("role", "")),
+            country_code=str(r.get("country_code", "")),
+            party_id=str(r.get("party_id", "")),
+            name=(r.get("business_details") or {}).get("name"),
+        )
+        for r in p.roles or ()
+    ]
+    modules = [
+        Module(identifier=str(e.get("identifier")), role=e.get("role"), url=str(e.get("url")))
+        for e in p.endpoints or ()
+    ]
+    depth = counts.get("pending", 0)
+    return PartnerOut(
+        id=p.id,
+        country_code=p.country_code,
+        party_id=p.party_id,
+        business_name=p.business_name,
+        roles=roles,
+        status=p.status,
+        versions_url=p.versions_url,
+        version=p.version,
+        modules=modules,
+        created_at=p.created_at,
+        updated_at=p.updated_at,
+        last_success_at=p.last_success_at,
+        last_error_at=p.last_error_at,
+        last_error=p.last_error,
+        queue_depth=depth,
+        sent=counts.get("sent", 0),
+        failed=counts.get("failed", 0),
+        delivery=_delivery(p, depth),
+    )
+
+
+async def _counts(s: AsyncSession, partner_id: int | None = None) -> dict[int, dict[str, int]]:
+    """Outbox rows per partner: pending, sent, failed."""
+    q = select(OcpiOutbox.partner_id, OcpiOutbox.done, OcpiOutbox.outcome, func.count())
+    if partner_id is not None:
+        q = q.where(OcpiOutbox.partner_id == partner_id)
+    q = q.group_by(OcpiOutbox.partner_id, OcpiOutbox.done, OcpiOutbox.outcome)
+    out: dict[int, dict[str, int]] = {}
+    for pid, done, outcome, n in (await s.execute(q)).all():
+        key = (outcome or "failed") if done else "pending"
+        per = out.setdefault(pid, {})
+        per[key] = per.get(key, 0) + n
+    return out
+
+
+async def _one(s: AsyncSession, partner_id: int) -> OcpiPartner:
+    p = await partners.get(s, partner_id)
+    if p is None:
+        raise HTTPException(404, f"no OCPI partner {partner_id}")
+    return p
+
+
+@router.get("/partners", response_model=list[PartnerOut])
+async def list_partners(rt: Rt) -> list[PartnerOut]:
+    """Every partner, invited, registered or unregistered, oldest first."""
+    async with rt.sessionmaker() as s:
+        counts = await _counts(s)  # first: a partner's row is at least as new as its counts
+        rows = (await s.scalars(select(OcpiPartner).order_by(OcpiPartner.id))).all()
+    return [partner_out(p, counts.get(p.id, {})) for p in rows]
+
+
+@router.get("/partners/{partner_id}", response_model=PartnerOut)
+async def get_partner(partner_id: PartnerId, rt: Rt) -> PartnerOut:
+    async with rt.sessionmaker() as s:
+        counts = await _counts(s, partner_id)
+        p = await _one(s, partner_id)
+    return partner_out(p, counts.get(p.id, {}))
+
+
+@router.get("/partners/{partner_id}/outbox", response_model=list[OutboxRow])
+async def partner_outbox(
+    partner_id: PartnerId,
+    rt: Rt,
+    state: Literal["pending", "failed", "sent"] = "pending",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[OutboxRow]:
+    """The partner's pushes: pending ones in the order they go out; failed or sent ones,
+    the latest first."""
+    where: list[Any] = [OcpiOutbox.partner_id == partner_id]
+    if state == "pending":
+        where.append(~OcpiOutbox.done)
+        order = OcpiOutbox.id.asc()
+    else:
+        where += [OcpiOutbox.done, OcpiOutbox.outcome == state]
+        order = OcpiOutbox.id.desc()
+    async with rt.sessionmaker() as s:
+        await _one(s, partner_id)
+        rows = (
+            await s.scalars(select(OcpiOutbox).where(*where).order_by(order).limit(limit))
+        ).all()
+    return [
+        OutboxRow(
+            id=r.id,
+            module=r.module,
+            object_key=r.object_key,
+            method=r.method,
+            path=r.path,
+            created_at=r.created_at,
+            attempts=r.attempts or 0,
+            next_attempt_at=r.next_attempt_at,
+            outcome=r.outcome if r.done else None,
+            done_at=r.done_at,
+            last_error=r.last_error,
+        )
+        for r in rows
+    ]
+
+
+@router.get("/settings", response_model=OcpiSettingsOut)
+async def ocpi_settings(rt: Rt) -> OcpiSettingsOut:
+    """Our party, roles and the versions URL partners register with."""
+    node = rt.ocpi
+    return OcpiSettingsOut(
+        country_code=node.country_code,
+        party_id=node.party_id,
+        business_name=rt.settings.ocpi_business_name,
+        roles=list(node.roles),
+        base_url=node.base_url,
+        versions_url=node.versions_url,
+    )
+
+
+# ------------------------------------------------------------------ writing
+
+
+@router.post("/invitations", response_model=InvitationOut, status_code=201)
+async def create_invitation(body: InvitationIn, rt: Rt) -> InvitationOut:
+    """A partner invited with a fresh token A; give it the versions URL and the token (shown
+    once: only its hash is kept)."""
+    now = rt.clock.now()
+
+    async def job(s: AsyncSession) -> tuple[OcpiPartner, str]:
+        try:
+            return await partners.invite(
+                s, body.role, body.country_code, body.party_id, now, body.name
+            )
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    partner, token = await rt.writer.submit(job)
+    return InvitationOut(
+        id=partner.id,
+        role=partner.roles[0]["role"],
+        country_code=partner.country_code,
+        party_id=partner.party_id,
+        versions_url=rt.ocpi.versions_url,
+        token=token,
+    )
+
+
+async def _unregister(rt: Any, partner_id: int) -> bool:
+    """The partner's tokens stop opening our OCPI endpoints; its waiting pushes are given up
+    by the outbox. False if there is no such partner."""
+    now = rt.clock.now()
+
+    async def job(s: AsyncSession) -> bool:
+        q = update(OcpiPartner).where(OcpiPartner.id == partner_id)
+        done = await s.execute(q.values(status="unregistered", updated_at=now))
+        return bool(done.rowcount)
+
+    if not await rt.writer.submit(job):
+        return False
+    rt.ocpi.outbox.retry_now(partner_id)  # its waiting rows are given up now
+    return True
+
+
+@router.delete("/partners/{partner_id}", response_model=PartnerOut)
+async def unregister_partner(partner_id: PartnerId, rt: Rt) -> PartnerOut:
+    """Unregister a partner (or withdraw an invitation); its row stays, as unregistered."""
+    if not await _unregister(rt, partner_id):
+        raise HTTPException(404, f"no OCPI partner {partner_id}")
+    return await get_partner(partner_id, rt)
+
+
+@router.post("/partners/{partner_id}/retry", response_model=RetryOut)
+async def retry_partner(partner_id: PartnerId, rt: Rt) -> RetryOut:
+    """Send the partner's waiting pushes now, not at the end of its backoff."""
+    async with rt.sessionmaker() as s:
+        await _one(s, partner_id)
+    rt.ocpi.outbox.retry_now(partner_id)
+    depth = await rt.ocpi.outbox.depth(partner_id)
+    return RetryOut(id=partner_id, queue_depth=depth.get(partner_id, 0))
