@@ -21,10 +21,13 @@ from evflex.bench.ocpp import bench_ocpp_command
 from evflex.bench.scheduling import bench_scheduling_command
 from evflex.bench.smartcharging import bench_smartcharging_command
 from evflex.bench.v2x import bench_v2x_command
-from evflex.clock import utcnow
+from evflex.clock import SystemClock, utcnow
 from evflex.config import ConfigError, Settings
 from evflex.config import load_settings as _load_settings
 from evflex.demo import create_demo_admin, demo_clock, demo_settings, run_demo, v2x_summary
+from evflex.ocpi import credentials as ocpi_credentials
+from evflex.ocpi import partners as ocpi_partners
+from evflex.ocpi.node import OcpiParty
 from evflex.security import hash_password, trail
 from evflex.security.cli import ca_app
 from evflex.security.tls import TlsError
@@ -547,6 +550,160 @@ def audit_export(
         return rows
 
     console.print(f"{asyncio.run(export())} audit rows written to {out}")
+
+
+# ---------------------------------------------------------------- OCPI partners
+
+
+def _ocpi(settings: Settings, fn, audit: dict | None = None):
+    """``fn(party)`` with this node's OCPI party on its store (no node need run); a
+    refused registration exits 1 with its reason, a ValueError exits 2. With ``audit``
+    (action, target, data): an audit row once ``fn`` succeeded."""
+
+    async def run():
+        engine = make_engine(settings.database_url)
+        party = OcpiParty(settings, make_sessionmaker(engine), SystemClock())
+        try:
+            await migrate(engine)
+            result = await fn(party)
+            if audit is not None:
+                await trail.recorded(party.sessionmaker, _nothing, **audit)
+            return result
+        finally:
+            await party.client.close()
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except ocpi_credentials.RegistrationError as exc:
+        typer.echo(f"OCPI {exc.status_code}: {exc.message}", err=True)
+        if exc.status_code == 3001 and "POST" in exc.message:
+            typer.echo("(the partner fetches our versions with our token B while it answers: "
+                       "is this node serving at ocpi_base_url on this database?)", err=True)  # fmt: skip
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+async def _nothing(s) -> bool:
+    return True
+
+
+def _ocpi_partner(party: OcpiParty, partner_id: int):
+    async def load():
+        async with party.sessionmaker() as s:
+            found = await ocpi_partners.get(s, partner_id)
+        if found is None:
+            raise ValueError(f"no OCPI partner {partner_id}")
+        return found
+
+    return load()
+
+
+def _roles_text(partner) -> str:
+    return ", ".join(f"{r.get('role')} {r.get('country_code')}/{r.get('party_id')}"
+                     for r in partner.roles or ())  # fmt: skip
+
+
+@ocpi_app.command("invite")
+def ocpi_invite(
+    role: Annotated[str, typer.Option(help="The partner's role: CPO, EMSP, ...")],
+    country_code: Annotated[str, typer.Option(help="The partner's country code (2 letters)")],
+    party_id: Annotated[str, typer.Option(help="The partner's party id (3 characters)")],
+    name: Annotated[str | None, typer.Option(help="The partner's name, for the list")] = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Invite a partner: prints our versions URL, then its token A on the last line.
+
+    The token A works for one registration and is shown once (only its hash is kept)."""
+    settings = load_settings(config, database_url=database_url)
+
+    async def fn(party: OcpiParty):
+        async with party.sessionmaker() as s, s.begin():
+            partner, token = await ocpi_partners.invite(s, role, country_code, party_id,
+                                                        utcnow(), name)  # fmt: skip
+        return partner, token, party.versions_url
+
+    audit = dict(action="ocpi invite", target=f"ocpi partner {country_code}/{party_id}".upper(),
+                 data={"role": role.upper(), "name": name})  # fmt: skip
+    partner, token, versions_url = _ocpi(settings, fn, audit)
+    typer.echo(f"Partner {partner.id} invited ({_roles_text(partner)}). Give it our versions URL "
+               "and the token A, which works for one registration:")  # fmt: skip
+    typer.echo(versions_url)
+    typer.echo(token)
+
+
+@ocpi_app.command("register")
+def ocpi_register(
+    versions_url: Annotated[str, typer.Option(help="The partner's versions URL")],
+    token: Annotated[str, typer.Option(help="The token A the partner gave us")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Register this node with a partner, with the token A it gave us.
+
+    We send our credentials, it answers its own. The partner calls our versions URL back
+    meanwhile: the node must be serving. A node that was stopped starts pushing to the
+    partner when it starts."""
+    settings = load_settings(config, database_url=database_url)
+    partner = _ocpi(
+        settings, lambda party: ocpi_credentials.register(party, versions_url, token),
+        dict(action="ocpi register", target=f"ocpi partner {versions_url}"),
+    )  # fmt: skip
+    typer.echo(f"Registered with partner {partner.id} ({partner.business_name or '-'}): "
+               f"{_roles_text(partner)}")  # fmt: skip
+
+
+@ocpi_app.command("update")
+def ocpi_update(
+    partner_id: Annotated[int, typer.Argument(help="The partner's id (evflex ocpi partners)")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """New credentials tokens with a registered partner (PUT); its endpoints again."""
+    settings = load_settings(config, database_url=database_url)
+
+    async def fn(party: OcpiParty):
+        return await ocpi_credentials.update(party, await _ocpi_partner(party, partner_id))
+
+    partner = _ocpi(settings, fn, dict(action="ocpi update", target=f"ocpi partner {partner_id}"))
+    typer.echo(f"New tokens with partner {partner.id}: {_roles_text(partner)}")
+
+
+@ocpi_app.command("unregister")
+def ocpi_unregister(
+    partner_id: Annotated[int, typer.Argument(help="The partner's id (evflex ocpi partners)")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """End the registration with a partner (it is told), or withdraw an invitation."""
+    settings = load_settings(config, database_url=database_url)
+
+    async def fn(party: OcpiParty):
+        return await ocpi_credentials.unregister(party, await _ocpi_partner(party, partner_id))
+
+    audit = dict(action="ocpi unregister", target=f"ocpi partner {partner_id}")
+    problem = _ocpi(settings, fn, audit)
+    typer.echo(f"Partner {partner_id} unregistered; its tokens no longer work.")
+    if problem:
+        typer.echo(f"The partner was not told: {problem}", err=True)
+
+
+@ocpi_app.command("partners")
+def ocpi_partners_list(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """List partners: id, status, parties and roles, last success, push queue depth."""
+    settings = load_settings(config, database_url=database_url)
+    table = Table("id", "status", "name", "roles", "last success", "queue", "last error")
+    for p in _in_store(settings, ocpi_credentials.summaries):
+        last = p["last_success_at"]
+        table.add_row(
+            str(p["id"]), p["status"], p["name"] or "", "\n".join(p["roles"]),
+            f"{last:%Y-%m-%d %H:%M:%S}" if last else "never", str(p["queue"]),
+            (p["last_error"] or "")[:60],
+        )  # fmt: skip
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover
