@@ -62,9 +62,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-COMMAND_TYPES = (
-    "CANCEL_RESERVATION", "RESERVE_NOW", "START_SESSION", "STOP_SESSION", "UNLOCK_CONNECTOR",
-)  # fmt: skip
 
 #: Waits between tries of POSTing a CommandResult to an eMSP that is down (s).
 RESULT_RETRIES_S = (0.5, 1.0, 2.0, 4.0)
@@ -135,51 +132,6 @@ class UnlockConnector(_Command):
     location_id: str = CiString36
     evse_uid: str = CiString36
     connector_id: str = CiString36
-
-
-# ---------------------------------------------------------------- routes
-
-
-@router.post("/START_SESSION")
-async def start_session(request: Request, body: StartSession,
-                        partner: OcpiPartner = Depends(registered_partner)):  # fmt: skip
-    """START_SESSION: a remote start on the Location's EVSE with the eMSP's token."""
-    return await receive(request, partner, "START_SESSION", body)
-
-
-@router.post("/STOP_SESSION")
-async def stop_session(request: Request, body: StopSession,
-                       partner: OcpiPartner = Depends(registered_partner)):  # fmt: skip
-    """STOP_SESSION: a remote stop of one of the eMSP's sessions."""
-    return await receive(request, partner, "STOP_SESSION", body)
-
-
-@router.post("/RESERVE_NOW")
-async def reserve_now(request: Request, body: ReserveNow,
-                      partner: OcpiPartner = Depends(registered_partner)):  # fmt: skip
-    """RESERVE_NOW: reserve an EVSE (or the station) for the eMSP's token until expiry."""
-    return await receive(request, partner, "RESERVE_NOW", body)
-
-
-@router.post("/CANCEL_RESERVATION")
-async def cancel_reservation(request: Request, body: CancelReservation,
-                             partner: OcpiPartner = Depends(registered_partner)):  # fmt: skip
-    """CANCEL_RESERVATION: cancel a reservation this eMSP made."""
-    return await receive(request, partner, "CANCEL_RESERVATION", body)
-
-
-@router.post("/UNLOCK_CONNECTOR")
-async def unlock_connector(request: Request, body: UnlockConnector,
-                           partner: OcpiPartner = Depends(registered_partner)):  # fmt: skip
-    """UNLOCK_CONNECTOR: unlock a connector whose cable is stuck."""
-    return await receive(request, partner, "UNLOCK_CONNECTOR", body)
-
-
-@router.post("/{command}")
-async def unknown_command(command: str):
-    raise OcpiError(
-        CLIENT_ERROR, f"unknown command '{command}'; known: {', '.join(COMMAND_TYPES)}", 404
-    )
 
 
 # ---------------------------------------------------------------- the immediate answer
@@ -497,6 +449,36 @@ async def post_result(node: Any, partner_id: int, url: str | None, result: str,
             if not exc.retry:
                 return False
     return False
+
+
+# ---------------------------------------------------------------- routes
+
+ROUTES: dict[str, tuple[type[_Command], str]] = {
+    "START_SESSION": (StartSession, "a remote start on the Location's EVSE with the eMSP's token"),
+    "STOP_SESSION": (StopSession, "a remote stop of one of the eMSP's sessions"),
+    "RESERVE_NOW": (ReserveNow, "reserve an EVSE (or the station) for the token until expiry"),
+    "CANCEL_RESERVATION": (CancelReservation, "cancel a reservation this eMSP made"),
+    "UNLOCK_CONNECTOR": (UnlockConnector, "unlock a connector whose cable is stuck"),
+}
+
+
+def _add_route(command: str, model: type[_Command], what: str) -> None:
+    async def endpoint(request, body, partner=Depends(registered_partner)):
+        return await receive(request, partner, command, body)
+
+    # the body's model is this command's (FastAPI validates it: 2001 naming the field)
+    endpoint.__annotations__.update(request=Request, body=model, partner=OcpiPartner)
+    router.add_api_route(f"/{command}", endpoint, methods=["POST"], name=command.lower(),
+                         summary=f"{command}: {what}")  # fmt: skip
+
+
+for _command, (_model, _what) in ROUTES.items():
+    _add_route(_command, _model, _what)
+
+
+@router.post("/{command}")
+async def unknown_command(command: str):
+    raise OcpiError(CLIENT_ERROR, f"unknown command '{command}'; known: {', '.join(ROUTES)}", 404)
 
 
 def attach(node: Any) -> None:
