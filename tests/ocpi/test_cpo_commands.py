@@ -236,11 +236,15 @@ async def test_refusals_are_immediate_and_a_silent_station_times_out(tmp_path):
                      "unknown reservation"),
                     ("RESERVE_NOW", dict(start, reservation_id="R", expiry_date=
                      "2020-01-01T00:00:00Z"), 1000, "has passed"),
+                    ("RESERVE_NOW", dict(start, reservation_id="R", expiry_date=
+                     "9999-12-31T23:59:59-05:00"), 1000, "cannot be sent to a station"),
+                    ("STOP_SESSION", dict(session_id="9" * 30), 1000, "unknown session"),
                 ]  # fmt: skip
                 for command, body, code, why in cases:
                     answer, _ = await a.send(command, **body)
                     assert answer["status_code"] == code, (command, answer)
-                    assert answer["data"]["result"] == "REJECTED", (command, answer)
+                    result = "UNKNOWN_SESSION" if command == "STOP_SESSION" else "REJECTED"
+                    assert answer["data"]["result"] == result, (command, answer)
                     assert why in answer["data"]["message"][0]["text"], (command, answer)
                 assert await _commands_stored(node) == before
 

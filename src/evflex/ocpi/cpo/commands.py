@@ -169,7 +169,10 @@ async def receive(request: Request, partner: OcpiPartner, command: str, body: _C
     timeout = max(1, math.ceil(node.settings.ocpi_command_timeout_s))
     try:
         async with node.sessionmaker() as s:
-            plan = await PLANNERS[command](node, s, partner, body)
+            try:
+                plan = await PLANNERS[command](node, s, partner, body)
+            except ValueError as exc:  # an OCPP message cannot carry it (pydantic's too)
+                raise Refused("REJECTED", f"cannot be sent to a station: {exc}") from None
         if not node.services.ocpp.is_connected(plan.station_id):
             raise Refused("REJECTED", f"station '{plan.station_id}' is offline")
         row = await node.writer.submit(lambda s: _store(s, node, partner, command, body, plan))
@@ -255,7 +258,8 @@ async def _plan_start(node: Any, s: AsyncSession, partner: OcpiPartner, b: Start
 
 
 async def _plan_stop(node: Any, s: AsyncSession, partner: OcpiPartner, b: StopSession) -> Plan:
-    tx = await s.get(Transaction, int(b.session_id)) if b.session_id.isdigit() else None
+    known = b.session_id.isdigit() and len(b.session_id) < 19  # a row id (64 bits)
+    tx = await s.get(Transaction, int(b.session_id)) if known else None
     if tx is None:
         raise Refused("UNKNOWN_SESSION", f"unknown session '{b.session_id}'")
     if not tx.id_token or not await owns_token(s, partner.id, tx.id_token):
@@ -364,16 +368,19 @@ INOPERATIVE = {"Faulted", "Unavailable"}
 
 async def carry_out(node: Any, row: OcpiCommand, plan: Plan) -> None:
     """Send the OCPP command, store the result and POST it to the eMSP."""
-    result, message = await _run(node, row, plan)
-    now = node.clock.now()
+    try:
+        result, message = await _run(node, row, plan)
+        now = node.clock.now()
 
-    async def job(s: AsyncSession) -> None:
-        stored = await s.get(OcpiCommand, row.id)
-        if stored is not None:
-            stored.result, stored.message, stored.result_at = result, message[:255], now
+        async def job(s: AsyncSession) -> None:
+            stored = await s.get(OcpiCommand, row.id)
+            if stored is not None:
+                stored.result, stored.message, stored.result_at = result, message[:255], now
 
-    await node.writer.submit(job)
-    await post_result(node, row.partner_id, row.response_url, result, message)
+        await node.writer.submit(job)
+        await post_result(node, row.partner_id, row.response_url, result, message)
+    except Exception:  # the store failing: the eMSP's timeout tells it
+        log.exception("OCPI command %s (%s)", row.uid, row.command)
 
 
 async def _run(node: Any, row: OcpiCommand, plan: Plan) -> tuple[str, str]:
