@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from evflex.api.schemas import IdTokenIn, StationCreate
 from evflex.app import Runtime
 from evflex.bench.fuzz import bench_fuzz_command
+from evflex.bench.ocpi import bench_ocpi_command
 from evflex.bench.ocpp import bench_ocpp_command
 from evflex.bench.scheduling import bench_scheduling_command
 from evflex.bench.smartcharging import bench_smartcharging_command
@@ -132,6 +133,17 @@ def serve(
     client_cert_header: Annotated[
         str | None, typer.Option(help="Header in which a trusted proxy forwards the certificate")
     ] = None,
+    ocpi_country_code: Annotated[
+        str | None, typer.Option(help="Our OCPI country code (ISO 3166-1 alpha-2)")
+    ] = None,
+    ocpi_party_id: Annotated[str | None, typer.Option(help="Our OCPI party id")] = None,
+    ocpi_business_name: Annotated[str | None, typer.Option(help="Our name in OCPI")] = None,
+    ocpi_base_url: Annotated[
+        str | None, typer.Option(help="Public URL partners reach the HTTP port at")
+    ] = None,
+    ocpi_role: Annotated[
+        list[str] | None, typer.Option(help="An OCPI role we play (CPO, EMSP); repeatable")
+    ] = None,
 ) -> None:
     """Run the CSMS: OCPP endpoint, REST API and store in one process."""
     settings = load_settings(
@@ -149,6 +161,11 @@ def serve(
         allow_unknown_stations=allow_unknown_stations,
         heartbeat_interval=heartbeat_interval,
         log_level=log_level,
+        ocpi_country_code=ocpi_country_code.upper() if ocpi_country_code else None,
+        ocpi_party_id=ocpi_party_id.upper() if ocpi_party_id else None,
+        ocpi_business_name=ocpi_business_name,
+        ocpi_base_url=ocpi_base_url,
+        ocpi_roles=[r.upper() for r in ocpi_role] if ocpi_role else None,
     )
     _logging(settings.log_level)
 
@@ -167,6 +184,8 @@ def serve(
             "(accounts: evflex user add; API tokens: evflex token create)\n"
             f"       API   {web}://{settings.host}:{rt.http_port}/api/v1  "
             f"(docs: {web}://{settings.host}:{rt.http_port}/docs)\n"
+            f"       OCPI  {rt.ocpi.versions_url}  ({rt.ocpi.country_code}/{rt.ocpi.party_id} "
+            f"{', '.join(rt.ocpi.roles)}; partners: evflex ocpi invite, evflex ocpi register)\n"
             f"       store {settings.database_url}"
         )
         try:
@@ -865,6 +884,9 @@ def _register_plugins() -> None:
         help="Malformed and hostile OCPP frames and API requests: right answers, "
         "no crash, others' latency, database unchanged.",
     )(bench_fuzz_command)
+    bench_app.command("ocpi", help="OCPI: Session updates pushed per second to a partner.")(
+        bench_ocpi_command
+    )
 
 
 _register_plugins()
