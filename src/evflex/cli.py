@@ -17,7 +17,6 @@ from sqlalchemy import select, update
 from evflex.api.schemas import IdTokenIn, StationCreate
 from evflex.app import Runtime
 from evflex.bench.fuzz import bench_fuzz_command
-from evflex.bench.ocpi import bench_ocpi_command
 from evflex.bench.ocpp import bench_ocpp_command
 from evflex.bench.scheduling import bench_scheduling_command
 from evflex.bench.smartcharging import bench_smartcharging_command
@@ -884,9 +883,6 @@ def _register_plugins() -> None:
         help="Malformed and hostile OCPP frames and API requests: right answers, "
         "no crash, others' latency, database unchanged.",
     )(bench_fuzz_command)
-    bench_app.command("ocpi", help="OCPI: Session updates pushed per second to a partner.")(
-        bench_ocpi_command
-    )
 
 
 _register_plugins()
