@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -285,7 +286,36 @@ Objective = Literal[
 ]  # fmt: skip
 
 
-class SiteIn(ApiModel):
+def _iana_zone(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{v}' is not an IANA time zone") from None
+    return v
+
+
+#: Where a site is, as roaming (OCPI) partners show it; all optional.
+SITE_LOCATION = ("address", "city", "postal_code", "country", "latitude", "longitude", "time_zone")
+
+
+class SiteLocation(ApiModel):
+    """Where a site is, as OCPI Locations give it to roaming partners (docs: OCPI)."""
+
+    address: str | None = Field(None, max_length=45, description="Street and house number")
+    city: str | None = Field(None, max_length=45)
+    postal_code: str | None = Field(None, max_length=10)
+    country: str | None = Field(
+        None, pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3 code, e.g. DEU"
+    )
+    latitude: float | None = Field(None, ge=-90, le=90, description="WGS 84, decimal degrees")
+    longitude: float | None = Field(None, ge=-180, le=180, description="WGS 84, decimal degrees")
+    time_zone: Annotated[str | None, AfterValidator(_iana_zone)] = Field(
+        None, max_length=64, description="IANA time zone, e.g. Europe/Berlin"
+    )
+
+
+class SiteIn(SiteLocation):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[^/\s]+$")
@@ -319,7 +349,7 @@ class SiteIn(ApiModel):
     )
 
 
-class SitePatch(ApiModel):
+class SitePatch(SiteLocation):
     """The fields to change; null removes an optional one (a required one cannot be removed)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -384,6 +414,13 @@ class PlanOut(BaseModel):
 class SiteOut(BaseModel):
     id: str
     name: str | None = None
+    address: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    time_zone: str | None = None
     import_limit_kw: float
     export_limit_kw: float | None = None
     max_current_a: float | None = None

@@ -85,6 +85,7 @@ async def _site_out(rt: Services, site_id: str) -> sc.SiteOut:
     return sc.SiteOut(
         id=site.id,
         name=site.name,
+        **{k: getattr(site, k) for k in sc.SITE_LOCATION},
         import_limit_kw=site.import_limit_w / KW,
         export_limit_kw=None if site.export_limit_w is None else site.export_limit_w / KW,
         max_current_a=site.max_current_a,

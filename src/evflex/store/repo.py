@@ -863,6 +863,14 @@ SITE_FIELDS = (
     "voltage",
     "policy",
     "forecast",
+    # where the site is (OCPI Locations)
+    "address",
+    "city",
+    "postal_code",
+    "country",
+    "latitude",
+    "longitude",
+    "time_zone",
 )
 CIRCUIT_FIELDS = ("site_id", "parent_id", "name", "max_current_a", "max_power_w")
 

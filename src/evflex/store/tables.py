@@ -333,6 +333,16 @@ class Site(Base):
     # Schema 6: the fields (API names, e.g. "import_limit_kw") a [[sites]] table
     # of the configuration file sets; the API refuses to change them.
     config_fields: Mapped[list | None] = mapped_column(JSON)
+    # Schema 9: where the site is, as roaming partners show it (OCPI Location):
+    # street and number, city, postal code, ISO 3166-1 alpha-3 country, WGS 84
+    # coordinates in decimal degrees, IANA time zone.
+    address: Mapped[str | None] = mapped_column(String(45))
+    city: Mapped[str | None] = mapped_column(String(45))
+    postal_code: Mapped[str | None] = mapped_column(String(10))
+    country: Mapped[str | None] = mapped_column(String(3))
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    time_zone: Mapped[str | None] = mapped_column(String(64))
 
 
 class Circuit(Base):
