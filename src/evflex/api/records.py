@@ -393,4 +393,6 @@ async def put_tariff(site_id: str, body: TariffIn, rt: Rt):
     row = await rt.writer.submit(job)
     if row is None:
         raise HTTPException(404, f"site '{site_id}' not found")
+    rt.bus.publish("tariff.changed", None, site_id=site_id, version=row.id,
+                   valid_from=row.valid_from.isoformat())  # fmt: skip
     return tariff_out(row)
