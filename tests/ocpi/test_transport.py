@@ -85,6 +85,8 @@ async def test_outbox_keeps_order_retries_a_down_partner_and_survives_restart(tm
         async with running_node(url, ocpi_key_file=key, ocpi_retry_max_s=0.2) as node:
             await node.wait_for(lambda: any(r.body == {"late": 1} for r in partner.received),
                                 timeout=5)  # fmt: skip
+            # the row is done once its answer is back (just after the partner got it)
+            await node.wait_for(lambda: node.rt.ocpi.outbox.sent.get(pid))
             assert await node.rt.ocpi.outbox.depth() == {}
     finally:
         if not partner.down:
