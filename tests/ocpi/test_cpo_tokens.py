@@ -234,6 +234,28 @@ async def test_whitelisted_tokens_at_16_and_201_stations(database_url):
                 assert await auth16(cp16, "NOPE") == "Invalid"
                 assert await auth201(cp201, "NOPE") == "Unknown"
                 assert partner.received == []  # ALWAYS: never asked
+
+                # a token the eMSP sent with START_SESSION (never pushed): the eMSP
+                # authorized it, at that station only
+                await cp16.call(call16.StatusNotification(
+                    connector_id=2, error_code="NoError", status="Available"))  # fmt: skip
+                command = {"response_url": f"{partner.base}/2.2.1/commands/START_SESSION/9",
+                           "token": token("App-9", type="APP_USER"), "location_id": "T16",
+                           "evse_uid": "T16-2", "authorization_reference": "AUTH-9"}  # fmt: skip
+                r = await c.post(f"http://127.0.0.1:{node.rt.http_port}/ocpi/cpo/2.2.1/"
+                                 "commands/START_SESSION", json=command)  # fmt: skip
+                assert r.json()["data"]["result"] == "ACCEPTED", r.text
+                await node.wait_for(lambda: ("RemoteStartTransaction", {"connector_id": 2,
+                                    "id_tag": "App-9"}) in cp16.received)  # fmt: skip
+                start = await cp16.call(call16.StartTransaction(
+                    connector_id=2, id_tag="App-9", meter_start=0,
+                    timestamp="2026-03-01T09:00:00Z"))  # fmt: skip
+                assert start.id_tag_info["status"] == "Accepted"
+                how = await tokens.authorization_for(node.rt.ocpi, "T16", "App-9")
+                assert (how["auth_method"], how["authorization_reference"]) == ("COMMAND",
+                                                                                "AUTH-9")  # fmt: skip
+                assert (how["type"], how["partner_id"]) == ("APP_USER", pid)
+                assert await auth201(cp201, "App-9") == "Unknown"
     finally:
         await partner.stop()
 

@@ -37,9 +37,10 @@ with ``partner_id``, ``country_code``, ``party_id``, ``uid``, ``type``,
 ``authorization_reference`` (from the eMSP's answer or a command; else None),
 ``status`` and ``at``. It is kept in memory (the last :data:`REMEMBERED`);
 :func:`authorization_for` answers from it, or after a restart from the stored token
-(auth_method WHITELIST). A START_SESSION command notes its token first with
-:func:`expect_command_token`, so the station's authorization of it is Accepted
-without another request (auth_method COMMAND).
+(auth_method WHITELIST). A token an eMSP's START_SESSION sent to a station (an
+accepted command in ``ocpi_commands`` of the last :data:`REUSE_S`) is Accepted there
+without a request: the eMSP authorized it (auth_method COMMAND, the command's
+``authorization_reference``).
 
 **On registration** (bus ``ocpi.partner.registered``) and at start for a partner with a
 tokens SENDER whose tokens we have none of, the partner's token list is fetched
@@ -52,7 +53,7 @@ import asyncio
 import logging
 import re
 from collections import OrderedDict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -77,7 +78,7 @@ from evflex.ocpi.transport import (
     require_own_party,
     same_party,
 )
-from evflex.store.ocpi_tables import OcpiPartner, OcpiToken
+from evflex.store.ocpi_tables import OcpiCommand, OcpiPartner, OcpiToken
 from evflex.store.tables import Station
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ router = APIRouter()
 #: A real-time Accepted (or a command's token) is reused by the same card at the same
 #: station this long (s): 1.6 asks at Authorize and again at StartTransaction.
 REUSE_S = 300.0
+REUSE_DELTA = timedelta(seconds=REUSE_S)
 #: Decisions remembered for Sessions and CDRs (the oldest go first).
 REMEMBERED = 50_000
 #: Most pages of a partner's token list fetched at once (100 tokens each at most).
@@ -340,24 +342,39 @@ def _entry(node: Any, row: OcpiToken, method: str, status: AuthorizationStatus,
     }
 
 
-def expect_command_token(node: Any, station_id: str, token: dict[str, Any], partner_id: int,
-                         authorization_reference: str | None = None) -> None:  # fmt: skip
-    """A START_SESSION (or RESERVE_NOW) is about to send ``token`` to ``station_id``: the
-    eMSP authorized it, so the station's authorization of its uid is Accepted for
-    :data:`REUSE_S` without a request (auth_method COMMAND)."""
-    _remember(node, station_id, str(token["uid"]), {
-        "partner_id": partner_id,
+async def _started_by_command(
+    node: Any, s: AsyncSession, station_id: str, id_token: str, new_session: bool
+) -> dict[str, Any] | None:
+    """The decision for a token an eMSP's START_SESSION sent to this station (the eMSP
+    authorized it): Accepted, auth_method COMMAND; None if there was no such command
+    (in the last :data:`REUSE_S` for a new session)."""
+    query = select(OcpiCommand).where(
+        OcpiCommand.direction == "in",
+        OcpiCommand.command == "START_SESSION",
+        OcpiCommand.station_id == station_id,
+        OcpiCommand.object_id == id_token.lower(),
+        OcpiCommand.response == "ACCEPTED",
+    )
+    if new_session:
+        query = query.where(OcpiCommand.created_at >= node.clock.now() - REUSE_DELTA)
+    cmd = (await s.scalars(query.order_by(OcpiCommand.id.desc()).limit(1))).first()
+    partner = await s.get(OcpiPartner, cmd.partner_id) if cmd is not None else None
+    if cmd is None or partner is None or partner.status != "registered":
+        return None
+    token = (cmd.request or {}).get("token") or {}
+    return {
+        "partner_id": cmd.partner_id,
         "country_code": str(token.get("country_code", "")).upper(),
         "party_id": str(token.get("party_id", "")).upper(),
-        "uid": token["uid"],
+        "uid": token.get("uid", id_token),
         "type": token.get("type", "RFID"),
         "contract_id": token.get("contract_id"),
         "auth_method": "COMMAND",
-        "authorization_reference": authorization_reference,
+        "authorization_reference": (cmd.request or {}).get("authorization_reference"),
         "status": AuthorizationStatus.ACCEPTED.value,
         "at": node.clock.now(),
         "token_updated": None,
-    })  # fmt: skip
+    }
 
 
 async def authorization_for(node: Any, station_id: str, id_token: str) -> dict[str, Any] | None:
@@ -386,12 +403,16 @@ async def authorize_roaming(
 ) -> AuthResult | None:
     """The answer to a partner's card at a station (None: no partner knows it)."""
     prior = decisions(node).get((station_id, id_token))
-    if prior is not None and prior["auth_method"] == "COMMAND":
-        if not new_session or _fresh(node, prior):
-            return AuthResult(AuthorizationStatus(prior["status"]))
+    row = partner = None
     async with node.sessionmaker() as s:
-        row = await token_by_uid(s, id_token)
-        partner = await s.get(OcpiPartner, row.partner_id) if row is not None else None
+        command = await _started_by_command(node, s, station_id, id_token, new_session)
+        if command is None:
+            row = await token_by_uid(s, id_token)
+            partner = await s.get(OcpiPartner, row.partner_id) if row is not None else None
+    if command is not None:
+        if new_session:
+            _remember(node, station_id, id_token, command)
+        return AuthResult(AuthorizationStatus.ACCEPTED)
     if row is None or partner is None or partner.status != "registered":
         return None
     parent = row.group_id if row.group_id and len(row.group_id) <= 20 else None  # 1.6: 20
