@@ -1,13 +1,282 @@
-"""OCPI 2.2.1 tariffs (cpo)."""
+"""OCPI 2.2.1 Tariffs, our CPO role's Sender interface: each site's tariff as an OCPI
+Tariff (id = the site's id), and a PUT to every Tariffs Receiver when it changes.
+
+The Tariff of a site is the version in force now (:class:`SiteTariff`, the latest
+``valid_from`` not after now), or, without one, the site's own import/export prices
+(``import_tariff_per_kwh``). It maps to OCPI as follows:
+
+- each time-of-use window: an ``ENERGY`` element restricted to the window's
+  ``start_time``/``end_time`` (``24:00`` is written ``00:00``, "end of the day") and
+  ``day_of_week`` (the days the window starts on); then one ``ENERGY`` element without
+  restrictions at the base price (the fallback OCPI advises);
+- the idle fee: a ``PARKING_TIME`` element at the fee per hour, restricted by
+  ``min_duration`` = the grace time. OCPI counts ``min_duration`` from the session's
+  start while evflex counts the grace from the moment energy stopped flowing, so the
+  restriction is the closest OCPI can say, not the same rule;
+- the feed-in reward (V2X: energy the car gives back): OCPI 2.2.1 has no dimension for
+  exported energy, so it is the extension field ``evflex_feed_in_price_per_kwh`` of the
+  Tariff object (per kWh exported, paid to the driver; a receiver that does not know it
+  ignores it);
+- prices are sent as evflex has them: evflex keeps no VAT split, so ``price`` is the
+  tariff's price and no ``vat`` is given; ``step_size`` is 1 (1 Wh, 1 s);
+- ``start_date_time`` is the version's ``valid_from`` and ``end_date_time`` the next
+  version's, when one is planned;
+- ``currency`` is the node's ``currency`` setting.
+
+A new version (``tariff.changed`` on the bus, published by the tariff API) is pushed
+when it comes into force: at once if it already is, else when its ``valid_from`` has
+come (a watcher checks at most a minute apart). A partner that registers gets every
+Tariff (``ocpi.partner.registered``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from evflex.events import Event
+from evflex.ocpi.cpo import ids
+from evflex.ocpi.transport import Page, now_iso, parse_datetime, runtime
+from evflex.store.record_tables import SiteTariff
+from evflex.store.tables import Site
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
+MODULE = "tariffs"
+DAYS = {"Mon": "MONDAY", "Tue": "TUESDAY", "Wed": "WEDNESDAY", "Thu": "THURSDAY",
+        "Fri": "FRIDAY", "Sat": "SATURDAY", "Sun": "SUNDAY"}  # fmt: skip
+#: The extension field that carries the feed-in reward (OCPI has no export dimension).
+FEED_IN_FIELD = "evflex_feed_in_price_per_kwh"
+#: Longest wait of the watcher between two looks for versions coming into force.
+WATCH_S = 60.0
+
+
+@dataclass(slots=True)
+class SiteTariffs:
+    """What makes a site's Tariff: the version in force (or None), the next planned
+    version's start, and the site (for its fallback prices)."""
+
+    site: Site
+    current: SiteTariff | None
+    next_from: datetime | None
+
+    @property
+    def priced(self) -> bool:
+        return self.current is not None or self.site.import_tariff_per_kwh is not None
+
+
+async def site_tariffs(
+    s: AsyncSession, now: datetime, site_ids: list[str] | None = None
+) -> dict[str, SiteTariffs]:
+    """Per site (all, or those of ``site_ids``): its version in force and next version."""
+    q_sites = select(Site)
+    q_versions = select(SiteTariff).order_by(SiteTariff.valid_from, SiteTariff.id)
+    if site_ids is not None:
+        q_sites = q_sites.where(Site.id.in_(site_ids))
+        q_versions = q_versions.where(SiteTariff.site_id.in_(site_ids))
+    out = {site.id: SiteTariffs(site, None, None) for site in (await s.scalars(q_sites)).all()}
+    for v in (await s.scalars(q_versions)).all():
+        entry = out.get(v.site_id)
+        if entry is None:
+            continue
+        if v.valid_from <= now:
+            entry.current = v
+        elif entry.next_from is None:
+            entry.next_from = v.valid_from
+    return out
+
+
+def _restriction_time(text: str) -> str:
+    return "00:00" if text == "24:00" else text
+
+
+def tariff_object(
+    country_code: str, party_id: str, currency: str, entry: SiteTariffs
+) -> dict[str, Any] | None:
+    """The OCPI Tariff of a site; None if the site has no price at all."""
+    site, v = entry.site, entry.current
+    if v is not None:
+        base, windows = v.energy_price_per_kwh, v.time_of_use or []
+        feed_in, idle_fee, grace = (
+            v.feed_in_reward_per_kwh,
+            v.idle_fee_per_minute,
+            v.idle_grace_minutes,
+        )
+        last_updated = max(v.created_at, v.valid_from)
+    elif site.import_tariff_per_kwh is not None:
+        base, windows = site.import_tariff_per_kwh, []
+        feed_in, idle_fee, grace = site.export_tariff_per_kwh or 0.0, 0.0, 0.0
+        last_updated = site.updated_at
+    else:
+        return None
+    elements: list[dict[str, Any]] = []
+    for w in windows:
+        restrictions: dict[str, Any] = {
+            "start_time": _restriction_time(w["start"]),
+            "end_time": _restriction_time(w["end"]),
+        }
+        if w.get("days"):
+            restrictions["day_of_week"] = [DAYS[d] for d in w["days"]]
+        elements.append({"price_components": [_component("ENERGY", w["price_per_kwh"])],
+                         "restrictions": restrictions})  # fmt: skip
+    elements.append({"price_components": [_component("ENERGY", base)]})
+    if idle_fee > 0:
+        parking: dict[str, Any] = {"price_components": [_component("PARKING_TIME", idle_fee * 60)]}
+        if grace > 0:
+            parking["restrictions"] = {"min_duration": round(grace * 60)}
+        elements.append(parking)
+    out: dict[str, Any] = {
+        "country_code": country_code,
+        "party_id": party_id,
+        "id": ids.tariff_id(site.id),
+        "currency": currency,
+        "elements": elements,
+        FEED_IN_FIELD: float(feed_in),
+        "last_updated": now_iso(last_updated),
+    }
+    if v is not None:
+        out["start_date_time"] = now_iso(v.valid_from)
+    if entry.next_from is not None:
+        out["end_date_time"] = now_iso(entry.next_from)
+    return out
+
+
+def _component(dimension: str, price: float) -> dict[str, Any]:
+    return {"type": dimension, "price": round(float(price), 6), "step_size": 1}
+
+
+# ---------------------------------------------------------------- Sender interface
+
+
+@router.get("")
+@router.get("/", include_in_schema=False)
+async def list_tariffs(request: Request):
+    """Every site's Tariff, paginated, by ``last_updated`` between date_from and date_to."""
+    page = Page(request)
+    rt = runtime(request)
+    async with rt.sessionmaker() as s:
+        entries = await site_tariffs(s, rt.clock.now())
+    node = rt.ocpi
+    items = [t for e in sorted(entries.values(), key=lambda e: e.site.id)
+             if (t := tariff_object(node.country_code, node.party_id, rt.settings.currency, e))
+             is not None]  # fmt: skip
+    items = in_window(items, page)
+    return page.reply(items[page.offset : page.offset + page.limit], len(items))
+
+
+def in_window(items: list[dict[str, Any]], page: Page) -> list[dict[str, Any]]:
+    """The objects whose ``last_updated`` is in [date_from, date_to)."""
+    if page.date_from is None and page.date_to is None:
+        return items
+    lo = now_iso(page.date_from) if page.date_from else None
+    hi = now_iso(page.date_to) if page.date_to else None
+    # now_iso strings of UTC times compare as the times do
+    return [x for x in items
+            if (lo is None or x["last_updated"] >= lo) and (hi is None or x["last_updated"] < hi)]  # fmt: skip
+
+
+# ---------------------------------------------------------------- pushes
+
+
+class TariffPush:
+    """PUTs a site's Tariff to every Tariffs Receiver when it changes."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self._watcher: asyncio.Task | None = None
+
+    async def receivers(self, only: int | None = None) -> list[int]:
+        partners = await self.node.partners_with(MODULE, "RECEIVER")
+        return [p.id for p in partners if only is None or p.id == only]
+
+    async def push(self, site_ids: list[str] | None, only_partner: int | None = None) -> int:
+        """PUT the Tariffs of these sites (None: all) to the receivers; how many objects."""
+        partner_ids = await self.receivers(only_partner)
+        if not partner_ids:
+            return 0
+        node = self.node
+        async with node.sessionmaker() as s:
+            entries = await site_tariffs(s, node.clock.now(), site_ids)
+        currency = node.settings.currency
+        objects = [t for e in entries.values()
+                   if (t := tariff_object(node.country_code, node.party_id, currency, e))]  # fmt: skip
+        if not objects:
+            return 0
+        now = node.clock.now()
+
+        async def job(s: AsyncSession) -> None:
+            for t in objects:
+                for pid in partner_ids:
+                    node.outbox.add(s, pid, MODULE, f"tariffs/{t['id']}", "PUT",
+                                    f"/{node.country_code}/{node.party_id}/{t['id']}", t, now)  # fmt: skip
+
+        await node.writer.submit(job)
+        for pid in partner_ids:
+            node.outbox.wake(pid)
+        return len(objects)
+
+    async def on_tariff(self, event: Event) -> None:
+        valid_from = event.data.get("valid_from")
+        if valid_from and parse_datetime(valid_from) > self.node.clock.now():
+            return  # the watcher pushes it when it comes into force
+        await self.push([event.data["site_id"]])
+
+    async def on_site(self, event: Event) -> None:
+        if {"import_tariff_per_kwh", "export_tariff_per_kwh"} & set(event.data.get("fields", ())):
+            await self.push([event.data["site_id"]])
+
+    async def on_partner(self, event: Event) -> None:
+        await self.push(None, only_partner=int(event.data["partner_id"]))
+
+    async def start(self) -> None:
+        self._watcher = asyncio.create_task(self._watch(), name="ocpi-tariffs-watch")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        """Push each version when its ``valid_from`` comes."""
+        clock = self.node.clock
+        last = clock.now()
+        while True:
+            try:
+                async with self.node.sessionmaker() as s:
+                    nxt = await s.scalar(
+                        select(func.min(SiteTariff.valid_from)).where(SiteTariff.valid_from > last)
+                    )
+                wait = WATCH_S if nxt is None else (nxt - clock.now()).total_seconds()
+                await clock.sleep(min(WATCH_S, max(0.01, wait)))
+                now = clock.now()
+                async with self.node.sessionmaker() as s:
+                    due = (await s.scalars(select(SiteTariff.site_id).distinct().where(
+                        SiteTariff.valid_from > last, SiteTariff.valid_from <= now))).all()  # fmt: skip
+                if due:
+                    await self.push(list(due))
+                last = now
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("OCPI tariffs: pushing versions that came into force")
+                await asyncio.sleep(WATCH_S)
+
 
 def attach(node: Any) -> None:
-    """Register this module's event handlers on the OCPI node."""
+    """Push Tariffs on tariff and site changes and to partners that register."""
+    push = TariffPush(node)
+    node.state[MODULE] = push
+    node.on("tariff.changed", push.on_tariff)
+    node.on("site.changed", push.on_site)
+    node.on("ocpi.partner.registered", push.on_partner)
+    node.on_start(push.start)
+    node.on_stop(push.stop)
