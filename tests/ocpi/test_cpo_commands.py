@@ -133,10 +133,11 @@ async def test_commands_reach_stations_and_results_come_back(database_url):
 
             # a reservation: ours to the station, the eMSP's id to the eMSP
             expiry = (node.rt.clock.now() + timedelta(minutes=15)).isoformat()
-            res = await a.accepted("RESERVE_NOW", token=token("APP-R"), expiry_date=expiry,
-                                   reservation_id="Res-1", location_id=st201.id,
-                                   evse_uid=f"{st201.id}-2")  # fmt: skip
-            assert res["result"] == "ACCEPTED", res
+            reserve = dict(token=token("APP-R"), expiry_date=expiry, location_id=st201.id)
+            answer, res1 = await a.send("RESERVE_NOW", reservation_id="Res-1",
+                                        evse_uid=f"{st201.id}-2", **reserve)  # fmt: skip
+            assert answer["data"]["result"] == "ACCEPTED", answer
+            assert (await a.result(res1))["result"] == "ACCEPTED"
             rows = await _reservations(node)
             assert [(r.station_id, r.evse_id, r.id_token, r.status) for r in rows] == [
                 (st201.id, 2, "APP-R", "Accepted")
@@ -152,6 +153,26 @@ async def test_commands_reach_stations_and_results_come_back(database_url):
             res = await a.accepted("RESERVE_NOW", token=token("APP-R"), expiry_date=expiry,
                                    reservation_id="Res-2", location_id=st16.id)  # fmt: skip
             assert res["result"] == "REJECTED", res
+            # the operator cancels an eMSP's reservation: the eMSP hears CANCELED_RESERVATION
+            answer, first = await a.send("RESERVE_NOW", reservation_id="Res-3",
+                                         evse_uid=f"{st201.id}-1", **reserve)  # fmt: skip
+            assert (await a.result(first))["result"] == "ACCEPTED"
+            rid = max(r.id for r in await _reservations(node))
+            # the same reservation_id again replaces it: the station's reservation id stays
+            reserve["expiry_date"] = (node.rt.clock.now() + timedelta(minutes=30)).isoformat()
+            answer, res3 = await a.send("RESERVE_NOW", reservation_id="res-3",
+                                        evse_uid=f"{st201.id}-1", **reserve)  # fmt: skip
+            assert (await a.result(res3))["result"] == "ACCEPTED"
+            assert max(r.id for r in await _reservations(node)) == rid
+            r = await node.command(st201.id, "cancel-reservation", {"reservation_id": rid})
+            assert r.status_code == 200, r.text
+            await node.wait_for(lambda: [x.path for x in pa.received].count(res3) == 2)
+            told = [x.body for x in pa.received if x.path == res3][1]
+            assert told["result"] == "CANCELED_RESERVATION", told
+            assert "'res-3' was cancelled by the CPO" in told["message"][0]["text"]
+            # Res-1, which the eMSP cancelled itself, got no such message
+            assert [x.path for x in pa.received].count(res1) == 1
+            assert [x.path for x in pa.received].count(first) == 1  # the replaced one
 
             async with node.rt.sessionmaker() as s:
                 rows = (await s.scalars(select(OcpiCommand).order_by(OcpiCommand.id))).all()

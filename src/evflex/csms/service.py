@@ -403,10 +403,14 @@ class CsmsService:
         await self.writer.submit(job)
 
     async def set_reservation_status(self, reservation_id: int, status: str) -> None:
+        """A reservation ended or changed (Cancelled by a command; 2.x Expired, Removed);
+        announced on the bus as ``reservation.status``."""
+
         async def job(s: AsyncSession) -> None:
             await repo.set_reservation_status(s, reservation_id, status)
 
         await self.writer.submit(job)
+        self.bus.publish("reservation.status", reservation_id=reservation_id, status=status)
 
     async def remote_start_refusal(
         self, station_id: str, id_token: str, evse_id: int | None = None

@@ -32,6 +32,7 @@ import asyncio
 import logging
 import math
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.csms import commands as ocpp_commands
 from evflex.domain.model import TransactionState
+from evflex.events import Event
 from evflex.ocpi.client import PartnerError, party_of
 from evflex.ocpi.cpo import ids
 from evflex.ocpi.transport import (
@@ -179,10 +181,7 @@ async def receive(request: Request, partner: OcpiPartner, command: str, body: _C
     except Refused as refusal:
         data = {"result": refusal.result, "timeout": timeout, "message": display(refusal.message)}
         return reply(request, data, refusal.status_code, refusal.message)
-    task = asyncio.create_task(carry_out(node, row, plan), name=f"ocpi-command-{row.uid}")
-    tasks: set[asyncio.Task] = node.state["commands"]
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
+    spawn(node, carry_out(node, row, plan), f"ocpi-command-{row.uid}")
     message = f"sent to station '{plan.station_id}'"
     return reply(request, {"result": "ACCEPTED", "timeout": timeout, "message": display(message)})
 
@@ -488,10 +487,56 @@ async def unknown_command(command: str):
     raise OcpiError(CLIENT_ERROR, f"unknown command '{command}'; known: {', '.join(ROUTES)}", 404)
 
 
+def spawn(node: Any, job: Coroutine[Any, Any, Any], name: str) -> None:
+    """Run ``job`` in the background, kept on the node until it ends."""
+    task = asyncio.create_task(job, name=name)
+    tasks: set[asyncio.Task] = node.state["commands"]
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def cancelled_by_us(node: Any, reservation_id: int) -> OcpiCommand | None:
+    """The RESERVE_NOW an OCPP reservation cancelled on the CPO's side came from (an
+    operator's command, a 2.x station's Removed): None if it is no eMSP's, or if the
+    eMSP itself cancelled it."""
+    async with node.sessionmaker() as s:
+        made = (
+            await s.scalars(
+                select(OcpiCommand)
+                .where(
+                    OcpiCommand.direction == "in",
+                    OcpiCommand.command == "RESERVE_NOW",
+                    OcpiCommand.station_ref == str(reservation_id),
+                )
+                .order_by(OcpiCommand.id.desc())
+                .limit(1)
+            )
+        ).first()
+        if made is None or made.object_id is None:
+            return None
+        cancel = await _last_command(s, made.partner_id, "CANCEL_RESERVATION", made.object_id)
+    return made if cancel is None or cancel.id < made.id else None
+
+
 def attach(node: Any) -> None:
-    """Keep the commands in flight on the node; a stopping node drops them."""
+    """Keep the commands in flight on the node (a stopping node drops them); tell an
+    eMSP whose reservation the CPO cancelled (CANCELED_RESERVATION to the RESERVE_NOW's
+    response_url)."""
     tasks: set[asyncio.Task] = set()
     node.state["commands"] = tasks
+
+    async def reservation_status(event: Event) -> None:
+        if event.data.get("status") not in ("Cancelled", "Removed"):
+            return
+        made = await cancelled_by_us(node, int(event.data["reservation_id"]))
+        if made is None:
+            return
+        message = f"reservation '{made.request.get('reservation_id')}' was cancelled by the CPO"
+        post = post_result(node, made.partner_id, made.response_url, "CANCELED_RESERVATION",
+                           message)  # fmt: skip
+        spawn(node, post, f"ocpi-reservation-{made.uid}")
+
+    node.on("reservation.status", reservation_status)
 
     async def stop() -> None:
         for t in list(tasks):
