@@ -315,6 +315,32 @@ def _unknown(what: str) -> OcpiError:
     return OcpiError(CLIENT_ERROR, f"unknown {what}", http_status=404)
 
 
+async def _get_one(request: Request, partner: OcpiPartner, module: str, cc: str, pid: str,
+                   oid: str):  # fmt: skip
+    """GET of a Session or Tariff: the stored object, or HTTP 404."""
+    _own(partner, cc, pid)
+    data = await stored(runtime(request).ocpi, module, cc, pid, oid)
+    if data is None:
+        raise _unknown(f"{module[:-1]} {oid}")
+    return reply(request, data)
+
+
+async def _put_one(request: Request, partner: OcpiPartner, module: str, cc: str, pid: str,
+                   oid: str, body: Obj, **defaults: Any):  # fmt: skip
+    """PUT of a Session or Tariff: the object replaces the stored one unless older."""
+    _own(partner, cc, pid)
+    data = _raw(body)
+    _check_ids(data, cc, pid, oid)
+    for name, value in defaults.items():
+        data.setdefault(name, value)
+
+    def change(old: dict[str, Any] | None) -> dict[str, Any] | None:
+        return data if _newer(old, data) else None
+
+    await _save(request, partner, module, cc, pid, oid, change)
+    return reply(request)
+
+
 # ---------------------------------------------------------------- locations
 
 
@@ -505,26 +531,14 @@ def _merge_periods(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list
 @router.get(S)
 async def get_session(request: Request, country_code: str, party_id: str, session_id: str,
                       partner: OcpiPartner = Partner):  # fmt: skip
-    _own(partner, country_code, party_id)
-    data = await stored(runtime(request).ocpi, "sessions", country_code, party_id, session_id)
-    if data is None:
-        raise _unknown(f"session {session_id}")
-    return reply(request, data)
+    return await _get_one(request, partner, "sessions", country_code, party_id, session_id)
 
 
 @router.put(S)
 async def put_session(request: Request, country_code: str, party_id: str, session_id: str,
                       body: Session, partner: OcpiPartner = Partner):  # fmt: skip
-    _own(partner, country_code, party_id)
-    data = _raw(body)
-    _check_ids(data, country_code, party_id, session_id)
-    data.setdefault("charging_periods", [])
-
-    def change(old: dict[str, Any] | None) -> dict[str, Any] | None:
-        return data if _newer(old, data) else None
-
-    await _save(request, partner, "sessions", country_code, party_id, session_id, change)
-    return reply(request)
+    return await _put_one(request, partner, "sessions", country_code, party_id, session_id,
+                          body, charging_periods=[])  # fmt: skip
 
 
 @router.patch(S)
@@ -601,25 +615,13 @@ T = "/tariffs/{country_code}/{party_id}/{tariff_id}"
 @router.get(T)
 async def get_tariff(request: Request, country_code: str, party_id: str, tariff_id: str,
                      partner: OcpiPartner = Partner):  # fmt: skip
-    _own(partner, country_code, party_id)
-    data = await stored(runtime(request).ocpi, "tariffs", country_code, party_id, tariff_id)
-    if data is None:
-        raise _unknown(f"tariff {tariff_id}")
-    return reply(request, data)
+    return await _get_one(request, partner, "tariffs", country_code, party_id, tariff_id)
 
 
 @router.put(T)
 async def put_tariff(request: Request, country_code: str, party_id: str, tariff_id: str,
                      body: Tariff, partner: OcpiPartner = Partner):  # fmt: skip
-    _own(partner, country_code, party_id)
-    data = _raw(body)
-    _check_ids(data, country_code, party_id, tariff_id)
-
-    def change(old: dict[str, Any] | None) -> dict[str, Any] | None:
-        return data if _newer(old, data) else None
-
-    await _save(request, partner, "tariffs", country_code, party_id, tariff_id, change)
-    return reply(request)
+    return await _put_one(request, partner, "tariffs", country_code, party_id, tariff_id, body)
 
 
 @router.delete(T)
