@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from evflex.api.schemas import IdTokenIn, StationCreate
 from evflex.app import Runtime
 from evflex.bench.fuzz import bench_fuzz_command
+from evflex.bench.ocpi import bench_ocpi_command
 from evflex.bench.ocpp import bench_ocpp_command
 from evflex.bench.scheduling import bench_scheduling_command
 from evflex.bench.smartcharging import bench_smartcharging_command
@@ -674,36 +675,36 @@ def ocpi_register(
                f"{_roles_text(partner)}")  # fmt: skip
 
 
-@ocpi_app.command("update")
-def ocpi_update(
-    partner_id: Annotated[int, typer.Argument(help="The partner's id (evflex ocpi partners)")],
-    config: ConfigOpt = None,
-    database_url: DbOpt = None,
-) -> None:
-    """New credentials tokens with a registered partner (PUT); its endpoints again."""
+PartnerIdArg = Annotated[int, typer.Argument(help="The partner's id (evflex ocpi partners)")]
+
+
+def _on_partner(partner_id: int, call, action: str, config: Path | None, database_url: str | None):
+    """``call(party, partner)`` on the partner with this id, audited as ``action``."""
     settings = load_settings(config, database_url=database_url)
 
     async def fn(party: OcpiParty):
-        return await ocpi_credentials.update(party, await _ocpi_partner(party, partner_id))
+        return await call(party, await _ocpi_partner(party, partner_id))
 
-    partner = _ocpi(settings, fn, dict(action="ocpi update", target=f"ocpi partner {partner_id}"))
+    return _ocpi(settings, fn, dict(action=action, target=f"ocpi partner {partner_id}"))
+
+
+@ocpi_app.command("update")
+def ocpi_update(
+    partner_id: PartnerIdArg, config: ConfigOpt = None, database_url: DbOpt = None
+) -> None:
+    """New credentials tokens with a registered partner (PUT); its endpoints again."""
+    partner = _on_partner(partner_id, ocpi_credentials.update, "ocpi update", config,
+                          database_url)  # fmt: skip
     typer.echo(f"New tokens with partner {partner.id}: {_roles_text(partner)}")
 
 
 @ocpi_app.command("unregister")
 def ocpi_unregister(
-    partner_id: Annotated[int, typer.Argument(help="The partner's id (evflex ocpi partners)")],
-    config: ConfigOpt = None,
-    database_url: DbOpt = None,
+    partner_id: PartnerIdArg, config: ConfigOpt = None, database_url: DbOpt = None
 ) -> None:
     """End the registration with a partner (it is told), or withdraw an invitation."""
-    settings = load_settings(config, database_url=database_url)
-
-    async def fn(party: OcpiParty):
-        return await ocpi_credentials.unregister(party, await _ocpi_partner(party, partner_id))
-
-    audit = dict(action="ocpi unregister", target=f"ocpi partner {partner_id}")
-    problem = _ocpi(settings, fn, audit)
+    problem = _on_partner(partner_id, ocpi_credentials.unregister, "ocpi unregister", config,
+                          database_url)  # fmt: skip
     typer.echo(f"Partner {partner_id} unregistered; its tokens no longer work.")
     if problem:
         typer.echo(f"The partner was not told: {problem}", err=True)
@@ -883,6 +884,9 @@ def _register_plugins() -> None:
         help="Malformed and hostile OCPP frames and API requests: right answers, "
         "no crash, others' latency, database unchanged.",
     )(bench_fuzz_command)
+    bench_app.command("ocpi", help="OCPI: Session updates pushed per second to a partner.")(
+        bench_ocpi_command
+    )
 
 
 _register_plugins()

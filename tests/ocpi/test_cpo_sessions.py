@@ -11,6 +11,7 @@ import httpx
 from ocpp.v201 import call
 
 from conftest import running_node
+from evflex.bench.ocpi import OcpiBenchConfig, render, run_ocpi_bench
 from evflex.store.ocpi_tables import OcpiToken
 from ocpi.partner import RecordingPartner
 from ocpp_clients import Lib201, connected
@@ -178,3 +179,15 @@ async def test_sessions_list_is_the_partners_own_and_local_cards_are_not_pushed(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_bench_ocpi_small_run_delivers_every_update():
+    result = await run_ocpi_bench(OcpiBenchConfig(sessions=30, rounds=2), log=lambda *_: None)
+    assert result["sessions"] == 30 and len(result["rounds"]) == 2
+    assert result["pushes_queued"] == {"PUT": 30, "PATCH": 60}
+    # every session's update arrived (the receiver counts a session once it has the new kWh)
+    assert result["requests_received"]["PATCH"] == 60
+    assert all(r["sessions_per_s"] > 0 and r["end_to_end_s"] >= r["push_only_s"]
+               for r in result["rounds"])  # fmt: skip
+    assert result["baseline_per_s"] > 0 and result["ratio_to_baseline"] > 0
+    assert render(result).row_count == 4
