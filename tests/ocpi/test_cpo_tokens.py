@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 
 import httpx
@@ -98,6 +99,23 @@ async def boot201(cp: Lib201) -> None:
         charging_station={"vendor_name": "Acme", "model": "AC"}, reason="PowerUp"))  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def cpo_with(partner: RecordingPartner, database_url: str, prefix: str, **settings):
+    """A node with ``partner`` linked, an HTTP client calling it as the partner, and two
+    booted stations: ``{prefix}16`` (1.6) and ``{prefix}201`` (2.0.1)."""
+    async with running_node(database_url, allow_unknown_stations=True, **settings) as node:
+        pid = await partner.link(node)
+        base = f"http://127.0.0.1:{node.rt.http_port}{BASE}"
+        async with (
+            httpx.AsyncClient(base_url=base, headers=partner.auth_header()) as c,
+            connected(Lib16, node.ocpp_url, f"{prefix}16", "ocpp1.6") as cp16,
+            connected(Lib201, node.ocpp_url, f"{prefix}201", "ocpp2.0.1") as cp201,
+        ):
+            await boot16(cp16)
+            await boot201(cp201)
+            yield node, pid, c, cp16, cp201
+
+
 async def auth16(cp: Lib16, uid: str) -> str:
     return (await cp.call(call16.Authorize(id_tag=uid))).id_tag_info["status"]
 
@@ -186,76 +204,67 @@ async def test_receiver_put_get_patch_and_bad_input(tmp_path):
 async def test_whitelisted_tokens_at_16_and_201_stations(database_url):
     partner = await RecordingPartner([("tokens", "SENDER")]).start()
     try:
-        async with running_node(database_url, allow_unknown_stations=True) as node:
-            pid = await partner.link(node)
-            base = f"http://127.0.0.1:{node.rt.http_port}{BASE}"
-            async with (
-                httpx.AsyncClient(base_url=base, headers=partner.auth_header()) as c,
-                connected(Lib16, node.ocpp_url, "T16", "ocpp1.6") as cp16,
-                connected(Lib201, node.ocpp_url, "T201", "ocpp2.0.1") as cp201,
-            ):
-                await boot16(cp16)
-                await boot201(cp201)
-                r = await c.put("/DE/ABC/04A1B2C3", json=token("04A1B2C3", group_id="G-1"))
-                assert r.json()["status_code"] == 1000
-                # the reader's hex in lower case is the same card
-                assert await auth16(cp16, "04a1b2c3") == "Accepted"
-                assert await auth201(cp201, "04A1B2C3") == "Accepted"
-                start = await cp16.call(call16.StartTransaction(
-                    connector_id=1, id_tag="04A1B2C3", meter_start=0,
-                    timestamp="2026-03-01T08:00:00Z"))  # fmt: skip
-                assert start.id_tag_info == {"status": "Accepted", "parent_id_tag": "G-1"}
-                how = await tokens.authorization_for(node.rt.ocpi, "T16", "04A1B2C3")
-                assert how["auth_method"] == "WHITELIST" and how["partner_id"] == pid
-                assert (how["country_code"], how["party_id"], how["uid"]) == ("DE", "ABC",
-                                                                              "04A1B2C3")  # fmt: skip
-                assert how["contract_id"] == "DE-ABC-C04A1B2C3"
-                # the eMSP invalidates it
-                r = await c.patch("/DE/ABC/04A1B2C3",
-                                  json={"valid": False, "last_updated": "2026-03-01T10:00:00Z"})  # fmt: skip
-                assert r.json()["status_code"] == 1000
+        async with cpo_with(partner, database_url, "T") as (node, pid, c, cp16, cp201):
+            r = await c.put("/DE/ABC/04A1B2C3", json=token("04A1B2C3", group_id="G-1"))
+            assert r.json()["status_code"] == 1000
+            # the reader's hex in lower case is the same card
+            assert await auth16(cp16, "04a1b2c3") == "Accepted"
+            assert await auth201(cp201, "04A1B2C3") == "Accepted"
+            start = await cp16.call(call16.StartTransaction(
+                connector_id=1, id_tag="04A1B2C3", meter_start=0,
+                timestamp="2026-03-01T08:00:00Z"))  # fmt: skip
+            assert start.id_tag_info == {"status": "Accepted", "parent_id_tag": "G-1"}
+            how = await tokens.authorization_for(node.rt.ocpi, "T16", "04A1B2C3")
+            assert how["auth_method"] == "WHITELIST" and how["partner_id"] == pid
+            assert (how["country_code"], how["party_id"], how["uid"]) == ("DE", "ABC",
+                                                                          "04A1B2C3")  # fmt: skip
+            assert how["contract_id"] == "DE-ABC-C04A1B2C3"
+            # the eMSP invalidates it
+            r = await c.patch("/DE/ABC/04A1B2C3",
+                              json={"valid": False, "last_updated": "2026-03-01T10:00:00Z"})  # fmt: skip
+            assert r.json()["status_code"] == 1000
+            assert await auth16(cp16, "04A1B2C3") == "Blocked"
+            assert await auth201(cp201, "04A1B2C3") == "Blocked"
+            # admission (the load manager's rule) applies to partners' cards too
+            await c.patch("/DE/ABC/04A1B2C3",
+                          json={"valid": True, "last_updated": "2026-03-01T11:00:00Z"})  # fmt: skip
+
+            async def full(station_id, evse_id):
+                return "site full"
+
+            saved, node.rt.service.admission = node.rt.service.admission, full
+            try:
+                assert await auth201(cp201, "04A1B2C3") == "NotAtThisTime"
                 assert await auth16(cp16, "04A1B2C3") == "Blocked"
-                assert await auth201(cp201, "04A1B2C3") == "Blocked"
-                # admission (the load manager's rule) applies to partners' cards too
-                await c.patch("/DE/ABC/04A1B2C3",
-                              json={"valid": True, "last_updated": "2026-03-01T11:00:00Z"})  # fmt: skip
+            finally:
+                node.rt.service.admission = saved
+            assert await auth201(cp201, "04A1B2C3") == "Accepted"
+            # a card nobody knows: as before
+            assert await auth16(cp16, "NOPE") == "Invalid"
+            assert await auth201(cp201, "NOPE") == "Unknown"
+            assert partner.received == []  # ALWAYS: never asked
 
-                async def full(station_id, evse_id):
-                    return "site full"
-
-                saved, node.rt.service.admission = node.rt.service.admission, full
-                try:
-                    assert await auth201(cp201, "04A1B2C3") == "NotAtThisTime"
-                    assert await auth16(cp16, "04A1B2C3") == "Blocked"
-                finally:
-                    node.rt.service.admission = saved
-                assert await auth201(cp201, "04A1B2C3") == "Accepted"
-                # a card nobody knows: as before
-                assert await auth16(cp16, "NOPE") == "Invalid"
-                assert await auth201(cp201, "NOPE") == "Unknown"
-                assert partner.received == []  # ALWAYS: never asked
-
-                # a token the eMSP sent with START_SESSION (never pushed): the eMSP
-                # authorized it, at that station only
-                await cp16.call(call16.StatusNotification(
-                    connector_id=2, error_code="NoError", status="Available"))  # fmt: skip
-                command = {"response_url": f"{partner.base}/2.2.1/commands/START_SESSION/9",
-                           "token": token("App-9", type="APP_USER"), "location_id": "T16",
-                           "evse_uid": "T16-2", "authorization_reference": "AUTH-9"}  # fmt: skip
-                r = await c.post(f"http://127.0.0.1:{node.rt.http_port}/ocpi/cpo/2.2.1/"
-                                 "commands/START_SESSION", json=command)  # fmt: skip
-                assert r.json()["data"]["result"] == "ACCEPTED", r.text
-                await node.wait_for(lambda: ("RemoteStartTransaction", {"connector_id": 2,
-                                    "id_tag": "App-9"}) in cp16.received)  # fmt: skip
-                start = await cp16.call(call16.StartTransaction(
-                    connector_id=2, id_tag="App-9", meter_start=0,
-                    timestamp="2026-03-01T09:00:00Z"))  # fmt: skip
-                assert start.id_tag_info["status"] == "Accepted"
-                how = await tokens.authorization_for(node.rt.ocpi, "T16", "App-9")
-                assert (how["auth_method"], how["authorization_reference"]) == ("COMMAND",
-                                                                                "AUTH-9")  # fmt: skip
-                assert (how["type"], how["partner_id"]) == ("APP_USER", pid)
-                assert await auth201(cp201, "App-9") == "Unknown"
+            # a token the eMSP sent with START_SESSION (never pushed): the eMSP
+            # authorized it, at that station only
+            await cp16.call(call16.StatusNotification(
+                connector_id=2, error_code="NoError", status="Available"))  # fmt: skip
+            command = {"response_url": f"{partner.base}/2.2.1/commands/START_SESSION/9",
+                       "token": token("App-9", type="APP_USER"), "location_id": "T16",
+                       "evse_uid": "T16-2", "authorization_reference": "AUTH-9"}  # fmt: skip
+            r = await c.post(f"http://127.0.0.1:{node.rt.http_port}/ocpi/cpo/2.2.1/"
+                             "commands/START_SESSION", json=command)  # fmt: skip
+            assert r.json()["data"]["result"] == "ACCEPTED", r.text
+            await node.wait_for(lambda: ("RemoteStartTransaction", {"connector_id": 2,
+                                "id_tag": "App-9"}) in cp16.received)  # fmt: skip
+            start = await cp16.call(call16.StartTransaction(
+                connector_id=2, id_tag="App-9", meter_start=0,
+                timestamp="2026-03-01T09:00:00Z"))  # fmt: skip
+            assert start.id_tag_info["status"] == "Accepted"
+            how = await tokens.authorization_for(node.rt.ocpi, "T16", "App-9")
+            assert (how["auth_method"], how["authorization_reference"]) == ("COMMAND",
+                                                                            "AUTH-9")  # fmt: skip
+            assert (how["type"], how["partner_id"]) == ("APP_USER", pid)
+            assert await auth201(cp201, "App-9") == "Unknown"
     finally:
         await partner.stop()
 
@@ -263,60 +272,51 @@ async def test_whitelisted_tokens_at_16_and_201_stations(database_url):
 async def test_real_time_authorization_answers_are_used(tmp_path):
     emsp = await Emsp().start()
     try:
-        async with running_node(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
-                                allow_unknown_stations=True) as node:  # fmt: skip
-            await emsp.link(node)
-            base = f"http://127.0.0.1:{node.rt.http_port}{BASE}"
-            async with (
-                httpx.AsyncClient(base_url=base, headers=emsp.auth_header()) as c,
-                connected(Lib16, node.ocpp_url, "R16", "ocpp1.6") as cp16,
-                connected(Lib201, node.ocpp_url, "R201", "ocpp2.0.1") as cp201,
-            ):
-                await boot16(cp16)
-                await boot201(cp201)
-                answers = {"RT-OK": "ALLOWED", "RT-BLK": "BLOCKED", "RT-EXP": "EXPIRED",
-                           "RT-CASH": "NO_CREDIT", "RT-NOT": "NOT_ALLOWED"}  # fmt: skip
-                for uid in [*answers, "RT-GONE"]:
-                    r = await c.put(f"/DE/ABC/{uid}", json=token(uid, "NEVER"))
-                    assert r.json()["status_code"] == 1000
-                emsp.answers = answers  # RT-GONE: the eMSP no longer knows it
+        url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+        async with cpo_with(emsp, url, "R") as (node, _, c, cp16, cp201):
+            answers = {"RT-OK": "ALLOWED", "RT-BLK": "BLOCKED", "RT-EXP": "EXPIRED",
+                       "RT-CASH": "NO_CREDIT", "RT-NOT": "NOT_ALLOWED"}  # fmt: skip
+            for uid in [*answers, "RT-GONE"]:
+                r = await c.put(f"/DE/ABC/{uid}", json=token(uid, "NEVER"))
+                assert r.json()["status_code"] == 1000
+            emsp.answers = answers  # RT-GONE: the eMSP no longer knows it
 
-                assert await auth16(cp16, "RT-OK") == "Accepted"
-                (asked,) = emsp.asked()
-                assert asked.path.endswith("/ocpi/2.2.1/tokens/RT-OK/authorize?type=RFID")
-                assert asked.body == {"location_id": "R16"}
-                assert asked.headers["ocpi-to-party-id"] == "ABC"
-                # StartTransaction right after: the same use, not asked again
-                start = await cp16.call(call16.StartTransaction(
-                    connector_id=1, id_tag="RT-OK", meter_start=0,
-                    timestamp="2026-03-01T08:00:00Z"))  # fmt: skip
-                assert start.id_tag_info["status"] == "Accepted"
-                assert len(emsp.asked()) == 1
-                how = node.rt.ocpi.state["token_auth"][("R16", "RT-OK")]
-                assert how["auth_method"] == "AUTH_REQUEST"
-                assert how["authorization_reference"] == "REF-RT-OK"
+            assert await auth16(cp16, "RT-OK") == "Accepted"
+            (asked,) = emsp.asked()
+            assert asked.path.endswith("/ocpi/2.2.1/tokens/RT-OK/authorize?type=RFID")
+            assert asked.body == {"location_id": "R16"}
+            assert asked.headers["ocpi-to-party-id"] == "ABC"
+            # StartTransaction right after: the same use, not asked again
+            start = await cp16.call(call16.StartTransaction(
+                connector_id=1, id_tag="RT-OK", meter_start=0,
+                timestamp="2026-03-01T08:00:00Z"))  # fmt: skip
+            assert start.id_tag_info["status"] == "Accepted"
+            assert len(emsp.asked()) == 1
+            how = node.rt.ocpi.state["token_auth"][("R16", "RT-OK")]
+            assert how["auth_method"] == "AUTH_REQUEST"
+            assert how["authorization_reference"] == "REF-RT-OK"
 
-                # 2.0.1: a TransactionEvent that starts a session names the EVSE
-                r = await cp201.call(call201.TransactionEvent(
-                    event_type="Started", timestamp="2026-03-01T08:00:00Z",
-                    trigger_reason="Authorized", seq_no=0,
-                    transaction_info={"transaction_id": "tx-rt-1"},
-                    id_token={"id_token": "RT-NOT", "type": "ISO14443"},
-                    evse={"id": 2, "connector_id": 1}))  # fmt: skip
-                assert r.id_token_info["status"] == "NotAtThisLocation"
-                assert emsp.asked()[-1].body == {"location_id": "R201", "evse_uids": ["R201-2"]}
+            # 2.0.1: a TransactionEvent that starts a session names the EVSE
+            r = await cp201.call(call201.TransactionEvent(
+                event_type="Started", timestamp="2026-03-01T08:00:00Z",
+                trigger_reason="Authorized", seq_no=0,
+                transaction_info={"transaction_id": "tx-rt-1"},
+                id_token={"id_token": "RT-NOT", "type": "ISO14443"},
+                evse={"id": 2, "connector_id": 1}))  # fmt: skip
+            assert r.id_token_info["status"] == "NotAtThisLocation"
+            assert emsp.asked()[-1].body == {"location_id": "R201", "evse_uids": ["R201-2"]}
 
-                expect16 = {"RT-BLK": "Blocked", "RT-EXP": "Expired", "RT-CASH": "Invalid",
-                            "RT-NOT": "Invalid", "RT-GONE": "Invalid"}  # fmt: skip
-                expect201 = {"RT-BLK": "Blocked", "RT-EXP": "Expired", "RT-CASH": "NoCredit",
-                             "RT-NOT": "NotAtThisLocation", "RT-GONE": "Invalid"}  # fmt: skip
-                for uid in expect16:
-                    assert await auth16(cp16, uid) == expect16[uid], uid
-                    assert await auth201(cp201, uid) == expect201[uid], uid
-                # refusals are asked again each time (the eMSP may have changed its mind)
-                before = len(emsp.asked())
-                assert await auth201(cp201, "RT-BLK") == "Blocked"
-                assert len(emsp.asked()) == before + 1
+            expect16 = {"RT-BLK": "Blocked", "RT-EXP": "Expired", "RT-CASH": "Invalid",
+                        "RT-NOT": "Invalid", "RT-GONE": "Invalid"}  # fmt: skip
+            expect201 = {"RT-BLK": "Blocked", "RT-EXP": "Expired", "RT-CASH": "NoCredit",
+                         "RT-NOT": "NotAtThisLocation", "RT-GONE": "Invalid"}  # fmt: skip
+            for uid in expect16:
+                assert await auth16(cp16, uid) == expect16[uid], uid
+                assert await auth201(cp201, uid) == expect201[uid], uid
+            # refusals are asked again each time (the eMSP may have changed its mind)
+            before = len(emsp.asked())
+            assert await auth201(cp201, "RT-BLK") == "Blocked"
+            assert len(emsp.asked()) == before + 1
     finally:
         await emsp.stop()
 
@@ -325,49 +325,40 @@ async def test_slow_or_down_emsp_decided_by_whitelist_within_the_timeout(tmp_pat
     emsp = await Emsp().start()
     timeout = 0.3
     try:
-        async with running_node(f"sqlite+aiosqlite:///{tmp_path / 's.db'}",
-                                allow_unknown_stations=True,
-                                ocpi_authorize_timeout_s=timeout) as node:  # fmt: skip
-            await emsp.link(node)
-            base = f"http://127.0.0.1:{node.rt.http_port}{BASE}"
-            async with (
-                httpx.AsyncClient(base_url=base, headers=emsp.auth_header()) as c,
-                connected(Lib16, node.ocpp_url, "S16", "ocpp1.6") as cp16,
-                connected(Lib201, node.ocpp_url, "S201", "ocpp2.0.1") as cp201,
-            ):
-                await boot16(cp16)
-                await boot201(cp201)
-                cards = {("NEVER", True): "Invalid", ("ALLOWED", True): "Accepted",
-                         ("ALLOWED_OFFLINE", True): "Accepted",
-                         ("ALLOWED_OFFLINE", False): "Blocked"}  # fmt: skip
-                for (whitelist, valid), _ in cards.items():
-                    uid = f"{whitelist[:9]}-{valid:d}"  # 1.6: idTag of 20 characters at most
-                    r = await c.put(f"/DE/ABC/{uid}", json=token(uid, whitelist, valid))
-                    assert r.json()["status_code"] == 1000
-                    emsp.answers[uid] = "ALLOWED"  # would allow, if it answered in time
-                emsp.delay = 5.0
+        url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+        settings = {"ocpi_authorize_timeout_s": timeout}
+        async with cpo_with(emsp, url, "S", **settings) as (node, _, c, cp16, cp201):
+            cards = {("NEVER", True): "Invalid", ("ALLOWED", True): "Accepted",
+                     ("ALLOWED_OFFLINE", True): "Accepted",
+                     ("ALLOWED_OFFLINE", False): "Blocked"}  # fmt: skip
+            for (whitelist, valid), _ in cards.items():
+                uid = f"{whitelist[:9]}-{valid:d}"  # 1.6: idTag of 20 characters at most
+                r = await c.put(f"/DE/ABC/{uid}", json=token(uid, whitelist, valid))
+                assert r.json()["status_code"] == 1000
+                emsp.answers[uid] = "ALLOWED"  # would allow, if it answered in time
+            emsp.delay = 5.0
+            for (whitelist, valid), expected in cards.items():
+                uid = f"{whitelist[:9]}-{valid:d}"
+                for auth in (auth16, auth201):
+                    t0 = time.monotonic()
+                    assert await auth(cp16 if auth is auth16 else cp201, uid) == expected
+                    took = time.monotonic() - t0
+                    assert timeout * 0.9 <= took < timeout + 1, (uid, took)
+            assert len(emsp.asked()) == 2 * len(cards)
+            how = node.rt.ocpi.state["token_auth"][("S16", "ALLOWED-1")]
+            assert how["auth_method"] == "WHITELIST"
+            assert how["authorization_reference"] is None
+            # broken (HTTP 503), then down altogether: the same decisions, at once
+            emsp.delay, emsp.fail_http = 0.0, 503
+            emsp.release.set()
+            for broken in (True, False):
+                if not broken:
+                    await emsp.stop()
                 for (whitelist, valid), expected in cards.items():
-                    uid = f"{whitelist[:9]}-{valid:d}"
-                    for auth in (auth16, auth201):
-                        t0 = time.monotonic()
-                        assert await auth(cp16 if auth is auth16 else cp201, uid) == expected
-                        took = time.monotonic() - t0
-                        assert timeout * 0.9 <= took < timeout + 1, (uid, took)
-                assert len(emsp.asked()) == 2 * len(cards)
-                how = node.rt.ocpi.state["token_auth"][("S16", "ALLOWED-1")]
-                assert how["auth_method"] == "WHITELIST"
-                assert how["authorization_reference"] is None
-                # broken (HTTP 503), then down altogether: the same decisions, at once
-                emsp.delay, emsp.fail_http = 0.0, 503
-                emsp.release.set()
-                for broken in (True, False):
-                    if not broken:
-                        await emsp.stop()
-                    for (whitelist, valid), expected in cards.items():
-                        t0 = time.monotonic()
-                        assert await auth201(cp201, f"{whitelist[:9]}-{valid:d}") == expected
-                        assert time.monotonic() - t0 < timeout
-                assert len(emsp.asked()) == 3 * len(cards)  # the 503s were asked
+                    t0 = time.monotonic()
+                    assert await auth201(cp201, f"{whitelist[:9]}-{valid:d}") == expected
+                    assert time.monotonic() - t0 < timeout
+            assert len(emsp.asked()) == 3 * len(cards)  # the 503s were asked
     finally:
         emsp.release.set()
         if not emsp.down:

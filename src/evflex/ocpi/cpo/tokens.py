@@ -53,6 +53,7 @@ import asyncio
 import logging
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -213,89 +214,96 @@ def _check_type(type_: TokenType | None, row_type: str) -> bool:
     return type_ is None or type_ == row_type
 
 
-@router.get("/{country_code}/{party_id}/{uid}")
-async def get_token(
-    request: Request,
+@dataclass(slots=True)
+class TokenAt:
+    """The token a Receiver URL names, and the partner calling (its own party only)."""
+
+    country_code: str
+    party_id: str
+    uid: str
+    type: TokenType | None
+    partner: OcpiPartner
+
+    def unknown(self) -> OcpiError:
+        return OcpiError(
+            UNKNOWN_TOKEN, f"Unknown Token {self.country_code}/{self.party_id}/{self.uid}", 404
+        )
+
+    async def find(self, s: AsyncSession) -> OcpiToken | None:
+        row = await find_token(s, self.country_code, self.party_id, self.uid)
+        return row if row is not None and _check_type(self.type, row.type) else None
+
+
+def token_at(
     country_code: str,
     party_id: str,
     uid: str,
     type: TokenType | None = None,
     partner: OcpiPartner = Depends(registered_partner),
-):
+) -> TokenAt:
     require_own_party(partner, country_code, party_id)
+    return TokenAt(country_code, party_id, uid, type, partner)
+
+
+PATH = "/{country_code}/{party_id}/{uid}"
+
+
+@router.get(PATH)
+async def get_token(request: Request, at: TokenAt = Depends(token_at)):
     async with request.app.state.runtime.sessionmaker() as s:
-        row = await find_token(s, country_code, party_id, uid)
-    if row is None or not _check_type(type, row.type):
-        raise OcpiError(UNKNOWN_TOKEN, f"Unknown Token {country_code}/{party_id}/{uid}", 404)
+        row = await at.find(s)
+    if row is None:
+        raise at.unknown()
     return reply(request, row.data)
 
 
-@router.put("/{country_code}/{party_id}/{uid}")
-async def put_token(
-    request: Request,
-    country_code: str,
-    party_id: str,
-    uid: str,
-    token: Token,
-    type: TokenType | None = None,
-    partner: OcpiPartner = Depends(registered_partner),
-):
-    require_own_party(partner, country_code, party_id)
-    _same_object(token, country_code, party_id, uid, type)
-    rt = request.app.state.runtime
+@router.put(PATH)
+async def put_token(request: Request, token: Token, at: TokenAt = Depends(token_at)):
+    _same_object(token, at)
 
     async def job(s: AsyncSession) -> bool:
-        return await upsert_token(s, partner.id, token)
+        return await upsert_token(s, at.partner.id, token)
 
-    created = await rt.writer.submit(job)
+    created = await request.app.state.runtime.writer.submit(job)
     return reply(request, http_status=201 if created else 200)
 
 
-@router.patch("/{country_code}/{party_id}/{uid}")
-async def patch_token(
-    request: Request,
-    country_code: str,
-    party_id: str,
-    uid: str,
-    patch: TokenPatch,
-    type: TokenType | None = None,
-    partner: OcpiPartner = Depends(registered_partner),
-):
-    require_own_party(partner, country_code, party_id)
-    rt = request.app.state.runtime
+@router.patch(PATH)
+async def patch_token(request: Request, patch: TokenPatch, at: TokenAt = Depends(token_at)):
     changes = patch.model_dump(mode="json", exclude_unset=True)
 
     async def job(s: AsyncSession) -> OcpiError | None:
-        row = await find_token(s, country_code, party_id, uid)
-        if row is None or not _check_type(type, row.type):
-            return OcpiError(UNKNOWN_TOKEN, f"Unknown Token {country_code}/{party_id}/{uid}", 404)
+        row = await at.find(s)
+        if row is None:
+            return at.unknown()
         try:
             token = Token.model_validate({**row.data, **changes})
-            _same_object(token, country_code, party_id, uid, None)
+            _same_object(token, at, any_type=True)
         except ValidationError as exc:
             return OcpiError(INVALID_PARAMETERS, "Invalid or missing parameters: "
                              + field_errors(exc.errors()))  # fmt: skip
         except OcpiError as exc:
             return exc
-        await upsert_token(s, partner.id, token)
+        await upsert_token(s, at.partner.id, token)
         return None
 
-    refusal = await rt.writer.submit(job)  # a refusal writes nothing
+    refusal = await request.app.state.runtime.writer.submit(job)  # a refusal writes nothing
     if refusal is not None:
         raise refusal
     return reply(request)
 
 
-def _same_object(token: Token, country_code: str, party_id: str, uid: str, type_) -> None:
+def _same_object(token: Token, at: TokenAt, any_type: bool = False) -> None:
     """The object must be the one the URL names (2001 otherwise)."""
-    if not (same_party(token.country_code, country_code) and same_party(token.party_id, party_id)):
+    if not (same_party(token.country_code, at.country_code)
+            and same_party(token.party_id, at.party_id)):  # fmt: skip
         raise OcpiError(INVALID_PARAMETERS, "country_code/party_id: the Token's party "
                         f"{token.country_code}/{token.party_id} is not the URL's "
-                        f"{country_code}/{party_id}")  # fmt: skip
-    if token.uid.upper() != uid.upper():
-        raise OcpiError(INVALID_PARAMETERS, f"uid: {token.uid!r} is not the URL's {uid!r}")
-    if type_ is not None and token.type != type_:
-        raise OcpiError(INVALID_PARAMETERS, f"type: {token.type} is not the URL's {type_}")
+                        f"{at.country_code}/{at.party_id}")  # fmt: skip
+    if token.uid.upper() != at.uid.upper():
+        raise OcpiError(INVALID_PARAMETERS, f"uid: {token.uid!r} is not the URL's {at.uid!r}")
+    if not any_type and at.type is not None and token.type != at.type:
+        raise OcpiError(INVALID_PARAMETERS, f"type: {token.type} is not the URL's {at.type}")
 
 
 # ---------------------------------------------------------------- at stations
