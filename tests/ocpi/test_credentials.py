@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 
@@ -231,3 +232,28 @@ def test_cli_invite_prints_url_then_token_and_lists(tmp_path):
     done = runner.invoke(cli_app, ["ocpi", "register", "--versions-url",
                                    "http://127.0.0.1:9/ocpi/versions", "--token", "x", *args])  # fmt: skip
     assert done.exit_code == 1 and "3001" in done.output
+
+
+async def test_cli_registers_a_serving_node_with_a_partner(tmp_path):
+    """``evflex ocpi register`` on the store of a node that serves (no node of its own):
+    the partner fetches that node's versions with the token B the command offered."""
+    b_db, b_key = tmp_path / "b.db", tmp_path / "b.key"
+    async with running_node(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", ocpi_party_id="EVA") as a, \
+            running_node(f"sqlite+aiosqlite:///{b_db}", ocpi_party_id="EVB",
+                         ocpi_key_file=b_key) as b:  # fmt: skip
+        token_a = await invite(a, "CPO", "NL", "EVB")
+        env = {"EVFLEX_OCPI_BASE_URL": b.rt.ocpi.base_url, "EVFLEX_OCPI_PARTY_ID": "EVB",
+               "EVFLEX_OCPI_KEY_FILE": str(b_key)}  # fmt: skip
+        args = ["ocpi", "register", "--versions-url", a.rt.ocpi.versions_url, "--token", token_a,
+                "--database-url", f"sqlite+aiosqlite:///{b_db}"]  # fmt: skip
+        # its own thread and event loop, as in its own process: the nodes keep serving
+        done = await asyncio.to_thread(CliRunner().invoke, cli_app, args, env=env)
+        assert done.exit_code == 0, done.output
+        assert "Registered with partner 1" in done.stdout and "CPO NL/EVA" in done.stdout
+        [at_a], [at_b] = await rows(a), await rows(b)
+        assert (at_a.status, at_a.party_id, at_b.status, at_b.party_id) == (
+            "registered", "EVB", "registered", "EVA")  # fmt: skip
+        # the serving node uses what the command stored
+        url = endpoint(at_b, "sessions", "SENDER")
+        answer = await b.rt.ocpi.client.call("GET", url, b.rt.ocpi.token_of(at_b))
+        assert answer.status_code == 1000

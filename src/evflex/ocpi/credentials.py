@@ -241,13 +241,19 @@ async def post_credentials(request: Request, partner: OcpiPartner = Depends(any_
     if not any((r.country_code.upper(), r.party_id.upper()) == invited for r in creds.roles):
         raise OcpiError(INVALID_PARAMETERS,
                         f"roles: this invitation is for party {'/'.join(invited)}")  # fmt: skip
+    return await _accept(request, partner, creds, "invited")
+
+
+async def _accept(request: Request, partner: OcpiPartner, creds: Credentials, status: str):
+    """Take the partner's credentials (POST, PUT): its endpoints fetched with its token,
+    a new token C for it; the row changes only if still in ``status``."""
     node = runtime(request).ocpi
     endpoints = await fetch_endpoints(node, creds.url, creds.token)
     token_c = new_token()
     values = {**_partner_fields(creds), "status": "registered", "version": VERSION,
               "endpoints": endpoints, "token_in_hash": token_hash(token_c),
               "token_out": node.box.seal(creds.token)}  # fmt: skip
-    await _swap(node, partner, "invited", values)
+    await _swap(node, partner, status, values)
     node.publish("ocpi.partner.registered", partner_id=partner.id)
     return reply(request, ours(node, token_c))
 
@@ -259,15 +265,7 @@ async def put_credentials(request: Request, partner: OcpiPartner = Depends(any_p
     a new token C, the one it called with dies."""
     if partner.status != "registered":
         raise _not_allowed("not registered: POST registers")
-    creds = await _parsed(request)
-    node = runtime(request).ocpi
-    endpoints = await fetch_endpoints(node, creds.url, creds.token)
-    token_c = new_token()
-    values = {**_partner_fields(creds), "version": VERSION, "endpoints": endpoints,
-              "token_in_hash": token_hash(token_c), "token_out": node.box.seal(creds.token)}  # fmt: skip
-    await _swap(node, partner, "registered", values)
-    node.publish("ocpi.partner.registered", partner_id=partner.id)
-    return reply(request, ours(node, token_c))
+    return await _accept(request, partner, await _parsed(request), "registered")
 
 
 @router.delete("")
@@ -305,34 +303,43 @@ async def register(node: OcpiParty, versions_url: str, token_a: str) -> OcpiPart
     if url is None:
         raise RegistrationError(NO_MATCHING_ENDPOINTS, f"{versions_url}: no credentials endpoint")
     token_b = new_token()
-    now = node.clock.now()
-
-    async def add_pending(s):
-        row = OcpiPartner(country_code="", party_id="", roles=[], status="pending",
-                          versions_url=versions_url, version=VERSION, endpoints=endpoints,
-                          token_in_hash=token_hash(token_b), created_at=now, updated_at=now)  # fmt: skip
-        s.add(row)
-        await s.flush()
-        return row
-
-    pending = await node.write(add_pending)
+    pending_id = await _pending(node, versions_url, endpoints, token_b)
     try:
         answer = await _exchange(node, "POST", url, token_a, token_b)
     except RegistrationError:
-        await node.write(lambda s: s.execute(delete(OcpiPartner).where(
-            OcpiPartner.id == pending.id)))  # fmt: skip
+        await node.write(lambda s: s.execute(_drop(pending_id)))
         raise
     values = {**_partner_fields(answer), "versions_url": versions_url, "status": "registered",
               "token_out": node.box.seal(answer.token)}  # fmt: skip
 
     async def finish(s):
-        await s.execute(sql_update(OcpiPartner).where(OcpiPartner.id == pending.id)
+        await s.execute(sql_update(OcpiPartner).where(OcpiPartner.id == pending_id)
                         .values(**values, updated_at=node.clock.now()))  # fmt: skip
-        return await s.get(OcpiPartner, pending.id, populate_existing=True)
+        return await s.get(OcpiPartner, pending_id, populate_existing=True)
 
     partner = await node.write(finish)
     node.publish("ocpi.partner.registered", partner_id=partner.id)
     return partner
+
+
+async def _pending(node: OcpiParty, versions_url: str | None, endpoints: list, token: str) -> int:
+    """A row whose ``token`` opens our versions and details for the partner during a
+    handshake of ours (committed: the partner calls while we wait for its answer)."""
+    now = node.clock.now()
+
+    async def add(s):
+        row = OcpiPartner(country_code="", party_id="", roles=[], status="pending",
+                          versions_url=versions_url, version=VERSION, endpoints=endpoints,
+                          token_in_hash=token_hash(token), created_at=now, updated_at=now)  # fmt: skip
+        s.add(row)
+        await s.flush()
+        return row.id
+
+    return await node.write(add)
+
+
+def _drop(pending_id: int):
+    return delete(OcpiPartner).where(OcpiPartner.id == pending_id)
 
 
 async def _exchange(node: OcpiParty, method: str, url: str, token: str, offer: str) -> Credentials:
@@ -360,20 +367,9 @@ async def update(node: OcpiParty, partner: OcpiPartner) -> OcpiPartner:
     if url is None:
         raise RegistrationError(NO_MATCHING_ENDPOINTS, f"partner {partner.id}: no credentials "
                                 "endpoint")  # fmt: skip
-    token_b = new_token()
-    now = node.clock.now()
-
-    async def add_pending(s):
-        # token B' opens our versions while the partner fetches them; B still works
-        row = OcpiPartner(country_code="", party_id="", roles=[], status="pending",
-                          versions_url=partner.versions_url, endpoints=[],
-                          token_in_hash=token_hash(token_b), created_at=now, updated_at=now)  # fmt: skip
-        s.add(row)
-        await s.flush()
-        return row.id
-
-    pending_id = await node.write(add_pending)
-    drop = delete(OcpiPartner).where(OcpiPartner.id == pending_id)
+    token_b = new_token()  # opens our versions while the partner fetches them; B still works
+    pending_id = await _pending(node, partner.versions_url, [], token_b)
+    drop = _drop(pending_id)
     try:
         answer = await _exchange(node, "PUT", url, node.token_of(partner), token_b)
     except RegistrationError:
