@@ -16,7 +16,7 @@ from evflex.cli import app as cli_app
 from evflex.ocpi import credentials, partners
 from evflex.ocpi.client import PartnerError, endpoint
 from evflex.store.ocpi_tables import OcpiPartner
-from ocpi.partner import RecordingPartner
+from ocpi.partner import RecordingPartner, ok
 
 CRED = "/ocpi/2.2.1/credentials"
 MODULE = "/ocpi/cpo/2.2.1/sessions"  # any module: only a registered partner's token opens it
@@ -146,6 +146,12 @@ async def test_bad_registrations_keep_the_invitation(tmp_path):
             other["roles"][0]["party_id"] = "QQQ"
             r = await c.post(CRED, headers=auth(token_a), json=other)
             assert r.json()["status_code"] == 2001 and "DE/ABC" in r.json()["status_message"]
+            # it speaks no 2.2.1: 3002
+            versions = [{"version": "2.1.1", "url": f"{partner.base}/2.1.1"}]
+            partner.app.get("/old/versions")(lambda: ok(versions))
+            old = body_of(partner, "token-b", url=f"http://127.0.0.1:{partner.port}/old/versions")
+            r = await c.post(CRED, headers=auth(token_a), json=old)
+            assert r.json()["status_code"] == 3002 and "2.1.1" in r.json()["status_message"]
             # its versions cannot be fetched: 3001, nothing kept
             await partner.stop()
             r = await c.post(CRED, headers=auth(token_a), json=body_of(partner, "token-b"))
@@ -169,8 +175,13 @@ async def test_two_nodes_register_rotate_and_unregister(database_url, tmp_path):
         with pytest.raises(credentials.RegistrationError) as refused:
             await credentials.register(b.rt.ocpi, a.rt.ocpi.versions_url, "not-the-token")
         assert refused.value.status_code == 3001 and await rows(b) == []
+        # A refuses our POST (an invitation for another party): our handshake row goes
+        wrong_party = await invite(a, "EMSP", "DE", "XXX")
+        with pytest.raises(credentials.RegistrationError) as refused:
+            await credentials.register(b.rt.ocpi, a.rt.ocpi.versions_url, wrong_party)
+        assert "2001" in refused.value.message and await rows(b) == []
         at_b = await credentials.register(b.rt.ocpi, a.rt.ocpi.versions_url, token_a)
-        [at_a] = await rows(a)
+        at_a = (await rows(a))[0]
         assert (at_b.status, at_b.country_code, at_b.party_id, at_b.business_name) == (
             "registered", "NL", "EVA", "A")  # fmt: skip
         assert (at_a.status, at_a.party_id, at_a.versions_url) == (
@@ -196,14 +207,15 @@ async def test_two_nodes_register_rotate_and_unregister(database_url, tmp_path):
         # B rotates: new tokens both ways, the old ones die
         old_b, old_a = at_b, at_a
         at_b = await credentials.update(b.rt.ocpi, at_b)
-        [at_a] = await rows(a)
+        at_a = (await rows(a))[0]
         assert await can_call(b, at_b) and await can_call(a, at_a)
         assert not await can_call(b, old_b) and not await can_call(a, old_a)
         assert len(await rows(b)) == 1  # the handshake's row is gone
 
         # B unregisters: A is told, neither token works
         assert await credentials.unregister(b.rt.ocpi, at_b) is None
-        [at_a_now] = await rows(a)
+        at_a_now, still_invited = await rows(a)
+        assert still_invited.status == "invited"
         assert at_a_now.status == "unregistered" and (await rows(b))[0].status == "unregistered"
         assert not await can_call(a, at_a) and not await can_call(b, at_b)
 

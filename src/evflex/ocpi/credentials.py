@@ -234,8 +234,10 @@ async def get_credentials(request: Request, partner: OcpiPartner = Depends(any_p
 @router.post("/", include_in_schema=False)
 async def post_credentials(request: Request, partner: OcpiPartner = Depends(any_partner)):
     """Registration with the token A of an invitation."""
-    if partner.status != "invited":
+    if partner.status == "registered":
         raise _not_allowed("already registered: PUT updates the credentials, DELETE ends them")
+    if partner.status != "invited":
+        raise _not_allowed("this token is not an invitation's token A")
     creds = await _parsed(request)
     invited = (partner.country_code, partner.party_id)
     if not any((r.country_code.upper(), r.party_id.upper()) == invited for r in creds.roles):
