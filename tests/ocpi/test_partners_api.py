@@ -4,9 +4,11 @@ And the outbox's reliability: a partner down for long, a restart, PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
+from collections import Counter
 
 import httpx
 
@@ -198,3 +200,54 @@ async def test_a_partners_delivery_outbox_retry_now_and_unregister(tmp_path):
                 assert r.status_code == 401
     finally:
         await partner.stop()
+
+
+OBJECTS, UPDATES = 5, 100  # 500 queued updates
+
+
+async def _queue(node: Node, pid: int, first: int, count: int) -> None:
+    """``count`` updates of each object, numbered from ``first``; objects side by side."""
+    for n in range(first, first + count):
+        await asyncio.gather(*(_push(node, pid, f"S{k}", {"n": n}) for k in range(OBJECTS)))
+
+
+async def test_a_partner_down_for_long_gets_every_update_in_order_after_our_restart(
+    database_url, tmp_path
+):
+    """Down, then gone, while 500 updates queue and the node restarts; once back it gets them
+    all, each object's in order. While down it is tried with one request per retry."""
+    key = tmp_path / "ocpi.key"
+    settings = dict(ocpi_key_file=key, ocpi_retry_max_s=0.2)  # the backoff's cap
+    partner = await RecordingPartner([("sessions", "RECEIVER")]).start()
+    try:
+        async with running_node(database_url, **settings) as node:
+            pid = await partner.link(node)
+            partner.fail_http = 503  # broken: answers, but only errors
+            await _queue(node, pid, 0, UPDATES // 2)
+            await node.wait_for(lambda: len(partner.received) >= 8, timeout=10)
+            # the retries are capped (0.2 s); the first try went to each object's oldest
+            # row, every retry since is one request: the oldest row of all
+            tries = Counter((r.path.rsplit("/", 1)[1], r.body["n"]) for r in partner.received)
+            assert tries[("S0", 0)] >= 4 and set(tries) <= {(f"S{k}", 0) for k in range(OBJECTS)}
+            assert all(tries[(f"S{k}", 0)] <= 1 for k in range(1, OBJECTS)), tries
+            await partner.stop()  # gone: no answer at all
+            await _queue(node, pid, UPDATES // 2, UPDATES // 2)
+            assert (await node.rt.ocpi.outbox.depth()) == {pid: OBJECTS * UPDATES}
+        # we stopped with every row queued; the partner comes back while we are down
+        await partner.start(partner.port)
+        partner.fail_http = None
+        tried = len(partner.received)
+        async with running_node(database_url, **settings) as node:
+            await node.wait_for(lambda: node.rt.ocpi.outbox.sent.get(pid, 0) >= OBJECTS * UPDATES,
+                                timeout=60)  # fmt: skip
+            assert (await node.rt.ocpi.outbox.depth()) == {}
+            r = await node.http.get(f"{API}/partners/{pid}")
+            assert r.json()["sent"] == OBJECTS * UPDATES and r.json()["delivery"] == "ok"
+        got = partner.received[tried:]
+        assert len(got) == OBJECTS * UPDATES  # each once
+        for k in range(OBJECTS):
+            path = f"/ocpi/2.2.1/sessions/NL/EVF/S{k}"
+            assert [r.body["n"] for r in got if r.path == path] == list(range(UPDATES))
+    finally:
+        if not partner.down:
+            await partner.stop()
