@@ -25,8 +25,9 @@ The Tariff of a site is the version in force now (:class:`SiteTariff`, the lates
 
 A new version (``tariff.changed`` on the bus, published by the tariff API) is pushed
 when it comes into force: at once if it already is, else when its ``valid_from`` has
-come (a watcher checks at most a minute apart). A partner that registers gets every
-Tariff (``ocpi.partner.registered``).
+come (one watcher task does both; one that came while the node was down is pushed
+when it starts). A partner that registers gets every Tariff
+(``ocpi.partner.registered``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.events import Event
 from evflex.ocpi.cpo import ids
-from evflex.ocpi.transport import Page, now_iso, parse_datetime, runtime
+from evflex.ocpi.transport import Page, now_iso, runtime
+from evflex.store.ocpi_tables import OcpiOutbox
 from evflex.store.record_tables import SiteTariff
 from evflex.store.tables import Site
 
@@ -193,6 +195,7 @@ class TariffPush:
     def __init__(self, node: Any) -> None:
         self.node = node
         self._watcher: asyncio.Task | None = None
+        self._added = asyncio.Event()  # a version was added: the watcher looks again
 
     async def receivers(self, only: int | None = None) -> list[int]:
         partners = await self.node.partners_with(MODULE, "RECEIVER")
@@ -225,10 +228,7 @@ class TariffPush:
         return len(objects)
 
     async def on_tariff(self, event: Event) -> None:
-        valid_from = event.data.get("valid_from")
-        if valid_from and parse_datetime(valid_from) > self.node.clock.now():
-            return  # the watcher pushes it when it comes into force
-        await self.push([event.data["site_id"]])
+        self._added.set()  # the watcher pushes it: now, or when it comes into force
 
     async def on_site(self, event: Event) -> None:
         if {"import_tariff_per_kwh", "export_tariff_per_kwh"} & set(event.data.get("fields", ())):
@@ -238,32 +238,71 @@ class TariffPush:
         await self.push(None, only_partner=int(event.data["partner_id"]))
 
     async def start(self) -> None:
+        await self._catch_up()
         self._watcher = asyncio.create_task(self._watch(), name="ocpi-tariffs-watch")
+
+    async def _catch_up(self) -> None:
+        """Versions planned ahead that came into force while the node was down (no push
+        of their site's Tariff since they began): pushed now."""
+        if not await self.receivers():
+            return
+        node = self.node
+        async with node.sessionmaker() as s:
+            entries = await site_tariffs(s, node.clock.now())
+            q = select(OcpiOutbox.object_key, func.max(OcpiOutbox.created_at))
+            q = q.where(OcpiOutbox.module == MODULE).group_by(OcpiOutbox.object_key)
+            sent: dict[str, datetime] = {k: t for k, t in (await s.execute(q)).all()}
+        due = []
+        for e in entries.values():
+            v = e.current
+            if v is not None and v.valid_from > v.created_at:
+                last = sent.get(f"tariffs/{ids.tariff_id(e.site.id)}")
+                if last is None or last < v.valid_from:
+                    due.append(e.site.id)
+        if due:
+            await self.push(due)
 
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
 
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds`` of the node's clock, or until a version is added."""
+        waits = [asyncio.ensure_future(self.node.clock.sleep(seconds)),
+                 asyncio.ensure_future(self._added.wait())]  # fmt: skip
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     async def _watch(self) -> None:
-        """Push each version when its ``valid_from`` comes."""
+        """Push a site's Tariff when a version in force is added, and when a planned
+        version comes into force: each version once."""
         clock = self.node.clock
         last = clock.now()
+        async with self.node.sessionmaker() as s:
+            last_id = await s.scalar(select(func.max(SiteTariff.id))) or 0
         while True:
             try:
-                async with self.node.sessionmaker() as s:
-                    nxt = await s.scalar(
-                        select(func.min(SiteTariff.valid_from)).where(SiteTariff.valid_from > last)
-                    )
-                wait = WATCH_S if nxt is None else (nxt - clock.now()).total_seconds()
-                await clock.sleep(min(WATCH_S, max(0.01, wait)))
+                self._added.clear()
                 now = clock.now()
                 async with self.node.sessionmaker() as s:
-                    due = (await s.scalars(select(SiteTariff.site_id).distinct().where(
+                    q = select(SiteTariff.id, SiteTariff.site_id, SiteTariff.valid_from)
+                    added = (await s.execute(q.where(SiteTariff.id > last_id))).all()
+                    begun = (await s.scalars(select(SiteTariff.site_id).distinct().where(
                         SiteTariff.valid_from > last, SiteTariff.valid_from <= now))).all()  # fmt: skip
-                if due:
-                    await self.push(list(due))
+                    nxt = await s.scalar(
+                        select(func.min(SiteTariff.valid_from)).where(SiteTariff.valid_from > now)
+                    )
+                due = {*begun, *(site for _, site, valid_from in added if valid_from <= now)}
+                last_id = max([last_id, *(i for i, _, _ in added)])
                 last = now
+                if due:
+                    await self.push(sorted(due))
+                wait = WATCH_S if nxt is None else (nxt - clock.now()).total_seconds()
+                await self._nap(min(WATCH_S, max(0.01, wait)))
             except asyncio.CancelledError:
                 raise
             except Exception:
