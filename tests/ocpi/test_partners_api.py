@@ -90,6 +90,9 @@ async def test_invitations_refuse_bad_input_and_only_admins_make_them(tmp_path):
                 assert (await c.delete(f"{API}/partners/{inv['id']}")).status_code == 403
             r = await admin.delete(f"{API}/partners/{inv['id']}")
             assert r.status_code == 200 and r.json()["status"] == "unregistered", r.text
+            assert r.json()["problem"] is None
+            r = await admin.delete(f"{API}/partners/{inv['id']}")
+            assert r.status_code == 409 and "unregistered already" in r.json()["detail"]
             assert (await ocpi.get("/ocpi/versions", headers=versions)).status_code == 401
         assert (await admin.delete(f"{API}/partners/999")).status_code == 404
         assert (await admin.get(f"{API}/partners/999")).status_code == 404
@@ -116,7 +119,7 @@ async def test_invitations_refuse_bad_input_and_only_admins_make_them(tmp_path):
 
 
 async def test_a_partners_delivery_outbox_retry_now_and_unregister(tmp_path):
-    partner = await RecordingPartner([("sessions", "RECEIVER")]).start()
+    partner = await RecordingPartner([("sessions", "RECEIVER"), ("credentials", "SENDER")]).start()
     url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
     try:
         async with running_node(url, ocpi_retry_max_s=60) as node:
@@ -124,8 +127,8 @@ async def test_a_partners_delivery_outbox_retry_now_and_unregister(tmp_path):
             pid = await partner.link(node)
             p = await _partner(node, pid)
             assert p["status"] == "registered" and p["versions_url"] == partner.versions_url
-            assert p["modules"] == [{"identifier": "sessions", "role": "RECEIVER",
-                                     "url": f"{partner.base}/2.2.1/sessions"}]  # fmt: skip
+            assert p["modules"][0] == {"identifier": "sessions", "role": "RECEIVER",
+                                       "url": f"{partner.base}/2.2.1/sessions"}  # fmt: skip
             assert p["roles"][0] == {"role": "EMSP", "country_code": "DE", "party_id": "ABC",
                                      "name": "Test partner"}  # fmt: skip
 
@@ -186,6 +189,8 @@ async def test_a_partners_delivery_outbox_retry_now_and_unregister(tmp_path):
             await node.wait_for(lambda: any(x.body == {"late": True} for x in partner.received))
             r = await admin.delete(f"{API}/partners/{pid}")
             assert r.status_code == 200 and r.json()["status"] == "unregistered"
+            # it was told (a DELETE of its credentials), and it could not take it: said so
+            assert partner.of("credentials", "DELETE") and "HTTP 503" in r.json()["problem"]
 
             async def given_up():
                 p = await _partner(node, pid)

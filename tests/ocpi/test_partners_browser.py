@@ -109,6 +109,7 @@ async def _run(node, partner, browser) -> None:  # noqa: F811
     await expect(page.locator("#confirm-text")).to_contain_text("Unregister BE/RMP")
     await page.click("#confirm-ok")
     await expect(row.locator(".partner-status")).to_have_text("unregistered")
+    await expect(page.locator("#toast")).to_contain_text("not told: it has no credentials endpoint")
     async with httpx.AsyncClient(base_url=base) as ocpi:
         r = await ocpi.get("/ocpi/versions", headers=partner.auth_header())
         assert r.status_code == 401

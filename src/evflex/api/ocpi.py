@@ -14,11 +14,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.api.deps import Rt
-from evflex.ocpi import partners
+from evflex.ocpi import credentials, partners
 from evflex.store.ocpi_tables import OcpiOutbox, OcpiPartner
 
 router = APIRouter(prefix="/api/v1/ocpi", tags=["ocpi"])
@@ -276,28 +276,26 @@ async def create_invitation(body: InvitationIn, rt: Rt) -> InvitationOut:
     )
 
 
-async def _unregister(rt: Any, partner_id: int) -> bool:
-    """The partner's tokens stop opening our OCPI endpoints; its waiting pushes are given up
-    by the outbox. False if there is no such partner."""
-    now = rt.clock.now()
+class UnregisteredOut(PartnerOut):
+    problem: str | None = Field(
+        description="Why the partner could not be told (it is unregistered here all the same)"
+    )
 
-    async def job(s: AsyncSession) -> bool:
-        q = update(OcpiPartner).where(OcpiPartner.id == partner_id)
-        done = await s.execute(q.values(status="unregistered", updated_at=now))
-        return bool(done.rowcount)
 
-    if not await rt.writer.submit(job):
-        return False
+@router.delete("/partners/{partner_id}", response_model=UnregisteredOut)
+async def unregister_partner(partner_id: PartnerId, rt: Rt) -> UnregisteredOut:
+    """Unregister a partner (a registered one is told with a DELETE of its credentials) or
+    withdraw an invitation: its token stops opening our OCPI endpoints, its waiting pushes are
+    given up; the row stays, as unregistered (409 if it is already)."""
+    async with rt.sessionmaker() as s:
+        partner = await _one(s, partner_id)
+    try:
+        problem = await credentials.unregister(rt.ocpi, partner)
+    except credentials.RegistrationError as exc:
+        raise HTTPException(409, exc.message) from None
     rt.ocpi.outbox.retry_now(partner_id)  # its waiting rows are given up now
-    return True
-
-
-@router.delete("/partners/{partner_id}", response_model=PartnerOut)
-async def unregister_partner(partner_id: PartnerId, rt: Rt) -> PartnerOut:
-    """Unregister a partner (or withdraw an invitation); its row stays, as unregistered."""
-    if not await _unregister(rt, partner_id):
-        raise HTTPException(404, f"no OCPI partner {partner_id}")
-    return await get_partner(partner_id, rt)
+    out = await get_partner(partner_id, rt)
+    return UnregisteredOut(**out.model_dump(), problem=problem)
 
 
 @router.post("/partners/{partner_id}/retry", response_model=RetryOut)

@@ -173,6 +173,11 @@
   /* ---------- the view ---------- */
 
   let timer = null;
+  const TOPICS = ["ocpi.partner.registered", "ocpi.partner.unregistered"];
+  A.listen(TOPICS, (topic) => {
+    if (A.S.view === A.views.partners) refresh();
+    if (topic === "ocpi.partner.registered") toast("A roaming partner registered");
+  });
 
   A.register("partners", {
     re: /^#\/partners$/, nav: "#/partners", title: "Partners",
@@ -239,7 +244,8 @@
       if (!ok) return;
       await run(`${what} ${p ? label(p) : partner}`,
         () => api(`/api/v1/ocpi/partners/${enc(partner)}`, { method: "DELETE" })
-          .then((r) => ({ status: r.status })), refresh);
+          .then((r) => ({ status: r.status, message: r.problem ? `the partner was not told: ${r.problem}` : "" })),
+        refresh);
     },
   });
 })();
