@@ -25,11 +25,13 @@ standard Session-only dimension ``ENERGY_EXPORT`` of each period and, for the
 whole session, in the extension field ``evflex_kwh_exported`` (OCPI has no
 field for it).
 
-``auth_method``: ``COMMAND`` when an eMSP's START_SESSION command started the
-session (table ``ocpi_commands``), else what the token authorization recorded in
-``node.state["token_auth"][(station id, token uid)]`` (``AUTH_REQUEST`` after a
-real-time authorization, with its ``authorization_reference``), else
-``WHITELIST``.
+``auth_method``: the token authorization's last decision for the card at the station
+(``node.state["token_auth"]``, see :mod:`evflex.ocpi.cpo.tokens`: ``AUTH_REQUEST``
+after a real-time authorization, ``COMMAND`` after an eMSP's START_SESSION, with the
+``authorization_reference``); after a restart, ``COMMAND`` if an eMSP's accepted
+START_SESSION sent the card to the station (table ``ocpi_commands``); else
+``WHITELIST``. The decision is the card's last one at the station (the table keeps no
+history per session).
 """
 
 from __future__ import annotations
@@ -46,13 +48,15 @@ from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.billing import EnergyPoint
-from evflex.domain.model import ENERGY_EXPORT_REGISTER, ENERGY_IMPORT_REGISTER, SOC
+from evflex.domain.model import SOC
 from evflex.ocpi import transport
 from evflex.ocpi.client import endpoint
 from evflex.ocpi.cpo import ids
+from evflex.ocpi.cpo.tokens import _started_by_command, token_by_uid
 from evflex.ocpi.outbox import Outbox
 from evflex.ocpi.transport import Page, now_iso, registered_partner
-from evflex.store.ocpi_tables import OcpiCommand, OcpiPartner, OcpiToken
+from evflex.store import records
+from evflex.store.ocpi_tables import OcpiPartner, OcpiToken
 from evflex.store.record_tables import ChargeRecord
 from evflex.store.tables import MeterValue, Station, Transaction
 
@@ -79,17 +83,20 @@ def hours(seconds: float) -> float:
     return round(max(0.0, seconds) / 3600.0, 4)
 
 
-async def token_of_uid(s: AsyncSession, uid: str | None) -> OcpiToken | None:
-    """The partner token with this uid (RFID uids compare case-insensitively)."""
-    if not uid:
-        return None
-    rows = await s.scalars(
-        select(OcpiToken)
-        .where(func.upper(OcpiToken.uid) == uid.upper())
-        .order_by(OcpiToken.last_updated.desc())
-        .limit(1)
-    )
-    return rows.first()
+def forms(uid: str) -> set[str]:
+    """The spellings of a card's uid a stored token may have (as :func:`token_by_uid`)."""
+    return {uid, uid.upper(), uid.lower()}
+
+
+def uid_matches(column: Any) -> Any:
+    """SQL: a stored token's uid is one of the spellings of ``column`` (a card's id)."""
+    return or_(OcpiToken.uid == column, OcpiToken.uid == func.upper(column),
+               OcpiToken.uid == func.lower(column))  # fmt: skip
+
+
+def best_token(rows: list[OcpiToken]) -> OcpiToken | None:
+    """Of several tokens with the card's uid, the one :func:`token_by_uid` takes."""
+    return max(rows, key=lambda r: (r.type == "RFID", r.last_updated, r.id)) if rows else None
 
 
 def cdr_token(tok: OcpiToken) -> dict[str, Any]:
@@ -103,29 +110,17 @@ def cdr_token(tok: OcpiToken) -> dict[str, Any]:
 
 
 async def authorization(
-    s: AsyncSession, node: Any, station_id: str, uid: str, started: datetime | None
+    s: AsyncSession, node: Any, station_id: str, card: str
 ) -> tuple[str, str | None]:
-    """(auth_method, authorization_reference) of a session (see the module text)."""
-    rows = (
-        await s.scalars(
-            select(OcpiCommand)
-            .where(
-                OcpiCommand.direction == "in",
-                OcpiCommand.command == "START_SESSION",
-                OcpiCommand.station_id == station_id,
-            )
-            .order_by(OcpiCommand.id.desc())
-            .limit(5)
-        )
-    ).all()
-    for cmd in rows:
-        request = cmd.request or {}
-        token = request.get("token") or {}
-        recent = started is None or cmd.created_at >= started - timedelta(minutes=10)
-        if recent and str(token.get("uid", "")).upper() == uid.upper():
-            return "COMMAND", request.get("authorization_reference")
-    info = (node.state.get("token_auth") or {}).get((station_id, uid)) or {}
-    return info.get("auth_method") or "WHITELIST", info.get("authorization_reference")
+    """(auth_method, authorization_reference) of a session of ``card`` (its id as the
+    station sent it) at ``station_id``: the token authorization's last decision, else an
+    eMSP's accepted START_SESSION of that card there (COMMAND), else WHITELIST."""
+    info = (node.state.get("token_auth") or {}).get((station_id, card))
+    if not info or not info.get("auth_method"):
+        info = await _started_by_command(node, s, station_id, card, False)
+    if info and info.get("auth_method"):
+        return info["auth_method"], info.get("authorization_reference")
+    return "WHITELIST", None
 
 
 @dataclass(slots=True)
@@ -137,48 +132,14 @@ class Readings:
 
 
 async def readings(s: AsyncSession, tx: Transaction) -> Readings:
-    rows = (
-        await s.execute(
-            select(MeterValue.timestamp, MeterValue.measurand, MeterValue.value)
-            .where(
-                MeterValue.transaction_pk == tx.id,
-                or_(
-                    and_(
-                        MeterValue.measurand.in_([ENERGY_IMPORT_REGISTER, ENERGY_EXPORT_REGISTER]),
-                        MeterValue.phase == "",
-                        MeterValue.location.in_(["", "Outlet"]),
-                    ),
-                    MeterValue.measurand == SOC,
-                ),
-            )
-            .order_by(MeterValue.timestamp)
-        )
-    ).all()
-    out = Readings()
-    registers: list[tuple[datetime, str, float]] = []
-    for ts, measurand, value in rows:
-        if measurand == SOC:
-            out.soc.append((ts, value))
-        else:
-            registers.append(
-                (ts, "import" if measurand == ENERGY_IMPORT_REGISTER else "export", value)
-            )
-    if tx.meter_start_wh is not None and tx.started_at is not None:
-        registers.append((tx.started_at, "import", tx.meter_start_wh))
-    if tx.meter_stop_wh is not None and tx.stopped_at is not None:
-        registers.append((tx.stopped_at, "import", tx.meter_stop_wh))
-    registers.sort(key=lambda r: r[0])
-    level = {
-        k: min((v for _, kk, v in registers if kk == k), default=0.0) for k in ("import", "export")
-    }
-    for ts, kind, value in registers:
-        level[kind] = max(level[kind], value)  # registers only rise
-        point = EnergyPoint(ts, level["import"], level["export"])
-        if out.points and out.points[-1].at == ts:
-            out.points[-1] = point
-        else:
-            out.points.append(point)
-    return out
+    """The energy registers as the charge record reads them (so a CDR's periods add up to
+    what was priced), and the EV's state of charge."""
+    soc = await s.execute(
+        select(MeterValue.timestamp, MeterValue.value)
+        .where(MeterValue.transaction_pk == tx.id, MeterValue.measurand == SOC)
+        .order_by(MeterValue.timestamp)
+    )
+    return Readings((await records._readings(s, tx)).points, [(t, v) for t, v in soc.all()])
 
 
 @dataclass(slots=True)
@@ -275,7 +236,7 @@ async def session_object(
     start = tx.csms_started_at or tx.started_at or tx.updated_at
     ended = tx.state == "ended"
     end = record.stopped_at if record is not None else (tx.stopped_at or tx.updated_at)
-    auth_method, reference = await authorization(s, node, tx.station_id, tok.uid, start)
+    auth_method, reference = await authorization(s, node, tx.station_id, tx.id_token or tok.uid)
     out: dict[str, Any] = {
         "country_code": node.country_code,
         "party_id": node.party_id,
@@ -309,38 +270,46 @@ async def session_object(
 # ---------------------------------------------------------------- Sender GET
 
 
+def of_parties(card: Any, parties: set[tuple[str, str]]) -> Any:
+    """SQL: the card ``card`` (a column) is a token of one of ``parties``."""
+    return select(OcpiToken.id).where(uid_matches(card)).where(party_filter(parties)).exists()
+
+
+async def own_page(
+    request: Request, partner: OcpiPartner, table: Any, stamp: Any, build: Any
+) -> Any:
+    """A paginated GET of the rows of ``table`` (transactions, charge records) whose card
+    is a token of the calling partner, ``date_from``/``date_to`` on column ``stamp``;
+    ``build(s, node, row, token)`` makes each OCPI object."""
+    page = Page(request)
+    node = transport.runtime(request).ocpi
+    conds = [of_parties(table.id_token, transport.partner_parties(partner))]
+    if page.date_from is not None:
+        conds.append(stamp >= page.date_from)
+    if page.date_to is not None:
+        conds.append(stamp < page.date_to)
+    async with node.sessionmaker() as s:
+        total = await s.scalar(select(func.count()).select_from(table).where(*conds))
+        rows = (
+            await s.scalars(
+                select(table).where(*conds).order_by(table.id)
+                .offset(page.offset).limit(page.limit)
+            )
+        ).all()  # fmt: skip
+        items = []
+        for row in rows:
+            tok = await token_by_uid(s, row.id_token)
+            if tok is not None:
+                items.append(await build(s, node, row, tok))
+    return page.reply(items, total or 0)
+
+
 @router.get("")
 @router.get("/")
 async def list_sessions(
     request: Request, partner: OcpiPartner = Depends(registered_partner)
 ) -> Any:
-    page = Page(request)
-    node = transport.runtime(request).ocpi
-    mine = (
-        select(OcpiToken.id)
-        .where(func.upper(OcpiToken.uid) == func.upper(Transaction.id_token))
-        .where(party_filter(transport.partner_parties(partner)))
-        .exists()
-    )
-    conds = [mine]
-    if page.date_from is not None:
-        conds.append(Transaction.updated_at >= page.date_from)
-    if page.date_to is not None:
-        conds.append(Transaction.updated_at < page.date_to)
-    async with node.sessionmaker() as s:
-        total = await s.scalar(select(func.count()).select_from(Transaction).where(*conds))
-        txs = (
-            await s.scalars(
-                select(Transaction).where(*conds).order_by(Transaction.id)
-                .offset(page.offset).limit(page.limit)
-            )
-        ).all()  # fmt: skip
-        items = []
-        for tx in txs:
-            tok = await token_of_uid(s, tx.id_token)
-            if tok is not None:
-                items.append(await session_object(s, node, tx, tok))
-    return page.reply(items, total or 0)
+    return await own_page(request, partner, Transaction, Transaction.updated_at, session_object)
 
 
 # ---------------------------------------------------------------- pushes
@@ -510,7 +479,7 @@ class SessionPusher:
                 path, okey = self._where(live)
                 if put or final:
                     tx = txs.get(live.pk or -1)
-                    tok = await token_of_uid(s, tx.id_token) if tx is not None else None
+                    tok = await token_by_uid(s, tx.id_token) if tx is not None else None
                     if tx is None or tok is None:
                         after.append(None)
                         continue
@@ -559,13 +528,14 @@ class SessionPusher:
                 )
                 for tx in await s.scalars(q):
                     found[(tx.station_id, tx.transaction_id)] = tx
-            uids = {tx.id_token.upper() for tx in found.values() if tx.id_token}
-            tokens: dict[str, OcpiToken] = {}
-            for tok in await s.scalars(
-                select(OcpiToken).where(func.upper(OcpiToken.uid).in_(uids))
-            ):
-                tokens.setdefault(tok.uid.upper(), tok)
-            partner_ids = {t.partner_id for t in tokens.values()}
+            cards = {tx.id_token for tx in found.values() if tx.id_token}
+            uids = sorted(set().union(*(forms(c) for c in cards)))
+            stored: list[OcpiToken] = []
+            for i in range(0, len(uids), 900):
+                q = select(OcpiToken).where(OcpiToken.uid.in_(uids[i : i + 900]))
+                stored += (await s.scalars(q)).all()
+            tokens = {c: best_token([t for t in stored if t.uid in forms(c)]) for c in cards}
+            partner_ids = {t.partner_id for t in tokens.values() if t is not None}
             receivers = {
                 p.id
                 for p in await s.scalars(select(OcpiPartner).where(OcpiPartner.id.in_(partner_ids)))
@@ -579,9 +549,8 @@ class SessionPusher:
             live.resolved = True
             if tx is None:  # not ours (deleted since): nothing to push
                 continue
-            live.resolved = True
             live.pk = tx.id
-            tok = tokens.get((tx.id_token or "").upper())
+            tok = tokens.get(tx.id_token or "")
             if tok is not None and tok.partner_id in receivers:
                 live.partner_id = tok.partner_id
                 if not live.put and live.since is None:  # seen first mid-session (a restart)
