@@ -169,6 +169,7 @@ async def create_station(body: sc.StationCreate, rt: Rt):
         raise HTTPException(409, f"station '{body.id}' already exists")
     if body.site_id:
         await rt.lm.reload()
+    rt.bus.publish("station.changed", body.id)
     return await _load_station(rt, body.id)
 
 
@@ -206,6 +207,7 @@ async def patch_station(station_id: str, body: sc.StationPatch, rt: Rt):
     rt.ocpp.forget_credentials(station_id)
     if topology:
         await rt.lm.reload()
+        rt.bus.publish("station.changed", station_id)
     return await _load_station(rt, station_id)
 
 
@@ -213,6 +215,7 @@ async def patch_station(station_id: str, body: sc.StationPatch, rt: Rt):
 async def delete_station(station_id: str, rt: Rt):
     await delete_row(rt, repo.get_station, station_id, f"station '{station_id}' is not registered")
     rt.ocpp.forget_credentials(station_id)
+    rt.bus.publish("station.changed", station_id, deleted=True)
     return Response(status_code=204)
 
 

@@ -194,6 +194,7 @@ async def delete_site(site_id: str, rt: Rt):
             "remove it there and restart evflex first",
         )
     await rt.lm.reload()
+    rt.bus.publish("site.deleted", None, site_id=site_id)
     return Response(status_code=204)
 
 
