@@ -51,8 +51,10 @@ async def test_locations_get_and_live_pushes(tmp_path):
     partner = await RecordingPartner([("locations", "RECEIVER")]).start()
     try:
         async with running_node(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}") as node:
-            await _setup(node)
             pid = await partner.link(node)
+            await _setup(node)  # each station added: its Location PUT (no EVSE known yet)
+            await node.wait_for(lambda: len(partner.of("locations", "PUT")) == 3)
+            assert {r.path.rsplit("/", 1)[1] for r in partner.received} == {"DEPOT", "LONE"}
             async with (
                 connected(Lib16, node.ocpp_url, "CP16", "ocpp1.6") as cp16,
                 connected(Lib201, node.ocpp_url, "CP201", "ocpp2.0.1") as cp201,
@@ -60,8 +62,10 @@ async def test_locations_get_and_live_pushes(tmp_path):
             ):
                 await _boot16(cp16)
                 await _boot201(cp201)
-                # connecting puts the Location, the first status of each EVSE puts the EVSE
-                await node.wait_for(lambda: len(partner.of("locations", "PUT")) >= 4)
+                # the first status of each EVSE puts the EVSE
+                uids = {"CP16-1", "CP16-2", "CP201-1"}
+                await node.wait_for(lambda: uids <= {r.path.rsplit("/", 1)[1]
+                                                     for r in partner.of("locations", "PUT")})  # fmt: skip
 
                 r = await c.get("/locations", params={"limit": 1})
                 assert r.status_code == 200 and r.json()["status_code"] == 1000, r.text
@@ -148,6 +152,21 @@ async def test_locations_get_and_live_pushes(tmp_path):
                 r = await c.get("/locations", headers={"Authorization": "Token nope"})
                 assert r.status_code == 401
 
+            # a station leaves its site, another is deleted: their EVSEs are REMOVED where
+            # they were, and the station on its own is a Location of its own
+            before = len(partner.received)
+            r = await node.http.patch("/api/v1/stations/CP201", json={"site_id": None})
+            assert r.status_code == 200, r.text
+            assert (await node.http.delete("/api/v1/stations/CP16")).status_code == 204
+            await node.wait_for(lambda: len(partner.received) >= before + 4)
+            depot = "/ocpi/2.2.1/locations/NL/EVF/DEPOT/"
+            removed = {r.path.removeprefix(depot) for r in partner.received[before:]
+                       if r.method == "PATCH" and r.body["status"] == "REMOVED"}  # fmt: skip
+            assert removed == {"CP201-1", "CP16-1", "CP16-2"}
+            put = [r for r in partner.received[before:] if r.method == "PUT"]
+            assert [r.path for r in put] == ["/ocpi/2.2.1/locations/NL/EVF/CP201"]
+            assert [e["uid"] for e in put[0].body["evses"]] == ["CP201-1"]
+
             # a partner registering gets every Location, whole
             late = await RecordingPartner([("locations", "RECEIVER")], party_id="LAT").start()
             try:
@@ -155,7 +174,7 @@ async def test_locations_get_and_live_pushes(tmp_path):
                 node.rt.bus.publish("ocpi.partner.registered", None, partner_id=late_id)
                 await node.wait_for(lambda: len(late.of("locations")) >= 2)
                 assert {(r.method, r.path) for r in late.received} == {
-                    ("PUT", "/ocpi/2.2.1/locations/NL/EVF/DEPOT"),
+                    ("PUT", "/ocpi/2.2.1/locations/NL/EVF/CP201"),
                     ("PUT", "/ocpi/2.2.1/locations/NL/EVF/LONE"),
                 }
                 assert pid != late_id

@@ -30,11 +30,12 @@ Pushes (object key per Location, so a Location's updates arrive in order):
   status changed; the first time since our start an EVSE is pushed whole, PUT);
 - a station that connects -> PUT of its Location (the first time since our start) or
   of its EVSEs; one that goes away -> PATCH UNKNOWN of each EVSE;
-- a site changed (``site.changed``) or its tariff (``tariff.changed``) -> PUT of the
-  Location; a partner that registers (``ocpi.partner.registered``) -> PUT of every
-  Location to it. The API publishes nothing when a station's settings (phases,
-  currents, site) change: those reach partners with the station's next connection
-  or its site's next change, and always through GET.
+- a site changed or deleted (``site.changed``, ``site.deleted``), its tariff
+  (``tariff.changed``), a station added, changed or deleted through the API
+  (``station.changed``) -> PUT of the Location(s); an EVSE that left a Location (its
+  station deleted, moved to another site or made the site's meter) -> PATCH REMOVED
+  there, as OCPI deletes nothing (known for EVSEs pushed since our start);
+- a partner that registers (``ocpi.partner.registered``) -> PUT of every Location to it.
 """
 
 from __future__ import annotations
@@ -283,7 +284,7 @@ class LocationPush:
         self.node = node
         #: Locations pushed whole since our start, and the last status pushed per EVSE.
         self.located: set[str] = set()
-        self.pushed: dict[tuple[str, int], str] = {}
+        self.pushed: dict[tuple[str, int], tuple[str, str]] = {}  # -> (location, status)
 
     @property
     def mapper(self) -> Mapper:
@@ -333,7 +334,7 @@ class LocationPush:
         self.located.add(p.id)
         for e in body["evses"]:
             station, evse = ids.parse_evse_uid(e["uid"]) or ("", 0)
-            self.pushed[(station, evse)] = e["status"]
+            self.pushed[(station, evse)] = (p.id, e["status"])
         return f"locations/{p.id}", "PUT", self._path(p.id), body
 
     def _evse_update(self, p: Place, st: Station, evse_id: int) -> tuple[str, str, str, Any] | None:
@@ -342,9 +343,9 @@ class LocationPush:
         uid = ids.evse_uid(st.id, evse_id)
         previous = self.pushed.get(key)
         body = self.mapper.evse(p, st, evse_id)
-        if previous == body["status"]:
+        if previous == (p.id, body["status"]):
             return None
-        self.pushed[key] = body["status"]
+        self.pushed[key] = (p.id, body["status"])
         if previous is None:
             return f"locations/{p.id}", "PUT", self._path(p.id, uid), body
         patch = {"status": body["status"], "last_updated": body["last_updated"]}
@@ -374,9 +375,30 @@ class LocationPush:
 
     on_disconnected = on_status  # every EVSE of the station: now UNKNOWN
 
+    async def _relocate(self, stations: set[str], locations: set[str]) -> None:
+        """PUT these Locations, and those of these stations, whole; PATCH REMOVED every
+        EVSE pushed before that is no longer where it was (its station deleted, moved to
+        another site, made a site's meter): OCPI deletes nothing."""
+        found = await self._load()
+        where = {(st.id, e): p.id for p in found for st in p.stations for e in _evse_ids(p, st)}
+        stations = stations | {k[0] for k, (loc, _) in self.pushed.items() if loc in locations}
+        requests = []
+        stamp = now_iso(self.node.clock.now())
+        for key, (loc, _) in list(self.pushed.items()):
+            if key[0] in stations and where.get(key) != loc:
+                del self.pushed[key]
+                path = self._path(loc, ids.evse_uid(*key))
+                body = {"status": "REMOVED", "last_updated": stamp}
+                requests.append((f"locations/{loc}", "PATCH", path, body))
+        requests += [self._put_location(p) for p in found
+                     if p.id in locations or any(st.id in stations for st in p.stations)]  # fmt: skip
+        await self._send(requests)
+
     async def on_site(self, event: Event) -> None:
-        found = await self._load(str(event.data["site_id"]))
-        await self._send([self._put_location(p) for p in found])
+        await self._relocate(set(), {str(event.data["site_id"])})
+
+    async def on_station(self, event: Event) -> None:
+        await self._relocate({event.station_id or ""}, set())
 
     async def on_partner(self, event: Event) -> None:
         found = await self._load()
@@ -392,5 +414,7 @@ def attach(node: Any) -> None:
     node.on("station.connected", push.on_connected)
     node.on("station.disconnected", push.on_disconnected)
     node.on("site.changed", push.on_site)
+    node.on("site.deleted", push.on_site)
+    node.on("station.changed", push.on_station)
     node.on("tariff.changed", push.on_site)
     node.on("ocpi.partner.registered", push.on_partner)
