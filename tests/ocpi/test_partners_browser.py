@@ -12,21 +12,9 @@ from conftest import running_node
 from evflex.demo import DemoLogin
 from evflex.web.auth import add_user
 from ocpi.partner import RecordingPartner
-from web.test_browser import _shot, browser, expect  # noqa: F401 (browser: a fixture)
+from web.test_browser import _login, _shot, browser, expect  # noqa: F401 (browser: a fixture)
 
 PASSWORD = "an admin's passphrase"
-
-
-async def _sign_in(browser, base: str, login: DemoLogin):  # noqa: F811
-    """A page logged in as ``login`` (the login page's own test tries a wrong code first)."""
-    page = await (await browser.new_context()).new_page()
-    await page.goto(f"{base}/login")
-    await page.fill("#username", login.username)
-    await page.fill("#password", login.password)
-    await page.fill("#totp", login.code_now())
-    await page.click("#login-submit")
-    await expect(page.locator("#whoami")).to_contain_text(login.username)
-    return page
 
 
 async def test_partners_view_invite_live_delivery_retry_and_unregister(tmp_path, browser):  # noqa: F811
@@ -46,7 +34,8 @@ async def _run(node, partner, browser) -> None:  # noqa: F811
         ada = await add_user(s, "ada", PASSWORD, "admin")
         vic = await add_user(s, "vic", PASSWORD, "viewer")
     base = f"http://127.0.0.1:{node.rt.http_port}"
-    page = await _sign_in(browser, base, DemoLogin("ada", PASSWORD, ada.totp_secret))
+    page = await (await browser.new_context()).new_page()
+    await _login(page, base, DemoLogin("ada", PASSWORD, ada.totp_secret))
     await page.click(".topbar nav a[href='#/partners']")
     await expect(page.locator("#partners-table")).to_contain_text("No partners yet")
     await expect(page.locator("#partners-versions-url")).to_have_text(f"{base}/ocpi/versions")
@@ -115,7 +104,8 @@ async def _run(node, partner, browser) -> None:  # noqa: F811
         assert r.status_code == 401
 
     # a viewer sees the partners and can change nothing
-    viewer = await _sign_in(browser, base, DemoLogin("vic", PASSWORD, vic.totp_secret))
+    viewer = await (await browser.new_context()).new_page()
+    await _login(viewer, base, DemoLogin("vic", PASSWORD, vic.totp_secret))
     await viewer.goto(f"{base}/#/partners")
     await expect(viewer.locator("#partners-table tr.partner-row")).to_have_count(2)
     await expect(viewer.locator("#invite-submit")).to_be_disabled()

@@ -978,10 +978,46 @@
 
   const isAdmin = () => !!S.me && S.me.role === "admin";
 
+  /* ---------- a secret the server shows once (TOTP key, API token, OCPI token A) ---------- */
+
+  async function copyValue(input) {
+    try {
+      await navigator.clipboard.writeText(input.value);
+    } catch {
+      input.select();
+      document.execCommand("copy");
+    }
+    toast("Copied to the clipboard");
+  }
+
+  /** Show ``items`` ([label, value]) in ``box`` with copy buttons, kept on screen until
+   * dismissed; the values' inputs are #{prefix}-0, #{prefix}-1 ...; #{prefix}-{focus} gets the focus. */
+  function showSecret(box, title, items, note, prefix = "secret", focus = 0) {
+    if (!box) return;
+    box.innerHTML = `<h2>${esc(title)}</h2><p class="alert alert-warn">${esc(note)}</p>` +
+      items.map(([label, value], i) => `<div class="field"><label for="${prefix}-${i}">${esc(label)}</label>
+        <div class="row"><input id="${prefix}-${i}" class="secret-value" readonly spellcheck="false" value="${esc(value)}">
+        <button type="button" class="btn btn-small" data-copy="${prefix}-${i}">Copy</button></div></div>`).join("") +
+      '<button type="button" class="btn" data-dismiss>Done, hide it</button>';
+    box.hidden = false;
+    $(`#${prefix}-${focus}`).focus();
+    if (box.dataset.secretBox) return;
+    box.dataset.secretBox = "1";
+    box.addEventListener("click", (ev) => {
+      const c = ev.target.closest("[data-copy]");
+      if (c) copyValue(document.getElementById(c.dataset.copy));
+      if (ev.target.closest("[data-dismiss]")) {
+        box.innerHTML = "";
+        box.hidden = true;
+      }
+    });
+  }
+
   /* ---------- the registry the other views (static/views/*.js) use ---------- */
 
   EV.app = {
     S, $, enc, api, command, run, toast, confirmDialog, btn, table, summary, canAct, isAdmin,
+    showSecret,
     views, ACTIONS, TOPICS, LISTENERS, show,
     /** Add a view: {re, nav, title, skeleton(), load(...params), render(), mount?(), onEvent?(topic, msg)}. */
     register(name, view) { views[name] = withRefresh(view); return view; },

@@ -5,7 +5,7 @@
   "use strict";
   const { esc, dateTime, toLocalInput, isoWithOffset, DASH } = EV;
   const A = EV.app;
-  const { $, enc, api, run, toast, confirmDialog, table } = A;
+  const { $, enc, api, run, confirmDialog, table } = A;
 
   const RANK = { viewer: 0, operator: 1, admin: 2 };
   const TABS = [
@@ -58,28 +58,8 @@
       <small class="muted">${esc(hint)}</small></div>`;
   }
 
-  async function copy(input) {
-    try {
-      await navigator.clipboard.writeText(input.value);
-    } catch {
-      input.select();
-      document.execCommand("copy");
-    }
-    toast("Copied to the clipboard");
-  }
-
   /** A secret the server shows once (TOTP key, API token): kept on screen until dismissed. */
-  function showSecret(title, items, note) {
-    const box = $("#admin-secret");
-    if (!box) return;
-    box.innerHTML = `<h2>${esc(title)}</h2><p class="alert alert-warn">${esc(note)}</p>` +
-      items.map(([label, value], i) => `<div class="field"><label for="secret-${i}">${esc(label)}</label>
-        <div class="row"><input id="secret-${i}" class="secret-value" readonly spellcheck="false" value="${esc(value)}">
-        <button type="button" class="btn btn-small" data-copy="secret-${i}">Copy</button></div></div>`).join("") +
-      '<button type="button" class="btn" data-dismiss>Done, hide it</button>';
-    box.hidden = false;
-    $("#secret-0").focus();
-  }
+  const showSecret = (title, items, note) => A.showSecret($("#admin-secret"), title, items, note);
 
   // The dialog's generators, copy buttons and dependent selects (fields of this view only).
   const fields = $("#confirm-fields");
@@ -474,15 +454,6 @@
       $("#admin-body").addEventListener("click", (ev) => {
         const b = ev.target.closest("button[data-add]");
         if (b && !b.disabled) ADD[b.dataset.add]();
-      });
-      $("#admin-secret").addEventListener("click", (ev) => {
-        const c = ev.target.closest("[data-copy]");
-        if (c) copy(document.getElementById(c.dataset.copy));
-        if (ev.target.closest("[data-dismiss]")) {
-          const box = $("#admin-secret");
-          box.innerHTML = "";
-          box.hidden = true;
-        }
       });
     },
     async load(id) {

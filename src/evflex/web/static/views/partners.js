@@ -110,27 +110,10 @@
 
   /* ---------- the invitation: its token is shown once ---------- */
 
-  async function copy(input) {
-    try {
-      await navigator.clipboard.writeText(input.value);
-    } catch {
-      input.select();
-      document.execCommand("copy");
-    }
-    toast("Copied to the clipboard");
-  }
-
   function showInvitation(inv) {
-    const box = $("#partners-secret");
-    const items = [["Versions URL", inv.versions_url], ["Token A", inv.token]];
-    box.innerHTML = `<h2>Invitation for ${esc(inv.country_code)}/${esc(inv.party_id)} (${esc(inv.role)})</h2>
-      <p class="alert alert-warn">Give both to the partner. The token is shown only now: evflex keeps only its hash.</p>` +
-      items.map(([text, value], i) => `<div class="field"><label for="invite-${i}">${esc(text)}</label>
-        <div class="row"><input id="invite-${i}" class="secret-value" readonly spellcheck="false" value="${esc(value)}">
-        <button type="button" class="btn btn-small" data-copy="invite-${i}">Copy</button></div></div>`).join("") +
-      '<button type="button" class="btn" data-dismiss>Done, hide it</button>';
-    box.hidden = false;
-    $("#invite-1").focus();
+    A.showSecret($("#partners-secret"), `Invitation for ${inv.country_code}/${inv.party_id} (${inv.role})`,
+      [["Versions URL", inv.versions_url], ["Token A", inv.token]],
+      "Give both to the partner. The token is shown only now: evflex keeps only its hash.", "invite", 1);
   }
 
   async function invite(ev) {
@@ -191,15 +174,6 @@
       P.outboxFor = null;
       P.outbox = null;
       $("#partners-invite").addEventListener("submit", invite);
-      $("#partners-secret").addEventListener("click", (ev) => {
-        const c = ev.target.closest("[data-copy]");
-        if (c) copy(document.getElementById(c.dataset.copy));
-        if (ev.target.closest("[data-dismiss]")) {
-          const box = $("#partners-secret");
-          box.innerHTML = "";
-          box.hidden = true;
-        }
-      });
       const box = $("#partners-outbox");
       box.addEventListener("change", (ev) => {
         if (ev.target.id !== "partners-outbox-state") return;
