@@ -212,6 +212,11 @@ async def test_refusals_are_immediate_and_a_silent_station_times_out(tmp_path):
         pa, pb = await _with_emsps(node)
         a = Emsp(node, pa)
         try:
+            # a site whose first station is offline
+            r = await node.http.post("/api/v1/sites", json={"id": "Depot", "import_limit_kw": 40})
+            assert r.status_code == 201, r.text
+            r = await node.http.post("/api/v1/stations", json={"id": "OFF-1", "site_id": "Depot"})
+            assert r.status_code == 201, r.text
             async with connected(Stubborn16, node.ocpp_url, "STUB-16", "ocpp1.6") as cp:
                 await cp.call(call.BootNotification(charge_point_vendor="Acme",
                                                     charge_point_model="AC22"))  # fmt: skip
@@ -225,8 +230,23 @@ async def test_refusals_are_immediate_and_a_silent_station_times_out(tmp_path):
                 res = await a.accepted("START_SESSION", evse_uid="STUB-16-2", **start)
                 assert res["result"] == "EVSE_OCCUPIED", res  # its status says why
 
+                # at the site: ids are CiStrings (some eMSPs lower-case them); without an
+                # EVSE, the command goes to a connected station of the site
+                r = await node.http.patch("/api/v1/stations/STUB-16", json={"site_id": "Depot"})
+                assert r.status_code == 200, r.text
+                expiry = (node.rt.clock.now() + timedelta(minutes=5)).isoformat()
+                res = await a.accepted("RESERVE_NOW", token=token("APP-9"), location_id="depot",
+                                       reservation_id="D1", expiry_date=expiry)  # fmt: skip
+                assert res["result"] == "ACCEPTED", res
+                reserved = [kw for name, kw in cp.received if name == "ReserveNow"]
+                assert reserved[-1]["connector_id"] == 0 and reserved[-1]["id_tag"] == "APP-9"
+                res = await a.accepted("START_SESSION", token=token("APP-9"), location_id="DEPOT",
+                                       evse_uid="stub-16-1")  # fmt: skip
+                assert res["message"][0]["text"].startswith("station 'STUB-16' answered")
+                start["location_id"] = "Depot"
+
                 pa.fail_http = 503  # the eMSP is down a moment: the result is tried again
-                answer, path = await a.send("UNLOCK_CONNECTOR", location_id="STUB-16",
+                answer, path = await a.send("UNLOCK_CONNECTOR", location_id="Depot",
                                             evse_uid="STUB-16-1", connector_id="1")  # fmt: skip
                 assert answer["data"] == {"result": "ACCEPTED", "timeout": 1, "message": [
                     {"language": "en", "text": "sent to station 'STUB-16'"}]}  # fmt: skip
@@ -266,7 +286,7 @@ async def test_refusals_are_immediate_and_a_silent_station_times_out(tmp_path):
 
             # the station is gone: REJECTED with the reason, at once
             await node.wait_for(lambda: not node.rt.ocpp.is_connected("STUB-16"))
-            answer, path = await a.send("UNLOCK_CONNECTOR", location_id="STUB-16",
+            answer, path = await a.send("UNLOCK_CONNECTOR", location_id="Depot",
                                         evse_uid="STUB-16-1", connector_id="1")  # fmt: skip
             assert answer["status_code"] == 1000
             assert answer["data"]["result"] == "REJECTED"

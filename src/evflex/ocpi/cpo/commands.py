@@ -218,9 +218,12 @@ async def _station_at(node: Any, s: AsyncSession, location: str, uid: str | None
         what = f"EVSE '{uid}' at Location '{location}'" if uid else f"Location '{location}'"
         raise Refused("REJECTED", f"unknown {what}", UNKNOWN_LOCATION)
     station_id, evse_id = found
-    if evse_id is None:
-        others = (await s.scalars(select(Station.id).where(Station.site_id == location))).all()
-        station_id = next((i for i in others if node.services.ocpp.is_connected(i)), station_id)
+    if evse_id is None:  # the station itself, or one of the site's (a connected one)
+        site = (await s.get(Station, station_id)).site_id
+        if site is not None:
+            others = (await s.scalars(select(Station.id).where(Station.site_id == site))).all()
+            connected = (i for i in others if node.services.ocpp.is_connected(i))
+            station_id = next(connected, station_id)
         return station_id, None
     q = select(Connector.connector_id).where(
         Connector.station_id == station_id, Connector.evse_id == evse_id

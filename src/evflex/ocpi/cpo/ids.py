@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.store.tables import Station
@@ -52,23 +52,33 @@ def tariff_id(site_id: str) -> str:
     return site_id
 
 
+async def station_named(s: AsyncSession, station_id: str) -> Station | None:
+    """The station an OCPI id names. Ids are CiStrings (some peers lower-case them): the
+    station with exactly that id, else one whose id differs only in case."""
+    station = await s.get(Station, station_id)
+    if station is None:
+        q = select(Station).where(func.lower(Station.id) == station_id.lower()).limit(1)
+        station = (await s.scalars(q)).first()
+    return station
+
+
 async def resolve_evse(
     s: AsyncSession, location: str, uid: str | None
 ) -> tuple[str, int | None] | None:
     """The (station id, evse id or None) a Location id and EVSE uid name, if the station
-    is ours and stands at that Location; None otherwise (unknown location)."""
+    is ours and stands at that Location; None otherwise (unknown location). Both are
+    CiStrings: they match whatever their case."""
     if uid is not None:
         parsed = parse_evse_uid(uid)
         if parsed is None:
             return None
-        station = await s.get(Station, parsed[0])
-        if station is None or location_id(station.site_id, station.id) != location:
+        station = await station_named(s, parsed[0])
+        if station is None or location_id(station.site_id, station.id).lower() != location.lower():
             return None
         return station.id, parsed[1]
-    station = await s.get(Station, location)
+    station = await station_named(s, location)
     if station is not None and not station.site_id:
         return station.id, None
-    first = (
-        await s.scalars(select(Station.id).where(Station.site_id == location).limit(1))
-    ).first()
+    q = select(Station.id).where(func.lower(Station.site_id) == location.lower()).limit(1)
+    first = (await s.scalars(q)).first()
     return (first, None) if first else None
