@@ -83,12 +83,13 @@ async def test_tariffs_get_push_and_planned_versions(tmp_path):
                 ]  # fmt: skip
                 assert t["evflex_feed_in_price_per_kwh"] == 0.12
                 assert t["start_date_time"].endswith("Z") and "end_date_time" not in t
-                # the connectors of DEPOT's Location now name it
-                await node.wait_for(lambda: any(
-                    r.path.endswith("/locations/NL/EVF/DEPOT") and r.method == "PUT"
+                # the connectors of DEPOT's Location now name it, updated as late as it
+                location = await node.wait_for(lambda: next((
+                    r.body for r in partner.received
+                    if r.path.endswith("/locations/NL/EVF/DEPOT") and r.method == "PUT"
                     and r.body["evses"]
-                    and r.body["evses"][0]["connectors"][0]["tariff_ids"] == ["DEPOT"]
-                    for r in partner.received))  # fmt: skip
+                    and r.body["evses"][0]["connectors"][0]["tariff_ids"] == ["DEPOT"]), None))  # fmt: skip
+                assert location["last_updated"] >= t["last_updated"]
 
                 r = await c.get("/tariffs", params={"limit": 1})
                 assert r.headers["X-Total-Count"] == "2" and 'rel="next"' in r.headers["Link"]

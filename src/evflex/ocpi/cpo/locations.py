@@ -85,6 +85,7 @@ class Place:
     stations: list[Station] = field(default_factory=list)
     connectors: dict[str, list[Connector]] = field(default_factory=dict)  # by station
     tariff_ids: list[str] = field(default_factory=list)
+    tariff_since: datetime | None = None  # when the site's tariff last changed
     time_zone: str | None = None
 
 
@@ -109,6 +110,7 @@ async def places(s: AsyncSession, now: datetime, location: str | None = None) ->
             place = out[loc] = Place(loc, site)
             if entry is not None and entry.priced:
                 place.tariff_ids = [ids.tariff_id(site.id)]
+                place.tariff_since = entry.since
             if entry is not None and entry.current is not None:
                 place.time_zone = entry.current.timezone
         place.stations.append(st)
@@ -165,7 +167,8 @@ class Mapper:
         rows = [c for c in p.connectors.get(st.id, ()) if c.evse_id == evse_id]
         plugs = sorted({c.connector_id for c in rows if c.connector_id > 0}) or [1]
         stamps = [st.created_at, *(c.updated_at for c in rows)]
-        stamps += [t for t in (st.last_connected_at, st.last_disconnected_at) if t is not None]
+        stamps += [t for t in (st.last_connected_at, st.last_disconnected_at, p.tariff_since)
+                   if t is not None]  # fmt: skip
         last = now_iso(max(stamps))
         return {
             "uid": ids.evse_uid(st.id, evse_id),

@@ -75,6 +75,12 @@ class SiteTariffs:
     def priced(self) -> bool:
         return self.current is not None or self.site.import_tariff_per_kwh is not None
 
+    @property
+    def since(self) -> datetime:
+        """When the Tariff last changed (its ``last_updated``)."""
+        v = self.current
+        return max(v.created_at, v.valid_from) if v is not None else self.site.updated_at
+
 
 async def site_tariffs(
     s: AsyncSession, now: datetime, site_ids: list[str] | None = None
@@ -113,11 +119,9 @@ def tariff_object(
             v.idle_fee_per_minute,
             v.idle_grace_minutes,
         )
-        last_updated = max(v.created_at, v.valid_from)
     elif site.import_tariff_per_kwh is not None:
         base, windows = site.import_tariff_per_kwh, []
         feed_in, idle_fee, grace = site.export_tariff_per_kwh or 0.0, 0.0, 0.0
-        last_updated = site.updated_at
     else:
         return None
     elements: list[dict[str, Any]] = []
@@ -143,7 +147,7 @@ def tariff_object(
         "currency": currency,
         "elements": elements,
         FEED_IN_FIELD: float(feed_in),
-        "last_updated": now_iso(last_updated),
+        "last_updated": now_iso(entry.since),
     }
     if v is not None:
         out["start_date_time"] = now_iso(v.valid_from)
