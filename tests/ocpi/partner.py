@@ -61,6 +61,8 @@ class RecordingPartner:
         self.fail_http: int | None = None
         #: While set: every non-version request answers HTTP 200 with this OCPI code.
         self.fail_ocpi: int | None = None
+        #: Requests whose path ends with a key answer HTTP 200 with its OCPI code.
+        self.fail_ocpi_for: dict[str, int] = {}
         self.down = False  # the server is stopped (see stop/start)
         self.app = self._make_app()
         self._server: uvicorn.Server | None = None
@@ -158,6 +160,9 @@ class RecordingPartner:
                 return ok(None, 3000, self.fail_http)
             if self.fail_ocpi is not None:
                 return ok(None, self.fail_ocpi)
+            for suffix, code in self.fail_ocpi_for.items():
+                if request.url.path.endswith(suffix):
+                    return ok(None, code)
             return ok()
 
         return app

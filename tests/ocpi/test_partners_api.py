@@ -13,6 +13,7 @@ from collections import Counter
 import httpx
 
 from conftest import Node, running_node
+from evflex.ocpi.outbox import BATCH
 from ocpi.partner import RecordingPartner
 
 API = "/api/v1/ocpi"
@@ -256,3 +257,32 @@ async def test_a_partner_down_for_long_gets_every_update_in_order_after_our_rest
     finally:
         if not partner.down:
             await partner.stop()
+
+
+async def test_an_object_the_partner_keeps_refusing_does_not_hold_back_the_others(tmp_path):
+    """More rows of one object than a round reads, refused (OCPI 3000) again and again: the
+    objects queued after it still go, and it goes, in order, once the partner takes it."""
+    partner = await RecordingPartner([("sessions", "RECEIVER")]).start()
+    try:
+        async with running_node(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}",
+                                ocpi_retry_max_s=0.2) as node:  # fmt: skip
+            pid = await partner.link(node)
+            partner.fail_ocpi_for["/STUCK"] = 3000
+            for n in range(BATCH + 50):
+                await _push(node, pid, "STUCK", {"n": n})
+            for n in range(3):
+                await _push(node, pid, "LATER", {"n": n})
+
+            def later():
+                return [r.body["n"] for r in partner.received if r.path.endswith("/LATER")]
+
+            await node.wait_for(lambda: later() == [0, 1, 2], timeout=10)
+            stuck = [r.body["n"] for r in partner.received if r.path.endswith("/STUCK")]
+            assert set(stuck) == {0}  # only its oldest row was tried, again and again
+            del partner.fail_ocpi_for["/STUCK"]
+            await node.wait_for(lambda: node.rt.ocpi.outbox.sent.get(pid, 0) == BATCH + 53,
+                                timeout=30)  # fmt: skip
+            stuck = [r.body["n"] for r in partner.received if r.path.endswith("/STUCK")]
+            assert stuck[len(stuck) - BATCH - 50 :] == list(range(BATCH + 50))
+    finally:
+        await partner.stop()

@@ -50,6 +50,8 @@ class Outbox:
         self.retry_max_s = retry_max_s
         self._wake: dict[int, asyncio.Event] = {}
         self._kick: dict[int, asyncio.Event] = {}  # cuts a backoff short (retry_now)
+        #: Per partner, the objects whose oldest row failed in the last round (see _due).
+        self._held: dict[int, set[str]] = {}
         self._tasks: dict[int, asyncio.Task] = {}
         self._closing = False
         #: Requests answered, per partner (for figures and the partner API).
@@ -180,14 +182,7 @@ class Outbox:
         one per object."""
         async with self.sessionmaker() as s:
             partner = await s.get(OcpiPartner, partner_id)
-            rows = (
-                await s.scalars(
-                    select(OcpiOutbox)
-                    .where(OcpiOutbox.partner_id == partner_id, ~OcpiOutbox.done)
-                    .order_by(OcpiOutbox.id)
-                    .limit(BATCH)
-                )
-            ).all()
+            rows = await self._due(s, partner_id, self._held.pop(partner_id, set()))
         if not rows:
             return "idle"
         if partner is None or partner.status != "registered" or not partner.token_out:
@@ -204,6 +199,7 @@ class Outbox:
             else:
                 failures.append((head, error or ""))
                 if down:
+                    self._held[partner_id] = {head.object_key}
                     await self._finish(done, failures, partner_id)
                     return "retry"
                 rows = [r for r in rows if r.object_key != head.object_key]
@@ -222,8 +218,30 @@ class Outbox:
                     done.append((r, outcome, error))
 
         await asyncio.gather(*(object_rows(v) for v in by_key.values()))
+        self._held[partner_id] = {r.object_key for r, _ in failures}
         await self._finish(done, failures, partner_id)
         return "retry" if failures else "more"
+
+    @staticmethod
+    async def _due(s: AsyncSession, partner_id: int, held: set[str]) -> list[OcpiOutbox]:
+        """The partner's next rows, oldest first: up to ``BATCH``, but of an object in
+        ``held`` (its oldest row failed last round) only that row, since its later rows wait
+        for it anyway: an object the partner keeps refusing does not fill every batch and
+        hold back the objects queued after it."""
+        pending = (OcpiOutbox.partner_id == partner_id, ~OcpiOutbox.done)
+        q = select(OcpiOutbox).where(*pending)
+        if held:
+            q = q.where(OcpiOutbox.object_key.not_in(held))
+        rows = list((await s.scalars(q.order_by(OcpiOutbox.id).limit(BATCH))).all())
+        if held:
+            heads = (
+                select(func.min(OcpiOutbox.id))
+                .where(*pending, OcpiOutbox.object_key.in_(held))
+                .group_by(OcpiOutbox.object_key)
+            )
+            rows += (await s.scalars(select(OcpiOutbox).where(OcpiOutbox.id.in_(heads)))).all()
+            rows.sort(key=lambda r: r.id)
+        return rows
 
     async def _send(
         self, partner: OcpiPartner, token: str, row: OcpiOutbox
