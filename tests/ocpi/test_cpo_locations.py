@@ -47,10 +47,10 @@ def _client(node, partner) -> httpx.AsyncClient:
                              headers=partner.auth_header())  # fmt: skip
 
 
-async def test_locations_get_and_live_pushes(tmp_path):
+async def test_locations_get_and_live_pushes(database_url):
     partner = await RecordingPartner([("locations", "RECEIVER")]).start()
     try:
-        async with running_node(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}") as node:
+        async with running_node(database_url) as node:
             pid = await partner.link(node)
             await _setup(node)  # each station added: its Location PUT (no EVSE known yet)
             await node.wait_for(lambda: len(partner.of("locations", "PUT")) == 3)

@@ -25,10 +25,10 @@ TARIFF = {
 }
 
 
-async def test_tariffs_get_push_and_planned_versions(tmp_path):
+async def test_tariffs_get_push_and_planned_versions(database_url):
     partner = await RecordingPartner([("tariffs", "RECEIVER"), ("locations", "RECEIVER")]).start()
     try:
-        async with running_node(f"sqlite+aiosqlite:///{tmp_path / 't.db'}", currency="CHF") as node:
+        async with running_node(database_url, currency="CHF") as node:
             for body in ({"id": "DEPOT", "import_limit_kw": 50},
                          {"id": "SHOP", "import_limit_kw": 50, "import_tariff_per_kwh": 0.4,
                           "export_tariff_per_kwh": 0.05},

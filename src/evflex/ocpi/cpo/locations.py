@@ -89,12 +89,17 @@ class Place:
     time_zone: str | None = None
 
 
-async def places(s: AsyncSession, now: datetime, location: str | None = None) -> list[Place]:
-    """Every Location (or the one with id ``location``), sorted by id."""
+async def places(
+    s: AsyncSession, now: datetime, location: str | None = None, station: str | None = None
+) -> list[Place]:
+    """Every Location (or the one with id ``location``), sorted by id; with ``station``,
+    only that station's part of its Location (what its EVSEs need)."""
     q = select(Station)
     if location is not None:
         q = q.where(or_(Station.site_id == location,
                         and_(Station.id == location, Station.site_id.is_(None))))  # fmt: skip
+    if station is not None:
+        q = q.where(Station.id == station)
     stations = (await s.scalars(q.order_by(Station.id))).all()
     site_ids = sorted({st.site_id for st in stations if st.site_id})
     tariffs = await site_tariffs(s, now, site_ids)
@@ -298,24 +303,18 @@ class LocationPush:
             return await places(s, self.node.clock.now(), location)
 
     async def _station_place(self, station_id: str) -> tuple[Place, Station] | None:
+        """A station's part of its Location (the Place has that station only)."""
         async with self.node.sessionmaker() as s:
-            st = await s.get(Station, station_id)
-            if st is None:
-                return None
-            loc = ids.location_id(st.site_id, st.id)
-            found = await places(s, self.node.clock.now(), loc)
-        for p in found:
-            for x in p.stations:
-                if x.id == station_id:
-                    return p, x
-        return None
+            found = await places(s, self.node.clock.now(), station=station_id)
+        return (found[0], found[0].stations[0]) if found else None
 
-    async def _send(self, requests: list[tuple[str, str, str, Any]],
-                    only_partner: int | None = None) -> None:  # fmt: skip
-        """Queue (object key, method, path, body) to every receiver, in one commit."""
+    async def _receivers(self, only: int | None = None) -> list[int]:
+        partners = await self.node.partners_with(MODULE, "RECEIVER")
+        return [p.id for p in partners if only is None or p.id == only]
+
+    async def _send(self, partner_ids: list[int], requests: list[tuple[str, str, str, Any]]):
+        """Queue (object key, method, path, body) to these partners, in one commit."""
         node = self.node
-        partner_ids = [p.id for p in await node.partners_with(MODULE, "RECEIVER")
-                       if only_partner is None or p.id == only_partner]  # fmt: skip
         if not partner_ids or not requests:
             return
         now = node.clock.now()
@@ -356,25 +355,32 @@ class LocationPush:
 
     # ------------------------------------------------------------ bus events
 
+    # Each handler first asks who receives Locations: with nobody, nothing is built (a
+    # partner that registers later gets every Location whole).
+
     async def on_status(self, event: Event) -> None:
-        found = await self._station_place(event.station_id or "")
+        partner_ids = await self._receivers()
+        found = await self._station_place(event.station_id or "") if partner_ids else None
         if found is None:
             return
         p, st = found
         evse = int(event.data.get("evse_id") or 0)
         targets = _evse_ids(p, st) if evse == 0 else [evse]
         requests = [r for e in targets if (r := self._evse_update(p, st, e)) is not None]
-        await self._send(requests)
+        await self._send(partner_ids, requests)
 
     async def on_connected(self, event: Event) -> None:
-        found = await self._station_place(event.station_id or "")
+        partner_ids = await self._receivers()
+        found = await self._station_place(event.station_id or "") if partner_ids else None
         if found is None:
             return
         p, st = found
         if p.id not in self.located:
-            await self._send([self._put_location(p)])
+            whole = await self._load(p.id)
+            await self._send(partner_ids, [self._put_location(x) for x in whole])
             return
-        await self._send([r for e in _evse_ids(p, st) if (r := self._evse_update(p, st, e))])
+        requests = [r for e in _evse_ids(p, st) if (r := self._evse_update(p, st, e))]
+        await self._send(partner_ids, requests)
 
     on_disconnected = on_status  # every EVSE of the station: now UNKNOWN
 
@@ -382,6 +388,9 @@ class LocationPush:
         """PUT these Locations, and those of these stations, whole; PATCH REMOVED every
         EVSE pushed before that is no longer where it was (its station deleted, moved to
         another site, made a site's meter): OCPI deletes nothing."""
+        partner_ids = await self._receivers()
+        if not partner_ids:
+            return
         found = await self._load()
         where = {(st.id, e): p.id for p in found for st in p.stations for e in _evse_ids(p, st)}
         stations = stations | {k[0] for k, (loc, _) in self.pushed.items() if loc in locations}
@@ -395,7 +404,7 @@ class LocationPush:
                 requests.append((f"locations/{loc}", "PATCH", path, body))
         requests += [self._put_location(p) for p in found
                      if p.id in locations or any(st.id in stations for st in p.stations)]  # fmt: skip
-        await self._send(requests)
+        await self._send(partner_ids, requests)
 
     async def on_site(self, event: Event) -> None:
         await self._relocate(set(), {str(event.data["site_id"])})
@@ -404,9 +413,9 @@ class LocationPush:
         await self._relocate({event.station_id or ""}, set())
 
     async def on_partner(self, event: Event) -> None:
-        found = await self._load()
-        await self._send([self._put_location(p) for p in found],
-                         only_partner=int(event.data["partner_id"]))  # fmt: skip
+        partner_ids = await self._receivers(int(event.data["partner_id"]))
+        if partner_ids:
+            await self._send(partner_ids, [self._put_location(p) for p in await self._load()])
 
 
 def attach(node: Any) -> None:
