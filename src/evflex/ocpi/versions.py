@@ -75,7 +75,8 @@ async def version_details(request: Request):
     roles = set(runtime(request).ocpi.roles)
     base = base_url(request) + PREFIX
     endpoints = [
-        {"identifier": m.identifier, "role": m.role, "url": base + m.path}
+        # with a trailing slash, as the spec's examples: some clients append "CC/PID/id"
+        {"identifier": m.identifier, "role": m.role, "url": base + m.path + "/"}
         for m in MODULES
         if m.our_role is None or m.our_role in roles
     ]
