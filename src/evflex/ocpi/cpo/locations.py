@@ -50,8 +50,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.events import Event
 from evflex.ocpi.cpo import ids
-from evflex.ocpi.cpo.tariffs import in_window, site_tariffs
-from evflex.ocpi.transport import UNKNOWN_LOCATION, OcpiError, Page, now_iso, reply, runtime
+from evflex.ocpi.cpo.tariffs import paged, site_tariffs
+from evflex.ocpi.transport import UNKNOWN_LOCATION, OcpiError, now_iso, reply, runtime
 from evflex.store.tables import Connector, Site, Station
 
 router = APIRouter()
@@ -232,13 +232,12 @@ def mapper_of(request: Request) -> Mapper:
 @router.get("/", include_in_schema=False)
 async def list_locations(request: Request):
     """Every Location, paginated, by ``last_updated`` between date_from and date_to."""
-    page = Page(request)
-    rt = runtime(request)
-    async with rt.sessionmaker() as s:
-        found = await places(s, rt.clock.now())
     m = mapper_of(request)
-    items = in_window([m.location(p) for p in found], page)
-    return page.reply(items[page.offset : page.offset + page.limit], len(items))
+
+    async def load(s: AsyncSession, now: datetime) -> list[dict[str, Any]]:
+        return [m.location(p) for p in await places(s, now)]
+
+    return await paged(request, load)
 
 
 async def _one(request: Request, location_id: str) -> Place:
@@ -358,23 +357,25 @@ class LocationPush:
     # Each handler first asks who receives Locations: with nobody, nothing is built (a
     # partner that registers later gets every Location whole).
 
-    async def on_status(self, event: Event) -> None:
+    async def _station_event(self, event: Event) -> tuple[list[int], Place, Station] | None:
+        """(receivers, the station's part of its Location, the station), if any."""
         partner_ids = await self._receivers()
         found = await self._station_place(event.station_id or "") if partner_ids else None
-        if found is None:
+        return (partner_ids, *found) if found else None
+
+    async def on_status(self, event: Event) -> None:
+        if (found := await self._station_event(event)) is None:
             return
-        p, st = found
+        partner_ids, p, st = found
         evse = int(event.data.get("evse_id") or 0)
         targets = _evse_ids(p, st) if evse == 0 else [evse]
         requests = [r for e in targets if (r := self._evse_update(p, st, e)) is not None]
         await self._send(partner_ids, requests)
 
     async def on_connected(self, event: Event) -> None:
-        partner_ids = await self._receivers()
-        found = await self._station_place(event.station_id or "") if partner_ids else None
-        if found is None:
+        if (found := await self._station_event(event)) is None:
             return
-        p, st = found
+        partner_ids, p, st = found
         if p.id not in self.located:
             whole = await self._load(p.id)
             await self._send(partner_ids, [self._put_location(x) for x in whole])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -167,27 +168,32 @@ def _component(dimension: str, price: float) -> dict[str, Any]:
 @router.get("/", include_in_schema=False)
 async def list_tariffs(request: Request):
     """Every site's Tariff, paginated, by ``last_updated`` between date_from and date_to."""
+    rt = runtime(request)
+
+    async def load(s: AsyncSession, now: datetime) -> list[dict[str, Any]]:
+        entries = await site_tariffs(s, now)
+        node, currency = rt.ocpi, rt.settings.currency
+        return [t for e in sorted(entries.values(), key=lambda e: e.site.id)
+                if (t := tariff_object(node.country_code, node.party_id, currency, e))]  # fmt: skip
+
+    return await paged(request, load)
+
+
+async def paged(
+    request: Request, load: Callable[[AsyncSession, datetime], Awaitable[list[dict[str, Any]]]]
+):
+    """A paginated GET: the page of the objects ``load`` gives (sorted) whose
+    ``last_updated`` is in [date_from, date_to)."""
     page = Page(request)
     rt = runtime(request)
     async with rt.sessionmaker() as s:
-        entries = await site_tariffs(s, rt.clock.now())
-    node = rt.ocpi
-    items = [t for e in sorted(entries.values(), key=lambda e: e.site.id)
-             if (t := tariff_object(node.country_code, node.party_id, rt.settings.currency, e))
-             is not None]  # fmt: skip
-    items = in_window(items, page)
-    return page.reply(items[page.offset : page.offset + page.limit], len(items))
-
-
-def in_window(items: list[dict[str, Any]], page: Page) -> list[dict[str, Any]]:
-    """The objects whose ``last_updated`` is in [date_from, date_to)."""
-    if page.date_from is None and page.date_to is None:
-        return items
+        items = await load(s, rt.clock.now())
     lo = now_iso(page.date_from) if page.date_from else None
     hi = now_iso(page.date_to) if page.date_to else None
     # now_iso strings of UTC times compare as the times do
-    return [x for x in items
-            if (lo is None or x["last_updated"] >= lo) and (hi is None or x["last_updated"] < hi)]  # fmt: skip
+    items = [x for x in items
+             if (lo is None or x["last_updated"] >= lo) and (hi is None or x["last_updated"] < hi)]  # fmt: skip
+    return page.reply(items[page.offset : page.offset + page.limit], len(items))
 
 
 # ---------------------------------------------------------------- pushes
