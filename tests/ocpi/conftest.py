@@ -114,7 +114,12 @@ class PeerEmsp:
         return await self.control("POST", "tokens", {"uid": uid, **fields})
 
     async def push_token(self, partner: str, uid: str) -> dict:
+        """The library's own push of one of its tokens to a node."""
         return await self.control("POST", "push-token", {"partner": partner, "uid": uid})
+
+    async def put_token(self, partner: str, uid: str) -> dict:
+        """The same PUT, its URL joined with a slash (see emsp_peer.control_put_token)."""
+        return await self.control("POST", "put-token", {"partner": partner, "uid": uid})
 
     async def command(self, partner: str, command: str, **fields: Any) -> dict:
         return await self.control(

@@ -466,8 +466,29 @@ async def control_push_token(partner: str = Body(...), uid: str = Body(...)):
     except Exception as exc:  # the library raises on a non-JSON answer, a bad URL, ...
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     answers = [jsonable_encoder(r) for r in result.receiver_responses]
-    ok = all(a["status_code"] == 200 and a["response"].get("status_code") == 1000 for a in answers)
+    ok = all(
+        200 <= a["status_code"] < 300 and a["response"].get("status_code") == 1000 for a in answers
+    )
     return {"ok": ok, "responses": answers}
+
+
+@app.post("/control/put-token")
+async def control_put_token(partner: str = Body(...), uid: str = Body(...)):
+    """PUT one of our tokens to the partner's tokens RECEIVER endpoint: the request the
+    library's push makes (its Token model, our settings' party in the path), with the URL
+    joined by a slash whether or not the partner's endpoint URL ends in one."""
+    linked = _partner(partner)
+    token = Token(**State.tokens[uid.lower()])
+    url = _endpoint(linked, "tokens").rstrip("/")
+    url += f"/{settings.COUNTRY_CODE}/{settings.PARTY_ID}/{uid}"
+    async with httpx.AsyncClient(timeout=15) as client:
+        answer = await client.put(
+            url, json=jsonable_encoder(token.dict()), headers=_auth(linked["token"])
+        )
+    out = {"url": url, **_answer(answer)}
+    body = out["body"] if isinstance(out["body"], dict) else {}
+    out["ok"] = answer.is_success and body.get("status_code") == 1000
+    return out
 
 
 @app.post("/control/command")
