@@ -17,7 +17,7 @@ class PartnerError(Exception):
     """A call to a partner that did not succeed.
 
     ``retry``: worth trying again later (the partner is down, slow, overloaded or
-    broken); False for a refusal of the request itself (HTTP 4xx but 408/429, OCPI
+    broken); False for a refusal of the request itself (HTTP 4xx but 401/408/429, OCPI
     2xxx), which the same request would meet again."""
 
     def __init__(self, message: str, retry: bool, http_status: int | None = None,
@@ -59,7 +59,9 @@ class OcpiClient:
 
     def __init__(self, our_party: tuple[str, str], timeout_s: float) -> None:
         self.our_party = our_party
-        self._http = httpx.AsyncClient(timeout=timeout_s)
+        # A partner whose module URL ends in a slash (as in the spec's examples) may answer
+        # the URL without it with a redirect (307 keeps the method and the body).
+        self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=True)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -107,7 +109,9 @@ class OcpiClient:
         if r.status_code >= 300 or (status_code is not None and status_code != SUCCESS):
             retry = (
                 r.status_code >= 500
-                or r.status_code in (408, 429)
+                # 401: a partner finishing its registration with us may not know the
+                # token it just gave us yet (it has not had our answer): worth a new try
+                or r.status_code in (401, 408, 429)
                 or (status_code is not None and status_code >= 3000)
             )
             what = f"HTTP {r.status_code}" + (f", OCPI {status_code}" if status_code else "")
