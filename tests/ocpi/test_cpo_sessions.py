@@ -127,6 +127,10 @@ async def test_session_put_throttled_patches_and_completed(database_url):
             dims = [d for c in periods for d in c["dimensions"]]
             assert round(sum(d["volume"] for d in dims if d["type"] == "ENERGY"), 3) == 3.2
             assert round(sum(d["volume"] for d in dims if d["type"] == "ENERGY_EXPORT"), 3) == 1.5
+            # an update that comes after the end (a late queued message) changes nothing
+            node.rt.bus.publish("transaction.updated", "OCPI-S1", transaction_id="s1-tx",
+                                energy_imported_wh=9999.0)  # fmt: skip
+            await asyncio.sleep(0.6)
             # every push went to this session's URL, in order: PUT first, COMPLETED last
             got = partner.of("sessions")
             assert got[0].method == "PUT" and got[-1].body["status"] == "COMPLETED"

@@ -551,7 +551,8 @@ class SessionPusher:
                 continue
             live.pk = tx.id
             tok = tokens.get(tx.id_token or "")
-            if tok is not None and tok.partner_id in receivers:
+            late = tx.state == "ended" and not live.final  # an update after the end
+            if tok is not None and tok.partner_id in receivers and not late:
                 live.partner_id = tok.partner_id
                 if not live.put and live.since is None:  # seen first mid-session (a restart)
                     live.since = tx.updated_at
