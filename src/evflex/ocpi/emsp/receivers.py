@@ -16,9 +16,9 @@ push to us, stored one row per object (:class:`~evflex.store.ocpi_tables.OcpiObj
 A partner writes only objects of its own parties (country code and party id compare
 case-insensitively and are stored upper case). Bodies are checked against the main
 fields the spec requires (2001 naming the field); fields we do not model, extensions
-included, are kept as sent. Every PUT and PATCH is idempotent, and an object older than
-the stored one (``last_updated``) does not replace it. Unknown Sessions, CDRs and
-Tariffs are HTTP 404.
+included, are kept as sent. Every PUT and PATCH is idempotent; a PUT replaces the
+stored object as the spec says, whatever its ``last_updated`` (a partner's pushes
+arrive in order). Unknown Sessions, CDRs and Tariffs are HTTP 404.
 """
 
 from __future__ import annotations
@@ -249,12 +249,6 @@ def _when(value: Any) -> datetime | None:
         return None
 
 
-def _newer(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether ``new`` may replace ``old`` (not older by ``last_updated``)."""
-    a, b = _when((old or {}).get("last_updated")), _when(new.get("last_updated"))
-    return a is None or b is None or b >= a
-
-
 def _later(a: Any, b: Any) -> Any:
     ta, tb = _when(a), _when(b)
     if ta is None:
@@ -335,7 +329,7 @@ async def _put_one(request: Request, partner: OcpiPartner, module: str, cc: str,
         data.setdefault(name, value)
 
     def change(old: dict[str, Any] | None) -> dict[str, Any] | None:
-        return data if _newer(old, data) else None
+        return data
 
     await _save(request, partner, module, cc, pid, oid, change)
     return reply(request)
@@ -374,8 +368,6 @@ def _location_change(lid: str, evse_uid: str | None, connector_id: str | None,
         if evse_uid is None:  # the Location itself
             if loc is None and patch:
                 raise _no_location(f"location {lid}")
-            if not _newer(loc, body):
-                return None
             return {**loc, **body} if patch and loc is not None else body
         if loc is None:
             raise _no_location(f"location {lid}")
@@ -384,8 +376,6 @@ def _location_change(lid: str, evse_uid: str | None, connector_id: str | None,
             old = loc["evses"][i] if i is not None else None
             if old is None and patch:
                 raise _no_location(f"EVSE {evse_uid} of location {lid}")
-            if not _newer(old, body):
-                return None
             _replace_in(loc, "evses", "uid", {**old, **body} if patch and old else body)
             return loc
         if i is None:
@@ -395,8 +385,6 @@ def _location_change(lid: str, evse_uid: str | None, connector_id: str | None,
         old = evse["connectors"][j] if j is not None else None
         if old is None and patch:
             raise _no_location(f"connector {connector_id} of EVSE {evse_uid}")
-        if not _newer(old, body):
-            return None
         _replace_in(evse, "connectors", "id", {**old, **body} if patch and old else body)
         _replace_in(loc, "evses", "uid", evse)
         return loc
@@ -551,10 +539,8 @@ async def patch_session(request: Request, country_code: str, party_id: str, sess
     def change(old: dict[str, Any] | None) -> dict[str, Any] | None:
         if old is None:
             raise _unknown(f"session {session_id}: PUT it first")
-        if not _newer(old, data):
-            return None
         periods = _merge_periods(old.get("charging_periods") or [],
-                                 data.pop("charging_periods", None) or [])  # fmt: skip
+                                 data.get("charging_periods") or [])  # fmt: skip
         return {**old, **data, "charging_periods": periods}
 
     await _save(request, partner, "sessions", country_code, party_id, session_id, change)
