@@ -358,6 +358,39 @@ async def test_an_unknown_token_is_refused_at_the_station(link):
         assert answer.id_tag_info["status"] != "Accepted"
 
 
+# The library answers POST {tokens}/{uid}/authorize with "data": [AuthorizationInfo] (a
+# list of one; OCPI 2.2.1 has the object itself).
+AUTHORIZATION_IN_A_LIST = (
+    "extrawest-ocpi answers a real-time authorization with data = [AuthorizationInfo]; "
+    "evflex reads that as no answer ('AuthorizationInfo: body: Input should be a valid "
+    "dictionary'), so a NEVER-whitelisted token is Invalid"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=AUTHORIZATION_IN_A_LIST)
+async def test_the_peer_authorizes_its_never_whitelisted_token_in_real_time(link):
+    """Whitelist NEVER: each Authorize asks the peer (POST {tokens}/{uid}/authorize with
+    the Location and EVSE); the library's answer names the EVSE in lower case."""
+    await link.peer.issue_token("XWRT01", whitelist="NEVER")
+    await link.peer.issue_token("XWRT02", whitelist="NEVER", valid=False)
+    for uid in ("XWRT01", "XWRT02"):
+        pushed = await link.peer.put_token(link.url, uid)
+        assert pushed["ok"], pushed
+    async with connected(Lib16, link.node.ocpp_url, "XWRT1", "ocpp1.6") as cp:
+        await boot(cp)
+        await link.wait_received("locations", of_station("XWRT1"))
+        allowed = await cp.call(call.Authorize(id_tag="XWRT01"))
+        refused = await cp.call(call.Authorize(id_tag="XWRT02"))
+    asked = await link.peer.requests(link.url, "POST", "tokens")
+    assert [(r["path"].rsplit("/", 2)[-2].upper(), r["status"]) for r in asked[-2:]] == [
+        ("XWRT01", 200), ("XWRT02", 200)
+    ], asked[-2:]  # fmt: skip
+    assert asked[-2]["answer"]["data"][0]["allowed"] == "ALLOWED"
+    assert lower(asked[-2]["body"]).count("xwrt1") >= 1  # our LocationReferences
+    assert allowed.id_tag_info["status"] == "Accepted"
+    assert refused.id_tag_info["status"] != "Accepted"
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -396,3 +429,40 @@ async def test_a_start_session_of_the_peer_reaches_the_station_and_the_result_co
         assert result["result"] == "ACCEPTED", result
         posted = await link.peer.requests(link.url, "POST", "commands")
         assert posted[-1]["path"].endswith(sent["uid"]) and posted[-1]["status"] == 200
+        # the Session it started (auth_method COMMAND); then the peer stops it
+        session = await link.wait_received(
+            "sessions", lambda s: s["cdr_token"]["uid"] == uid.lower() and s["status"] == "ACTIVE"
+        )
+        assert session["auth_method"] == "COMMAND"
+        assert session["authorization_reference"] == sent["uid"]
+        stop = await link.peer.command(link.url, "STOP_SESSION", session_id=session["id"])
+        assert stop["ok"] and stop["response"]["result"] == "ACCEPTED", json.dumps(stop)
+        remote = await link.node.wait_for(
+            lambda: [kw for name, kw in cp.received if name == "RemoteStopTransaction"]
+        )
+        assert remote[0]["transaction_id"] == start.transaction_id
+        await cp.call(call.StopTransaction(
+            meter_stop=2000, timestamp=ts(1), transaction_id=start.transaction_id,
+            reason="Remote"))  # fmt: skip
+        result = await link.node.wait_for(lambda: link.peer.command_result(stop["uid"]))
+        assert result["result"] == "ACCEPTED", result
+        await link.wait_received(
+            "sessions", lambda s: s["id"] == session["id"] and s["status"] == "COMPLETED"
+        )
+
+
+async def test_a_command_for_a_location_we_do_not_have_is_refused_and_reaches_no_station(link):
+    await link.peer.issue_token("XWAPP9", kind="APP_USER")
+    assert (await link.peer.put_token(link.url, "XWAPP9"))["ok"]
+    async with connected(Lib16, link.node.ocpp_url, "XWCMD9", "ocpp1.6") as cp:
+        await boot(cp)
+        await link.wait_received("locations", of_station("XWCMD9"))
+        sent = await link.peer.command(
+            link.url, "START_SESSION", location_id="NOWHERE", evse_uid="XWCMD9-1",
+            connector_id="1", token_uid="XWAPP9",
+        )  # fmt: skip
+        assert sent["status_code"] in (200, 404), sent  # HTTP: 404 allowed with 2003
+        assert sent["body"]["status_code"] == 2003, sent["body"]
+        assert sent["response"]["result"] == "REJECTED", sent
+        assert "NOWHERE".lower() in lower(sent["response"]["message"])
+        assert [n for n, _ in cp.received if n == "RemoteStartTransaction"] == []
