@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.api.deps import Rt
@@ -120,7 +120,7 @@ def _delivery(p: OcpiPartner, depth: int) -> Delivery:
     return "ok" if ok is not None else "none"
 
 
-def partner_out(p: OcpiPartner, counts: dict[str, int]) -> PartnerOut:
+def partner_out(p: OcpiPartner, depth: int) -> PartnerOut:
     roles = [
         PartyRole(
             role=str(r.get("role", "")),
@@ -134,7 +134,6 @@ def partner_out(p: OcpiPartner, counts: dict[str, int]) -> PartnerOut:
         Module(identifier=str(e.get("identifier")), role=e.get("role"), url=str(e.get("url")))
         for e in p.endpoints or ()
     ]
-    depth = counts.get("pending", 0)
     return PartnerOut(
         id=p.id,
         country_code=p.country_code,
@@ -151,24 +150,10 @@ def partner_out(p: OcpiPartner, counts: dict[str, int]) -> PartnerOut:
         last_error_at=p.last_error_at,
         last_error=p.last_error,
         queue_depth=depth,
-        sent=counts.get("sent", 0),
-        failed=counts.get("failed", 0),
+        sent=p.sent_count or 0,
+        failed=p.failed_count or 0,
         delivery=_delivery(p, depth),
     )
-
-
-async def _counts(s: AsyncSession, partner_id: int | None = None) -> dict[int, dict[str, int]]:
-    """Outbox rows per partner: pending, sent, failed."""
-    q = select(OcpiOutbox.partner_id, OcpiOutbox.done, OcpiOutbox.outcome, func.count())
-    if partner_id is not None:
-        q = q.where(OcpiOutbox.partner_id == partner_id)
-    q = q.group_by(OcpiOutbox.partner_id, OcpiOutbox.done, OcpiOutbox.outcome)
-    out: dict[int, dict[str, int]] = {}
-    for pid, done, outcome, n in (await s.execute(q)).all():
-        key = (outcome or "failed") if done else "pending"
-        per = out.setdefault(pid, {})
-        per[key] = per.get(key, 0) + n
-    return out
 
 
 async def _one(s: AsyncSession, partner_id: int) -> OcpiPartner:
@@ -181,18 +166,18 @@ async def _one(s: AsyncSession, partner_id: int) -> OcpiPartner:
 @router.get("/partners", response_model=list[PartnerOut])
 async def list_partners(rt: Rt) -> list[PartnerOut]:
     """Every partner, invited, registered or unregistered, oldest first."""
+    depth = await rt.ocpi.outbox.depth()  # first: a row is at least as new as its queue
     async with rt.sessionmaker() as s:
-        counts = await _counts(s)  # first: a partner's row is at least as new as its counts
         rows = (await s.scalars(select(OcpiPartner).order_by(OcpiPartner.id))).all()
-    return [partner_out(p, counts.get(p.id, {})) for p in rows]
+    return [partner_out(p, depth.get(p.id, 0)) for p in rows]
 
 
 @router.get("/partners/{partner_id}", response_model=PartnerOut)
 async def get_partner(partner_id: PartnerId, rt: Rt) -> PartnerOut:
+    depth = await rt.ocpi.outbox.depth(partner_id)
     async with rt.sessionmaker() as s:
-        counts = await _counts(s, partner_id)
         p = await _one(s, partner_id)
-    return partner_out(p, counts.get(p.id, {}))
+    return partner_out(p, depth.get(p.id, 0))
 
 
 @router.get("/partners/{partner_id}/outbox", response_model=list[OutboxRow])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -283,6 +284,14 @@ class Outbox:
                     await s.execute(
                         update(OcpiOutbox).where(OcpiOutbox.id == r.id).values(last_error=error)
                     )
+            outcomes = Counter((r.partner_id, o) for r, o, _ in done)
+            for (pid, o), n in outcomes.items():
+                column = OcpiPartner.sent_count if o == "sent" else OcpiPartner.failed_count
+                await s.execute(
+                    update(OcpiPartner)
+                    .where(OcpiPartner.id == pid)
+                    .values({column: func.coalesce(column, 0) + n})
+                )
             for r, error in failures:
                 await s.execute(
                     update(OcpiOutbox)
