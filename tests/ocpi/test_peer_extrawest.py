@@ -83,10 +83,10 @@ async def cpo_node(kind: str, folder) -> AsyncIterator[Node]:
             yield node
 
 
-async def evflex(node: Node, folder, *args: str) -> list[str]:
+async def evflex(node: Node, folder, *args: str, exit_code: int = 0) -> list[str]:
     """Run ``evflex ARGS`` (the CLI, as an operator would, beside the running node: same
-    database, key file and public URL); its output lines. In a thread: the node answers
-    meanwhile in this loop."""
+    database, key file and public URL); its output lines (standard error too). In a
+    thread: the node answers meanwhile in this loop."""
     config = folder / "evflex-cli.toml"
     config.write_text(
         f'database_url = "{node.rt.settings.database_url}"\n'
@@ -96,7 +96,7 @@ async def evflex(node: Node, folder, *args: str) -> list[str]:
     result = await asyncio.to_thread(
         CliRunner().invoke, cli, [*args, "--config", str(config)], catch_exceptions=False
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     return result.output.strip().splitlines()
 
 
@@ -114,12 +114,25 @@ async def register(node: Node, folder, versions_url: str, token: str) -> list[st
                         "--token", token)  # fmt: skip
 
 
+async def partners_of(node: Node) -> list[dict]:
+    async with node.rt.sessionmaker() as s:
+        rows = (await s.execute(OcpiPartner.__table__.select())).mappings().all()
+    return [dict(r) for r in rows]
+
+
 async def our_partner(node: Node, versions_url: str) -> Any:
     """Our record of the partner at ``versions_url`` (its row), if any."""
     async with node.rt.sessionmaker() as s:
         rows = (await s.execute(OcpiPartner.__table__.select())).mappings().all()
     found = [r for r in rows if r["versions_url"] == versions_url]
     return found[-1] if found else None
+
+
+async def tokens_of(node: Node, uid: str) -> list[dict]:
+    """Our rows of partners' tokens with this uid (whatever its case)."""
+    async with node.rt.sessionmaker() as s:
+        rows = (await s.execute(OcpiToken.__table__.select())).mappings().all()
+    return [dict(r) for r in rows if r["uid"].lower() == uid.lower()]
 
 
 def auth(token: str) -> dict[str, str]:
@@ -191,7 +204,15 @@ def evses_of(location: dict, station_id: str) -> list[dict]:
 
 async def test_the_peer_registers_with_an_invitation_of_ours(db_kind, tmp_path_factory, peer_emsp):
     folder = tmp_path_factory.mktemp(f"invited-{db_kind}")
+    await peer_emsp.issue_token("XWPULL01")  # ours to fetch once it is registered
     async with cpo_node(db_kind, folder) as node:
+        # a token the peer never gave: it refuses (HTTP 401 {"detail": "Unauthorized"},
+        # no OCPI envelope); we say so and keep nothing
+        out = await evflex(node, folder, "ocpi", "register", "--versions-url",
+                           peer_emsp.versions_url, "--token", "not-a-token-of-the-peer",
+                           exit_code=1)  # fmt: skip
+        assert "401" in out[-1] and peer_emsp.versions_url in out[-1], out
+        assert await partners_of(node) == []
         token_a = await invite(node, folder, "EMSP", "DE", "XWE")
         ours = node.rt.ocpi.versions_url
         result = await peer_emsp.register_with(ours, token_a)
@@ -212,6 +233,10 @@ async def test_the_peer_registers_with_an_invitation_of_ours(db_kind, tmp_path_f
         ids = {(e["identifier"], e["role"]) for e in partner["endpoints"]}
         assert {("locations", "RECEIVER"), ("sessions", "RECEIVER"), ("cdrs", "RECEIVER"),
                 ("tokens", "SENDER"), ("commands", "SENDER")} <= ids  # fmt: skip
+        # once registered, we fetch its tokens (GET its tokens list, the library's answer)
+        await node.wait_for(lambda: tokens_of(node, "xwpull01"))
+        listed = await peer_emsp.requests(ours, "GET", "tokens")
+        assert listed and listed[-1]["status"] == 200, listed
         # token A was for one registration only
         base = f"http://127.0.0.1:{node.rt.http_port}"
         async with httpx.AsyncClient(base_url=base) as c:
@@ -248,6 +273,16 @@ async def test_we_register_with_the_peer(link):
     assert {("locations", "RECEIVER"), ("tokens", "SENDER"), ("commands", "SENDER")} <= ids
 
 
+async def test_registering_again_with_the_peer_is_refused_and_changes_nothing(link, tmp_path):
+    before = await partners_of(link.node)
+    invitation = await link.peer.invite()
+    out = await evflex(link.node, tmp_path, "ocpi", "register", "--versions-url",
+                       invitation["versions_url"], "--token", invitation["token"],
+                       exit_code=1)  # fmt: skip
+    assert "registered already" in out[-1], out
+    assert await partners_of(link.node) == before
+
+
 # ---------------------------------------------------------------- CPO -> eMSP pushes
 
 
@@ -281,9 +316,7 @@ async def test_the_peer_pushes_a_token_with_its_own_client(link):
     pushed = await link.peer.push_token(link.url, "XWPUSH01")
     assert pushed["ok"], pushed
     assert pushed["responses"][0]["endpoints_url"] == link.url.replace("/versions", "/2.2.1")
-    async with link.node.rt.sessionmaker() as s:
-        rows = (await s.execute(OcpiToken.__table__.select())).mappings().all()
-    kept = [r for r in rows if r["uid"].lower() == "xwpush01"]
+    kept = await tokens_of(link.node, "xwpush01")
     assert len(kept) == 1 and (kept[0]["country_code"], kept[0]["party_id"]) in {
         ("DE", "XWE"), ("de", "xwe")
     }, kept  # fmt: skip
