@@ -83,6 +83,8 @@ class InvitationOut(BaseModel):
 
 
 class OutboxRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     module: str
     object_key: str
@@ -120,6 +122,13 @@ def _delivery(p: OcpiPartner, depth: int) -> Delivery:
     return "ok" if ok is not None else "none"
 
 
+#: The fields of PartnerOut that are the partner row's columns as they are.
+_AS_STORED = (
+    "id", "country_code", "party_id", "business_name", "status", "versions_url", "version",
+    "created_at", "updated_at", "last_success_at", "last_error_at", "last_error",
+)  # fmt: skip
+
+
 def partner_out(p: OcpiPartner, depth: int) -> PartnerOut:
     roles = [
         PartyRole(
@@ -135,20 +144,9 @@ def partner_out(p: OcpiPartner, depth: int) -> PartnerOut:
         for e in p.endpoints or ()
     ]
     return PartnerOut(
-        id=p.id,
-        country_code=p.country_code,
-        party_id=p.party_id,
-        business_name=p.business_name,
+        **{name: getattr(p, name) for name in _AS_STORED},
         roles=roles,
-        status=p.status,
-        versions_url=p.versions_url,
-        version=p.version,
         modules=modules,
-        created_at=p.created_at,
-        updated_at=p.updated_at,
-        last_success_at=p.last_success_at,
-        last_error_at=p.last_error_at,
-        last_error=p.last_error,
         queue_depth=depth,
         sent=p.sent_count or 0,
         failed=p.failed_count or 0,
@@ -201,22 +199,7 @@ async def partner_outbox(
         rows = (
             await s.scalars(select(OcpiOutbox).where(*where).order_by(order).limit(limit))
         ).all()
-    return [
-        OutboxRow(
-            id=r.id,
-            module=r.module,
-            object_key=r.object_key,
-            method=r.method,
-            path=r.path,
-            created_at=r.created_at,
-            attempts=r.attempts or 0,
-            next_attempt_at=r.next_attempt_at,
-            outcome=r.outcome if r.done else None,
-            done_at=r.done_at,
-            last_error=r.last_error,
-        )
-        for r in rows
-    ]
+    return [OutboxRow.model_validate(r) for r in rows]
 
 
 @router.get("/settings", response_model=OcpiSettingsOut)
