@@ -119,6 +119,11 @@ async def test_tariffs_get_push_and_planned_versions(database_url):
                     {"price_components": [{"type": "ENERGY", "price": 0.35, "step_size": 1}]}
                 ]
                 assert "end_date_time" not in t
+                # and the Location is pushed again, last updated when the version began
+                await node.wait_for(lambda: any(
+                    r.method == "PUT" and r.path.endswith("/locations/NL/EVF/DEPOT")
+                    and r.body["last_updated"] >= t["last_updated"] == t["start_date_time"]
+                    for r in partner.received))  # fmt: skip
 
             # a partner that registers gets every Tariff there is
             node.rt.bus.publish("ocpi.partner.registered", None, partner_id=pid)

@@ -31,7 +31,7 @@ Pushes (object key per Location, so a Location's updates arrive in order):
 - a station that connects -> PUT of its Location (the first time since our start) or
   of its EVSEs; one that goes away -> PATCH UNKNOWN of each EVSE;
 - a site changed or deleted (``site.changed``, ``site.deleted``), its tariff
-  (``tariff.changed``), a station added, changed or deleted through the API
+  (``tariff.changed``, ``tariff.in_force``), a station added, changed or deleted through the API
   (``station.changed``) -> PUT of the Location(s); an EVSE that left a Location (its
   station deleted, moved to another site or made the site's meter) -> PATCH REMOVED
   there, as OCPI deletes nothing (known for EVSEs pushed since our start);
@@ -430,4 +430,5 @@ def attach(node: Any) -> None:
     node.on("site.deleted", push.on_site)
     node.on("station.changed", push.on_station)
     node.on("tariff.changed", push.on_site)
+    node.on("tariff.in_force", push.on_site)
     node.on("ocpi.partner.registered", push.on_partner)

@@ -26,7 +26,8 @@ The Tariff of a site is the version in force now (:class:`SiteTariff`, the lates
 A new version (``tariff.changed`` on the bus, published by the tariff API) is pushed
 when it comes into force: at once if it already is, else when its ``valid_from`` has
 come (one watcher task does both; one that came while the node was down is pushed
-when it starts). A partner that registers gets every Tariff
+when it starts). The watcher publishes ``tariff.in_force`` for a planned version that
+came into force, so that the site's Location is pushed again too. A partner that registers gets every Tariff
 (``ocpi.partner.registered``).
 """
 
@@ -271,6 +272,8 @@ class TariffPush:
                     due.append(e.site.id)
         if due:
             await self.push(due)
+            for site in due:
+                node.publish("tariff.in_force", site_id=site)
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -306,11 +309,13 @@ class TariffPush:
                     nxt = await s.scalar(
                         select(func.min(SiteTariff.valid_from)).where(SiteTariff.valid_from > now)
                     )
-                due = {*begun, *(site for _, site, valid_from in added if valid_from <= now)}
+                fresh = {site for _, site, valid_from in added if valid_from <= now}
                 last_id = max([last_id, *(i for i, _, _ in added)])
                 last = now
-                if due:
-                    await self.push(sorted(due))
+                if begun or fresh:
+                    await self.push(sorted({*begun, *fresh}))
+                for site in sorted(set(begun) - fresh):  # Locations name the tariff in force
+                    self.node.publish("tariff.in_force", site_id=site)
                 wait = WATCH_S if nxt is None else (nxt - clock.now()).total_seconds()
                 await self._nap(min(WATCH_S, max(0.01, wait)))
             except asyncio.CancelledError:
