@@ -40,7 +40,7 @@ async def test_cdr_of_a_v2x_session_is_posted_listed_and_caught_up(tmp_path):
                 await tx.event("Updated", 60, 16_000, 0)  # 6 kWh in
                 await tx.event("Updated", 120, 16_000, 2_000)  # 2 kWh back to the grid
                 await tx.event("Ended", 180, 16_000, 2_000)
-                posts = await node.wait_for(lambda: a.of("cdrs", "POST"))
+                posts = await node.wait_for(lambda: a.of("cdrs", "POST"), timeout=15)
             cdr = posts[0].body
             assert posts[0].path == "/ocpi/2.2.1/cdrs"
             assert (cdr["country_code"], cdr["party_id"]) == ("NL", "EVF")
@@ -83,7 +83,7 @@ async def test_cdr_of_a_v2x_session_is_posted_listed_and_caught_up(tmp_path):
             await node.rt.writer.submit(forget)
         a.received.clear()
         async with running_node(url, allow_unknown_stations=True, ocpi_key_file=key) as node:
-            again = await node.wait_for(lambda: a.of("cdrs", "POST"))
+            again = await node.wait_for(lambda: a.of("cdrs", "POST"), timeout=15)
             assert [x.body["id"] for x in again] == [cdr["id"]]
             assert again[0].body["total_energy"] == 6.0
         a.received.clear()

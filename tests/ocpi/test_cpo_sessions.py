@@ -77,7 +77,7 @@ async def test_session_put_throttled_patches_and_completed(database_url):
             async with connected(Lib201, node.ocpp_url, "OCPI-S1", "ocpp2.0.1") as cp:
                 tx = Charge(cp, "s1-tx", "04a1b2c3", t0)  # the reader's lower case
                 await tx.event("Started", 0, 1000, 0, soc=20)
-                puts = await node.wait_for(lambda: partner.of("sessions", "PUT"))
+                puts = await node.wait_for(lambda: partner.of("sessions", "PUT"), timeout=15)
                 first = puts[0].body
                 assert puts[0].path == f"/ocpi/2.2.1/sessions/NL/EVF/{first['id']}"
                 assert first["status"] == "ACTIVE" and first["kwh"] == 0.0
@@ -92,14 +92,17 @@ async def test_session_put_throttled_patches_and_completed(database_url):
                 )
                 # a burst of updates inside one window: one PATCH now, one with the last
                 # figures when the window ends, not one per update
+                loop = asyncio.get_running_loop()
+                began = loop.time()
                 for i in range(1, 7):
                     await tx.event("Updated", 10 * i, 1000 + 500 * i, 0, soc=20 + i)
+                windows = int((loop.time() - began) / 0.4) + 1  # the burst spanned these
                 await node.wait_for(
                     lambda: [r.body["kwh"] for r in partner.of("sessions", "PATCH")][-1:] == [3.0],
-                    timeout=3)  # fmt: skip
+                    timeout=15)  # fmt: skip
                 await asyncio.sleep(0.5)  # nothing more is coming for that burst
                 patches = [r.body for r in partner.of("sessions", "PATCH")]
-                assert 1 <= len(patches) <= 3, patches
+                assert 1 <= len(patches) <= min(windows + 1, 5), (windows, patches)
                 assert all(p["status"] == "ACTIVE" and p["last_updated"].endswith("Z")
                            for p in patches)  # fmt: skip
                 added = sum(d["volume"] for p in patches for c in p["charging_periods"]
@@ -112,13 +115,13 @@ async def test_session_put_throttled_patches_and_completed(database_url):
                 await tx.event("Updated", 80, 4000, 1500, soc=24)
                 await node.wait_for(lambda: partner.of("sessions", "PATCH")[-1].body["kwh"] == 3.0
                                     and partner.of("sessions", "PATCH")[-1].body[
-                                        "evflex_kwh_exported"] == 1.5)  # fmt: skip
+                                        "evflex_kwh_exported"] == 1.5, timeout=15)  # fmt: skip
                 v2x = partner.of("sessions", "PATCH")[-1].body["charging_periods"][0]
                 assert {"type": "ENERGY_EXPORT", "volume": 1.5} in v2x["dimensions"]
                 await tx.event("Ended", 90, 4200, 1500, soc=25)
                 done = await node.wait_for(
                     lambda: [r.body for r in partner.of("sessions", "PUT")
-                             if r.body["status"] == "COMPLETED"])  # fmt: skip
+                             if r.body["status"] == "COMPLETED"], timeout=15)  # fmt: skip
             end = done[0]
             assert end["id"] == first["id"] and end["kwh"] == 3.2
             assert end["evflex_kwh_exported"] == 1.5 and "end_date_time" in end
@@ -156,7 +159,9 @@ async def test_sessions_list_is_the_partners_own_and_local_cards_are_not_pushed(
                     [("l-a1", "A-1"), ("l-a2", "A-2"), ("l-b1", "B-1"), ("l-loc", "LOCAL-1")], 1
                 ):
                     await Charge(cp, tid, token, t0, evse).event("Started", 0, 0)
-                await node.wait_for(lambda: len(a.of("sessions")) == 2 and b.of("sessions"))
+                await node.wait_for(
+                    lambda: len(a.of("sessions")) == 2 and b.of("sessions"), timeout=15
+                )
                 await asyncio.sleep(0.2)
             assert len(a.of("sessions")) == 2 and len(b.of("sessions")) == 1  # not LOCAL-1
             base = f"http://127.0.0.1:{node.rt.http_port}/ocpi/cpo/2.2.1/sessions"
