@@ -53,6 +53,13 @@ async def test_locations_get_and_live_pushes(database_url):
         async with running_node(database_url) as node:
             pid = await partner.link(node)
             await _setup(node)  # each station added: its Location PUT (no EVSE known yet)
+            for bad, field in (({"country": "de"}, "country"), ({"latitude": 91}, "latitude"),
+                               ({"time_zone": "Mars/Olympus"}, "time_zone"),
+                               ({"address": "x" * 46}, "address")):  # fmt: skip
+                r = await node.http.patch("/api/v1/sites/DEPOT", json=bad)
+                assert r.status_code == 422 and field in r.text, (bad, r.text)
+            site = (await node.http.get("/api/v1/sites/DEPOT")).json()
+            assert {k: site[k] for k in SITE} == SITE  # nothing lost, nothing half-written
             await node.wait_for(lambda: len(partner.of("locations", "PUT")) == 3)
             assert {r.path.rsplit("/", 1)[1] for r in partner.received} == {"DEPOT", "LONE"}
             async with (
