@@ -35,6 +35,7 @@ from evflex.security.tls import TlsError
 from evflex.sim.cli import sim_command
 from evflex.store import records, repo
 from evflex.store.db import make_engine, make_sessionmaker, migrate
+from evflex.store.ocpi_tables import OcpiObject
 from evflex.store.tables import ApiToken, Station, User
 from evflex.tuning import tune_gc
 from evflex.web.auth import (
@@ -721,6 +722,40 @@ def ocpi_partners_list(config: ConfigOpt = None, database_url: DbOpt = None) -> 
             str(p["id"]), p["status"], p["name"] or "", "\n".join(p["roles"]),
             f"{last:%Y-%m-%d %H:%M:%S}" if last else "never", str(p["queue"]),
             (p["last_error"] or "")[:60],
+        )  # fmt: skip
+    console.print(table)
+
+
+@ocpi_app.command("received")
+def ocpi_received(
+    module: Annotated[str, typer.Argument(help="sessions, cdrs, locations or tariffs")] = "cdrs",
+    limit: Annotated[int, typer.Option(help="The latest this many")] = 20,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """What CPO partners sent our eMSP role, the latest first: per Session or CDR its
+    party, card, start, status, kWh charged and fed back (V2X) and cost."""
+    if module not in ("sessions", "cdrs", "locations", "tariffs"):
+        typer.echo(f"module {module!r}: sessions, cdrs, locations or tariffs", err=True)
+        raise typer.Exit(2)
+    settings = load_settings(config, database_url=database_url)
+
+    async def fetch(s):
+        q = (select(OcpiObject).where(OcpiObject.module == module)
+             .order_by(OcpiObject.last_updated.desc(), OcpiObject.id.desc()).limit(limit))  # fmt: skip
+        return [(o.country_code, o.party_id, o.object_id, o.data) for o in await s.scalars(q)]
+
+    table = Table("party", "id", "card", "start", "status", "kWh in", "kWh out", "cost")
+    for cc, pid, oid, d in _in_store(settings, fetch):
+        token = (d.get("cdr_token") or {}).get("uid", "")
+        kwh = d.get("kwh", d.get("total_energy"))
+        out = d.get("evflex_kwh_exported", d.get("evflex_total_energy_export"))
+        cost = d.get("total_cost") or {}
+        cost_text = f"{cost.get('excl_vat')} {d.get('currency', '')}" if cost else ""
+        table.add_row(
+            f"{cc}/{pid}", oid, token, str(d.get("start_date_time", "")),
+            str(d.get("status", "")), "" if kwh is None else f"{kwh:.3f}",
+            "" if out is None else f"{out:.3f}", cost_text.strip(),
         )  # fmt: skip
     console.print(table)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evflex.api.deps import Rt
 from evflex.ocpi import credentials, partners
-from evflex.store.ocpi_tables import OcpiOutbox, OcpiPartner
+from evflex.store.ocpi_tables import OcpiObject, OcpiOutbox, OcpiPartner
 
 router = APIRouter(prefix="/api/v1/ocpi", tags=["ocpi"])
 
@@ -214,6 +214,46 @@ async def ocpi_settings(rt: Rt) -> OcpiSettingsOut:
         base_url=node.base_url,
         versions_url=node.versions_url,
     )
+
+
+class ReceivedOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    partner_id: int
+    country_code: str
+    party_id: str
+    object_id: str
+    last_updated: datetime
+    data: dict[str, Any] = Field(description="The object as the CPO sent it (merged)")
+
+
+@router.get("/received/{module}", response_model=list[ReceivedOut])
+async def received_objects(
+    module: Literal["locations", "sessions", "cdrs", "tariffs"],
+    rt: Rt,
+    response: Response,
+    partner_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[ReceivedOut]:
+    """What CPO partners sent our eMSP role: their Locations, Sessions, CDRs or Tariffs,
+    the latest updated first (``X-Total-Count``)."""
+    where: list[Any] = [OcpiObject.module == module]
+    if partner_id is not None:
+        where.append(OcpiObject.partner_id == partner_id)
+    async with rt.sessionmaker() as s:
+        total = (await s.scalar(select(func.count()).select_from(OcpiObject).where(*where))) or 0
+        rows = (
+            await s.scalars(
+                select(OcpiObject)
+                .where(*where)
+                .order_by(OcpiObject.last_updated.desc(), OcpiObject.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+        ).all()
+    response.headers["X-Total-Count"] = str(total)
+    return [ReceivedOut.model_validate(r) for r in rows]
 
 
 # ------------------------------------------------------------------ writing

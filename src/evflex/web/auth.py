@@ -100,6 +100,7 @@ _ADMIN_ROUTES = {
 _OPERATOR_READS = {
     f"{API}/id-tokens", f"{API}/id-tokens/{{id_token}}",
     f"{API}/ocpi/partners/{{partner_id}}/outbox",  # a token push's path holds a card's uid
+    f"{API}/ocpi/received/{{module}}",  # partners' Sessions and CDRs name the driver's card
 }  # fmt: skip
 # Accounts and API tokens: admins only, reading them too.
 _ADMIN_READS = {
