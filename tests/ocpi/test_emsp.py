@@ -4,6 +4,7 @@ results received. The CPO is a real little OCPI server (RecordingPartner)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
 import httpx
@@ -15,6 +16,7 @@ from evflex.ocpi.client import PartnerError
 from evflex.ocpi.emsp.commands import command_of, send_command
 from evflex.ocpi.emsp.receivers import stored
 from evflex.ocpi.partners import get as get_partner
+from evflex.store import repo
 from evflex.store.ocpi_tables import OcpiObject
 from ocpi.partner import RecordingPartner, ok
 
@@ -181,10 +183,10 @@ async def test_locations_are_stored_merged_and_refused_when_malformed(tmp_path):
         await cpo.stop()
 
 
-async def test_sessions_cdrs_and_tariffs_are_stored_idempotently(tmp_path):
+async def test_sessions_cdrs_and_tariffs_are_stored_idempotently(database_url):
     cpo = await RecordingPartner([("sessions", "SENDER")], **CPO).start()
     try:
-        async with running_node(db(tmp_path)) as node, as_partner(node, cpo) as c:
+        async with running_node(database_url) as node, as_partner(node, cpo) as c:
             await cpo.link(node)
             sess = example("session", country_code="BE", party_id="BEC",
                            start_date_time="2015-06-29T22:39:09Z",
@@ -365,5 +367,26 @@ async def test_a_command_is_sent_and_its_result_received(tmp_path):
             with pytest.raises(PartnerError) as err:
                 await send_command(node.rt.ocpi, partner, "STOP_SESSION", {"session_id": "9"})
             assert err.value.retry and err.value.http_status == 503
+    finally:
+        await cpo.stop()
+
+
+async def test_cards_changed_while_the_node_was_stopped_are_pushed_at_start(tmp_path):
+    url, key = db(tmp_path), tmp_path / "ocpi.key"
+    cpo = await RecordingPartner([("tokens", "RECEIVER")], **CPO).start()
+    try:
+        async with running_node(url, ocpi_key_file=key) as node:
+            await cpo.link(node)
+            r = await node.http.post("/api/v1/id-tokens", json={"id_token": "OLD1"})
+            assert r.status_code == 201
+            await node.wait_for(lambda: cpo.of("tokens", "PUT"))
+        # as `evflex token add` does: straight into the store, no node to tell
+        async with running_node(url, ocpi_key_file=key) as node:
+            await node.rt.writer.submit(lambda s: repo.put_id_token(s, "NEW2", node.rt.clock.now()))
+        cpo.received.clear()
+        async with running_node(url, ocpi_key_file=key) as node:
+            await node.wait_for(lambda: cpo.of("tokens", "PUT"))
+            await asyncio.sleep(0.3)
+            assert [r.body["uid"] for r in cpo.of("tokens", "PUT")] == ["NEW2"]  # not OLD1
     finally:
         await cpo.stop()
