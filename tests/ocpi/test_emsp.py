@@ -13,6 +13,7 @@ from fastapi import Request
 
 from conftest import running_node
 from evflex.ocpi.client import PartnerError
+from evflex.ocpi.emsp import tokens as emsp_tokens
 from evflex.ocpi.emsp.commands import command_of, send_command
 from evflex.ocpi.emsp.receivers import stored
 from evflex.ocpi.partners import get as get_partner
@@ -371,7 +372,8 @@ async def test_a_command_is_sent_and_its_result_received(tmp_path):
         await cpo.stop()
 
 
-async def test_cards_changed_while_the_node_was_stopped_are_pushed_at_start(tmp_path):
+async def test_cards_changed_outside_the_api_reach_the_cpo(tmp_path, monkeypatch):
+    """At the next start (changed while the node was stopped), or at the next sweep."""
     url, key = db(tmp_path), tmp_path / "ocpi.key"
     cpo = await RecordingPartner([("tokens", "RECEIVER")], **CPO).start()
     try:
@@ -384,9 +386,14 @@ async def test_cards_changed_while_the_node_was_stopped_are_pushed_at_start(tmp_
         async with running_node(url, ocpi_key_file=key) as node:
             await node.rt.writer.submit(lambda s: repo.put_id_token(s, "NEW2", node.rt.clock.now()))
         cpo.received.clear()
+        monkeypatch.setattr(emsp_tokens, "SWEEP_S", 0.2)
         async with running_node(url, ocpi_key_file=key) as node:
             await node.wait_for(lambda: cpo.of("tokens", "PUT"))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.5)  # two sweeps: nothing new to push
             assert [r.body["uid"] for r in cpo.of("tokens", "PUT")] == ["NEW2"]  # not OLD1
+            now = node.rt.clock.now()
+            await node.rt.writer.submit(lambda s: repo.put_id_token(s, "NEW2", now, "Blocked"))
+            await node.wait_for(lambda: len(cpo.of("tokens", "PUT")) == 2)
+            assert cpo.of("tokens", "PUT")[1].body["valid"] is False
     finally:
         await cpo.stop()

@@ -16,13 +16,16 @@ whose id is longer than 36 characters (OCPI's limit) is not shared.
   card is HTTP 404 with 2004.
 - A card added, changed or removed through the API is pushed (PUT) to every partner
   with a tokens RECEIVER at once (a removed card as ``valid`` false); a partner that
-  registers gets them all; on start, each such partner gets the cards changed since
-  its last tokens push (cards changed by the CLI while the node was stopped).
+  registers gets them all; at start and every :data:`SWEEP_S` seconds, each such
+  partner gets the cards changed since its last tokens push (cards the CLI changed,
+  while the node ran or was stopped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import uuid
 from datetime import UTC, datetime
@@ -40,8 +43,12 @@ from evflex.ocpi.transport import UNKNOWN_TOKEN, OcpiError, Page, now_iso, reply
 from evflex.store.ocpi_tables import OcpiOutbox, OcpiPartner
 from evflex.store.tables import IdToken
 
+log = logging.getLogger(__name__)
+
 router = APIRouter()
 
+#: How often cards changed outside the API (``evflex token add``) are looked for (s).
+SWEEP_S = 30.0
 RFID_TYPES = {"ISO14443", "ISO15693"}
 MAX_UID = 36
 
@@ -265,6 +272,28 @@ def attach(node: Any) -> None:
                     return
         await push_cards(node, ids, since)
 
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                await catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup: the next round tries again
+                log.exception("OCPI tokens: catching up on changed cards")
+
+    tasks: list[asyncio.Task] = []
+
+    async def start() -> None:
+        await catch_up()
+        tasks.append(asyncio.create_task(sweep(), name="ocpi-tokens-sweep"))
+
+    async def stop() -> None:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     node.on("id_token.changed", on_card)
     node.on("ocpi.partner.registered", on_registered)
-    node.on_start(catch_up)
+    node.on_start(start)
+    node.on_stop(stop)
