@@ -8,7 +8,6 @@ implementation the interop tests use is ``extrawest-ocpi`` (tests/ocpi/peer).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 from dataclasses import dataclass, field
@@ -16,10 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from evflex.bench.local_http import LocalHttp
 from evflex.ocpi.partners import add_registered
 
 
@@ -65,29 +64,20 @@ class RecordingPartner:
         self.fail_ocpi_for: dict[str, int] = {}
         self.down = False  # the server is stopped (see stop/start)
         self.app = self._make_app()
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task | None = None
+        self._http: LocalHttp | None = None
         self.port = 0
 
     # ------------------------------------------------------------ life
 
     async def start(self, port: int = 0) -> RecordingPartner:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="off", access_log=False)  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._http = LocalHttp(self.app)
+        self.port = await self._http.start(port)
         self.down = False
         return self
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+        if self._http is not None:
+            await self._http.stop()
         self.down = True
 
     @property

@@ -33,8 +33,8 @@ from typing import Annotated, Any
 import httpx
 import orjson
 import typer
-import uvicorn
 
+from evflex.bench.local_http import LocalHttp
 from evflex.bench.results import stamped_path, write_json
 from evflex.bench.server import in_process_node, stop_in_process_node
 from evflex.domain.model import ENERGY_IMPORT_REGISTER, MeterSample, TransactionUpdate
@@ -66,8 +66,7 @@ class Receiver:
         self.want = 0
         self.last_at = 0.0
         self.done = asyncio.Event()
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task | None = None
+        self._http = LocalHttp(self)
         self.port = 0
 
     def expect(self, kwh: float, count: int) -> None:
@@ -104,20 +103,10 @@ class Receiver:
         await send({"type": "http.response.body", "body": _OK})
 
     async def start(self) -> None:
-        config = uvicorn.Config(self, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="off", access_log=False)  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.port = await self._http.start()
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+        await self._http.stop()
 
     @property
     def url(self) -> str:
