@@ -86,6 +86,11 @@ async def test_cdr_of_a_v2x_session_is_posted_listed_and_caught_up(tmp_path):
             again = await node.wait_for(lambda: a.of("cdrs", "POST"), timeout=15)
             assert [x.body["id"] for x in again] == [cdr["id"]]
             assert again[0].body["total_energy"] == 6.0
+
+            async def answered():  # marked sent before the node stops (else sent again:
+                return await node.rt.ocpi.outbox.depth() == {}  # at least once, by design)
+
+            await node.wait_for(answered, timeout=15)
         a.received.clear()
         async with running_node(url, allow_unknown_stations=True, ocpi_key_file=key) as node:
             await asyncio.sleep(0.3)

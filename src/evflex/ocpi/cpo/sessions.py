@@ -328,6 +328,7 @@ class _Live:
     e_out: float = 0.0
     put: bool = False  # a whole Session to send (started)
     final: bool = False  # ended: a last whole Session, then forget
+    closed: bool = False  # the store has it ended (or not at all): nothing more will come
     dirty: bool = False  # an update to send
     data: dict[str, Any] = field(default_factory=dict)  # the latest event's figures
 
@@ -341,6 +342,9 @@ class SessionPusher:
     def __init__(self, node: Any) -> None:
         self.node = node
         self.live: dict[tuple[str, str], _Live] = {}
+        #: Running transactions that are no partner's (local cards): not followed, so a
+        #: node without roaming pays one lookup per transaction, not one per update.
+        self.ignored: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         #: Pushes queued, by method (figures for tests and the benchmark).
@@ -356,6 +360,10 @@ class SessionPusher:
         if event.station_id is None or tid is None:
             return
         key = (event.station_id, str(tid))
+        if key in self.ignored:
+            if kind == "ended":
+                self.ignored.discard(key)
+            return
         live = self.live.get(key)
         if live is None:
             live = self.live[key] = _Live()
@@ -423,9 +431,9 @@ class SessionPusher:
             if not live.resolved:
                 continue
             if live.partner_id is None:
-                if live.final:
-                    del self.live[key]
-                live.put = live.dirty = False
+                del self.live[key]
+                if not (live.final or live.closed):
+                    self.ignored.add(key)
                 continue
             due = everything or loop_now >= live.last_push + self.interval
             if live.put or live.final or (live.dirty and due):
@@ -547,6 +555,7 @@ class SessionPusher:
                 continue
             tx = found.get(key)
             live.resolved = True
+            live.closed = tx is None or tx.state == "ended"
             if tx is None:  # not ours (deleted since): nothing to push
                 continue
             live.pk = tx.id
