@@ -110,7 +110,9 @@ class RecordingPartner:
             )  # fmt: skip
             return p.id
 
-        return await node.rt.writer.submit(job)
+        partner_id = await node.rt.writer.submit(job)
+        ocpi.adopt_partner(partner_id)  # the node reads its partners again
+        return partner_id
 
     def auth_header(self) -> dict[str, str]:
         """Headers with which this partner calls evflex."""

@@ -53,7 +53,8 @@ async def test_cdr_of_a_v2x_session_is_posted_listed_and_caught_up(tmp_path):
             assert cdr["total_cost"] == {"excl_vat": 1.6}  # 6 x 0.30 - 2 x 0.10
             assert cdr["total_energy_cost"] == {"excl_vat": 1.8}
             assert cdr["evflex_feed_in_reward"] == {"excl_vat": 0.2}
-            assert cdr["session_id"] and cdr["total_time"] > 0
+            # total_time is on the CSMS clock (the events came within a second): not negative
+            assert cdr["session_id"] and cdr["total_time"] >= 0
             tariff = cdr["tariffs"][0]
             assert tariff["id"] == "HUB" and tariff["evflex_feed_in_price_per_kwh"] == 0.1
             energy = [c["price_components"][0] for c in tariff["elements"]]

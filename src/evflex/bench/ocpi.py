@@ -120,7 +120,7 @@ async def _setup(rt, receiver: Receiver, n: int) -> list[tuple[str, str, int, st
     sessions = [(stations[i // EVSES_PER_STATION], f"bench-{i}", i % EVSES_PER_STATION + 1,
                  f"BENCH{i:05d}") for i in range(n)]  # fmt: skip
 
-    async def job(s) -> None:
+    async def job(s) -> int:
         for sid in stations:
             s.add(Station(id=sid, created_at=now, connected=False))
         partner = await add_registered(
@@ -133,8 +133,10 @@ async def _setup(rt, receiver: Receiver, n: int) -> list[tuple[str, str, int, st
             s.add(OcpiToken(partner_id=partner.id, country_code="DE", party_id="BEN", uid=uid,
                             type="RFID", contract_id=f"DE-BEN-{uid}", valid=True,
                             whitelist="ALWAYS", data={}, last_updated=now))  # fmt: skip
+        return partner.id
 
-    await rt.writer.submit(job)
+    partner_id = await rt.writer.submit(job)
+    rt.ocpi.adopt_partner(partner_id)  # registered in the store directly
     return sessions
 
 

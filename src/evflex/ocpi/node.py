@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], Awaitable[None]]
 
+PARTNERS_TTL_S = 2.0
+
 MODULES = (
     cpo_locations, cpo_tariffs, cpo_sessions, cpo_cdrs, cpo_tokens, cpo_commands,
     emsp_receivers, emsp_tokens, emsp_commands,
@@ -121,8 +123,61 @@ class OcpiNode(OcpiParty):
         self._listener: asyncio.Task | None = None
         #: Per-module state a module keeps on the node (``node.state["sessions"]``).
         self.state: dict[str, Any] = {}
+        # The registered partners, read at most every PARTNERS_TTL_S (every station
+        # status asks who receives Locations); a registration here is seen at once.
+        self._partners: tuple[float, list[OcpiPartner]] | None = None
+        #: Ids of the registered partners this node knows of (None: not read yet).
+        self._known: set[int] | None = None
+        self._watcher: asyncio.Task | None = None
+        for topic in ("ocpi.partner.registered", "ocpi.partner.unregistered"):
+            self.on(topic, self.forget_partners)  # before the modules' handlers
         for module in MODULES:
             module.attach(self)
+
+    async def forget_partners(self, event: Any = None) -> None:
+        """Read the registered partners again at the next use (a partner registered in
+        the store directly, not by this node's credentials module)."""
+        self._partners = None
+        if event is not None and self._known is not None and event.data.get("partner_id"):
+            if event.topic.endswith(".registered"):
+                self._known.add(event.data["partner_id"])
+            else:
+                self._known.discard(event.data["partner_id"])
+
+    def adopt_partner(self, partner_id: int) -> None:
+        """A partner registered in the store directly (tests, benchmarks): known at once,
+        and not announced as newly registered."""
+        self._partners = None
+        if self._known is not None:
+            self._known.add(partner_id)
+
+    async def _read_partners(self) -> list[OcpiPartner]:
+        """The registered partners, read now. One this node did not know of (registered by
+        ``evflex ocpi register``, another process) is announced on the bus as
+        ``ocpi.partner.registered``, as if this node had registered it: the modules
+        send it their full copies."""
+        async with self.sessionmaker() as s:
+            q = select(OcpiPartner).where(OcpiPartner.status == "registered")
+            rows = list((await s.scalars(q)).all())
+        now = asyncio.get_running_loop().time()
+        self._partners = (now, rows)
+        ids = {p.id for p in rows}
+        if self._known is not None:
+            for pid in sorted(ids - self._known):
+                log.info("OCPI partner %s registered by another process", pid)
+                self.publish("ocpi.partner.registered", partner_id=pid)
+        self._known = ids
+        return rows
+
+    async def _watch_partners(self) -> None:
+        while True:
+            await asyncio.sleep(PARTNERS_TTL_S)
+            try:
+                await self._read_partners()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("OCPI: reading the partners")
 
     def publish(self, topic: str, **data: Any) -> None:
         self.services.bus.publish(topic, None, **data)
@@ -141,11 +196,14 @@ class OcpiNode(OcpiParty):
         self._stoppers.append(fn)
 
     async def partners_with(self, identifier: str, role: str) -> list[OcpiPartner]:
-        """Registered partners that have module ``identifier`` in interface role ``role``."""
-        async with self.sessionmaker() as s:
-            rows = (
-                await s.scalars(select(OcpiPartner).where(OcpiPartner.status == "registered"))
-            ).all()
+        """Registered partners that have module ``identifier`` in interface role ``role``
+        (as of at most :data:`PARTNERS_TTL_S` ago: a registration by the CLI, another
+        process, is seen within that)."""
+        now = asyncio.get_running_loop().time()
+        if self._partners is None or now - self._partners[0] > PARTNERS_TTL_S:
+            rows = await self._read_partners()
+        else:
+            rows = self._partners[1]
         return [p for p in rows if endpoint(p, identifier, role) is not None]
 
     # ------------------------------------------------------------ life
@@ -153,11 +211,16 @@ class OcpiNode(OcpiParty):
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="ocpi-events")
         await asyncio.sleep(0)  # subscribed before the first station connects
+        await self._read_partners()  # those registered before the start are known
         for fn in self._starters:
             await fn()
         await self.outbox.start()
+        self._watcher = asyncio.create_task(self._watch_partners(), name="ocpi-partners")
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         for fn in self._stoppers:
             await fn()
         if self._listener is not None:
